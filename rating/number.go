@@ -151,3 +151,7 @@ func Normalize(dialled, iso string) (string, error) {
 	}
 	return e164, nil
 }
+
+// CallingCode is the country calling code of an ISO alpha-2 country ("" if
+// unknown); the gateway routes emergency calls by it.
+func CallingCode(iso string) string { return countries[iso].code }

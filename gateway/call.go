@@ -1,0 +1,196 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/emiago/sipgo"
+)
+
+type callState int
+
+const (
+	stateRinging callState = iota
+	stateAnswered
+	stateEnded
+)
+
+func (s callState) String() string {
+	return [...]string{"ringing", "answered", "ended"}[s]
+}
+
+// call is one B2BUA call: the caller's leg (in), the carrier's leg (out) and
+// its metering. Its mutable state is guarded by mu; the ledger owns its money.
+//
+// Invariant while answered: the ledger holds the increment that ends at
+// paidUntil, and a timer fires at paidUntil to debit it and hold the next —
+// or, if the next cannot be held, to end the call right then.
+type call struct {
+	g        *Gateway
+	id       string
+	org      string
+	user     string
+	from, to string
+	rate     rating.Rate
+	free     bool // emergency: never metered
+	tracked  bool // the ledger has a record of this call
+	start    time.Time
+	inCallID string
+
+	in  *sipgo.DialogServerSession
+	out *sipgo.DialogClientSession
+
+	mu        sync.Mutex
+	state     callState
+	answered  time.Time
+	paidUntil time.Time
+	timer     clock.Timer
+	inID      string
+	outID     string
+}
+
+// CallInfo is what GET /v1/calls shows of a call.
+type CallInfo struct {
+	ID          string    `json:"id"`
+	Org         string    `json:"org"`
+	User        string    `json:"user"`
+	From        string    `json:"from"`
+	To          string    `json:"to"`
+	State       string    `json:"state"`
+	Emergency   bool      `json:"emergency"`
+	Start       time.Time `json:"start"`
+	Answer      time.Time `json:"answer,omitzero"`
+	PaidUntil   time.Time `json:"paid_until,omitzero"`
+	RemainingS  float64   `json:"remaining_paid_s"`
+	RatePerMin  string    `json:"rate_per_minute"`
+	InboundCall string    `json:"inbound_call_id"`
+}
+
+func (c *call) info(now time.Time) CallInfo {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ci := CallInfo{ID: c.id, Org: c.org, User: c.user, From: "+" + c.from, To: c.to, State: c.state.String(),
+		Emergency: c.free, Start: c.start.UTC(), RatePerMin: c.rate.PerMinute.String(), InboundCall: c.inCallID}
+	if c.state == stateAnswered {
+		ci.Answer = c.answered.UTC()
+		if !c.free {
+			ci.PaidUntil = c.paidUntil.UTC()
+			ci.RemainingS = c.paidUntil.Sub(now).Seconds()
+		}
+	}
+	return ci
+}
+
+// answer starts billing: the first increment, held at authorization, now
+// runs; a timer debits it at its end.
+func (c *call) answer() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateRinging {
+		return errors.New("call ended before answer")
+	}
+	now := c.g.clock.Now()
+	if c.tracked {
+		if err := c.g.ledger.Answer(c.id, now); err != nil && !c.free {
+			return err
+		}
+	}
+	c.state = stateAnswered
+	c.answered = now
+	if c.free {
+		return nil
+	}
+	c.paidUntil = now.Add(c.rate.FirstIncrement)
+	c.timer = c.g.clock.AfterFunc(c.rate.FirstIncrement, c.boundary)
+	return nil
+}
+
+// boundary runs when the paid increment ends: debit it, hold the next, or end
+// the call exactly now if the org cannot pay the next one.
+func (c *call) boundary() {
+	c.mu.Lock()
+	if c.state != stateAnswered {
+		c.mu.Unlock()
+		return
+	}
+	err := c.g.ledger.Renew(c.id, c.paidUntil, c.rate.NextCharge())
+	if err == nil {
+		c.paidUntil = c.paidUntil.Add(c.rate.NextIncrement)
+		// Schedule from the clock's now, not paidUntil, so a late timer
+		// does not stack up; the ledger already holds up to paidUntil.
+		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.g.clock.Now()), c.boundary)
+		c.mu.Unlock()
+		return
+	}
+	reason := ledger.ReasonCreditExhausted
+	if !errors.Is(err, ledger.ErrInsufficientCredit) {
+		// The ledger cannot take the debit durably: end the call rather
+		// than let it run on money nobody recorded (fail closed).
+		c.g.log.Error("metering failed, ending call", "call_id", c.id, "org", c.org, "error", err)
+		reason = ledger.ReasonFailed
+	} else {
+		c.g.m.exhausted.Inc()
+	}
+	c.mu.Unlock()
+	c.end(reason, 200, true, true)
+}
+
+// end finishes the call once: stops metering, settles it in the ledger,
+// forgets it, and sends BYE to the legs that are still up.
+func (c *call) end(reason string, status int, byeIn, byeOut bool) {
+	c.mu.Lock()
+	if c.state == stateEnded {
+		c.mu.Unlock()
+		return
+	}
+	wasAnswered := c.state == stateAnswered
+	c.state = stateEnded
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	at := c.g.clock.Now()
+	if reason == ledger.ReasonCreditExhausted && at.After(c.paidUntil) {
+		// The timer may fire a little late on a real clock; the call ended,
+		// for billing purposes, when its paid time did.
+		at = c.paidUntil
+	}
+	inID, outID := c.inID, c.outID
+	c.mu.Unlock()
+
+	if c.tracked {
+		cdr, err := c.g.ledger.CloseCall(c.id, ledger.CallEnd{At: at, Reason: reason, SIPStatus: status})
+		if err != nil {
+			c.g.log.Error("settling call failed; it will be settled on restart", "call_id", c.id, "org", c.org, "error", err)
+		} else {
+			c.g.log.Info("call ended", "call_id", c.id, "org", c.org, "reason", reason,
+				"billed_s", cdr.BilledS, "charge", cdr.Charge.String())
+		}
+	}
+	c.g.forget(c, inID, outID)
+	if !wasAnswered {
+		return
+	}
+	if byeOut {
+		c.g.goBye("carrier", c.id, func(ctx context.Context) error { return c.out.Bye(ctx) })
+	}
+	if byeIn {
+		c.g.goBye("caller", c.id, func(ctx context.Context) error { return c.in.Bye(ctx) })
+	}
+}
+
+func (g *Gateway) goBye(leg, callID string, bye func(context.Context) error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ByeTimeout)
+		defer cancel()
+		if err := bye(ctx); err != nil {
+			g.log.Warn("BYE failed", "call_id", callID, "leg", leg, "error", err)
+		}
+	}()
+}

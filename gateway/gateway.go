@@ -1,0 +1,648 @@
+// Package gateway is creditgate's SIP side: a signalling-only B2BUA on
+// sipgo. For each INVITE from a known trunk it asks rating what the call
+// costs and the ledger to hold the first increment, forwards it to the
+// carrier, relays the answer, meters the call per increment and ends it —
+// BYE to both legs — when the money runs out. SDP is passed through
+// untouched; media never crosses the gateway.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shopspring/decimal"
+)
+
+// Config of the SIP side.
+type Config struct {
+	// Listen is host:port for both UDP and TCP. Port 0 picks a free port.
+	Listen string
+	// RingTimeout bounds how long a call may ring before it is cancelled.
+	RingTimeout time.Duration
+	// ByeTimeout bounds each BYE transaction the gateway sends.
+	ByeTimeout time.Duration
+	// MaxCalls caps calls in progress; beyond it INVITEs get 503 (emergency
+	// calls are still let through).
+	MaxCalls int
+}
+
+func (c *Config) defaults() {
+	if c.RingTimeout == 0 {
+		c.RingTimeout = 120 * time.Second
+	}
+	if c.ByeTimeout == 0 {
+		c.ByeTimeout = 5 * time.Second
+	}
+	if c.MaxCalls == 0 {
+		c.MaxCalls = 10000
+	}
+}
+
+// Gateway is the B2BUA. Start it, then Close it; it owns every goroutine
+// it starts.
+type Gateway struct {
+	cfg    Config
+	ledger *ledger.Ledger
+	clock  clock.Clock
+	log    *slog.Logger
+	m      *metrics
+
+	deck   atomic.Pointer[rating.Deck]
+	routes atomic.Pointer[router]
+
+	ua      *sipgo.UserAgent
+	srv     *sipgo.Server
+	client  *sipgo.Client
+	inUA    *sipgo.DialogUA
+	outUA   *sipgo.DialogUA
+	udp     net.PacketConn
+	tcp     net.Listener
+	addr    netipAddr
+	closing atomic.Bool
+
+	// One lock over the call maps: each access is a map operation, far
+	// cheaper than the SIP and ledger work around it.
+	mu    sync.Mutex
+	byID  map[string]*call
+	byIn  map[string]*call
+	byOut map[string]*call
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type netipAddr struct {
+	host string
+	port int
+}
+
+// New builds a gateway; Start makes it listen.
+func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Gateway, error) {
+	cfg.defaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("gateway metrics: %w", err)
+	}
+	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
+		byID: map[string]*call{}, byIn: map[string]*call{}, byOut: map[string]*call{}}
+	g.deck.Store(deck)
+	g.ReloadTrunks()
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	return g, nil
+}
+
+// SetDeck swaps in a new rate deck for calls authorized from now on.
+func (g *Gateway) SetDeck(d *rating.Deck) { g.deck.Store(d) }
+
+// Deck is the rate deck in force.
+func (g *Gateway) Deck() *rating.Deck { return g.deck.Load() }
+
+// ReloadTrunks rebuilds routing from the trunks in the ledger.
+func (g *Gateway) ReloadTrunks() { g.routes.Store(newRouter(g.ledger.Trunks())) }
+
+// Addr is the host:port the gateway listens on (UDP and TCP).
+func (g *Gateway) Addr() string { return net.JoinHostPort(g.addr.host, strconv.Itoa(g.addr.port)) }
+
+// Start listens on UDP and TCP and serves until Close.
+func (g *Gateway) Start() error {
+	host, _, err := net.SplitHostPort(g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("sip listen address %q: %w", g.cfg.Listen, err)
+	}
+	g.udp, err = net.ListenPacket("udp", g.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("sip listen udp: %w", err)
+	}
+	port := g.udp.LocalAddr().(*net.UDPAddr).Port
+	g.tcp, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		g.udp.Close()
+		return fmt.Errorf("sip listen tcp: %w", err)
+	}
+	g.addr = netipAddr{host: host, port: port}
+
+	g.ua, err = sipgo.NewUA(sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host))
+	if err != nil {
+		return err
+	}
+	g.srv, err = sipgo.NewServer(g.ua, sipgo.WithServerLogger(g.log.With("component", "sip")))
+	if err != nil {
+		return err
+	}
+	// Sending from the listening socket (not an ephemeral one) means
+	// carriers see our INVITEs come from the address they allow.
+	g.client, err = sipgo.NewClient(g.ua, sipgo.WithClientConnectionAddr(g.udp.LocalAddr().String()))
+	if err != nil {
+		return err
+	}
+	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "creditgate", Host: host, Port: port}}
+	g.inUA = &sipgo.DialogUA{Client: g.client, ContactHDR: contact}
+	g.outUA = &sipgo.DialogUA{Client: g.client, ContactHDR: contact}
+
+	g.srv.OnInvite(g.onInvite)
+	g.srv.OnAck(g.onAck)
+	g.srv.OnBye(g.onBye)
+	g.srv.OnCancel(func(req *sip.Request, tx sip.ServerTransaction) {
+		// A CANCEL that matched a pending INVITE was answered by the
+		// transaction layer; this one matched nothing.
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+	})
+	g.srv.OnOptions(func(req *sip.Request, tx sip.ServerTransaction) {
+		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
+		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"))
+		_ = tx.Respond(res)
+	})
+
+	g.wg.Add(2)
+	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
+	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
+	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
+	return nil
+}
+
+// Close stops taking calls, ends those up (BYE to both legs, settled in the
+// ledger) and waits for every goroutine it started.
+func (g *Gateway) Close() error {
+	g.closing.Store(true)
+	for _, c := range g.snapshot() {
+		c.end(ledger.ReasonShutdown, 200, true, true)
+	}
+	g.cancel()
+	g.wg.Add(0)
+	done := make(chan struct{})
+	go func() { g.waitByes(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(g.cfg.ByeTimeout + time.Second):
+	}
+	var err error
+	if g.ua != nil {
+		err = g.ua.Close()
+	}
+	if g.udp != nil {
+		g.udp.Close()
+	}
+	if g.tcp != nil {
+		g.tcp.Close()
+	}
+	g.wg.Wait()
+	return err
+}
+
+// waitByes waits until no call is left; BYE goroutines are tracked by wg,
+// which Close waits on after the listeners are closed.
+func (g *Gateway) waitByes() {
+	for i := 0; i < 100; i++ {
+		g.mu.Lock()
+		n := len(g.byID)
+		g.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (g *Gateway) snapshot() []*call {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]*call, 0, len(g.byID))
+	for _, c := range g.byID {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Calls lists the calls up now.
+func (g *Gateway) Calls() []CallInfo {
+	now := g.clock.Now()
+	cs := g.snapshot()
+	out := make([]CallInfo, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, c.info(now))
+	}
+	return out
+}
+
+// ErrNoSuchCall is returned by EndCall for an id that is not up.
+var ErrNoSuchCall = errors.New("no such call")
+
+// EndCall ends a call on an operator's request.
+func (g *Gateway) EndCall(id string) error {
+	g.mu.Lock()
+	c, ok := g.byID[id]
+	g.mu.Unlock()
+	if !ok {
+		return ErrNoSuchCall
+	}
+	c.end(ledger.ReasonAdmin, 200, true, true)
+	return nil
+}
+
+func (g *Gateway) forget(c *call, inID, outID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.byID[c.id]; !ok {
+		return
+	}
+	delete(g.byID, c.id)
+	if inID != "" {
+		delete(g.byIn, inID)
+	}
+	if outID != "" {
+		delete(g.byOut, outID)
+	}
+	g.m.active.Dec()
+}
+
+func (g *Gateway) refuse(req *sip.Request, tx sip.ServerTransaction, err error) {
+	r := refusalFor(err)
+	g.m.authorizations.WithLabelValues("refused", r.reason).Inc()
+	res := sip.NewResponseFromRequest(req, r.status, r.phrase, nil)
+	res.AppendHeader(sip.NewHeader("Warning", fmt.Sprintf("399 creditgate %q", r.warning)))
+	if r.status == 503 {
+		res.AppendHeader(sip.NewHeader("Retry-After", "5"))
+	}
+	if r == internalRefusal {
+		g.log.Error("INVITE refused on internal error", "call_id", req.CallID().Value(), "error", err)
+	}
+	_ = tx.Respond(res)
+}
+
+// callerNumber is the caller's number as sent: the P-Asserted-Identity user
+// when present, else the From user.
+func callerNumber(req *sip.Request) string {
+	if h := req.GetHeader("P-Asserted-Identity"); h != nil {
+		var u sip.Uri
+		params := sip.NewParams()
+		if _, err := sip.ParseAddressValue(h.Value(), &u, &params); err == nil && u.User != "" {
+			return u.User
+		}
+	}
+	if f := req.From(); f != nil {
+		return f.Address.User
+	}
+	return ""
+}
+
+func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
+	if to := req.To(); to != nil {
+		if _, ok := to.Params.Get("tag"); ok {
+			// Mid-dialog re-INVITE: passed through by issue #5's work; until
+			// then refuse it cleanly so the call itself is untouched.
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			return
+		}
+	}
+	received := time.Now()
+	c, err := g.authorize(req)
+	if err != nil {
+		g.refuse(req, tx, err)
+		return
+	}
+	g.forward(req, tx, c, received)
+}
+
+// authorize decides an INVITE and, if allowed, returns the call with its
+// first increment already held.
+func (g *Gateway) authorize(req *sip.Request) (*call, error) {
+	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
+		return nil, ErrTooManyHops
+	}
+	trunk, ok := g.routes.Load().source(req.Source())
+	if !ok {
+		return nil, ErrUnknownTrunk
+	}
+	if trunk.Kind == KindCarrier {
+		return nil, ErrInboundNotYet
+	}
+	org, err := g.ledger.Org(trunk.Org)
+	if err != nil {
+		return nil, err
+	}
+	now := g.clock.Now()
+	dialled := req.Recipient.User
+
+	// Emergency first: no caller check, license, balance or load limit may
+	// keep it from connecting.
+	if rating.IsEmergency(dialled, org.Country) {
+		c := &call{g: g, id: uuid.NewString(), org: org.ID, free: true, to: dialled, start: now, inCallID: req.CallID().Value()}
+		if u, ok := g.callerOf(req, org); ok {
+			c.user = u.ID
+		}
+		c.from, _ = rating.Normalize(callerNumber(req), org.Country)
+		rec := ledger.Call{ID: c.id, Org: org.ID, User: c.user, From: c.from, To: dialled, Destination: "Emergency services",
+			Country: org.Country, Type: string(rating.Special), Direction: "outbound", RatePerMinute: decimal.Zero,
+			Currency: org.Currency, FirstIncrement: 1, NextIncrement: 1}
+		if err := g.ledger.OpenCall(rec, now); err == nil {
+			c.tracked = true
+		} else {
+			g.log.Error("emergency call connected without a ledger record", "call_id", c.id, "org", org.ID, "error", err)
+		}
+		g.m.authorizations.WithLabelValues("allowed", "emergency").Inc()
+		return c, nil
+	}
+	if g.closing.Load() || g.activeCalls() >= g.cfg.MaxCalls {
+		return nil, ErrOverloaded
+	}
+	user, ok := g.callerOf(req, org)
+	if !ok {
+		return nil, ErrUnknownCaller
+	}
+	licenses := make([]rating.License, 0, len(user.Licenses))
+	for _, l := range user.Licenses {
+		licenses = append(licenses, rating.License(l))
+	}
+	dec, err := rating.Decide(g.deck.Load(), rating.Call{Dialled: dialled, OrgCountry: org.Country, Licenses: licenses, Now: now})
+	if err != nil {
+		return nil, err
+	}
+	from, _ := rating.Normalize(callerNumber(req), org.Country)
+	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
+		rate: dec.Rate, start: now, inCallID: req.CallID().Value()}
+	rec := ledger.Call{ID: c.id, Org: org.ID, User: user.ID, From: from, To: dec.Number, Destination: dec.Rate.Destination,
+		Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: "outbound", RatePerMinute: dec.Rate.PerMinute,
+		Currency: org.Currency, FirstIncrement: int(dec.Rate.FirstIncrement / time.Second),
+		NextIncrement: int(dec.Rate.NextIncrement / time.Second), Hold: dec.Rate.FirstCharge()}
+	if err := g.ledger.OpenCall(rec, now); err != nil {
+		return nil, err
+	}
+	c.tracked = true
+	g.m.authorizations.WithLabelValues("allowed", string(dec.Source)).Inc()
+	return c, nil
+}
+
+func (g *Gateway) callerOf(req *sip.Request, org ledger.Org) (ledger.User, bool) {
+	num, err := rating.Normalize(callerNumber(req), org.Country)
+	if err != nil {
+		return ledger.User{}, false
+	}
+	u, ok := g.ledger.UserByNumber(num)
+	if !ok || u.Org != org.ID {
+		return ledger.User{}, false
+	}
+	return u, true
+}
+
+func (g *Gateway) activeCalls() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.byID)
+}
+
+// forward sends the authorized call to its carrier and relays what comes
+// back until the call is answered, refused or cancelled.
+func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, received time.Time) {
+	routeKey := c.to
+	if c.free {
+		routeKey = rating.CallingCode(g.orgCountry(c.org)) + c.to
+	}
+	carrier, ok := g.routes.Load().carrier(routeKey)
+	if !ok {
+		g.failBeforeAnswer(c, ErrNoRoute, 404)
+		g.refuse(req, tx, ErrNoRoute)
+		return
+	}
+	var target sip.Uri
+	if err := sip.ParseUri(carrier.URI, &target); err != nil {
+		g.failBeforeAnswer(c, err, 500)
+		g.refuse(req, tx, err)
+		return
+	}
+	in, err := g.inUA.ReadInvite(req, tx)
+	if err != nil {
+		g.failBeforeAnswer(c, err, 500)
+		return
+	}
+	defer in.Close()
+	c.in = in
+	_ = tx.Respond(sip.NewResponseFromRequest(req, 100, "Trying", nil))
+
+	out := g.outboundInvite(req, c, target)
+	g.register(c, in.ID)
+
+	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RingTimeout)
+	defer cancel()
+	// A CANCEL from the caller ends the caller's dialog context; cancelling
+	// ours makes WaitAnswer send CANCEL to the carrier.
+	stop := context.AfterFunc(in.Context(), cancel)
+	defer stop()
+
+	sess, err := g.outUA.WriteInvite(ctx, out)
+	g.m.setup.Observe(time.Since(received).Seconds())
+	if err != nil {
+		g.log.Warn("INVITE to carrier failed", "call_id", c.id, "org", c.org, "carrier", carrier.ID, "error", err)
+		c.end(ledger.ReasonFailed, 503, false, false)
+		_ = in.Respond(503, "Service Unavailable", nil, sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	defer sess.Close()
+	c.out = sess
+
+	err = sess.WaitAnswer(ctx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+		if res.StatusCode > 100 && res.StatusCode < 200 {
+			hdrs := []sip.Header{}
+			if ct := res.ContentType(); ct != nil {
+				hdrs = append(hdrs, sip.HeaderClone(ct))
+			}
+			_ = in.Respond(res.StatusCode, res.Reason, res.Body(), hdrs...)
+		}
+		return nil
+	}})
+	if err != nil {
+		g.notAnswered(c, in, sess, err)
+		return
+	}
+
+	g.mu.Lock()
+	c.mu.Lock()
+	c.outID = sess.ID
+	c.mu.Unlock()
+	g.byOut[sess.ID] = c
+	g.mu.Unlock()
+
+	if err := c.answer(); err != nil {
+		g.log.Error("could not start billing; ending call", "call_id", c.id, "org", c.org, "error", err)
+		_ = sess.Ack(g.ctx)
+		c.end(ledger.ReasonFailed, 503, false, false)
+		g.goBye("carrier", c.id, sess.Bye)
+		_ = in.Respond(503, "Service Unavailable", nil, sip.NewHeader("Retry-After", "5"))
+		return
+	}
+	if err := sess.Ack(g.ctx); err != nil {
+		g.log.Warn("ACK to carrier failed", "call_id", c.id, "error", err)
+	}
+	answer := sess.InviteResponse
+	res := sip.NewResponseFromRequest(in.InviteRequest, 200, "OK", answer.Body())
+	if ct := answer.ContentType(); ct != nil {
+		res.AppendHeader(sip.HeaderClone(ct))
+	}
+	if err := in.WriteResponse(res); err != nil {
+		// The caller cancelled as the carrier answered, or never ACKed.
+		reason := ledger.ReasonFailed
+		if errors.Is(err, sip.ErrTransactionCanceled) {
+			reason = ledger.ReasonCanceled
+		}
+		g.log.Warn("caller leg did not confirm the answer", "call_id", c.id, "error", err)
+		c.end(reason, 200, false, true)
+	}
+}
+
+func (g *Gateway) orgCountry(org string) string {
+	o, err := g.ledger.Org(org)
+	if err != nil {
+		return ""
+	}
+	return o.Country
+}
+
+func (g *Gateway) register(c *call, inID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c.mu.Lock()
+	c.inID = inID
+	c.mu.Unlock()
+	g.byID[c.id] = c
+	g.byIn[inID] = c
+	g.m.active.Inc()
+}
+
+// failBeforeAnswer settles a call that never left the gateway.
+func (g *Gateway) failBeforeAnswer(c *call, err error, status int) {
+	g.log.Warn("call failed before it reached a carrier", "call_id", c.id, "org", c.org, "error", err)
+	if c.tracked {
+		if _, err := g.ledger.CloseCall(c.id, ledger.CallEnd{At: g.clock.Now(), Reason: ledger.ReasonFailed, SIPStatus: status}); err != nil {
+			g.log.Error("settling call failed", "call_id", c.id, "error", err)
+		}
+	}
+}
+
+// notAnswered handles every way a call can end before answer: a failure
+// response, the caller's CANCEL, the ring timeout, a transport error.
+func (g *Gateway) notAnswered(c *call, in *sipgo.DialogServerSession, sess *sipgo.DialogClientSession, err error) {
+	var dr *sipgo.ErrDialogResponse
+	switch {
+	case errors.As(err, &dr):
+		status := dr.Res.StatusCode
+		c.end(ledger.ReasonFailed, status, false, false)
+		if status == 401 || status == 407 {
+			// The carrier's challenge is for us, not for our customer.
+			status = 502
+		}
+		_ = in.Respond(status, dr.Res.Reason, nil)
+	case errors.Is(in.Context().Err(), context.Canceled):
+		// The caller cancelled; the transaction layer answered 487.
+		c.end(ledger.ReasonCanceled, 487, false, false)
+		if r := sess.InviteResponse; r != nil && r.IsSuccess() {
+			// The carrier answered as we cancelled: take and drop that call.
+			_ = sess.Ack(g.ctx)
+			g.goBye("carrier", c.id, sess.Bye)
+		}
+	default:
+		status, phrase := 408, "Request Timeout"
+		if g.ctx.Err() != nil {
+			status, phrase = 503, "Service Unavailable"
+		}
+		c.end(ledger.ReasonFailed, status, false, false)
+		_ = in.Respond(status, phrase, nil)
+	}
+}
+
+// outboundInvite builds the carrier leg's INVITE: a new dialog (Call-ID,
+// tags, CSeq) that carries the caller's SDP untouched.
+func (g *Gateway) outboundInvite(req *sip.Request, c *call, target sip.Uri) *sip.Request {
+	user := "+" + c.to
+	if c.free {
+		user = c.to
+	}
+	ruri := sip.Uri{Scheme: "sip", User: user, Host: target.Host, Port: target.Port, UriParams: target.UriParams}
+	out := sip.NewRequest(sip.INVITE, ruri)
+	if tr, ok := target.UriParams.Get("transport"); ok && tr != "" {
+		out.SetTransport(sip.NetworkToLower(tr))
+	}
+	fromUser := "+" + c.from
+	if c.from == "" {
+		fromUser = "anonymous"
+	}
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: fromUser, Host: g.addr.host}, Params: sip.NewParams()}
+	from.Params.Add("tag", sip.GenerateTagN(16))
+	out.AppendHeader(from)
+	out.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: user, Host: target.Host}, Params: sip.NewParams()})
+	cid := sip.CallIDHeader(c.id)
+	out.AppendHeader(&cid)
+	out.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.INVITE})
+	mf := sip.MaxForwardsHeader(70)
+	if in := req.MaxForwards(); in != nil {
+		mf = sip.MaxForwardsHeader(in.Val() - 1)
+	}
+	out.AppendHeader(&mf)
+	if h := req.GetHeader("P-Asserted-Identity"); h != nil {
+		out.AppendHeader(sip.HeaderClone(h))
+	}
+	if ct := req.ContentType(); ct != nil {
+		out.AppendHeader(sip.HeaderClone(ct))
+	}
+	out.SetBody(req.Body())
+	return out
+}
+
+func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
+	id, err := sip.DialogIDFromRequestUAS(req)
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	c := g.byIn[id]
+	g.mu.Unlock()
+	if c != nil && c.in != nil {
+		_ = c.in.ReadAck(req, tx)
+	}
+}
+
+func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	if id, err := sip.DialogIDFromRequestUAS(req); err == nil {
+		g.mu.Lock()
+		c := g.byIn[id]
+		g.mu.Unlock()
+		if c != nil {
+			if err := c.in.ReadBye(req, tx); err != nil {
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
+				return
+			}
+			c.end(ledger.ReasonCallerHangup, 200, false, true)
+			return
+		}
+	}
+	if id, err := sip.DialogIDFromRequestUAC(req); err == nil {
+		g.mu.Lock()
+		c := g.byOut[id]
+		g.mu.Unlock()
+		if c != nil {
+			if err := c.out.ReadBye(req, tx); err != nil {
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
+				return
+			}
+			c.end(ledger.ReasonCalleeHangup, 200, true, false)
+			return
+		}
+	}
+	_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+}

@@ -1,0 +1,285 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/shopspring/decimal"
+)
+
+var epoch = time.Date(2026, 11, 24, 10, 0, 0, 0, time.UTC)
+
+const testSDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+
+// env is one gateway with its ledger, a fake clock, a carrier and a caller
+// on a known customer trunk, all on loopback.
+type env struct {
+	t       *testing.T
+	clock   *clock.Fake
+	ledger  *ledger.Ledger
+	gw      *Gateway
+	reg     *prometheus.Registry
+	carrier *carrier
+	caller  *phone
+}
+
+func quietLog() *slog.Logger {
+	return slog.New(slog.NewTextHandler(&strings.Builder{}, &slog.HandlerOptions{Level: slog.LevelError + 4}))
+}
+
+func newEnv(t *testing.T, deckCSV string) *env {
+	t.Helper()
+	e := &env{t: t, clock: clock.NewFake(epoch), reg: prometheus.NewRegistry()}
+	var err error
+	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: e.clock.Now, Registerer: e.reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deck, err := rating.ParseDeck(strings.NewReader(deckCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.carrier = newCarrier(t)
+	e.caller = newPhone(t)
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
+	e.gw, err = New(Config{Listen: "127.0.0.1:0"}, e.ledger, deck, e.clock, e.reg, quietLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, e.gw.Start())
+	t.Cleanup(func() {
+		e.gw.Close()
+		e.caller.close()
+		e.carrier.close()
+		e.ledger.Close()
+	})
+	return e
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// org creates an org funded with amount ("" for none), a customer trunk on
+// the caller's exact address, and a user owning number with licenses.
+func (e *env) org(id, country, amount, number string, licenses ...string) {
+	e.t.Helper()
+	_, err := e.ledger.CreateOrg(ledger.Org{ID: id, Country: country, Region: "r", BillingRegion: "r"})
+	must(e.t, err)
+	if amount != "" {
+		_, err = e.ledger.Fund(id, decimal.RequireFromString(amount), "fund-"+id)
+		must(e.t, err)
+	}
+	must(e.t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-" + id, Kind: KindCustomer, Org: id, Addresses: []string{e.caller.addr}}))
+	must(e.t, e.ledger.PutUser(ledger.User{Org: id, ID: "alice", Numbers: []string{number}, Licenses: licenses}))
+	e.gw.ReloadTrunks()
+}
+
+func (e *env) balance(org string) decimal.Decimal {
+	o, err := e.ledger.Org(org)
+	must(e.t, err)
+	return o.Balance
+}
+
+// eventually waits for cond, which the gateway makes true asynchronously;
+// it bounds a wait, it does not time anything.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (e *env) answeredCalls() int {
+	n := 0
+	for _, c := range e.gw.Calls() {
+		if c.State == "answered" {
+			n++
+		}
+	}
+	return n
+}
+
+// carrier is a sipgo UAS that answers every INVITE with 180 then 200+SDP.
+type carrier struct {
+	t       *testing.T
+	addr    string
+	ua      *sipgo.UserAgent
+	cancel  context.CancelFunc
+	dialogs *sipgo.DialogServerCache
+	invites atomic.Int32
+	byes    atomic.Int32
+	lastURI atomic.Value
+	mu      sync.Mutex
+	open    []*sipgo.DialogServerSession
+	reject  atomic.Int32 // non-zero: answer INVITEs with this status
+}
+
+func listenUDP(t *testing.T) (net.PacketConn, string, int) {
+	t.Helper()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	must(t, err)
+	port := conn.LocalAddr().(*net.UDPAddr).Port
+	return conn, fmt.Sprintf("127.0.0.1:%d", port), port
+}
+
+func newCarrier(t *testing.T) *carrier {
+	conn, addr, port := listenUDP(t)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("carrier"))
+	must(t, err)
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quietLog()))
+	must(t, err)
+	cli, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(addr))
+	must(t, err)
+	c := &carrier{t: t, addr: addr, ua: ua}
+	c.dialogs = sipgo.NewDialogServerCache(cli, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "carrier", Host: "127.0.0.1", Port: port}})
+	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		c.invites.Add(1)
+		c.lastURI.Store(req.Recipient.User)
+		dlg, err := c.dialogs.ReadInvite(req, tx)
+		if err != nil {
+			return
+		}
+		defer dlg.Close()
+		if code := c.reject.Load(); code != 0 {
+			_ = dlg.Respond(int(code), "Rejected", nil)
+			return
+		}
+		_ = dlg.Respond(180, "Ringing", nil)
+		c.mu.Lock()
+		c.open = append(c.open, dlg)
+		c.mu.Unlock()
+		if err := dlg.RespondSDP([]byte(testSDP)); err != nil {
+			return
+		}
+		<-dlg.Context().Done()
+	})
+	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { _ = c.dialogs.ReadAck(req, tx) })
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		if err := c.dialogs.ReadBye(req, tx); err == nil {
+			c.byes.Add(1)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go func() { _ = srv.ServeUDP(conn) }()
+	go func() { <-ctx.Done(); conn.Close() }()
+	return c
+}
+
+// hangup sends BYE from the carrier on its oldest answered call.
+func (c *carrier) hangup() error {
+	c.mu.Lock()
+	dlg := c.open[0]
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return dlg.Bye(ctx)
+}
+
+func (c *carrier) close() { c.cancel(); c.ua.Close() }
+
+// phone is a sipgo UAC on a fixed address: the customer's PBX.
+type phone struct {
+	t       *testing.T
+	addr    string
+	ua      *sipgo.UserAgent
+	cancel  context.CancelFunc
+	dialogs *sipgo.DialogClientCache
+	byes    atomic.Int32
+}
+
+func newPhone(t *testing.T) *phone {
+	conn, addr, port := listenUDP(t)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("pbx"))
+	must(t, err)
+	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quietLog()))
+	must(t, err)
+	cli, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(addr))
+	must(t, err)
+	p := &phone{t: t, addr: addr, ua: ua}
+	p.dialogs = sipgo.NewDialogClientCache(cli, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "pbx", Host: "127.0.0.1", Port: port}})
+	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		if err := p.dialogs.ReadBye(req, tx); err == nil {
+			p.byes.Add(1)
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go func() { _ = srv.ServeUDP(conn) }()
+	go func() { <-ctx.Done(); conn.Close() }()
+	return p
+}
+
+func (p *phone) close() { p.cancel(); p.ua.Close() }
+
+// dial calls to through the gateway as from; it returns the answered
+// session, or the final status of a refusal.
+func (p *phone) dial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogClientSession, int, *sip.Response) {
+	p.t.Helper()
+	host, port, _ := net.SplitHostPort(gw)
+	var pn int
+	fmt.Sscan(port, &pn)
+	recipient := sip.Uri{Scheme: "sip", User: to, Host: host, Port: pn}
+	req := sip.NewRequest(sip.INVITE, recipient)
+	fromHdr := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: from, Host: "pbx.example"}, Params: sip.NewParams()}
+	fromHdr.Params.Add("tag", sip.GenerateTagN(8))
+	req.AppendHeader(fromHdr)
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	for _, h := range hdrs {
+		req.AppendHeader(h)
+	}
+	req.SetBody([]byte(testSDP))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := p.dialogs.WriteInvite(ctx, req)
+	if err != nil {
+		p.t.Fatalf("INVITE: %v", err)
+	}
+	if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
+		var dr *sipgo.ErrDialogResponse
+		if ok := asDialogResponse(err, &dr); ok {
+			return nil, dr.Res.StatusCode, dr.Res
+		}
+		p.t.Fatalf("waiting for answer: %v", err)
+	}
+	if err := sess.Ack(ctx); err != nil {
+		p.t.Fatalf("ACK: %v", err)
+	}
+	return sess, 200, sess.InviteResponse
+}
+
+func asDialogResponse(err error, target **sipgo.ErrDialogResponse) bool {
+	for err != nil {
+		if dr, ok := err.(*sipgo.ErrDialogResponse); ok {
+			*target = dr
+			return true
+		}
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		err = u.Unwrap()
+	}
+	return false
+}

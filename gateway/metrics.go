@@ -1,0 +1,33 @@
+package gateway
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics of the gateway; label values are closed sets (see refusals).
+type metrics struct {
+	authorizations *prometheus.CounterVec
+	active         prometheus.Gauge
+	setup          prometheus.Histogram
+	exhausted      prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		authorizations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_authorizations_total",
+			Help: "Call authorization decisions, by result (allowed, refused) and reason."}, []string{"result", "reason"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{Name: "creditgate_calls_active",
+			Help: "Calls authorized and not yet ended (ringing or answered)."}),
+		setup: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "creditgate_call_setup_seconds",
+			Help:    "Time from an INVITE arriving to the INVITE leaving for the carrier.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		exhausted: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_credit_exhausted_teardowns_total",
+			Help: "Calls ended by the gateway because the org's credit ran out."}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

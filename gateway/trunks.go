@@ -1,0 +1,188 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/emiago/sipgo/sip"
+)
+
+// Trunk kinds (SPEC §5).
+const (
+	KindCustomer     = "customer"
+	KindConferencing = "conferencing"
+	KindCarrier      = "carrier"
+)
+
+// ErrBadTrunk is wrapped by every trunk validation error.
+var ErrBadTrunk = errors.New("invalid trunk")
+
+// MaxTrunkAddresses and MaxTrunkPrefixes bound one trunk's definition.
+const (
+	MaxTrunkAddresses = 64
+	MaxTrunkPrefixes  = 1024
+)
+
+// ValidateTrunk checks a trunk before it is stored, so the router never
+// meets one it cannot use.
+func ValidateTrunk(t ledger.Trunk) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrBadTrunk, fmt.Sprintf(format, args...))
+	}
+	switch t.Kind {
+	case KindCustomer, KindConferencing:
+		if t.Org == "" {
+			return bad("a %s trunk needs an org", t.Kind)
+		}
+		if len(t.Addresses) == 0 {
+			return bad("a %s trunk needs at least one source address", t.Kind)
+		}
+	case KindCarrier:
+		if t.URI == "" {
+			return bad("a carrier trunk needs a uri, e.g. sip:203.0.113.5:5060")
+		}
+		var u sip.Uri
+		if err := sip.ParseUri(t.URI, &u); err != nil || u.Host == "" {
+			return bad("uri %q is not a SIP URI", t.URI)
+		}
+		if t.Org != "" {
+			return bad("a carrier trunk belongs to no org")
+		}
+	default:
+		return bad("kind %q: want customer, conferencing or carrier", t.Kind)
+	}
+	if len(t.Addresses) > MaxTrunkAddresses || len(t.Prefixes) > MaxTrunkPrefixes {
+		return bad("at most %d addresses and %d prefixes", MaxTrunkAddresses, MaxTrunkPrefixes)
+	}
+	for _, a := range t.Addresses {
+		if _, err := parseSource(a); err != nil {
+			return bad("address %q: %v", a, err)
+		}
+	}
+	for _, p := range t.Prefixes {
+		if len(p) > 15 || strings.Trim(p, "0123456789") != "" {
+			return bad("prefix %q: want E.164 digits without +, or \"\" for the default route", p)
+		}
+	}
+	return nil
+}
+
+// source is one trunk address: a CIDR, or an exact host:port.
+type source struct {
+	prefix netip.Prefix
+	port   uint16 // 0: any port
+}
+
+// specificity orders matches: an exact host:port beats its bare host, which
+// beats any wider CIDR.
+func (s source) specificity() int {
+	n := s.prefix.Bits() * 2
+	if s.port != 0 {
+		n++
+	}
+	return n
+}
+
+func parseSource(a string) (source, error) {
+	if p, err := netip.ParsePrefix(a); err == nil {
+		return source{prefix: p.Masked()}, nil
+	}
+	if ip, err := netip.ParseAddr(a); err == nil {
+		return source{prefix: netip.PrefixFrom(ip, ip.BitLen())}, nil
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return source{}, errors.New("want a CIDR (10.0.0.0/24), an IP, or IP:port")
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return source{}, errors.New("host must be an IP address")
+	}
+	pn, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || pn == 0 {
+		return source{}, errors.New("port must be 1 to 65535")
+	}
+	return source{prefix: netip.PrefixFrom(ip, ip.BitLen()), port: uint16(pn)}, nil
+}
+
+// router answers "which trunk sent this" and "which carrier takes this
+// number". It is rebuilt whole on every trunk change and swapped in
+// atomically, so lookups take no lock.
+type router struct {
+	sources  []routedSource
+	carriers map[string]ledger.Trunk // by prefix; "" is the default route
+	maxLen   int
+}
+
+type routedSource struct {
+	src   source
+	trunk ledger.Trunk
+}
+
+func newRouter(trunks []ledger.Trunk) *router {
+	r := &router{carriers: map[string]ledger.Trunk{}}
+	for _, t := range trunks {
+		switch t.Kind {
+		case KindCarrier:
+			for _, p := range t.Prefixes {
+				if old, ok := r.carriers[p]; !ok || t.ID < old.ID {
+					r.carriers[p] = t
+				}
+				if len(p) > r.maxLen {
+					r.maxLen = len(p)
+				}
+			}
+			if len(t.Prefixes) == 0 {
+				if old, ok := r.carriers[""]; !ok || t.ID < old.ID {
+					r.carriers[""] = t
+				}
+			}
+		default:
+			for _, a := range t.Addresses {
+				if s, err := parseSource(a); err == nil {
+					r.sources = append(r.sources, routedSource{src: s, trunk: t})
+				}
+			}
+		}
+	}
+	return r
+}
+
+// source finds the most specific customer or conferencing trunk for a
+// packet's source address ("ip:port").
+func (r *router) source(hostport string) (ledger.Trunk, bool) {
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return ledger.Trunk{}, false
+	}
+	ip := ap.Addr().Unmap()
+	best, bestSpec := -1, -1
+	for i, rs := range r.sources {
+		if !rs.src.prefix.Contains(ip) || (rs.src.port != 0 && rs.src.port != ap.Port()) {
+			continue
+		}
+		if s := rs.src.specificity(); s > bestSpec {
+			best, bestSpec = i, s
+		}
+	}
+	if best < 0 {
+		return ledger.Trunk{}, false
+	}
+	return r.sources[best].trunk, true
+}
+
+// carrier picks the carrier for E.164 digits by longest prefix.
+func (r *router) carrier(digits string) (ledger.Trunk, bool) {
+	n := min(len(digits), r.maxLen)
+	for ; n >= 0; n-- {
+		if t, ok := r.carriers[digits[:n]]; ok {
+			return t, true
+		}
+	}
+	return ledger.Trunk{}, false
+}

@@ -640,3 +640,7 @@ func (l *Ledger) CheckInvariants() error {
 	}
 	return nil
 }
+
+// Err is non-nil once the ledger has failed a durable write and refuses all
+// changes until restarted (readiness checks report it).
+func (l *Ledger) Err() error { return l.c.err() }

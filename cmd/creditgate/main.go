@@ -1,0 +1,211 @@
+// Command creditgate runs the real-time call authorization gateway.
+//
+//	creditgate serve [--config FILE] [--sip-listen ADDR] [--http-listen ADDR]
+//	                 [--data-dir DIR] [--admin-token TOKEN]
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/creditgate/creditgate/configs"
+	"github.com/creditgate/creditgate/gateway"
+	"github.com/creditgate/creditgate/gateway/api"
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+const usage = `usage: creditgate serve [--config FILE] [--sip-listen ADDR] [--http-listen ADDR] [--data-dir DIR] [--admin-token TOKEN]
+
+Runs the gateway. With no flags: SIP on 127.0.0.1:5060 (UDP and TCP), the
+admin API on 127.0.0.1:8080, data in ./creditgate-data, the built-in sample
+rate deck. See configs/creditgate.example.yaml for every setting.
+`
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "serve" {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	if err := serve(os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "creditgate:", err)
+		os.Exit(1)
+	}
+}
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
+	configPath := fs.String("config", "", "YAML config file")
+	sipListen := fs.String("sip-listen", "", "SIP host:port (UDP and TCP)")
+	httpListen := fs.String("http-listen", "", "admin API host:port")
+	dataDir := fs.String("data-dir", "", "data directory")
+	adminToken := fs.String("admin-token", "", "admin API bearer token")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg := configs.Default()
+	if *configPath != "" {
+		var err error
+		if cfg, err = configs.Load(*configPath); err != nil {
+			return err
+		}
+	}
+	if *sipListen != "" {
+		cfg.SIP.Listen = *sipListen
+	}
+	if *httpListen != "" {
+		cfg.HTTP.Listen = *httpListen
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	if *adminToken != "" {
+		cfg.HTTP.AdminToken = *adminToken
+	}
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	log := newLogger(cfg.Log)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	token, tokenFile, err := resolveToken(cfg)
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{
+		MinFunding: cfg.MinFunding(), Registerer: reg, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+
+	deck, source, err := loadDeck(led, cfg.Rating.DeckFile)
+	if err != nil {
+		return err
+	}
+	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
+
+	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
+		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls}, led, deck, clock.Real{}, reg, log)
+	if err != nil {
+		return err
+	}
+	if err := gw.Start(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		gw.Close()
+		return fmt.Errorf("http listen: %w", err)
+	}
+	srv := api.New(led, gw, token, reg, time.Now, log)
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- srv.Serve(ln) }()
+	attrs := []any{"sip", gw.Addr(), "http", ln.Addr().String(), "data_dir", cfg.DataDir}
+	if tokenFile != "" {
+		attrs = append(attrs, "admin_token_file", tokenFile)
+	}
+	log.Info("creditgate running", attrs...)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: ending calls and closing the ledger")
+	case err := <-apiDone:
+		log.Error("admin API stopped", "error", err)
+	}
+	_ = srv.Shutdown()
+	return gw.Close()
+}
+
+func newLogger(c configs.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// resolveToken finds the admin token: flag or config, then the environment,
+// then DATA_DIR/admin-token, else a new random one written there (0600).
+// It returns the token file's path when the token came from (or went to) it.
+func resolveToken(cfg configs.Config) (token, file string, err error) {
+	if cfg.HTTP.AdminToken != "" {
+		return cfg.HTTP.AdminToken, "", nil
+	}
+	if t := os.Getenv("CREDITGATE_ADMIN_TOKEN"); t != "" {
+		if len(t) < 16 {
+			return "", "", errors.New("CREDITGATE_ADMIN_TOKEN: at least 16 characters")
+		}
+		return t, "", nil
+	}
+	file = filepath.Join(cfg.DataDir, "admin-token")
+	if b, err := os.ReadFile(file); err == nil {
+		t := strings.TrimSpace(string(b))
+		if len(t) >= 16 {
+			return t, file, nil
+		}
+		return "", "", fmt.Errorf("%s: token shorter than 16 characters", file)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", "", fmt.Errorf("admin token: %w", err)
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", err
+	}
+	token = hex.EncodeToString(raw)
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("write admin token: %w", err)
+	}
+	return token, file, nil
+}
+
+// loadDeck prefers the deck an operator uploaded (kept in the ledger), then
+// the configured file, then the built-in sample.
+func loadDeck(l *ledger.Ledger, file string) (*rating.Deck, string, error) {
+	if b := l.Deck(); len(b) > 0 {
+		d, err := rating.ParseDeck(bytes.NewReader(b))
+		if err != nil {
+			return nil, "", fmt.Errorf("stored rate deck: %w", err)
+		}
+		return d, "uploaded", nil
+	}
+	if file != "" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, "", fmt.Errorf("rating.deck_file: %w", err)
+		}
+		defer f.Close()
+		d, err := rating.ParseDeck(f)
+		if err != nil {
+			return nil, "", fmt.Errorf("rating.deck_file %s: %w", file, err)
+		}
+		return d, file, nil
+	}
+	return rating.SampleDeck(), "built-in sample", nil
+}

@@ -1,0 +1,156 @@
+// Package configs holds creditgate's configuration: one YAML file mapped
+// onto typed structs with defaults, validated as a whole. Every key is
+// documented in creditgate.example.yaml beside this file.
+package configs
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"gopkg.in/yaml.v3"
+)
+
+// Config is the whole configuration.
+type Config struct {
+	DataDir string  `yaml:"data_dir"`
+	SIP     SIP     `yaml:"sip"`
+	HTTP    HTTP    `yaml:"http"`
+	Funding Funding `yaml:"funding"`
+	Rating  Rating  `yaml:"rating"`
+	Log     Log     `yaml:"log"`
+}
+
+// SIP is the gateway's SIP side.
+type SIP struct {
+	Listen      string        `yaml:"listen"`
+	RingTimeout time.Duration `yaml:"ring_timeout"`
+	ByeTimeout  time.Duration `yaml:"bye_timeout"`
+	MaxCalls    int           `yaml:"max_calls"`
+}
+
+// HTTP is the admin API.
+type HTTP struct {
+	Listen     string `yaml:"listen"`
+	AdminToken string `yaml:"admin_token"`
+}
+
+// Funding rules.
+type Funding struct {
+	Minimum string `yaml:"minimum"`
+}
+
+// Rating settings.
+type Rating struct {
+	DeckFile string `yaml:"deck_file"`
+}
+
+// Log settings.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+}
+
+// Default is the configuration creditgate runs on with no file and no flags.
+func Default() Config {
+	return Config{
+		DataDir: "./creditgate-data",
+		SIP:     SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000},
+		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
+		Funding: Funding{Minimum: "50.00"},
+		Log:     Log{Level: "info", Format: "text"},
+	}
+}
+
+// Example is the documented example file, every key with its default.
+//
+//go:embed creditgate.example.yaml
+var Example []byte
+
+// MaxFileSize bounds the config file.
+const MaxFileSize = 1 << 20
+
+// Load reads path over the defaults. Unknown keys are errors, so a typo is
+// caught at start rather than silently ignored.
+func Load(path string) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if len(b) > MaxFileSize {
+		return Config{}, fmt.Errorf("config %s: larger than %d bytes", path, MaxFileSize)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse reads YAML over the defaults and validates the result.
+func Parse(b []byte) (Config, error) {
+	c := Default()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	return c, c.Validate()
+}
+
+// Validate names the first bad key.
+func (c Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...))
+	}
+	if c.DataDir == "" {
+		return bad("data_dir", "must not be empty")
+	}
+	if _, _, err := net.SplitHostPort(c.SIP.Listen); err != nil {
+		return bad("sip.listen", "%q is not host:port", c.SIP.Listen)
+	}
+	if c.SIP.RingTimeout < time.Second || c.SIP.RingTimeout > 10*time.Minute {
+		return bad("sip.ring_timeout", "want 1s to 10m, got %s", c.SIP.RingTimeout)
+	}
+	if c.SIP.ByeTimeout < 100*time.Millisecond || c.SIP.ByeTimeout > time.Minute {
+		return bad("sip.bye_timeout", "want 100ms to 1m, got %s", c.SIP.ByeTimeout)
+	}
+	if c.SIP.MaxCalls < 1 || c.SIP.MaxCalls > 1_000_000 {
+		return bad("sip.max_calls", "want 1 to 1000000, got %d", c.SIP.MaxCalls)
+	}
+	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
+		return bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+	}
+	if c.HTTP.AdminToken != "" && len(c.HTTP.AdminToken) < 16 {
+		return bad("http.admin_token", "at least 16 characters, or leave empty to generate one")
+	}
+	m, err := decimal.NewFromString(c.Funding.Minimum)
+	if err != nil || !m.IsPositive() || m.Exponent() < -2 {
+		return bad("funding.minimum", "%q: want a positive amount like \"50.00\"", c.Funding.Minimum)
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return bad("log.format", "%q: want text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// MinFunding is Funding.Minimum as money (Validate has checked it).
+func (c Config) MinFunding() decimal.Decimal { return decimal.RequireFromString(c.Funding.Minimum) }

@@ -1,0 +1,572 @@
+// Package api is creditgate's admin HTTP API (SPEC §5) on fasthttp: JSON in
+// and out, a bearer token on everything but /metrics, /healthz and /readyz,
+// money as decimal strings, and every refusal a JSON error that changed
+// nothing.
+package api
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/shopspring/decimal"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// Limits of the API.
+const (
+	MaxJSONBody = 64 << 10
+	MaxDeckBody = 64 << 20
+)
+
+// Server serves the admin API.
+type Server struct {
+	ledger  *ledger.Ledger
+	gw      *gateway.Gateway
+	token   []byte
+	log     *slog.Logger
+	now     func() time.Time
+	metrics fasthttp.RequestHandler
+	srv     *fasthttp.Server
+}
+
+// New builds the API server. gatherer serves /metrics.
+func New(l *ledger.Ledger, gw *gateway.Gateway, token string, gatherer prometheus.Gatherer, now func() time.Time, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{ledger: l, gw: gw, token: []byte(token), log: log, now: now,
+		metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))}
+	s.srv = &fasthttp.Server{
+		Handler:            s.Handle,
+		Name:               "creditgate",
+		MaxRequestBodySize: MaxDeckBody,
+		ReadTimeout:        30 * time.Second,
+		WriteTimeout:       60 * time.Second,
+		IdleTimeout:        120 * time.Second,
+		ReadBufferSize:     16 << 10,
+		Concurrency:        1024,
+	}
+	return s
+}
+
+// Serve serves on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+
+// Shutdown stops accepting and waits for requests in flight.
+func (s *Server) Shutdown() error { return s.srv.Shutdown() }
+
+// Handle routes one request.
+func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
+	path := string(ctx.Path())
+	switch path {
+	case "/metrics":
+		s.metrics(ctx)
+		return
+	case "/healthz":
+		ctx.SetContentType("text/plain; charset=utf-8")
+		ctx.SetBodyString("ok\n")
+		return
+	case "/readyz":
+		ctx.SetContentType("text/plain; charset=utf-8")
+		if err := s.ledger.Err(); err != nil {
+			ctx.SetStatusCode(503)
+			ctx.SetBodyString("not ready: " + err.Error() + "\n")
+			return
+		}
+		ctx.SetBodyString("ready\n")
+		return
+	}
+	if !s.authorized(ctx) {
+		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="creditgate"`)
+		s.fail(ctx, errUnauthorized)
+		return
+	}
+	if err := s.route(ctx, path); err != nil {
+		s.fail(ctx, err)
+	}
+}
+
+func (s *Server) authorized(ctx *fasthttp.RequestCtx) bool {
+	h := ctx.Request.Header.Peek("Authorization")
+	tok, ok := bytes.CutPrefix(h, []byte("Bearer "))
+	return ok && len(s.token) > 0 && subtle.ConstantTimeCompare(tok, s.token) == 1
+}
+
+func (s *Server) route(ctx *fasthttp.RequestCtx, path string) error {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	method := string(ctx.Method())
+	if len(parts) < 2 || parts[0] != "v1" {
+		return errNotFound
+	}
+	p := parts[1:]
+	want := func(m string) error {
+		if method != m {
+			return errMethod
+		}
+		return nil
+	}
+	switch {
+	case len(p) == 1 && p[0] == "orgs":
+		if err := want("POST"); err != nil {
+			return err
+		}
+		return s.createOrg(ctx)
+	case len(p) == 2 && p[0] == "orgs":
+		if err := want("GET"); err != nil {
+			return err
+		}
+		return s.getOrg(ctx, p[1])
+	case len(p) == 3 && p[0] == "orgs" && p[2] == "credits":
+		if err := want("POST"); err != nil {
+			return err
+		}
+		return s.fund(ctx, p[1])
+	case len(p) == 3 && p[0] == "orgs" && p[2] == "usage":
+		if err := want("GET"); err != nil {
+			return err
+		}
+		return s.usage(ctx, p[1])
+	case len(p) == 3 && p[0] == "orgs" && p[2] == "transactions":
+		if err := want("GET"); err != nil {
+			return err
+		}
+		return s.transactions(ctx, p[1])
+	case len(p) == 4 && p[0] == "orgs" && p[2] == "users":
+		if err := want("PUT"); err != nil {
+			return err
+		}
+		return s.putUser(ctx, p[1], p[3])
+	case len(p) == 2 && p[0] == "trunks":
+		if err := want("PUT"); err != nil {
+			return err
+		}
+		return s.putTrunk(ctx, p[1])
+	case len(p) == 1 && p[0] == "rates":
+		switch method {
+		case "PUT":
+			return s.putRates(ctx)
+		case "GET":
+			return s.getRate(ctx)
+		}
+		return errMethod
+	case len(p) == 1 && p[0] == "calls":
+		if err := want("GET"); err != nil {
+			return err
+		}
+		writeJSON(ctx, 200, map[string]any{"calls": s.gw.Calls()})
+		return nil
+	case len(p) == 2 && p[0] == "calls":
+		if err := want("DELETE"); err != nil {
+			return err
+		}
+		if err := s.gw.EndCall(p[1]); err != nil {
+			return err
+		}
+		ctx.SetStatusCode(204)
+		return nil
+	}
+	return errNotFound
+}
+
+func (s *Server) fail(ctx *fasthttp.RequestCtx, err error) {
+	e := lookupError(err)
+	if e.status >= 500 {
+		s.log.Error("admin API request failed", "method", string(ctx.Method()), "path", string(ctx.Path()), "error", err)
+	}
+	body := map[string]any{"code": e.code, "message": err.Error()}
+	var de *rating.DeckError
+	if errors.As(err, &de) {
+		lines := make([]map[string]any, 0, len(de.Lines))
+		for _, l := range de.Lines {
+			lines = append(lines, map[string]any{"line": l.Line, "error": l.Err})
+		}
+		body["lines"] = lines
+	}
+	writeJSON(ctx, e.status, map[string]any{"error": body})
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, v any) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	enc := json.NewEncoder(ctx)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
+}
+
+// decode reads exactly one JSON object into v, refusing unknown fields,
+// trailing data and oversized bodies.
+func decode(ctx *fasthttp.RequestCtx, v any) error {
+	body := ctx.PostBody()
+	if len(body) > MaxJSONBody {
+		return fmt.Errorf("%w: at most %d bytes of JSON", errTooLarge, MaxJSONBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", errBadJSON, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("%w: trailing data after the JSON object", errBadJSON)
+	}
+	return nil
+}
+
+// Money is formatted with at least the currency's two places and never
+// loses a digit (sub-cent charges show in full).
+func money(d decimal.Decimal) string {
+	if d.Equal(d.Round(2)) {
+		return d.StringFixed(2)
+	}
+	return d.String()
+}
+
+var amountRE = regexp.MustCompile(`^[0-9]{1,12}(\.[0-9]{1,2})?$`)
+
+// parseAmount accepts a funding amount: a plain decimal string with at most
+// two decimal places. JSON numbers, signs, exponents and more precision than
+// the currency has are refused.
+func parseAmount(raw json.RawMessage) (decimal.Decimal, error) {
+	var s string
+	if len(raw) == 0 {
+		return decimal.Zero, fmt.Errorf("%w: amount is required, as a string like \"50.00\"", errBadAmount)
+	}
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return decimal.Zero, fmt.Errorf("%w: amount must be a decimal string like \"50.00\", not %s", errBadAmount, raw)
+	}
+	if !amountRE.MatchString(s) {
+		return decimal.Zero, fmt.Errorf("%w: %q is not a positive amount with at most 2 decimal places", errBadAmount, s)
+	}
+	return decimal.RequireFromString(s), nil
+}
+
+type orgView struct {
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	Country       string    `json:"country"`
+	Region        string    `json:"region"`
+	BillingRegion string    `json:"billing_region"`
+	Currency      string    `json:"currency"`
+	Balance       string    `json:"balance"`
+	Available     string    `json:"available"`
+	Held          string    `json:"held"`
+	CreatedAt     time.Time `json:"created_at"`
+}
+
+func viewOrg(o ledger.Org) orgView {
+	return orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
+		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held), CreatedAt: o.CreatedAt}
+}
+
+func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
+	var req struct {
+		ID            string `json:"id"`
+		Name          string `json:"name"`
+		Country       string `json:"country"`
+		Region        string `json:"region"`
+		BillingRegion string `json:"billing_region"`
+		Currency      string `json:"currency"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	if !rating.KnownCountry(req.Country) {
+		return badRequest("country %q: want an ISO 3166 alpha-2 code creditgate dials for (e.g. US, GB, FR)", req.Country)
+	}
+	if req.Region == "" || len(req.Region) > 64 {
+		return badRequest("region: want 1 to 64 characters")
+	}
+	if req.BillingRegion == "" {
+		req.BillingRegion = req.Region
+	}
+	if len(req.BillingRegion) > 64 {
+		return badRequest("billing_region: at most 64 characters")
+	}
+	o, err := s.ledger.CreateOrg(ledger.Org{ID: req.ID, Name: req.Name, Country: req.Country, Region: req.Region,
+		BillingRegion: req.BillingRegion, Currency: req.Currency})
+	if err != nil {
+		return err
+	}
+	writeJSON(ctx, 201, viewOrg(o))
+	return nil
+}
+
+func (s *Server) getOrg(ctx *fasthttp.RequestCtx, id string) error {
+	o, err := s.ledger.Org(id)
+	if err != nil {
+		return err
+	}
+	writeJSON(ctx, 200, viewOrg(o))
+	return nil
+}
+
+func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
+	var req struct {
+		Amount         json.RawMessage `json:"amount"`
+		IdempotencyKey string          `json:"idempotency_key"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	amount, err := parseAmount(req.Amount)
+	if err != nil {
+		return err
+	}
+	if req.IdempotencyKey == "" {
+		return badRequest("idempotency_key is required, so a retried request funds once")
+	}
+	en, err := s.ledger.Fund(org, amount, req.IdempotencyKey)
+	if err != nil {
+		return err
+	}
+	o, err := s.ledger.Org(org)
+	if err != nil {
+		return err
+	}
+	writeJSON(ctx, 201, map[string]any{"transaction": viewEntry(en), "org": viewOrg(o)})
+	return nil
+}
+
+func (s *Server) putUser(ctx *fasthttp.RequestCtx, org, user string) error {
+	var req struct {
+		Numbers  []string `json:"numbers"`
+		Licenses []string `json:"licenses"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	if _, err := s.ledger.Org(org); err != nil {
+		return err
+	}
+	u := ledger.User{Org: org, ID: user}
+	for _, n := range req.Numbers {
+		if !strings.HasPrefix(n, "+") {
+			return badRequest("number %q: want E.164 with a leading +", n)
+		}
+		e164, err := rating.Normalize(n, "")
+		if err != nil {
+			return badRequest("number %q: not an E.164 number", n)
+		}
+		u.Numbers = append(u.Numbers, e164)
+	}
+	for _, l := range req.Licenses {
+		lic, err := rating.ParseLicense(l)
+		if err != nil {
+			return badRequest("%v", err)
+		}
+		u.Licenses = append(u.Licenses, string(lic))
+	}
+	if err := s.ledger.PutUser(u); err != nil {
+		return err
+	}
+	stored, _ := s.ledger.User(org, user)
+	writeJSON(ctx, 200, stored)
+	return nil
+}
+
+func (s *Server) putTrunk(ctx *fasthttp.RequestCtx, id string) error {
+	var req struct {
+		Kind      string   `json:"kind"`
+		Org       string   `json:"org"`
+		Addresses []string `json:"addresses"`
+		URI       string   `json:"uri"`
+		Prefixes  []string `json:"prefixes"`
+		Username  string   `json:"username"`
+		Password  string   `json:"password"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	t := ledger.Trunk{ID: id, Kind: req.Kind, Org: req.Org, Addresses: req.Addresses, URI: req.URI,
+		Prefixes: req.Prefixes, Username: req.Username, Password: req.Password}
+	if err := gateway.ValidateTrunk(t); err != nil {
+		return err
+	}
+	if t.Org != "" {
+		if _, err := s.ledger.Org(t.Org); err != nil {
+			return badRequest("trunk org %q does not exist", t.Org)
+		}
+	}
+	if err := s.ledger.PutTrunk(t); err != nil {
+		return err
+	}
+	s.gw.ReloadTrunks()
+	t.Password = ""
+	writeJSON(ctx, 200, t)
+	return nil
+}
+
+func (s *Server) putRates(ctx *fasthttp.RequestCtx) error {
+	body := ctx.PostBody()
+	deck, err := rating.ParseDeck(bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	if err := s.ledger.PutDeck(body); err != nil {
+		return err
+	}
+	s.gw.SetDeck(deck)
+	s.log.Info("rate deck replaced", "rows", deck.Rows())
+	writeJSON(ctx, 200, map[string]any{"rows": deck.Rows()})
+	return nil
+}
+
+func (s *Server) getRate(ctx *fasthttp.RequestCtx) error {
+	args := ctx.QueryArgs()
+	number := string(args.Peek("number"))
+	orgID := string(args.Peek("org"))
+	country := ""
+	var org ledger.Org
+	if orgID != "" {
+		var err error
+		if org, err = s.ledger.Org(orgID); err != nil {
+			return err
+		}
+		country = org.Country
+	} else if !strings.HasPrefix(number, "+") {
+		return badRequest("number %q: without org=, give E.164 with a leading +", number)
+	}
+	e164, err := rating.Normalize(number, country)
+	if err != nil {
+		return err
+	}
+	r, ok := s.gw.Deck().Lookup(e164, s.now())
+	if !ok {
+		return fmt.Errorf("%w: +%s", rating.ErrNoRate, e164)
+	}
+	out := map[string]any{
+		"number": "+" + e164, "prefix": r.Prefix, "country": r.Country, "destination": r.Destination, "type": r.Type,
+		"rate_per_minute": r.PerMinute.String(), "connection_fee": money(r.ConnectionFee),
+		"first_increment": int(r.FirstIncrement / time.Second), "next_increment": int(r.NextIncrement / time.Second),
+		"effective_from": r.EffectiveFrom, "first_charge": money(r.FirstCharge()),
+	}
+	if orgID != "" {
+		out["domestic"] = r.Country == org.Country
+	}
+	writeJSON(ctx, 200, out)
+	return nil
+}
+
+type entryView struct {
+	Seq     uint64    `json:"seq"`
+	At      time.Time `json:"at"`
+	Kind    string    `json:"kind"`
+	Amount  string    `json:"amount"`
+	Balance string    `json:"balance"`
+	CallID  string    `json:"call_id,omitempty"`
+	Key     string    `json:"idempotency_key,omitempty"`
+}
+
+func viewEntry(e ledger.Entry) entryView {
+	return entryView{Seq: e.Seq, At: e.At, Kind: e.Kind, Amount: money(e.Amount), Balance: money(e.Balance), CallID: e.CallID, Key: e.Key}
+}
+
+func (s *Server) transactions(ctx *fasthttp.RequestCtx, org string) error {
+	if _, err := s.ledger.Org(org); err != nil {
+		return err
+	}
+	es := s.ledger.Transactions(org)
+	out := make([]entryView, 0, len(es))
+	for _, e := range es {
+		out = append(out, viewEntry(e))
+	}
+	writeJSON(ctx, 200, map[string]any{"transactions": out})
+	return nil
+}
+
+func parseTimeArg(ctx *fasthttp.RequestCtx, name string) (time.Time, error) {
+	v := string(ctx.QueryArgs().Peek(name))
+	if v == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, nil
+	}
+	if t, err := time.Parse(time.DateOnly, v); err == nil {
+		return t, nil
+	}
+	return time.Time{}, badRequest("%s=%q: want RFC 3339 or YYYY-MM-DD", name, v)
+}
+
+// CDRColumns are the usage report's columns, in order (SPEC §5).
+var CDRColumns = []string{"call_id", "org", "user", "from", "to", "destination", "country", "type", "direction",
+	"start", "answer", "end", "duration_s", "billed_s", "pool", "pool_minutes", "rate_per_minute", "charge",
+	"currency", "disconnect_reason", "sip_status"}
+
+func cdrRow(c ledger.CDR) []string {
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	num := func(n string) string {
+		if n == "" || !strings.ContainsAny(n[:1], "0123456789") || len(n) < 7 {
+			return n
+		}
+		return "+" + n
+	}
+	return []string{c.CallID, c.Org, c.User, num(c.From), num(c.To), c.Destination, c.Country, c.Type, c.Direction,
+		ts(c.Start), ts(c.Answer), ts(c.End), strconv.Itoa(c.DurationS), strconv.Itoa(c.BilledS), c.Pool,
+		strconv.Itoa(c.PoolMinutes), c.RatePerMinute.String(), money(c.Charge), c.Currency, c.DisconnectReason,
+		strconv.Itoa(c.SIPStatus)}
+}
+
+func (s *Server) usage(ctx *fasthttp.RequestCtx, org string) error {
+	if _, err := s.ledger.Org(org); err != nil {
+		return err
+	}
+	from, err := parseTimeArg(ctx, "from")
+	if err != nil {
+		return err
+	}
+	to, err := parseTimeArg(ctx, "to")
+	if err != nil {
+		return err
+	}
+	cdrs := s.ledger.CDRs(org, from, to)
+	switch format := string(ctx.QueryArgs().Peek("format")); format {
+	case "csv":
+		ctx.SetContentType("text/csv; charset=utf-8")
+		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf(`attachment; filename="pstn-usage-%s.csv"`, org))
+		// The byte-order mark makes Excel read the file as UTF-8.
+		ctx.WriteString("\ufeff")
+		w := csv.NewWriter(ctx)
+		w.UseCRLF = true
+		_ = w.Write(CDRColumns)
+		for _, c := range cdrs {
+			_ = w.Write(cdrRow(c))
+		}
+		w.Flush()
+		return w.Error()
+	case "", "json":
+		rows := make([]map[string]string, 0, len(cdrs))
+		for _, c := range cdrs {
+			row := map[string]string{}
+			for i, v := range cdrRow(c) {
+				row[CDRColumns[i]] = v
+			}
+			rows = append(rows, row)
+		}
+		writeJSON(ctx, 200, map[string]any{"cdrs": rows})
+		return nil
+	default:
+		return badRequest("format=%q: want csv or json", format)
+	}
+}

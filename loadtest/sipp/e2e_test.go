@@ -1,0 +1,230 @@
+// Package sipp_test drives the built creditgate binary with SIPp, the tool
+// operators load-test SIP with: a SIPp caller on a customer trunk, a SIPp
+// carrier behind the gateway, the admin API to set up and check the money.
+package sipp_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const token = "sipp-e2e-token-0123456789"
+
+// gateway is one creditgate process under test.
+type gateway struct {
+	t        *testing.T
+	bin      string
+	dataDir  string
+	sipPort  int
+	httpAddr string
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+}
+
+func requireSIPp(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("sipp")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("sipp is not installed; .ci/run installs it (apt-get install -y sip-tester)")
+		}
+		t.Skip("sipp not installed (apt-get install -y sip-tester); CI fails instead of skipping")
+	}
+	return p
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	for i := 0; i < 50; i++ {
+		u, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := u.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		u.Close()
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "creditgate")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/creditgate/creditgate/cmd/creditgate")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func startGateway(t *testing.T, bin, dataDir string) *gateway {
+	t.Helper()
+	g := &gateway{t: t, bin: bin, dataDir: dataDir, sipPort: freePort(t), log: &bytes.Buffer{}}
+	g.httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	g.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--admin-token", token,
+		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", g.sipPort), "--http-listen", g.httpAddr)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.stop)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if res, err := http.Get("http://" + g.httpAddr + "/readyz"); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return g
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway did not become ready:\n%s", g.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (g *gateway) stop() {
+	if g.cmd.ProcessState != nil {
+		return
+	}
+	_ = g.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { _ = g.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = g.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// api calls the admin API and decodes the JSON answer into out (if not nil).
+func (g *gateway) api(method, path, contentType, body string, wantStatus int, out any) {
+	g.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+g.httpAddr+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != wantStatus {
+		g.t.Fatalf("%s %s: %d %s, want %d", method, path, res.StatusCode, b, wantStatus)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			g.t.Fatalf("%s %s: %v in %s", method, path, err, b)
+		}
+	}
+}
+
+// sipp runs one bounded SIPp instance and returns its error, if any.
+func sipp(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
+	base := []string{"-i", "127.0.0.1", "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err",
+		"-error_file", filepath.Join(t.TempDir(), "errors.log")}
+	cmd := exec.CommandContext(ctx, "sipp", append(base, args...)...)
+	cmd.Dir = t.TempDir()
+	return cmd
+}
+
+// TestSIPpCreditRunsOutAndZeroIsRefused: (b) a call with credit for exactly
+// five increments is ended by the gateway after five, with BYE to both SIPp
+// legs and the balance at exactly 0.00; (c) the next dial-out at zero gets
+// 402 and never reaches the carrier.
+func TestSIPpCreditRunsOutAndZeroIsRefused(t *testing.T) {
+	requireSIPp(t)
+	bin := buildBinary(t)
+	g := startGateway(t, bin, t.TempDir())
+	uacPort, uasPort := freePort(t), freePort(t)
+
+	g.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	g.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"e2e-1"}`, 201, nil)
+	g.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	g.api("PUT", "/v1/trunks/pbx", "", fmt.Sprintf(`{"kind":"customer","org":"acme","addresses":["127.0.0.1:%d"]}`, uacPort), 200, nil)
+	g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, uasPort), 200, nil)
+	// 600.00 a minute in 1 s increments: 10.00 a second, so 50.00 pays 5 s.
+	g.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,600.00,1,1\n", 200, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir, _ := os.Getwd()
+	uas := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_answer.xml"), "-p", fmt.Sprint(uasPort), "-m", "1")
+	var uasOut bytes.Buffer
+	uas.Stdout, uas.Stderr = &uasOut, &uasOut
+	if err := uas.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let the UAS bind before the call reaches it
+
+	start := time.Now()
+	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_until_bye.xml"), "-p", fmt.Sprint(uacPort), "-m", "1",
+		"-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
+	if out, err := uac.CombinedOutput(); err != nil {
+		t.Fatalf("SIPp caller did not get its call ended by the gateway: %v\n%s\ngateway log:\n%s", err, out, g.log)
+	}
+	elapsed := time.Since(start)
+	if err := uas.Wait(); err != nil {
+		t.Fatalf("SIPp carrier did not get a BYE: %v\n%s", err, uasOut.String())
+	}
+	if elapsed < 5*time.Second {
+		t.Fatalf("call ended after %v, before its 5 paid seconds", elapsed)
+	}
+
+	var org struct{ Balance, Held, Available string }
+	g.api("GET", "/v1/orgs/acme", "", "", 200, &org)
+	if org.Balance != "0.00" || org.Held != "0.00" || org.Available != "0.00" {
+		t.Fatalf("org after the call: %+v, want everything 0.00", org)
+	}
+	var usage struct{ CDRs []map[string]string }
+	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+	if len(usage.CDRs) != 1 {
+		t.Fatalf("%d CDRs, want 1", len(usage.CDRs))
+	}
+	cdr := usage.CDRs[0]
+	if cdr["disconnect_reason"] != "credit_exhausted" || cdr["charge"] != "50.00" || cdr["billed_s"] != "5" || cdr["to"] != "+33142278186" {
+		t.Fatalf("CDR %v", cdr)
+	}
+
+	// (c) At zero the next dial-out is refused with 402; no carrier is
+	// listening any more, so had it been forwarded SIPp would see no 402.
+	refused := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_expect_402.xml"), "-p", fmt.Sprint(uacPort), "-m", "1",
+		"-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
+	if out, err := refused.CombinedOutput(); err != nil {
+		t.Fatalf("SIPp expected 402: %v\n%s", err, out)
+	}
+	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+	if len(usage.CDRs) != 1 {
+		t.Fatalf("the refused call wrote a CDR: %v", usage.CDRs)
+	}
+
+	// Balance and CDRs survive a restart of the process.
+	g.stop()
+	g2 := startGateway(t, bin, g.dataDir)
+	g2.api("GET", "/v1/orgs/acme", "", "", 200, &org)
+	g2.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+	if org.Balance != "0.00" || len(usage.CDRs) != 1 || usage.CDRs[0]["charge"] != "50.00" {
+		t.Fatalf("after restart: org %+v CDRs %v", org, usage.CDRs)
+	}
+}

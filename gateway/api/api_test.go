@@ -1,0 +1,332 @@
+package api
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway"
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
+)
+
+const testToken = "test-token-0123456789abcdef"
+
+type harness struct {
+	t      *testing.T
+	base   string
+	ledger *ledger.Ledger
+	srv    *Server
+}
+
+func quiet() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	l, err := ledger.Open(t.TempDir(), ledger.Options{Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(l, gw, testToken, reg, time.Now, quiet())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		_ = gw.Close()
+		_ = l.Close()
+	})
+	return &harness{t: t, base: "http://" + ln.Addr().String(), ledger: l, srv: srv}
+}
+
+type response struct {
+	status int
+	body   []byte
+	header http.Header
+}
+
+func (r response) errorCode() string {
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	_ = json.Unmarshal(r.body, &e)
+	return e.Error.Code
+}
+
+func (h *harness) do(method, path, body string, token ...string) response {
+	h.t.Helper()
+	req, _ := http.NewRequest(method, h.base+path, strings.NewReader(body))
+	tok := testToken
+	if len(token) > 0 {
+		tok = token[0]
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return response{status: res.StatusCode, body: b, header: res.Header}
+}
+
+func (h *harness) mustDo(method, path, body string, status int) response {
+	h.t.Helper()
+	r := h.do(method, path, body)
+	if r.status != status {
+		h.t.Fatalf("%s %s: %d %s, want %d", method, path, r.status, r.body, status)
+	}
+	return r
+}
+
+func (h *harness) org(id string) map[string]any {
+	h.t.Helper()
+	var o map[string]any
+	if err := json.Unmarshal(h.mustDo("GET", "/v1/orgs/"+id, "", 200).body, &o); err != nil {
+		h.t.Fatal(err)
+	}
+	return o
+}
+
+func setup(t *testing.T) *harness {
+	h := newHarness(t)
+	h.mustDo("POST", "/v1/orgs", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201)
+	h.mustDo("POST", "/v1/orgs", `{"id":"split","name":"Split","country":"GB","region":"eu","billing_region":"us"}`, 201)
+	h.mustDo("POST", "/v1/orgs/acme/credits", `{"amount":"50.00","idempotency_key":"k0"}`, 201)
+	return h
+}
+
+func TestOrgAndFunding(t *testing.T) {
+	h := setup(t)
+	o := h.org("acme")
+	if o["balance"] != "50.00" || o["available"] != "50.00" || o["held"] != "0.00" || o["currency"] != "USD" {
+		t.Fatalf("org %v", o)
+	}
+	r := h.mustDo("POST", "/v1/orgs/acme/credits", `{"amount":"75.25","idempotency_key":"k1"}`, 201)
+	var out struct {
+		Transaction struct{ Amount, Balance, Kind string }
+	}
+	_ = json.Unmarshal(r.body, &out)
+	if out.Transaction.Amount != "75.25" || out.Transaction.Balance != "125.25" || out.Transaction.Kind != "funding" {
+		t.Fatalf("funding answer %s", r.body)
+	}
+	var txs struct{ Transactions []map[string]any }
+	_ = json.Unmarshal(h.mustDo("GET", "/v1/orgs/acme/transactions", "", 200).body, &txs)
+	if len(txs.Transactions) != 2 {
+		t.Fatalf("transactions %v", txs)
+	}
+}
+
+// TestRefusalsChangeNothing: every refused request answers its 4xx with a
+// JSON error code, and the org's money and history are as before.
+func TestRefusalsChangeNothing(t *testing.T) {
+	h := setup(t)
+	cases := []struct {
+		name, method, path, body, token string
+		status                          int
+		code                            string
+	}{
+		{"missing token", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "-", 401, "unauthorized"},
+		{"wrong token", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "nope", 401, "unauthorized"},
+		{"bad JSON", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00",`, "", 400, "bad_json"},
+		{"not an object", "POST", "/v1/orgs/acme/credits", `["60.00"]`, "", 400, "bad_json"},
+		{"unknown field", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1","extra":1}`, "", 400, "bad_json"},
+		{"trailing data", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1"}{}`, "", 400, "bad_json"},
+		{"amount as a JSON number", "POST", "/v1/orgs/acme/credits", `{"amount":60.00,"idempotency_key":"x1"}`, "", 422, "invalid_amount"},
+		{"negative amount", "POST", "/v1/orgs/acme/credits", `{"amount":"-60.00","idempotency_key":"x1"}`, "", 422, "invalid_amount"},
+		{"non-numeric amount", "POST", "/v1/orgs/acme/credits", `{"amount":"sixty","idempotency_key":"x1"}`, "", 422, "invalid_amount"},
+		{"exponent amount", "POST", "/v1/orgs/acme/credits", `{"amount":"6e1","idempotency_key":"x1"}`, "", 422, "invalid_amount"},
+		{"too precise amount", "POST", "/v1/orgs/acme/credits", `{"amount":"60.001","idempotency_key":"x1"}`, "", 422, "invalid_amount"},
+		{"missing amount", "POST", "/v1/orgs/acme/credits", `{"idempotency_key":"x1"}`, "", 422, "invalid_amount"},
+		{"below minimum", "POST", "/v1/orgs/acme/credits", `{"amount":"49.99","idempotency_key":"x1"}`, "", 422, "below_minimum"},
+		{"missing idempotency key", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00"}`, "", 422, "invalid_request"},
+		{"repeated idempotency key", "POST", "/v1/orgs/acme/credits", `{"amount":"50.00","idempotency_key":"k0"}`, "", 409, "duplicate_idempotency_key"},
+		{"unknown org", "POST", "/v1/orgs/nope/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "", 404, "unknown_org"},
+		{"region mismatch", "POST", "/v1/orgs/split/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "", 409, "region_mismatch"},
+		{"duplicate org", "POST", "/v1/orgs", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, "", 409, "org_exists"},
+		{"bad country", "POST", "/v1/orgs", `{"id":"x","name":"X","country":"Narnia","region":"us"}`, "", 422, "invalid_request"},
+		{"bad org id", "POST", "/v1/orgs", `{"id":"../x","name":"X","country":"US","region":"us"}`, "", 422, "invalid_request"},
+		{"get unknown org", "GET", "/v1/orgs/nope", "", "", 404, "unknown_org"},
+		{"bad license", "PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+12125550100"],"licenses":["free_calls"]}`, "", 422, "invalid_request"},
+		{"number without +", "PUT", "/v1/orgs/acme/users/alice", `{"numbers":["12125550100"]}`, "", 422, "invalid_request"},
+		{"garbage number", "PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+1abc"]}`, "", 422, "invalid_request"},
+		{"user of unknown org", "PUT", "/v1/orgs/nope/users/alice", `{"numbers":["+12125550100"]}`, "", 404, "unknown_org"},
+		{"trunk bad kind", "PUT", "/v1/trunks/t1", `{"kind":"peer","org":"acme","addresses":["10.0.0.1"]}`, "", 422, "invalid_trunk"},
+		{"carrier without uri", "PUT", "/v1/trunks/t1", `{"kind":"carrier"}`, "", 422, "invalid_trunk"},
+		{"trunk bad address", "PUT", "/v1/trunks/t1", `{"kind":"customer","org":"acme","addresses":["pbx.example.com"]}`, "", 422, "invalid_trunk"},
+		{"trunk unknown org", "PUT", "/v1/trunks/t1", `{"kind":"customer","org":"nope","addresses":["10.0.0.1"]}`, "", 422, "invalid_request"},
+		{"bad rate deck", "PUT", "/v1/rates", "prefix,country,destination,type,rate_per_minute\n44,GB,UK,geographic,abc\n", "", 422, "invalid_rate_deck"},
+		{"rate for garbage", "GET", "/v1/rates?number=%2Bxyz", "", "", 422, "not_dialable"},
+		{"rate without rate", "GET", "/v1/rates?number=%2B8869123456789", "", "", 404, "no_rate"},
+		{"usage bad date", "GET", "/v1/orgs/acme/usage?from=yesterday", "", "", 422, "invalid_request"},
+		{"usage bad format", "GET", "/v1/orgs/acme/usage?format=pdf", "", "", 422, "invalid_request"},
+		{"end unknown call", "DELETE", "/v1/calls/nope", "", "", 404, "unknown_call"},
+		{"wrong method", "DELETE", "/v1/orgs/acme", "", "", 405, "method_not_allowed"},
+		{"unknown path", "GET", "/v2/orgs", "", "", 404, "not_found"},
+	}
+	before := h.org("acme")
+	txBefore := h.mustDo("GET", "/v1/orgs/acme/transactions", "", 200).body
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var r response
+			switch tc.token {
+			case "":
+				r = h.do(tc.method, tc.path, tc.body)
+			case "-":
+				r = h.do(tc.method, tc.path, tc.body, "")
+			default:
+				r = h.do(tc.method, tc.path, tc.body, tc.token)
+			}
+			if r.status != tc.status || r.errorCode() != tc.code {
+				t.Fatalf("got %d %s, want %d %s", r.status, r.body, tc.status, tc.code)
+			}
+			if !strings.HasPrefix(r.header.Get("Content-Type"), "application/json") {
+				t.Fatalf("error not JSON: %s", r.header.Get("Content-Type"))
+			}
+			after := h.org("acme")
+			for _, k := range []string{"balance", "held", "available"} {
+				if after[k] != before[k] {
+					t.Fatalf("%s changed from %v to %v", k, before[k], after[k])
+				}
+			}
+			if tx := h.mustDo("GET", "/v1/orgs/acme/transactions", "", 200).body; string(tx) != string(txBefore) {
+				t.Fatalf("transactions changed:\n%s\n%s", txBefore, tx)
+			}
+		})
+	}
+	if _, ok := h.ledger.User("acme", "alice"); ok {
+		t.Fatal("a refused user request stored a user")
+	}
+	if len(h.ledger.Trunks()) != 0 {
+		t.Fatal("a refused trunk request stored a trunk")
+	}
+	r := h.mustDo("GET", "/v1/rates?number=%2B442079460018", "", 200)
+	if !strings.Contains(string(r.body), `"rate_per_minute":"0.018"`) {
+		t.Fatalf("a refused deck replaced the sample deck: %s", r.body)
+	}
+	if err := h.ledger.CheckInvariants(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusedDeckNamesEveryLine(t *testing.T) {
+	h := newHarness(t)
+	r := h.mustDo("PUT", "/v1/rates", "prefix,country,destination,type,rate_per_minute\n44,GB,UK,geographic,0.01\n33,XX,FR,geographic,0.01\n49,DE,DE,geographic,-1\n", 422)
+	var e struct {
+		Error struct {
+			Lines []struct{ Line int }
+		}
+	}
+	_ = json.Unmarshal(r.body, &e)
+	if len(e.Error.Lines) != 2 || e.Error.Lines[0].Line != 3 || e.Error.Lines[1].Line != 4 {
+		t.Fatalf("want lines 3 and 4 named: %s", r.body)
+	}
+	h.mustDo("PUT", "/v1/rates", "prefix,country,destination,type,rate_per_minute\n44,GB,UK,geographic,0.0123\n", 200)
+	r = h.mustDo("GET", "/v1/rates?number=020%207946%200018&org=gb", "", 404)
+	h.mustDo("POST", "/v1/orgs", `{"id":"gb","name":"GB","country":"GB","region":"eu"}`, 201)
+	r = h.mustDo("GET", "/v1/rates?number=020%207946%200018&org=gb", "", 200)
+	var rate map[string]any
+	_ = json.Unmarshal(r.body, &rate)
+	if rate["rate_per_minute"] != "0.0123" || rate["domestic"] != true || rate["number"] != "+442079460018" || rate["first_charge"] != "0.0123" {
+		t.Fatalf("rate %v", rate)
+	}
+}
+
+func TestUsersTrunksUsageAndOpenEndpoints(t *testing.T) {
+	h := setup(t)
+	h.mustDo("PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200)
+	r := h.do("PUT", "/v1/orgs/acme/users/bob", `{"numbers":["+12125550100"]}`)
+	if r.status != 409 || r.errorCode() != "number_taken" {
+		t.Fatalf("second owner of a number: %d %s", r.status, r.body)
+	}
+	r = h.mustDo("PUT", "/v1/trunks/carrier", `{"kind":"carrier","uri":"sip:127.0.0.1:5080","prefixes":["","44"],"password":"secret"}`, 200)
+	if strings.Contains(string(r.body), "secret") {
+		t.Fatal("trunk password echoed back")
+	}
+	r = h.mustDo("GET", "/v1/orgs/acme/usage?format=csv&from=2026-01-01", "", 200)
+	if ct := r.header.Get("Content-Type"); ct != "text/csv; charset=utf-8" {
+		t.Fatalf("content type %q", ct)
+	}
+	recs, err := csv.NewReader(strings.NewReader(strings.TrimPrefix(string(r.body), "\ufeff"))).ReadAll()
+	if err != nil || len(recs) != 1 || strings.Join(recs[0], ",") != strings.Join(CDRColumns, ",") {
+		t.Fatalf("usage CSV header: %v %v", recs, err)
+	}
+	h.mustDo("GET", "/v1/calls", "", 200)
+	for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
+		if r := h.do("GET", p, "", ""); r.status != 200 {
+			t.Fatalf("%s without token: %d", p, r.status)
+		}
+	}
+	r = h.do("GET", "/metrics", "", "")
+	for _, m := range []string{"creditgate_debits_total", "creditgate_ledger_commit_seconds", "creditgate_calls_active"} {
+		if !strings.Contains(string(r.body), m) {
+			t.Errorf("/metrics lacks %s", m)
+		}
+	}
+}
+
+// FuzzAdminJSON throws arbitrary bodies at every JSON endpoint in process:
+// nothing may panic or answer 5xx, and money may only move on a 201 funding.
+func FuzzAdminJSON(f *testing.F) {
+	for _, s := range []string{`{"amount":"50.00","idempotency_key":"a"}`, `{"id":"o","country":"US","region":"r"}`,
+		`{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, `{"kind":"carrier","uri":"sip:1.2.3.4"}`, `{`, `null`} {
+		f.Add(0, s)
+		f.Add(3, s)
+	}
+	reg := prometheus.NewRegistry()
+	l, err := ledger.Open(f.TempDir(), ledger.Options{Registerer: reg})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer l.Close()
+	gw, _ := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet())
+	srv := New(l, gw, testToken, reg, time.Now, quiet())
+	if _, err := l.CreateOrg(ledger.Org{ID: "acme", Country: "US", Region: "r", BillingRegion: "r"}); err != nil {
+		f.Fatal(err)
+	}
+	targets := []struct{ method, path string }{
+		{"POST", "/v1/orgs/acme/credits"}, {"POST", "/v1/orgs"}, {"PUT", "/v1/orgs/acme/users/u"},
+		{"PUT", "/v1/trunks/t"}, {"PUT", "/v1/rates"},
+	}
+	f.Fuzz(func(t *testing.T, which int, body string) {
+		tg := targets[(which%len(targets)+len(targets))%len(targets)]
+		before, _ := l.Org("acme")
+		var ctx fasthttp.RequestCtx
+		ctx.Request.Header.SetMethod(tg.method)
+		ctx.Request.SetRequestURI(tg.path)
+		ctx.Request.Header.Set("Authorization", "Bearer "+testToken)
+		ctx.Request.SetBodyString(body)
+		srv.Handle(&ctx)
+		status := ctx.Response.StatusCode()
+		if status >= 500 {
+			t.Fatalf("%s %s %q: %d %s", tg.method, tg.path, body, status, ctx.Response.Body())
+		}
+		after, _ := l.Org("acme")
+		if status != 201 && !after.Balance.Equal(before.Balance) {
+			t.Fatalf("refused request moved money: %s → %s", before.Balance, after.Balance)
+		}
+		if err := l.CheckInvariants(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

@@ -237,6 +237,16 @@ func (p *phone) close() { p.cancel(); p.ua.Close() }
 // session, or the final status of a refusal.
 func (p *phone) dial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogClientSession, int, *sip.Response) {
 	p.t.Helper()
+	sess, status, res, err := p.tryDial(gw, from, to, hdrs...)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return sess, status, res
+}
+
+// tryDial is dial for goroutines other than the test's: it reports errors
+// instead of failing the test.
+func (p *phone) tryDial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogClientSession, int, *sip.Response, error) {
 	host, port, _ := net.SplitHostPort(gw)
 	var pn int
 	fmt.Sscan(port, &pn)
@@ -254,19 +264,19 @@ func (p *phone) dial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogClie
 	defer cancel()
 	sess, err := p.dialogs.WriteInvite(ctx, req)
 	if err != nil {
-		p.t.Fatalf("INVITE: %v", err)
+		return nil, 0, nil, fmt.Errorf("INVITE: %w", err)
 	}
 	if err := sess.WaitAnswer(ctx, sipgo.AnswerOptions{}); err != nil {
 		var dr *sipgo.ErrDialogResponse
 		if ok := asDialogResponse(err, &dr); ok {
-			return nil, dr.Res.StatusCode, dr.Res
+			return nil, dr.Res.StatusCode, dr.Res, nil
 		}
-		p.t.Fatalf("waiting for answer: %v", err)
+		return nil, 0, nil, fmt.Errorf("waiting for answer: %w", err)
 	}
 	if err := sess.Ack(ctx); err != nil {
-		p.t.Fatalf("ACK: %v", err)
+		return nil, 0, nil, fmt.Errorf("ACK: %w", err)
 	}
-	return sess, 200, sess.InviteResponse
+	return sess, 200, sess.InviteResponse, nil
 }
 
 func asDialogResponse(err error, target **sipgo.ErrDialogResponse) bool {

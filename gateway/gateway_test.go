@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -224,5 +226,71 @@ func TestCarrierFailureRelayedAndFree(t *testing.T) {
 	o, _ := e.ledger.Org("acme")
 	if !o.Held.IsZero() {
 		t.Fatalf("hold left behind: %s", o.Held)
+	}
+}
+
+// TestCancelBeforeAnswerCostsNothing: the caller CANCELs while the carrier
+// rings; the carrier gets CANCEL, the hold is released, the CDR says so.
+func TestCancelBeforeAnswerCostsNothing(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	e.carrier.ringOnly.Store(true)
+
+	host, port, _ := net.SplitHostPort(e.gw.Addr())
+	pn, _ := strconv.Atoi(port)
+	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "+442079460018", Host: host, Port: pn})
+	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: "+12125550100", Host: "pbx.example"}, Params: sip.NewParams()}
+	from.Params.Add("tag", sip.GenerateTagN(8))
+	req.AppendHeader(from)
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(testSDP))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sess, err := e.caller.dialogs.WriteInvite(ctx, req)
+	must(t, err)
+	ringing := make(chan struct{})
+	ringCtx, hangUp := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- sess.WaitAnswer(ringCtx, sipgoAnswer(func(code int) {
+			if code == 180 {
+				close(ringing)
+			}
+		}))
+	}()
+	select {
+	case <-ringing:
+	case <-ctx.Done():
+		t.Fatal("no 180 relayed to the caller")
+	}
+	if o, _ := e.ledger.Org("acme"); !o.Held.Equal(d("0.01")) {
+		t.Fatalf("while ringing held %s, want the first increment 0.01", o.Held)
+	}
+	hangUp() // WaitAnswer sends CANCEL
+	<-done
+	eventually(t, "carrier gets CANCEL", func() bool { return e.carrier.cancels.Load() == 1 })
+	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
+	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	o, _ := e.ledger.Org("acme")
+	if cdr.DisconnectReason != ledger.ReasonCanceled || cdr.SIPStatus != 487 || !cdr.Charge.IsZero() || !o.Held.IsZero() || !o.Balance.Equal(d("50")) {
+		t.Fatalf("cancelled call: CDR %+v org %+v", cdr, o)
+	}
+}
+
+// TestEmergencyThroughOverload: at the call cap, ordinary calls get 503 with
+// Retry-After, emergency calls still connect.
+func TestEmergencyThroughOverload(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.gw.cfg.MaxCalls = 1
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 200 {
+		t.Fatalf("first call: %d", status)
+	}
+	_, status, res := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("over the cap: %d, want 503 with Retry-After", status)
+	}
+	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "911"); status != 200 {
+		t.Fatalf("911 over the cap: %d, want connected", status)
 	}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -122,17 +123,19 @@ func (e *env) answeredCalls() int {
 
 // carrier is a sipgo UAS that answers every INVITE with 180 then 200+SDP.
 type carrier struct {
-	t       *testing.T
-	addr    string
-	ua      *sipgo.UserAgent
-	cancel  context.CancelFunc
-	dialogs *sipgo.DialogServerCache
-	invites atomic.Int32
-	byes    atomic.Int32
-	lastURI atomic.Value
-	mu      sync.Mutex
-	open    []*sipgo.DialogServerSession
-	reject  atomic.Int32 // non-zero: answer INVITEs with this status
+	t        *testing.T
+	addr     string
+	ua       *sipgo.UserAgent
+	cancel   context.CancelFunc
+	dialogs  *sipgo.DialogServerCache
+	invites  atomic.Int32
+	byes     atomic.Int32
+	lastURI  atomic.Value
+	mu       sync.Mutex
+	open     []*sipgo.DialogServerSession
+	reject   atomic.Int32 // non-zero: answer INVITEs with this status
+	ringOnly atomic.Bool  // ring and never answer
+	cancels  atomic.Int32 // INVITEs the caller side cancelled
 }
 
 func listenUDP(t *testing.T) (net.PacketConn, string, int) {
@@ -166,6 +169,13 @@ func newCarrier(t *testing.T) *carrier {
 			return
 		}
 		_ = dlg.Respond(180, "Ringing", nil)
+		if c.ringOnly.Load() {
+			<-dlg.Context().Done()
+			if errors.Is(context.Cause(dlg.Context()), sip.ErrTransactionCanceled) {
+				c.cancels.Add(1)
+			}
+			return
+		}
 		c.mu.Lock()
 		c.open = append(c.open, dlg)
 		c.mu.Unlock()
@@ -292,4 +302,9 @@ func asDialogResponse(err error, target **sipgo.ErrDialogResponse) bool {
 		err = u.Unwrap()
 	}
 	return false
+}
+
+// sipgoAnswer reports every response status to f while waiting.
+func sipgoAnswer(f func(code int)) sipgo.AnswerOptions {
+	return sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error { f(res.StatusCode); return nil }}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/creditgate/creditgate/gateway/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
+	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -83,6 +84,9 @@ func serve(args []string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := newLogger(cfg.Log)
+	// sipgo's transport and transaction layers log through this default;
+	// send them through our handler so they share its level and format.
+	sip.SetDefaultLogger(log.With("component", "sipgo"))
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)

@@ -349,9 +349,9 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 			c.user = u.ID
 		}
 		c.from, _ = rating.Normalize(callerNumber(req), org.Country)
-		rec := ledger.Call{ID: c.id, Org: org.ID, User: c.user, From: c.from, To: dialled, Destination: "Emergency services",
-			Country: org.Country, Type: string(rating.Special), Direction: "outbound", RatePerMinute: decimal.Zero,
-			Currency: org.Currency, FirstIncrement: 1, NextIncrement: 1}
+		rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
+			Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
+			RatePerMinute: decimal.Zero, Currency: org.Currency}, FirstIncrement: 1, NextIncrement: 1}
 		if err := g.ledger.OpenCall(rec, now); err == nil {
 			c.tracked = true
 		} else {
@@ -378,9 +378,9 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	from, _ := rating.Normalize(callerNumber(req), org.Country)
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
 		rate: dec.Rate, start: now, inCallID: req.CallID().Value()}
-	rec := ledger.Call{ID: c.id, Org: org.ID, User: user.ID, From: from, To: dec.Number, Destination: dec.Rate.Destination,
-		Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: "outbound", RatePerMinute: dec.Rate.PerMinute,
-		Currency: org.Currency, FirstIncrement: int(dec.Rate.FirstIncrement / time.Second),
+	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: user.ID, From: from, To: dec.Number,
+		Destination: dec.Rate.Destination, Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: "outbound",
+		RatePerMinute: dec.Rate.PerMinute, Currency: org.Currency}, FirstIncrement: int(dec.Rate.FirstIncrement / time.Second),
 		NextIncrement: int(dec.Rate.NextIncrement / time.Second), Hold: dec.Rate.FirstCharge()}
 	if err := g.ledger.OpenCall(rec, now); err != nil {
 		return nil, err
@@ -618,31 +618,35 @@ func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	if id, err := sip.DialogIDFromRequestUAS(req); err == nil {
-		g.mu.Lock()
-		c := g.byIn[id]
-		g.mu.Unlock()
-		if c != nil {
-			if err := c.in.ReadBye(req, tx); err != nil {
-				_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
-				return
-			}
-			c.end(ledger.ReasonCallerHangup, 200, false, true)
-			return
-		}
+	// A BYE is for the caller's leg (we are its UAS) or the carrier's leg (we
+	// are its UAC); each side's dialog id is computed its own way.
+	legs := []struct {
+		id     func(*sip.Request) (string, error)
+		calls  map[string]*call
+		read   func(*call) error
+		reason string
+		byeIn  bool
+	}{
+		{sip.DialogIDFromRequestUAS, g.byIn, func(c *call) error { return c.in.ReadBye(req, tx) }, ledger.ReasonCallerHangup, false},
+		{sip.DialogIDFromRequestUAC, g.byOut, func(c *call) error { return c.out.ReadBye(req, tx) }, ledger.ReasonCalleeHangup, true},
 	}
-	if id, err := sip.DialogIDFromRequestUAC(req); err == nil {
+	for _, leg := range legs {
+		id, err := leg.id(req)
+		if err != nil {
+			continue
+		}
 		g.mu.Lock()
-		c := g.byOut[id]
+		c := leg.calls[id]
 		g.mu.Unlock()
-		if c != nil {
-			if err := c.out.ReadBye(req, tx); err != nil {
-				_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
-				return
-			}
-			c.end(ledger.ReasonCalleeHangup, 200, true, false)
+		if c == nil {
+			continue
+		}
+		if err := leg.read(c); err != nil {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
 			return
 		}
+		c.end(leg.reason, 200, leg.byeIn, !leg.byeIn)
+		return
 	}
 	_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 }

@@ -123,10 +123,7 @@ func (e *env) answeredCalls() int {
 
 // carrier is a sipgo UAS that answers every INVITE with 180 then 200+SDP.
 type carrier struct {
-	t        *testing.T
-	addr     string
-	ua       *sipgo.UserAgent
-	cancel   context.CancelFunc
+	*peer
 	dialogs  *sipgo.DialogServerCache
 	invites  atomic.Int32
 	byes     atomic.Int32
@@ -146,16 +143,47 @@ func listenUDP(t *testing.T) (net.PacketConn, string, int) {
 	return conn, fmt.Sprintf("127.0.0.1:%d", port), port
 }
 
-func newCarrier(t *testing.T) *carrier {
+// peer is a sipgo user agent on its own loopback UDP socket, sending from
+// the socket it listens on, as a real PBX or carrier does.
+type peer struct {
+	t       *testing.T
+	addr    string
+	conn    net.PacketConn
+	ua      *sipgo.UserAgent
+	srv     *sipgo.Server
+	cli     *sipgo.Client
+	contact sip.ContactHeader
+	wg      sync.WaitGroup
+}
+
+func newPeer(t *testing.T, name string) *peer {
 	conn, addr, port := listenUDP(t)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("carrier"))
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent(name))
 	must(t, err)
 	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quietLog()))
 	must(t, err)
 	cli, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(addr))
 	must(t, err)
-	c := &carrier{t: t, addr: addr, ua: ua}
-	c.dialogs = sipgo.NewDialogServerCache(cli, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "carrier", Host: "127.0.0.1", Port: port}})
+	return &peer{t: t, addr: addr, conn: conn, ua: ua, srv: srv, cli: cli,
+		contact: sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: name, Host: "127.0.0.1", Port: port}}}
+}
+
+// serve starts answering; call it after registering handlers.
+func (p *peer) serve() {
+	p.wg.Add(1)
+	go func() { defer p.wg.Done(); _ = p.srv.ServeUDP(p.conn) }()
+}
+
+func (p *peer) close() {
+	p.ua.Close()
+	p.conn.Close()
+	p.wg.Wait()
+}
+
+func newCarrier(t *testing.T) *carrier {
+	c := &carrier{peer: newPeer(t, "carrier")}
+	c.dialogs = sipgo.NewDialogServerCache(c.cli, c.contact)
+	srv := c.srv
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
 		c.invites.Add(1)
 		c.lastURI.Store(req.Recipient.User)
@@ -190,10 +218,7 @@ func newCarrier(t *testing.T) *carrier {
 			c.byes.Add(1)
 		}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
-	go func() { _ = srv.ServeUDP(conn) }()
-	go func() { <-ctx.Done(); conn.Close() }()
+	c.serve()
 	return c
 }
 
@@ -207,41 +232,24 @@ func (c *carrier) hangup() error {
 	return dlg.Bye(ctx)
 }
 
-func (c *carrier) close() { c.cancel(); c.ua.Close() }
-
 // phone is a sipgo UAC on a fixed address: the customer's PBX.
 type phone struct {
-	t       *testing.T
-	addr    string
-	ua      *sipgo.UserAgent
-	cancel  context.CancelFunc
+	*peer
 	dialogs *sipgo.DialogClientCache
 	byes    atomic.Int32
 }
 
 func newPhone(t *testing.T) *phone {
-	conn, addr, port := listenUDP(t)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("pbx"))
-	must(t, err)
-	srv, err := sipgo.NewServer(ua, sipgo.WithServerLogger(quietLog()))
-	must(t, err)
-	cli, err := sipgo.NewClient(ua, sipgo.WithClientConnectionAddr(addr))
-	must(t, err)
-	p := &phone{t: t, addr: addr, ua: ua}
-	p.dialogs = sipgo.NewDialogClientCache(cli, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "pbx", Host: "127.0.0.1", Port: port}})
-	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+	p := &phone{peer: newPeer(t, "pbx")}
+	p.dialogs = sipgo.NewDialogClientCache(p.cli, p.contact)
+	p.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		if err := p.dialogs.ReadBye(req, tx); err == nil {
 			p.byes.Add(1)
 		}
 	})
-	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
-	go func() { _ = srv.ServeUDP(conn) }()
-	go func() { <-ctx.Done(); conn.Close() }()
+	p.serve()
 	return p
 }
-
-func (p *phone) close() { p.cancel(); p.ua.Close() }
 
 // dial calls to through the gateway as from; it returns the answered
 // session, or the final status of a refusal.

@@ -546,11 +546,8 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 		l.mu.Unlock()
 		return CDR{}, fmt.Errorf("%w: %s", ErrUnknownCall, callID)
 	}
-	cdr := CDR{
-		CallID: c.ID, Org: c.Org, User: c.User, From: c.From, To: c.To, Destination: c.Destination,
-		Country: c.Country, Type: c.Type, Direction: c.Direction, Start: c.Start.UTC(), End: end.At.UTC(),
-		RatePerMinute: c.RatePerMinute, Currency: c.Currency, DisconnectReason: end.Reason, SIPStatus: end.SIPStatus,
-	}
+	cdr := CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
+		DisconnectReason: end.Reason, SIPStatus: end.SIPStatus}
 	if c.Answered() {
 		cdr.Answer = c.Answer.UTC()
 		if d := end.At.Sub(c.Answer); d > 0 {

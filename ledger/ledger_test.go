@@ -44,7 +44,7 @@ func newOrg(t *testing.T, l *Ledger, id, fund string) {
 }
 
 func call(id, org string, hold string) Call {
-	return Call{ID: id, Org: org, User: "u1", To: "442079460018", RatePerMinute: d("0.60"), Currency: "USD",
+	return Call{ID: id, Details: Details{Org: org, User: "u1", To: "442079460018", RatePerMinute: d("0.60"), Currency: "USD"},
 		FirstIncrement: 1, NextIncrement: 1, Hold: d(hold)}
 }
 
@@ -137,7 +137,7 @@ func TestCreditRunsOutExactly(t *testing.T) {
 	if err := l.OpenCall(call("c2", "acme", "0.000001"), t0); !errors.Is(err, ErrInsufficientCredit) {
 		t.Fatalf("call at zero balance: %v, want ErrInsufficientCredit", err)
 	}
-	if err := l.OpenCall(Call{ID: "sos", Org: "acme"}, t0); err != nil {
+	if err := l.OpenCall(Call{ID: "sos", Details: Details{Org: "acme"}}, t0); err != nil {
 		t.Fatalf("free call at zero balance refused: %v", err)
 	}
 	check(t, l)

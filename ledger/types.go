@@ -70,22 +70,28 @@ type Trunk struct {
 	Password  string   `json:"password,omitempty"`
 }
 
+// Details describe a call the way its CDR reports it; they are fixed when
+// the call is authorized. Numbers are E.164 digits without '+'.
+type Details struct {
+	Org           string          `json:"org"`
+	User          string          `json:"user"`
+	From          string          `json:"from"`
+	To            string          `json:"to"`
+	Destination   string          `json:"destination"`
+	Country       string          `json:"country"`
+	Type          string          `json:"type"`
+	Direction     string          `json:"direction"`
+	RatePerMinute decimal.Decimal `json:"rate_per_minute"`
+	Currency      string          `json:"currency"`
+}
+
 // Call is the money side of one call, from authorization until its CDR.
 //
 // Invariant: Hold is what the call has held and not yet committed; Charge is
 // Σ of its committed debits; a call that has ended holds nothing.
 type Call struct {
-	ID             string          `json:"id"`
-	Org            string          `json:"org"`
-	User           string          `json:"user"`
-	From           string          `json:"from"`
-	To             string          `json:"to"`
-	Destination    string          `json:"destination"`
-	Country        string          `json:"country"`
-	Type           string          `json:"type"`
-	Direction      string          `json:"direction"`
-	RatePerMinute  decimal.Decimal `json:"rate_per_minute"`
-	Currency       string          `json:"currency"`
+	ID string `json:"id"`
+	Details
 	FirstIncrement int             `json:"first_increment_s"`
 	NextIncrement  int             `json:"next_increment_s"`
 	Start          time.Time       `json:"start"`
@@ -121,15 +127,8 @@ const (
 
 // CDR is one call's record in the PSTN usage details report (SPEC §5).
 type CDR struct {
-	CallID           string          `json:"call_id"`
-	Org              string          `json:"org"`
-	User             string          `json:"user"`
-	From             string          `json:"from"`
-	To               string          `json:"to"`
-	Destination      string          `json:"destination"`
-	Country          string          `json:"country"`
-	Type             string          `json:"type"`
-	Direction        string          `json:"direction"`
+	CallID string `json:"call_id"`
+	Details
 	Start            time.Time       `json:"start"`
 	Answer           time.Time       `json:"answer,omitzero"`
 	End              time.Time       `json:"end"`
@@ -137,9 +136,7 @@ type CDR struct {
 	BilledS          int             `json:"billed_s"`
 	Pool             string          `json:"pool"`
 	PoolMinutes      int             `json:"pool_minutes"`
-	RatePerMinute    decimal.Decimal `json:"rate_per_minute"`
 	Charge           decimal.Decimal `json:"charge"`
-	Currency         string          `json:"currency"`
 	DisconnectReason string          `json:"disconnect_reason"`
 	SIPStatus        int             `json:"sip_status"`
 }

@@ -109,78 +109,71 @@ func (s *Server) authorized(ctx *fasthttp.RequestCtx) bool {
 	return ok && len(s.token) > 0 && subtle.ConstantTimeCompare(tok, s.token) == 1
 }
 
-func (s *Server) route(ctx *fasthttp.RequestCtx, path string) error {
-	parts := strings.Split(strings.Trim(path, "/"), "/")
-	method := string(ctx.Method())
-	if len(parts) < 2 || parts[0] != "v1" {
-		return errNotFound
-	}
-	p := parts[1:]
-	want := func(m string) error {
-		if method != m {
-			return errMethod
-		}
-		return nil
-	}
-	switch {
-	case len(p) == 1 && p[0] == "orgs":
-		if err := want("POST"); err != nil {
-			return err
-		}
-		return s.createOrg(ctx)
-	case len(p) == 2 && p[0] == "orgs":
-		if err := want("GET"); err != nil {
-			return err
-		}
-		return s.getOrg(ctx, p[1])
-	case len(p) == 3 && p[0] == "orgs" && p[2] == "credits":
-		if err := want("POST"); err != nil {
-			return err
-		}
-		return s.fund(ctx, p[1])
-	case len(p) == 3 && p[0] == "orgs" && p[2] == "usage":
-		if err := want("GET"); err != nil {
-			return err
-		}
-		return s.usage(ctx, p[1])
-	case len(p) == 3 && p[0] == "orgs" && p[2] == "transactions":
-		if err := want("GET"); err != nil {
-			return err
-		}
-		return s.transactions(ctx, p[1])
-	case len(p) == 4 && p[0] == "orgs" && p[2] == "users":
-		if err := want("PUT"); err != nil {
-			return err
-		}
-		return s.putUser(ctx, p[1], p[3])
-	case len(p) == 2 && p[0] == "trunks":
-		if err := want("PUT"); err != nil {
-			return err
-		}
-		return s.putTrunk(ctx, p[1])
-	case len(p) == 1 && p[0] == "rates":
-		switch method {
-		case "PUT":
-			return s.putRates(ctx)
-		case "GET":
-			return s.getRate(ctx)
-		}
-		return errMethod
-	case len(p) == 1 && p[0] == "calls":
-		if err := want("GET"); err != nil {
-			return err
-		}
+// route is one endpoint: a method and a path whose "*" segments are passed
+// to the handler in order.
+type route struct {
+	method  string
+	pattern string
+	handle  func(s *Server, ctx *fasthttp.RequestCtx, args []string) error
+}
+
+var routes = []route{
+	{"POST", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.createOrg(ctx) }},
+	{"GET", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.getOrg(ctx, a[0]) }},
+	{"POST", "/v1/orgs/*/credits", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.fund(ctx, a[0]) }},
+	{"GET", "/v1/orgs/*/usage", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.usage(ctx, a[0]) }},
+	{"GET", "/v1/orgs/*/transactions", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.transactions(ctx, a[0]) }},
+	{"PUT", "/v1/orgs/*/users/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putUser(ctx, a[0], a[1]) }},
+	{"PUT", "/v1/trunks/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putTrunk(ctx, a[0]) }},
+	{"PUT", "/v1/rates", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.putRates(ctx) }},
+	{"GET", "/v1/rates", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.getRate(ctx) }},
+	{"GET", "/v1/calls", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error {
 		writeJSON(ctx, 200, map[string]any{"calls": s.gw.Calls()})
 		return nil
-	case len(p) == 2 && p[0] == "calls":
-		if err := want("DELETE"); err != nil {
-			return err
-		}
-		if err := s.gw.EndCall(p[1]); err != nil {
+	}},
+	{"DELETE", "/v1/calls/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error {
+		if err := s.gw.EndCall(a[0]); err != nil {
 			return err
 		}
 		ctx.SetStatusCode(204)
 		return nil
+	}},
+}
+
+// match reports whether path fits pattern, and the "*" segments.
+func match(pattern string, path []string) ([]string, bool) {
+	want := strings.Split(strings.Trim(pattern, "/"), "/")
+	if len(want) != len(path) {
+		return nil, false
+	}
+	var args []string
+	for i, w := range want {
+		switch {
+		case w == "*" && path[i] != "":
+			args = append(args, path[i])
+		case w != path[i]:
+			return nil, false
+		}
+	}
+	return args, true
+}
+
+func (s *Server) route(ctx *fasthttp.RequestCtx, path string) error {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	method := string(ctx.Method())
+	found := false
+	for _, r := range routes {
+		args, ok := match(r.pattern, parts)
+		if !ok {
+			continue
+		}
+		found = true
+		if r.method == method {
+			return r.handle(s, ctx, args)
+		}
+	}
+	if found {
+		return errMethod
 	}
 	return errNotFound
 }

@@ -186,7 +186,6 @@ func (g *Gateway) Close() error {
 		c.end(ledger.ReasonShutdown, 200, true, true)
 	}
 	g.cancel()
-	g.wg.Add(0)
 	done := make(chan struct{})
 	go func() { g.waitByes(); close(done) }()
 	select {

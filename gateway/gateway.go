@@ -165,9 +165,11 @@ func (g *Gateway) Start() error {
 		// transaction layer; this one matched nothing.
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 	})
+	g.srv.OnUpdate(g.onInDialog)
+	g.srv.OnInfo(g.onInDialog)
 	g.srv.OnOptions(func(req *sip.Request, tx sip.ServerTransaction) {
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"))
+		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"))
 		_ = tx.Respond(res)
 	})
 
@@ -305,9 +307,7 @@ func callerNumber(req *sip.Request) string {
 func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil {
 		if _, ok := to.Params.Get("tag"); ok {
-			// Mid-dialog re-INVITE: passed through by issue #5's work; until
-			// then refuse it cleanly so the call itself is untouched.
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 488, "Not Acceptable Here", nil))
+			g.onInDialog(req, tx)
 			return
 		}
 	}
@@ -617,35 +617,24 @@ func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	// A BYE is for the caller's leg (we are its UAS) or the carrier's leg (we
-	// are its UAC); each side's dialog id is computed its own way.
-	legs := []struct {
-		id     func(*sip.Request) (string, error)
-		calls  map[string]*call
-		read   func(*call) error
-		reason string
-		byeIn  bool
-	}{
-		{sip.DialogIDFromRequestUAS, g.byIn, func(c *call) error { return c.in.ReadBye(req, tx) }, ledger.ReasonCallerHangup, false},
-		{sip.DialogIDFromRequestUAC, g.byOut, func(c *call) error { return c.out.ReadBye(req, tx) }, ledger.ReasonCalleeHangup, true},
-	}
-	for _, leg := range legs {
-		id, err := leg.id(req)
-		if err != nil {
-			continue
-		}
-		g.mu.Lock()
-		c := leg.calls[id]
-		g.mu.Unlock()
-		if c == nil {
-			continue
-		}
-		if err := leg.read(c); err != nil {
-			_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
-			return
-		}
-		c.end(leg.reason, 200, leg.byeIn, !leg.byeIn)
+	c, fromCaller := g.dialogOf(req)
+	if c == nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 		return
 	}
-	_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+	var err error
+	if fromCaller {
+		err = c.in.ReadBye(req, tx)
+	} else {
+		err = c.out.ReadBye(req, tx)
+	}
+	if err != nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
+		return
+	}
+	if fromCaller {
+		c.end(ledger.ReasonCallerHangup, 200, false, true)
+	} else {
+		c.end(ledger.ReasonCalleeHangup, 200, true, false)
+	}
 }

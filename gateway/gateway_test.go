@@ -294,3 +294,51 @@ func TestEmergencyThroughOverload(t *testing.T) {
 		t.Fatalf("911 over the cap: %d, want connected", status)
 	}
 }
+
+// TestMidCallRequestsRelayedAndBillingUntouched: a re-INVITE from the caller
+// (hold, session timer) and an UPDATE from the carrier cross the gateway to
+// the other leg, and the call is billed as if neither had happened.
+func TestMidCallRequestsRelayedAndBillingUntouched(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	sess, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 200 {
+		t.Fatalf("call refused with %d", status)
+	}
+	eventually(t, "call answered", func() bool { return e.answeredCalls() == 1 })
+	e.clock.Advance(3 * time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	reinvite := sip.NewRequest(sip.INVITE, sess.InviteResponse.Contact().Address)
+	reinvite.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	reinvite.SetBody([]byte(strings.Replace(testSDP, "m=audio 40000", "m=audio 40002", 1)))
+	res, err := sess.Do(ctx, reinvite)
+	must(t, err)
+	if res.StatusCode != 200 || string(res.Body()) != testSDP {
+		t.Fatalf("re-INVITE answered %d %q, want the carrier's 200 with its SDP", res.StatusCode, res.Body())
+	}
+	must(t, sess.WriteRequest(sip.NewRequest(sip.ACK, sess.InviteResponse.Contact().Address)))
+	if e.carrier.reinvites.Load() != 1 {
+		t.Fatalf("carrier saw %d re-INVITEs, want 1", e.carrier.reinvites.Load())
+	}
+
+	e.carrier.mu.Lock()
+	dlg := e.carrier.open[0]
+	e.carrier.mu.Unlock()
+	upd := sip.NewRequest(sip.UPDATE, dlg.InviteRequest.Contact().Address)
+	res, err = dlg.Do(ctx, upd)
+	must(t, err)
+	if res.StatusCode != 200 || e.caller.updates.Load() != 1 {
+		t.Fatalf("UPDATE from the carrier: %d, caller saw %d", res.StatusCode, e.caller.updates.Load())
+	}
+
+	e.clock.Advance(6500 * time.Millisecond)
+	must(t, sess.Bye(ctx))
+	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
+	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	if !cdr.Charge.Equal(d("0.10")) || cdr.BilledS != 10 {
+		t.Fatalf("9.5 s with mid-call requests: CDR %+v, want 10 increments, 0.10", cdr)
+	}
+	must(t, e.ledger.CheckInvariants())
+}

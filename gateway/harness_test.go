@@ -124,15 +124,16 @@ func (e *env) answeredCalls() int {
 // carrier is a sipgo UAS that answers every INVITE with 180 then 200+SDP.
 type carrier struct {
 	*peer
-	dialogs  *sipgo.DialogServerCache
-	invites  atomic.Int32
-	byes     atomic.Int32
-	lastURI  atomic.Value
-	mu       sync.Mutex
-	open     []*sipgo.DialogServerSession
-	reject   atomic.Int32 // non-zero: answer INVITEs with this status
-	ringOnly atomic.Bool  // ring and never answer
-	cancels  atomic.Int32 // INVITEs the caller side cancelled
+	dialogs   *sipgo.DialogServerCache
+	invites   atomic.Int32
+	byes      atomic.Int32
+	lastURI   atomic.Value
+	mu        sync.Mutex
+	open      []*sipgo.DialogServerSession
+	reject    atomic.Int32 // non-zero: answer INVITEs with this status
+	ringOnly  atomic.Bool  // ring and never answer
+	cancels   atomic.Int32 // INVITEs the caller side cancelled
+	reinvites atomic.Int32
 }
 
 func listenUDP(t *testing.T) (net.PacketConn, string, int) {
@@ -185,6 +186,14 @@ func newCarrier(t *testing.T) *carrier {
 	c.dialogs = sipgo.NewDialogServerCache(c.cli, c.contact)
 	srv := c.srv
 	srv.OnInvite(func(req *sip.Request, tx sip.ServerTransaction) {
+		if _, inDialog := req.To().Params.Get("tag"); inDialog {
+			c.reinvites.Add(1)
+			res := sip.NewResponseFromRequest(req, 200, "OK", []byte(testSDP))
+			res.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+			res.AppendHeader(&c.contact)
+			_ = tx.Respond(res)
+			return
+		}
 		c.invites.Add(1)
 		c.lastURI.Store(req.Recipient.User)
 		dlg, err := c.dialogs.ReadInvite(req, tx)
@@ -235,6 +244,7 @@ func (c *carrier) hangup() error {
 // phone is a sipgo UAC on a fixed address: the customer's PBX.
 type phone struct {
 	*peer
+	updates atomic.Int32
 	dialogs *sipgo.DialogClientCache
 	byes    atomic.Int32
 }
@@ -242,6 +252,10 @@ type phone struct {
 func newPhone(t *testing.T) *phone {
 	p := &phone{peer: newPeer(t, "pbx")}
 	p.dialogs = sipgo.NewDialogClientCache(p.cli, p.contact)
+	p.srv.OnUpdate(func(req *sip.Request, tx sip.ServerTransaction) {
+		p.updates.Add(1)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	})
 	p.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		if err := p.dialogs.ReadBye(req, tx); err == nil {
 			p.byes.Add(1)

@@ -1,0 +1,101 @@
+package gateway
+
+import (
+	"context"
+
+	"github.com/emiago/sipgo/sip"
+)
+
+// maxInDialogWait bounds how long a relayed in-dialog request may wait for
+// the other leg's final response (64·T1, RFC 3261 Timer B/F).
+var maxInDialogWait = 64 * sip.T1
+
+// onInDialog relays a request inside an established call — a re-INVITE for
+// hold or a session-timer refresh, an UPDATE, an INFO (DTMF) — to the other
+// leg and its final response back. Metering is untouched: a call is billed
+// from answer to BYE whatever its media does.
+func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
+	c, fromCaller := g.dialogOf(req)
+	if c == nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+		return
+	}
+	c.mu.Lock()
+	answered := c.state == stateAnswered
+	c.mu.Unlock()
+	if !answered {
+		res := sip.NewResponseFromRequest(req, 491, "Request Pending", nil)
+		res.AppendHeader(sip.NewHeader("Retry-After", "1"))
+		_ = tx.Respond(res)
+		return
+	}
+
+	// The other leg's remote target is its Contact (RFC 3261 §12.2.1.1).
+	var target sip.Uri
+	if fromCaller {
+		target = c.out.InviteRequest.Recipient
+		if ct := c.out.InviteResponse.Contact(); ct != nil {
+			target = ct.Address
+		}
+	} else {
+		target = c.in.InviteRequest.Contact().Address // ReadInvite refuses INVITEs without one
+	}
+	fwd := sip.NewRequest(req.Method, target)
+	if ct := req.ContentType(); ct != nil {
+		fwd.AppendHeader(sip.HeaderClone(ct))
+	}
+	fwd.SetBody(req.Body())
+
+	ctx, cancel := context.WithTimeout(g.ctx, maxInDialogWait)
+	defer cancel()
+	var res *sip.Response
+	var err error
+	if fromCaller {
+		res, err = c.out.Do(ctx, fwd)
+	} else {
+		res, err = c.in.Do(ctx, fwd)
+	}
+	if err != nil {
+		g.log.Warn("in-dialog request not answered by the other leg", "call_id", c.id, "method", string(req.Method), "error", err)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 408, "Request Timeout", nil))
+		return
+	}
+	if req.IsInvite() && res.IsSuccess() {
+		// We are the UAC of the relayed re-INVITE: its 2xx is ours to ACK.
+		ack := sip.NewRequest(sip.ACK, target)
+		if fromCaller {
+			err = c.out.WriteRequest(ack)
+		} else {
+			err = c.in.WriteRequest(ack)
+		}
+		if err != nil {
+			g.log.Warn("ACK of relayed re-INVITE failed", "call_id", c.id, "error", err)
+		}
+	}
+	back := sip.NewResponseFromRequest(req, res.StatusCode, res.Reason, res.Body())
+	if ct := res.ContentType(); ct != nil {
+		back.AppendHeader(sip.HeaderClone(ct))
+	}
+	if req.IsInvite() && res.IsSuccess() {
+		back.AppendHeader(sip.HeaderClone(&g.inUA.ContactHDR))
+	}
+	_ = tx.Respond(back)
+}
+
+// dialogOf finds the call a request belongs to and whether it came from the
+// caller's leg (we are its UAS) or the carrier's (we are its UAC).
+func (g *Gateway) dialogOf(req *sip.Request) (c *call, fromCaller bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if id, err := sip.DialogIDFromRequestUAS(req); err == nil {
+		if c := g.byIn[id]; c != nil {
+			return c, true
+		}
+	}
+	if id, err := sip.DialogIDFromRequestUAC(req); err == nil {
+		if c := g.byOut[id]; c != nil {
+			return c, false
+		}
+	}
+	return nil, false
+}

@@ -27,9 +27,11 @@ func (s callState) String() string {
 // call is one B2BUA call: the caller's leg (in), the carrier's leg (out) and
 // its metering. Its mutable state is guarded by mu; the ledger owns its money.
 //
-// Invariant while answered: the ledger holds the increment that ends at
+// Invariant while answered: the ledger holds increment hold.N, which ends at
 // paidUntil, and a timer fires at paidUntil to debit it and hold the next —
-// or, if the next cannot be held, to end the call right then.
+// or, if the next cannot be held, to end the call right then. Increments
+// differ in length (a plan minute, then the rate's increments on credits),
+// so each one's length comes from the ledger's answer.
 type call struct {
 	g        *Gateway
 	id       string
@@ -48,6 +50,7 @@ type call struct {
 	mu        sync.Mutex
 	state     callState
 	answered  time.Time
+	hold      ledger.Increment // the increment the ledger holds for the call now
 	paidUntil time.Time
 	timer     clock.Timer
 	inID      string
@@ -66,6 +69,8 @@ type CallInfo struct {
 	Start       time.Time `json:"start"`
 	Answer      time.Time `json:"answer,omitzero"`
 	PaidUntil   time.Time `json:"paid_until,omitzero"`
+	Increment   int       `json:"increment"`
+	PaidFrom    string    `json:"paid_from"` // pool, credits or free
 	RemainingS  float64   `json:"remaining_paid_s"`
 	RatePerMin  string    `json:"rate_per_minute"`
 	InboundCall string    `json:"inbound_call_id"`
@@ -75,7 +80,11 @@ func (c *call) info(now time.Time) CallInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ci := CallInfo{ID: c.id, Org: c.org, User: c.user, From: "+" + c.from, To: c.to, State: c.state.String(),
-		Emergency: c.free, Start: c.start.UTC(), RatePerMin: c.rate.PerMinute.String(), InboundCall: c.inCallID}
+		Emergency: c.free, Start: c.start.UTC(), RatePerMin: c.rate.PerMinute.String(), InboundCall: c.inCallID,
+		Increment: c.hold.N, PaidFrom: c.hold.Source}
+	if c.free {
+		ci.PaidFrom = ledger.SourceFree
+	}
 	if c.state == stateAnswered {
 		ci.Answer = c.answered.UTC()
 		if !c.free {
@@ -105,8 +114,9 @@ func (c *call) answer() error {
 	if c.free {
 		return nil
 	}
-	c.paidUntil = now.Add(c.rate.FirstIncrement)
-	c.timer = c.g.clock.AfterFunc(c.rate.FirstIncrement, c.boundary)
+	first := time.Duration(c.hold.Seconds) * time.Second
+	c.paidUntil = now.Add(first)
+	c.timer = c.g.clock.AfterFunc(first, c.boundary)
 	return nil
 }
 
@@ -118,9 +128,10 @@ func (c *call) boundary() {
 		c.mu.Unlock()
 		return
 	}
-	err := c.g.ledger.Renew(c.id, c.paidUntil, c.rate.NextCharge())
+	inc, err := c.g.ledger.Step(c.id, c.hold.N, c.paidUntil)
 	if err == nil {
-		c.paidUntil = c.paidUntil.Add(c.rate.NextIncrement)
+		c.hold = inc
+		c.paidUntil = c.paidUntil.Add(time.Duration(inc.Seconds) * time.Second)
 		// Schedule from the clock's now, not paidUntil, so a late timer
 		// does not stack up; the ledger already holds up to paidUntil.
 		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.g.clock.Now()), c.boundary)
@@ -128,13 +139,17 @@ func (c *call) boundary() {
 		return
 	}
 	reason := ledger.ReasonCreditExhausted
-	if !errors.Is(err, ledger.ErrInsufficientCredit) {
+	switch {
+	case errors.Is(err, ledger.ErrPoolExhausted):
+		reason = ledger.ReasonPoolExhausted
+		c.g.m.exhausted.Inc()
+	case errors.Is(err, ledger.ErrInsufficientCredit):
+		c.g.m.exhausted.Inc()
+	default:
 		// The ledger cannot take the debit durably: end the call rather
 		// than let it run on money nobody recorded (fail closed).
 		c.g.log.Error("metering failed, ending call", "call_id", c.id, "org", c.org, "error", err)
 		reason = ledger.ReasonFailed
-	} else {
-		c.g.m.exhausted.Inc()
 	}
 	c.mu.Unlock()
 	c.end(reason, 200, true, true)
@@ -154,7 +169,7 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 		c.timer.Stop()
 	}
 	at := c.g.clock.Now()
-	if reason == ledger.ReasonCreditExhausted && at.After(c.paidUntil) {
+	if (reason == ledger.ReasonCreditExhausted || reason == ledger.ReasonPoolExhausted) && at.After(c.paidUntil) {
 		// The timer may fire a little late on a real clock; the call ended,
 		// for billing purposes, when its paid time did.
 		at = c.paidUntil

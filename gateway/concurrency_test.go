@@ -55,7 +55,7 @@ func TestConcurrentCallsShareCreditExactly(t *testing.T) {
 	eventually(t, "every caller leg gets BYE", func() bool { return e.caller.byes.Load() == n })
 	eventually(t, "every carrier leg gets BYE", func() bool { return e.carrier.byes.Load() == n })
 
-	cdrs := e.ledger.CDRs("acme", time.Time{}, time.Time{})
+	cdrs := e.cdrs("acme")
 	if len(cdrs) != n {
 		t.Fatalf("%d CDRs, want %d", len(cdrs), n)
 	}

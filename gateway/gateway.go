@@ -38,6 +38,9 @@ type Config struct {
 	// MaxCalls caps calls in progress; beyond it INVITEs get 503 (emergency
 	// calls are still let through).
 	MaxCalls int
+	// ZoneA lists the countries a dial-out from a meeting (conferencing
+	// trunk) is included to, for users holding audio_conferencing.
+	ZoneA []string
 }
 
 func (c *Config) defaults() {
@@ -49,6 +52,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxCalls == 0 {
 		c.MaxCalls = 10000
+	}
+	if c.ZoneA == nil {
+		c.ZoneA = rating.DefaultZoneA
 	}
 }
 
@@ -350,8 +356,8 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 		c.from, _ = rating.Normalize(callerNumber(req), org.Country)
 		rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
 			Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
-			RatePerMinute: decimal.Zero, Currency: org.Currency}, FirstIncrement: 1, NextIncrement: 1}
-		if err := g.ledger.OpenCall(rec, now); err == nil {
+			RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true}
+		if _, err := g.ledger.OpenCall(rec, now); err == nil {
 			c.tracked = true
 		} else {
 			g.log.Error("emergency call connected without a ledger record", "call_id", c.id, "org", org.ID, "error", err)
@@ -370,7 +376,8 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	for _, l := range user.Licenses {
 		licenses = append(licenses, rating.License(l))
 	}
-	dec, err := rating.Decide(g.deck.Load(), rating.Call{Dialled: dialled, OrgCountry: org.Country, Licenses: licenses, Now: now})
+	dec, err := rating.Decide(g.deck.Load(), rating.Call{Dialled: dialled, OrgCountry: org.Country, Licenses: licenses, Now: now,
+		Conferencing: trunk.Kind == KindConferencing, ZoneA: g.cfg.ZoneA})
 	if err != nil {
 		return nil, err
 	}
@@ -379,11 +386,14 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 		rate: dec.Rate, start: now, inCallID: req.CallID().Value()}
 	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: user.ID, From: from, To: dec.Number,
 		Destination: dec.Rate.Destination, Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: "outbound",
-		RatePerMinute: dec.Rate.PerMinute, Currency: org.Currency}, FirstIncrement: int(dec.Rate.FirstIncrement / time.Second),
-		NextIncrement: int(dec.Rate.NextIncrement / time.Second), Hold: dec.Rate.FirstCharge()}
-	if err := g.ledger.OpenCall(rec, now); err != nil {
+		RatePerMinute: dec.Rate.PerMinute, Currency: org.Currency}, ConnectionFee: dec.Rate.ConnectionFee,
+		FirstIncrement: int(dec.Rate.FirstIncrement / time.Second), NextIncrement: int(dec.Rate.NextIncrement / time.Second),
+		Plan: dec.Plan, Spill: dec.Spill}
+	inc, err := g.ledger.OpenCall(rec, now)
+	if err != nil {
 		return nil, err
 	}
+	c.hold = inc
 	c.tracked = true
 	g.m.authorizations.WithLabelValues("allowed", string(dec.Source)).Inc()
 	return c, nil

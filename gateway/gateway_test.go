@@ -46,9 +46,9 @@ func TestCallBilledExactly(t *testing.T) {
 	defer cancel()
 	must(t, sess.Bye(ctx))
 	eventually(t, "carrier gets BYE", func() bool { return e.carrier.byes.Load() == 1 })
-	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
 
-	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	cdr := e.cdrs("acme")[0]
 	// 10.5 s billed per second: 11 started increments × 0.01.
 	if !cdr.Charge.Equal(d("0.11")) || cdr.BilledS != 11 || cdr.DurationS != 11 {
 		t.Fatalf("CDR %+v: want 11 increments, charge 0.11", cdr)
@@ -75,8 +75,8 @@ func TestCalleeHangupBilled(t *testing.T) {
 	e.clock.Advance(61 * time.Second)
 	must(t, e.carrier.hangup())
 	eventually(t, "caller gets BYE", func() bool { return e.caller.byes.Load() == 1 })
-	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
-	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	cdr := e.cdrs("acme")[0]
 	if !cdr.Charge.Equal(d("20")) || cdr.BilledS != 120 || cdr.DisconnectReason != ledger.ReasonCalleeHangup {
 		t.Fatalf("61 s per minute at 10.00: CDR %+v, want 2 minutes, 20.00", cdr)
 	}
@@ -111,7 +111,7 @@ func TestCreditRunsOut(t *testing.T) {
 			e.clock.Advance(tc.inc)
 			eventually(t, "caller gets BYE", func() bool { return e.caller.byes.Load() == 1 })
 			eventually(t, "carrier gets BYE", func() bool { return e.carrier.byes.Load() == 1 })
-			cdrs := e.ledger.CDRs("acme", time.Time{}, time.Time{})
+			cdrs := e.cdrs("acme")
 			if len(cdrs) != 1 {
 				t.Fatalf("%d CDRs, want 1", len(cdrs))
 			}
@@ -153,8 +153,8 @@ func TestEmergencyAtZeroBalance(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	must(t, sess.Bye(ctx))
-	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
-	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	cdr := e.cdrs("acme")[0]
 	if !cdr.Charge.IsZero() || !e.balance("acme").IsZero() || cdr.DurationS != 600 {
 		t.Fatalf("emergency call charged: %+v", cdr)
 	}
@@ -204,7 +204,7 @@ func TestRefusals(t *testing.T) {
 	if b := e.balance("acme"); !b.Equal(d("50")) {
 		t.Fatalf("refusals changed the balance to %s", b)
 	}
-	if n := len(e.ledger.CDRs("acme", time.Time{}, time.Time{})); n != 0 {
+	if n := len(e.cdrs("acme")); n != 0 {
 		t.Fatalf("refused calls wrote %d CDRs", n)
 	}
 	must(t, e.ledger.CheckInvariants())
@@ -218,8 +218,8 @@ func TestCarrierFailureRelayedAndFree(t *testing.T) {
 	if status != 486 {
 		t.Fatalf("caller got %d, want the carrier's 486", status)
 	}
-	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
-	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	cdr := e.cdrs("acme")[0]
 	if !cdr.Charge.IsZero() || cdr.SIPStatus != 486 || !e.balance("acme").Equal(d("50")) {
 		t.Fatalf("unanswered call: CDR %+v balance %s", cdr, e.balance("acme"))
 	}
@@ -269,8 +269,8 @@ func TestCancelBeforeAnswerCostsNothing(t *testing.T) {
 	hangUp() // WaitAnswer sends CANCEL
 	<-done
 	eventually(t, "carrier gets CANCEL", func() bool { return e.carrier.cancels.Load() == 1 })
-	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
-	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	cdr := e.cdrs("acme")[0]
 	o, _ := e.ledger.Org("acme")
 	if cdr.DisconnectReason != ledger.ReasonCanceled || cdr.SIPStatus != 487 || !cdr.Charge.IsZero() || !o.Held.IsZero() || !o.Balance.Equal(d("50")) {
 		t.Fatalf("cancelled call: CDR %+v org %+v", cdr, o)
@@ -335,8 +335,8 @@ func TestMidCallRequestsRelayedAndBillingUntouched(t *testing.T) {
 
 	e.clock.Advance(6500 * time.Millisecond)
 	must(t, sess.Bye(ctx))
-	eventually(t, "call settled", func() bool { return len(e.ledger.CDRs("acme", time.Time{}, time.Time{})) == 1 })
-	cdr := e.ledger.CDRs("acme", time.Time{}, time.Time{})[0]
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	cdr := e.cdrs("acme")[0]
 	if !cdr.Charge.Equal(d("0.10")) || cdr.BilledS != 10 {
 		t.Fatalf("9.5 s with mid-call requests: CDR %+v, want 10 increments, 0.10", cdr)
 	}

@@ -43,9 +43,15 @@ func quietLog() *slog.Logger {
 
 func newEnv(t *testing.T, deckCSV string) *env {
 	t.Helper()
+	return newEnvPlans(t, deckCSV, nil)
+}
+
+// newEnvPlans is newEnv with the ledger's minute pools set to plans.
+func newEnvPlans(t *testing.T, deckCSV string, plans []ledger.Plan) *env {
+	t.Helper()
 	e := &env{t: t, clock: clock.NewFake(epoch), reg: prometheus.NewRegistry()}
 	var err error
-	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: e.clock.Now, Registerer: e.reg})
+	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: e.clock.Now, Registerer: e.reg, Plans: plans})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,6 +102,12 @@ func (e *env) balance(org string) decimal.Decimal {
 	o, err := e.ledger.Org(org)
 	must(e.t, err)
 	return o.Balance
+}
+
+func (e *env) cdrs(org string) []ledger.CDR {
+	cs, err := e.ledger.CDRs(org, time.Time{}, time.Time{})
+	must(e.t, err)
+	return cs
 }
 
 // eventually waits for cond, which the gateway makes true asynchronously;

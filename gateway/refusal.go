@@ -39,6 +39,7 @@ var refusals = []struct {
 	{ErrNoRoute, refusal{404, "Not Found", "no_route", "no carrier route for this destination"}},
 	{rating.ErrNotDialable, refusal{484, "Address Incomplete", "not_dialable", "not a dialable number"}},
 	{ledger.ErrInsufficientCredit, refusal{402, "Payment Required", "no_credit", "not enough Communications Credits"}},
+	{ledger.ErrPoolExhausted, refusal{402, "Payment Required", "minutes_used_up", "included minutes used up and no communications_credits license"}},
 	{ledger.ErrUnknownOrg, refusal{403, "Forbidden", "unknown_org", "trunk's org does not exist"}},
 	{ErrTooManyHops, refusal{483, "Too Many Hops", "too_many_hops", "Max-Forwards reached zero"}},
 	{ErrOverloaded, refusal{503, "Service Unavailable", "overloaded", "gateway is overloaded or shutting down"}},

@@ -1,18 +1,18 @@
 // Package ledger keeps the money: orgs and their Communications Credits,
-// users and their numbers and licenses, holds taken by calls and the debits
-// they turn into, and the CDRs of ended calls.
+// their monthly minute pools, users and their numbers and licenses, the
+// two-phase transfers (holds) calls take and the debits they turn into, and
+// the CDRs of ended calls.
 //
 // State lives in memory for speed and is made durable in Pebble before any
-// change is acknowledged: each change is an event in an ordered log, written
-// in a synced batch shared with every other change queued at the same time
-// (group commit). Open replays the log, then settles every call that was up
-// when the process stopped (SPEC §3: the started increment counts, the rest
-// of its hold is released).
+// change is acknowledged: each operation's records go into a synced batch
+// shared with every other operation queued at the same time (group commit).
+// Open reads the live records back, then settles every call that was up when
+// the process stopped (SPEC §3: the started increment counts, the rest of its
+// hold is released).
 package ledger
 
 import (
-	"bytes"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,6 +32,8 @@ import (
 type Options struct {
 	// MinFunding is the smallest one-time funding accepted (SPEC: 50.00).
 	MinFunding decimal.Decimal
+	// Plans are the minute pools and their allotments; nil is DefaultPlans.
+	Plans []Plan
 	// Now is the wall clock used to stamp fundings and restart settlements.
 	Now func() time.Time
 	// Registerer receives the ledger's metrics; nil registers nothing.
@@ -47,34 +49,91 @@ const (
 	MaxNumbersPerUser  = 100
 	MaxLicensesPerUser = 8
 	MaxIDLength        = 64
+	MaxFundingKey      = 128
 )
 
 // Ledger is safe for concurrent use.
 //
 // One mutex guards all in-memory state. Every operation under it is a few map
-// lookups and decimal additions; the slow part, the fsync, happens in the
-// committer without the lock, so one lock is enough for the call rates a
-// single gateway handles (see the ledger benchmark).
+// lookups, decimal additions and the encoding of the records it changes; the
+// slow part, the fsync, happens in the committer without the lock, so one
+// lock is enough for the call rates a single gateway handles (see the ledger
+// benchmarks).
 type Ledger struct {
-	opts Options
-	db   *pebble.DB
-	c    *committer
-	log  *slog.Logger
+	opts  Options
+	db    *pebble.DB
+	c     *committer
+	log   *slog.Logger
+	plans []Plan
 
 	mu       sync.Mutex
 	seq      uint64
-	orgs     map[string]*Org
+	orgs     map[string]*orgState
 	users    map[string]*User // key org + "/" + user
 	numbers  map[string]string
 	trunks   map[string]Trunk
 	deck     []byte
 	calls    map[string]*Call
-	fundKeys map[string]string // org/key → "amount"
-	cdrs     map[string][]CDR
-	entries  map[string][]Entry
+	fundKeys map[string]Entry // org + "/" + key
+	ended    endedCalls
+
+	// trace, when set by tests, sees every operation's outcome in the order
+	// the ledger linearized them, under the lock.
+	trace func(op Op)
 
 	debits      prometheus.Counter
 	commitHisto prometheus.Histogram
+}
+
+// orgState is an org with what the ledger derives for it.
+type orgState struct {
+	Org
+	loc      *time.Location
+	licensed []int // per plan: users holding one of its licenses
+	pools    map[poolKey]*Pool
+}
+
+type poolKey struct {
+	plan  int
+	month string
+}
+
+// endedCalls remembers the ids of recently ended calls, so a retried close
+// or increment of a call that has just ended is answered as such and a
+// reused id is refused. Two generations bound its memory; older ids are
+// found on disk (z/ records).
+type endedCalls struct {
+	cur, prev map[string]string // call id → CDR key
+}
+
+const endedGeneration = 1 << 16
+
+func (e *endedCalls) add(id, cdrKey string) {
+	if e.cur == nil || len(e.cur) >= endedGeneration {
+		e.prev, e.cur = e.cur, make(map[string]string, 1024)
+	}
+	e.cur[id] = cdrKey
+}
+
+func (e *endedCalls) get(id string) (string, bool) {
+	if k, ok := e.cur[id]; ok {
+		return k, true
+	}
+	k, ok := e.prev[id]
+	return k, ok
+}
+
+// Op describes one operation for tracing: what was asked and how it ended.
+type Op struct {
+	Kind   string
+	Org    string
+	Call   string
+	N      int
+	Key    string
+	Amount decimal.Decimal
+	Seq    uint64 // 0 when refused or when it was a retry of an applied one
+	Result Increment
+	Err    error
 }
 
 // Open opens (or creates) the ledger in dir, rebuilds its state and settles
@@ -86,25 +145,32 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	if opts.MinFunding.IsZero() {
 		opts.MinFunding = decimal.RequireFromString("50.00")
 	}
+	if opts.Plans == nil {
+		opts.Plans = DefaultPlans()
+	}
 	if opts.FS == nil {
 		opts.FS = vfs.Default
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	for _, p := range opts.Plans {
+		if p.Name == "" || p.Minutes < 0 || len(p.Licenses) == 0 {
+			return nil, fmt.Errorf("ledger plan %+v: want a name, minutes ≥ 0 and at least one license", p)
+		}
+	}
 	db, err := openPebble(dir, opts.FS)
 	if err != nil {
 		return nil, fmt.Errorf("open ledger store %s: %w", dir, err)
 	}
 	l := &Ledger{
-		opts: opts, db: db, log: opts.Logger,
-		orgs: map[string]*Org{}, users: map[string]*User{}, numbers: map[string]string{},
-		trunks: map[string]Trunk{}, calls: map[string]*Call{}, fundKeys: map[string]string{},
-		cdrs: map[string][]CDR{}, entries: map[string][]Entry{},
+		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
+		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
+		trunks: map[string]Trunk{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
 			Help: "Billing increments committed (debited) from org balances."}),
 		commitHisto: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "creditgate_ledger_commit_seconds",
-			Help:    "Time of one synced group commit of ledger events to Pebble.",
+			Help:    "Time of one synced group commit of ledger operations to Pebble.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 	}
 	if opts.Registerer != nil {
@@ -115,9 +181,9 @@ func Open(dir string, opts Options) (*Ledger, error) {
 			}
 		}
 	}
-	if err := l.replay(); err != nil {
+	if err := l.load(); err != nil {
 		_ = db.Close()
-		return nil, err
+		return nil, fmt.Errorf("load ledger %s: %w", dir, err)
 	}
 	l.c = newCommitter(db, func(d time.Duration) { l.commitHisto.Observe(d.Seconds()) })
 	if err := l.settleOpenCalls(); err != nil {
@@ -134,27 +200,100 @@ func (l *Ledger) Close() error {
 	return l.db.Close()
 }
 
-func (l *Ledger) replay() error {
-	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: eventPrefix, UpperBound: []byte("e0")})
-	if err != nil {
-		return fmt.Errorf("replay ledger: %w", err)
+// load reads the live records back into memory.
+func (l *Ledger) load() error {
+	v, closer, err := l.db.Get(keySeq)
+	switch {
+	case err == nil:
+		l.seq = binary.BigEndian.Uint64(v)
+		_ = closer.Close()
+	case !errors.Is(err, pebble.ErrNotFound):
+		return err
 	}
-	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
-		var e event
-		dec := json.NewDecoder(bytes.NewReader(it.Value()))
-		if err := dec.Decode(&e); err != nil {
-			return fmt.Errorf("replay ledger event %x: %w", it.Key(), err)
+	if err := scan(l.db, []byte("o/"), func(_ []byte, o *Org) error {
+		os, err := l.newOrgState(*o)
+		if err != nil {
+			return err
 		}
-		if e.Seq != l.seq+1 {
-			return fmt.Errorf("replay ledger: event %d follows %d: the log has a gap", e.Seq, l.seq)
-		}
-		if err := l.apply(&e); err != nil {
-			return fmt.Errorf("replay ledger event %d (%s): %w", e.Seq, e.Kind, err)
-		}
-		l.seq = e.Seq
+		l.orgs[o.ID] = os
+		return nil
+	}); err != nil {
+		return err
 	}
-	return it.Error()
+	if err := scan(l.db, []byte("u/"), func(_ []byte, u *User) error {
+		l.setUser(u)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("t/"), func(_ []byte, t *Trunk) error {
+		l.trunks[t.ID] = *t
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("k/"), func(k []byte, e *Entry) error {
+		l.fundKeys[string(k[2:])] = *e
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("a/"), func(_ []byte, c *Call) error {
+		l.calls[c.ID] = c
+		return nil
+	}); err != nil {
+		return err
+	}
+	lastMonth := l.opts.Now().UTC().AddDate(0, -1, 0).Format("2006-01")
+	if err := scan(l.db, []byte("p/"), func(_ []byte, p *Pool) error {
+		os, ok := l.orgs[p.Org]
+		i := l.planIndex(p.Plan)
+		if !ok || i < 0 {
+			return nil // a plan no longer configured keeps its record on disk
+		}
+		// Months before last one stay on disk only, unless calls still
+		// hold their minutes.
+		if p.Month >= lastMonth || p.Held > 0 {
+			os.setPool(i, p)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if v, closer, err := l.db.Get(keyDeck); err == nil {
+		l.deck = slices.Clone(v)
+		_ = closer.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+func (l *Ledger) newOrgState(o Org) (*orgState, error) {
+	loc := time.UTC
+	if o.Timezone != "" {
+		var err error
+		if loc, err = time.LoadLocation(o.Timezone); err != nil {
+			return nil, invalidf("org %s: timezone %q: %v", o.ID, o.Timezone, err)
+		}
+	}
+	return &orgState{Org: o, loc: loc, licensed: make([]int, len(l.plans))}, nil
+}
+
+func (os *orgState) setPool(plan int, p *Pool) {
+	if os.pools == nil {
+		os.pools = map[poolKey]*Pool{}
+	}
+	os.pools[poolKey{plan, p.Month}] = p
+}
+
+func (l *Ledger) planIndex(name string) int {
+	for i, p := range l.plans {
+		if p.Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 // settleOpenCalls ends, on start, every call the previous process left open.
@@ -181,189 +320,49 @@ func (l *Ledger) settleOpenCalls() error {
 	return nil
 }
 
-// commit applies e in memory and queues it for the next group commit, then
-// waits until it is durable. A refused event changes nothing.
-func (l *Ledger) commit(e *event) error {
+// do runs one operation: fn checks it against the current state and, only
+// if it is acceptable, changes memory and records its writes. do then queues
+// the writes for the next group commit and waits until they are durable. An
+// operation that writes nothing (the retry of one already applied) waits for
+// everything before it to be durable, so its answer is durable too.
+func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 	l.mu.Lock()
 	if err := l.c.err(); err != nil {
 		l.mu.Unlock()
-		return err
+		return op, err
 	}
-	e.Seq = l.seq + 1
-	if err := l.apply(e); err != nil {
+	t := &txn{seq: l.seq + 1, at: at}
+	err := fn(t)
+	if err == nil && len(t.ws) > 0 {
+		l.seq = t.seq
+		op.Seq = t.seq
+	} else {
+		t.seq = 0
+	}
+	op.Err = err
+	if err == nil {
+		op.Err = t.after
+		op.Result = t.result
+	}
+	if l.trace != nil {
+		l.trace(op)
+	}
+	if err != nil {
 		l.mu.Unlock()
-		return err
+		return op, err
 	}
-	l.seq = e.Seq
-	done := l.c.enqueue(eventKey(e.Seq), encodeEvent(e))
+	done := l.c.enqueue(t.seq, t.ws)
 	l.mu.Unlock()
-	return <-done
+	if err := <-done; err != nil {
+		return op, err
+	}
+	return op, t.after
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // ValidID reports whether s may name an org, user, trunk or call.
 func ValidID(s string) bool { return idRE.MatchString(s) }
-
-// apply checks e against the current state and, only if it is acceptable,
-// changes the state. It is the single place where state changes, used both
-// live and on replay.
-func (l *Ledger) apply(e *event) error {
-	switch e.Kind {
-	case evOrg:
-		o := *e.Org
-		if _, ok := l.orgs[o.ID]; ok {
-			return fmt.Errorf("%w: %s", ErrOrgExists, o.ID)
-		}
-		o.Balance, o.Held, o.Funded, o.Debited = decimal.Zero, decimal.Zero, decimal.Zero, decimal.Zero
-		l.orgs[o.ID] = &o
-	case evUser:
-		u := *e.User
-		if _, ok := l.orgs[u.Org]; !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, u.Org)
-		}
-		key := u.Org + "/" + u.ID
-		for _, n := range u.Numbers {
-			if owner, ok := l.numbers[n]; ok && owner != key {
-				return fmt.Errorf("%w: +%s belongs to %s", ErrNumberTaken, n, owner)
-			}
-		}
-		if old, ok := l.users[key]; ok {
-			for _, n := range old.Numbers {
-				delete(l.numbers, n)
-			}
-		}
-		for _, n := range u.Numbers {
-			l.numbers[n] = key
-		}
-		l.users[key] = &u
-	case evTrunk:
-		if e.Trunk.Org != "" {
-			if _, ok := l.orgs[e.Trunk.Org]; !ok {
-				return fmt.Errorf("%w: %s", ErrUnknownOrg, e.Trunk.Org)
-			}
-		}
-		l.trunks[e.Trunk.ID] = *e.Trunk
-	case evDeck:
-		l.deck = e.Deck
-	case evFund:
-		o, ok := l.orgs[e.OrgID]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, e.OrgID)
-		}
-		fk := e.OrgID + "/" + e.Key
-		if prev, ok := l.fundKeys[fk]; ok {
-			return fmt.Errorf("%w: %q funded %s already; nothing changed", ErrDuplicateFunding, e.Key, prev)
-		}
-		if !e.Amount.IsPositive() {
-			return invalidf("funding amount %s is not positive", e.Amount)
-		}
-		o.Balance = o.Balance.Add(e.Amount)
-		o.Funded = o.Funded.Add(e.Amount)
-		l.fundKeys[fk] = e.Amount.String()
-		l.addEntry(o, Entry{Seq: e.Seq, At: e.At, Kind: EntryFunding, Amount: e.Amount, Key: e.Key})
-	case evOpen:
-		c := *e.Call
-		o, ok := l.orgs[c.Org]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, c.Org)
-		}
-		if _, dup := l.calls[c.ID]; dup {
-			return invalidf("call %s is already open", c.ID)
-		}
-		if c.Hold.IsNegative() {
-			return invalidf("negative hold %s", c.Hold)
-		}
-		if o.Available().LessThan(c.Hold) {
-			return ErrInsufficientCredit
-		}
-		o.Held = o.Held.Add(c.Hold)
-		c.Charge = decimal.Zero
-		c.Increments = 0
-		if c.Hold.IsPositive() {
-			c.Increments = 1
-		}
-		c.LastAt = e.At
-		l.calls[c.ID] = &c
-	case evAnswer:
-		c, ok := l.calls[e.CallID]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownCall, e.CallID)
-		}
-		if c.Answered() {
-			return invalidf("call %s already answered", e.CallID)
-		}
-		c.Answer = e.At
-		c.LastAt = e.At
-	case evRenew:
-		// Commit the held increment, then hold the next one (Amount) if the
-		// org can pay it. The commit happens either way: the increment was
-		// used. A zero Amount records "could not hold the next one".
-		c, ok := l.calls[e.CallID]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownCall, e.CallID)
-		}
-		if !c.Answered() {
-			return invalidf("call %s renewed before answer", e.CallID)
-		}
-		o := l.orgs[c.Org]
-		if e.Amount.IsNegative() {
-			return invalidf("negative hold %s", e.Amount)
-		}
-		// Committing moves the hold from held to spent, which leaves
-		// available unchanged, so the next hold must fit in available.
-		if e.Amount.GreaterThan(o.Available()) {
-			return ErrInsufficientCredit
-		}
-		l.commitHold(o, c, e)
-		if e.Amount.IsPositive() {
-			o.Held = o.Held.Add(e.Amount)
-			c.Hold = e.Amount
-			c.Increments++
-		}
-		c.LastAt = e.At
-	case evClose:
-		c, ok := l.calls[e.CallID]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownCall, e.CallID)
-		}
-		o := l.orgs[c.Org]
-		if c.Answered() {
-			l.commitHold(o, c, e)
-		} else {
-			o.Held = o.Held.Sub(c.Hold)
-			c.Hold = decimal.Zero
-			c.Increments = 0
-		}
-		cdr := *e.End
-		cdr.Charge = c.Charge
-		cdr.BilledS = c.BilledSeconds()
-		l.cdrs[c.Org] = append(l.cdrs[c.Org], cdr)
-		delete(l.calls, c.ID)
-	default:
-		return fmt.Errorf("unknown event kind %q", e.Kind)
-	}
-	return nil
-}
-
-// commitHold turns a call's hold into a debit of the same amount.
-func (l *Ledger) commitHold(o *Org, c *Call, e *event) {
-	if !c.Hold.IsPositive() {
-		return
-	}
-	o.Held = o.Held.Sub(c.Hold)
-	o.Balance = o.Balance.Sub(c.Hold)
-	o.Debited = o.Debited.Add(c.Hold)
-	c.Charge = c.Charge.Add(c.Hold)
-	l.addEntry(o, Entry{Seq: e.Seq, At: e.At, Kind: EntryDebit, Amount: c.Hold.Neg(), CallID: c.ID})
-	c.Hold = decimal.Zero
-	l.debits.Inc()
-}
-
-func (l *Ledger) addEntry(o *Org, en Entry) {
-	en.Balance = o.Balance
-	l.entries[o.ID] = append(l.entries[o.ID], en)
-}
 
 // CreateOrg adds an org with a zero balance.
 func (l *Ledger) CreateOrg(o Org) (Org, error) {
@@ -379,8 +378,27 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 	if len(o.Name) > 200 {
 		return Org{}, invalidf("name longer than 200 characters")
 	}
+	if o.Timezone == "UTC" {
+		o.Timezone = ""
+	}
+	if len(o.Timezone) > 64 {
+		return Org{}, invalidf("timezone longer than 64 characters")
+	}
 	o.CreatedAt = l.opts.Now().UTC()
-	if err := l.commit(&event{Kind: evOrg, At: o.CreatedAt, Org: &o}); err != nil {
+	o.Balance, o.Held, o.Funded, o.Debited = decimal.Zero, decimal.Zero, decimal.Zero, decimal.Zero
+	os, err := l.newOrgState(o)
+	if err != nil {
+		return Org{}, err
+	}
+	_, err = l.do(Op{Kind: "create_org", Org: o.ID}, o.CreatedAt, func(t *txn) error {
+		if _, ok := l.orgs[o.ID]; ok {
+			return fmt.Errorf("%w: %s", ErrOrgExists, o.ID)
+		}
+		l.orgs[o.ID] = os
+		t.put(keyOrg(o.ID), &os.Org)
+		return nil
+	})
+	if err != nil {
 		return Org{}, err
 	}
 	return l.Org(o.ID)
@@ -399,45 +417,113 @@ func isUpper(s string) bool {
 func (l *Ledger) Org(id string) (Org, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	o, ok := l.orgs[id]
+	os, ok := l.orgs[id]
 	if !ok {
 		return Org{}, fmt.Errorf("%w: %s", ErrUnknownOrg, id)
 	}
-	return *o, nil
+	return os.Org, nil
+}
+
+// Pools returns the org's minute pools for the month that contains at (in
+// the org's time zone), one per plan, including plans nobody has drawn yet.
+func (l *Ledger) Pools(org string, at time.Time) ([]Pool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	os, ok := l.orgs[org]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+	}
+	month := at.In(os.loc).Format("2006-01")
+	out := make([]Pool, 0, len(l.plans))
+	for i := range l.plans {
+		out = append(out, l.peekPool(os, i, month))
+	}
+	return out, nil
+}
+
+// peekPool is the pool of a plan and month as it is or, if no call has drawn
+// it yet, as it would be created.
+func (l *Ledger) peekPool(os *orgState, plan int, month string) Pool {
+	if p, ok := os.pools[poolKey{plan, month}]; ok {
+		return *p
+	}
+	if p, ok := l.storedPool(os.ID, l.plans[plan].Name, month); ok {
+		return p
+	}
+	n := os.licensed[plan] * l.plans[plan].Minutes
+	return Pool{Org: os.ID, Plan: l.plans[plan].Name, Month: month, Licensed: n, Total: n}
+}
+
+// storedPool reads a month memory no longer keeps. Memory drops a month
+// only two months after it ended and once nothing holds its minutes, so its
+// record on disk is final.
+func (l *Ledger) storedPool(org, plan, month string) (Pool, bool) {
+	var p Pool
+	key := keyPool(&Pool{Org: org, Plan: plan, Month: month})
+	v, closer, err := l.db.Get(key)
+	if err != nil {
+		return p, false
+	}
+	defer closer.Close()
+	return p, decodeRecord(key, v, &p) == nil
+}
+
+// pool returns the pool, creating it if this is its month's first use and
+// forgetting months before the previous one that nobody holds minutes of.
+func (l *Ledger) pool(os *orgState, plan int, month string) *Pool {
+	if p, ok := os.pools[poolKey{plan, month}]; ok {
+		return p
+	}
+	p := l.peekPool(os, plan, month)
+	if m, err := time.Parse("2006-01", month); err == nil {
+		keep := m.AddDate(0, -1, 0).Format("2006-01")
+		for k, old := range os.pools {
+			if k.plan == plan && k.month < keep && old.Held == 0 {
+				delete(os.pools, k)
+			}
+		}
+	}
+	os.setPool(plan, &p)
+	return &p
 }
 
 // Fund adds a one-time funding. The idempotency key applies once per org:
 // a repeated key is refused and changes nothing.
 func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, error) {
-	if key == "" || len(key) > 128 {
-		return Entry{}, invalidf("idempotency_key: want 1 to 128 characters")
+	if key == "" || len(key) > MaxFundingKey {
+		return Entry{}, invalidf("idempotency_key: want 1 to %d characters", MaxFundingKey)
 	}
 	if amount.LessThan(l.opts.MinFunding) {
 		return Entry{}, fmt.Errorf("%w: %s is below the minimum funding of %s", ErrBelowMinimum, amount.StringFixed(2), l.opts.MinFunding.StringFixed(2))
 	}
-	o, err := l.Org(orgID)
-	if err != nil {
-		return Entry{}, err
-	}
-	if o.Region != o.BillingRegion {
-		return Entry{}, fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, o.ID, o.Region, o.BillingRegion)
-	}
-	e := &event{Kind: evFund, At: l.opts.Now().UTC(), OrgID: orgID, Amount: amount, Key: key}
-	if err := l.commit(e); err != nil {
-		return Entry{}, err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	es := l.entries[orgID]
-	for i := len(es) - 1; i >= 0; i-- {
-		if es[i].Seq == e.Seq {
-			return es[i], nil
+	var en Entry
+	at := l.opts.Now().UTC()
+	_, err := l.do(Op{Kind: "fund", Org: orgID, Key: key, Amount: amount}, at, func(t *txn) error {
+		os, ok := l.orgs[orgID]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, orgID)
 		}
-	}
-	return Entry{}, fmt.Errorf("funding %d not found after commit", e.Seq)
+		if os.Region != os.BillingRegion {
+			return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, os.ID, os.Region, os.BillingRegion)
+		}
+		fk := orgID + "/" + key
+		if prev, ok := l.fundKeys[fk]; ok {
+			return fmt.Errorf("%w: %q funded %s at %s already; nothing changed", ErrDuplicateFunding, key, prev.Amount, prev.At.Format(time.RFC3339))
+		}
+		os.Balance = os.Balance.Add(amount)
+		os.Funded = os.Funded.Add(amount)
+		en = Entry{Seq: t.seq, At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key}
+		l.fundKeys[fk] = en
+		t.put(keyOrg(orgID), &os.Org)
+		t.put(keyEntry(orgID, t.seq), &en)
+		t.put(keyFunding(orgID, key), &en)
+		return nil
+	})
+	return en, err
 }
 
 // PutUser creates or replaces a user. Numbers are E.164 digits without '+'.
+// The org's minute pools of this month follow its licenses.
 func (l *Ledger) PutUser(u User) error {
 	if !ValidID(u.ID) {
 		return invalidf("user id %q: want 1 to %d letters, digits, '.', '_' or '-'", u.ID, MaxIDLength)
@@ -450,7 +536,66 @@ func (l *Ledger) PutUser(u User) error {
 	}
 	u.Numbers = slices.Compact(slices.Sorted(slices.Values(u.Numbers)))
 	u.Licenses = slices.Compact(slices.Sorted(slices.Values(u.Licenses)))
-	return l.commit(&event{Kind: evUser, At: l.opts.Now().UTC(), User: &u})
+	at := l.opts.Now().UTC()
+	_, err := l.do(Op{Kind: "put_user", Org: u.Org, Key: u.ID}, at, func(t *txn) error {
+		os, ok := l.orgs[u.Org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, u.Org)
+		}
+		key := u.Org + "/" + u.ID
+		for _, n := range u.Numbers {
+			if owner, ok := l.numbers[n]; ok && owner != key {
+				return fmt.Errorf("%w: +%s belongs to %s", ErrNumberTaken, n, owner)
+			}
+		}
+		before := slices.Clone(os.licensed)
+		l.setUser(&u)
+		t.put(keyUser(u.Org, u.ID), &u)
+		month := at.In(os.loc).Format("2006-01")
+		for i, n := range os.licensed {
+			if n == before[i] {
+				continue
+			}
+			p := l.pool(os, i, month)
+			p.Licensed = n * l.plans[i].Minutes
+			p.Total = max(p.Licensed, p.Used+p.Held)
+			t.put(keyPool(p), p)
+		}
+		return nil
+	})
+	return err
+}
+
+// setUser replaces a user in memory: its numbers and its org's license counts.
+func (l *Ledger) setUser(u *User) {
+	key := u.Org + "/" + u.ID
+	os := l.orgs[u.Org]
+	if old, ok := l.users[key]; ok {
+		for _, n := range old.Numbers {
+			delete(l.numbers, n)
+		}
+		if os != nil {
+			l.countLicenses(os, old, -1)
+		}
+	}
+	for _, n := range u.Numbers {
+		l.numbers[n] = key
+	}
+	if os != nil {
+		l.countLicenses(os, u, +1)
+	}
+	l.users[key] = u
+}
+
+func (l *Ledger) countLicenses(os *orgState, u *User, delta int) {
+	for i, p := range l.plans {
+		for _, lic := range p.Licenses {
+			if slices.Contains(u.Licenses, lic) {
+				os.licensed[i] += delta
+				break
+			}
+		}
+	}
 }
 
 // User returns a user of an org.
@@ -476,11 +621,21 @@ func (l *Ledger) UserByNumber(e164 string) (User, bool) {
 }
 
 // PutTrunk creates or replaces a trunk; the gateway validates its fields.
-func (l *Ledger) PutTrunk(t Trunk) error {
-	if !ValidID(t.ID) {
-		return invalidf("trunk id %q: want 1 to %d letters, digits, '.', '_' or '-'", t.ID, MaxIDLength)
+func (l *Ledger) PutTrunk(tr Trunk) error {
+	if !ValidID(tr.ID) {
+		return invalidf("trunk id %q: want 1 to %d letters, digits, '.', '_' or '-'", tr.ID, MaxIDLength)
 	}
-	return l.commit(&event{Kind: evTrunk, At: l.opts.Now().UTC(), Trunk: &t})
+	_, err := l.do(Op{Kind: "put_trunk", Key: tr.ID}, l.opts.Now().UTC(), func(t *txn) error {
+		if tr.Org != "" {
+			if _, ok := l.orgs[tr.Org]; !ok {
+				return fmt.Errorf("%w: %s", ErrUnknownOrg, tr.Org)
+			}
+		}
+		l.trunks[tr.ID] = tr
+		t.put(keyTrunk(tr.ID), &tr)
+		return nil
+	})
+	return err
 }
 
 // Trunks lists every trunk, sorted by id.
@@ -497,7 +652,13 @@ func (l *Ledger) Trunks() []Trunk {
 
 // PutDeck stores the operator's rate deck (already validated by rating).
 func (l *Ledger) PutDeck(csv []byte) error {
-	return l.commit(&event{Kind: evDeck, At: l.opts.Now().UTC(), Deck: slices.Clone(csv)})
+	deck := slices.Clone(csv)
+	_, err := l.do(Op{Kind: "put_deck"}, l.opts.Now().UTC(), func(t *txn) error {
+		l.deck = deck
+		t.ws = append(t.ws, write{key: keyDeck, val: deck})
+		return nil
+	})
+	return err
 }
 
 // Deck returns the stored rate deck, nil if none was uploaded.
@@ -505,63 +666,6 @@ func (l *Ledger) Deck() []byte {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.deck
-}
-
-// OpenCall records a call being authorized and holds its first charge
-// (connection fee + first increment). Free calls (emergency) hold zero and
-// never fail for lack of credit.
-func (l *Ledger) OpenCall(c Call, at time.Time) error {
-	if c.ID == "" {
-		return invalidf("call without id")
-	}
-	c.Start = at
-	return l.commit(&event{Kind: evOpen, At: at, Call: &c})
-}
-
-// Answer marks the call answered: from here its hold will be charged.
-func (l *Ledger) Answer(callID string, at time.Time) error {
-	return l.commit(&event{Kind: evAnswer, At: at, CallID: callID})
-}
-
-// Renew debits the increment the call has held and holds the next one
-// (next). If the org cannot pay next, the debit still happens and
-// ErrInsufficientCredit says the call must end now.
-func (l *Ledger) Renew(callID string, at time.Time, next decimal.Decimal) error {
-	err := l.commit(&event{Kind: evRenew, At: at, CallID: callID, Amount: next})
-	if errors.Is(err, ErrInsufficientCredit) {
-		if err2 := l.commit(&event{Kind: evRenew, At: at, CallID: callID}); err2 != nil {
-			return err2
-		}
-		return ErrInsufficientCredit
-	}
-	return err
-}
-
-// CloseCall ends the call: an answered call pays its held increment (the
-// started one), an unanswered one releases its hold. It returns the CDR.
-func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
-	l.mu.Lock()
-	c, ok := l.calls[callID]
-	if !ok {
-		l.mu.Unlock()
-		return CDR{}, fmt.Errorf("%w: %s", ErrUnknownCall, callID)
-	}
-	cdr := CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
-		DisconnectReason: end.Reason, SIPStatus: end.SIPStatus}
-	if c.Answered() {
-		cdr.Answer = c.Answer.UTC()
-		if d := end.At.Sub(c.Answer); d > 0 {
-			cdr.DurationS = int((d + time.Second - 1) / time.Second)
-		}
-	}
-	l.mu.Unlock()
-	if err := l.commit(&event{Kind: evClose, At: end.At, CallID: callID, End: &cdr}); err != nil {
-		return CDR{}, err
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	list := l.cdrs[cdr.Org]
-	return list[len(list)-1], nil
 }
 
 // OpenCalls lists calls the ledger holds money for.
@@ -576,66 +680,62 @@ func (l *Ledger) OpenCalls() []Call {
 	return out
 }
 
-// CDRs returns an org's CDRs whose start is in [from, to); zero times mean
-// unbounded.
-func (l *Ledger) CDRs(org string, from, to time.Time) []CDR {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// CDRs returns an org's CDRs whose start is in [from, to), oldest first;
+// zero times mean unbounded. They are read from the store, so an org's
+// history costs no memory while nobody asks for it.
+func (l *Ledger) CDRs(org string, from, to time.Time) ([]CDR, error) {
 	var out []CDR
-	for _, c := range l.cdrs[org] {
-		if (!from.IsZero() && c.Start.Before(from)) || (!to.IsZero() && !c.Start.Before(to)) {
-			continue
-		}
-		out = append(out, c)
-	}
-	return out
+	err := l.EachCDR(org, from, to, func(c *CDR) error {
+		out = append(out, *c)
+		return nil
+	})
+	return out, err
 }
 
-// Transactions returns an org's balance movements, oldest first.
-func (l *Ledger) Transactions(org string) []Entry {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.entries[org])
+// EachCDR streams an org's CDRs in [from, to) in start order.
+func (l *Ledger) EachCDR(org string, from, to time.Time, fn func(*CDR) error) error {
+	lo, hi := keyCDRs(org), upperBound(keyCDRs(org))
+	if !from.IsZero() {
+		lo = binary.BigEndian.AppendUint64(keyCDRs(org), uint64(from.UnixNano()))
+	}
+	if !to.IsZero() {
+		hi = binary.BigEndian.AppendUint64(keyCDRs(org), uint64(to.UnixNano()))
+	}
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		var c CDR
+		if err := decodeRecord(it.Key(), it.Value(), &c); err != nil {
+			return err
+		}
+		if err := fn(&c); err != nil {
+			return err
+		}
+	}
+	return it.Error()
 }
 
-// CheckInvariants verifies what must always be true of the money. Tests call
-// it after every operation; it is cheap enough to call from a health check.
-func (l *Ledger) CheckInvariants() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	held := map[string]decimal.Decimal{}
-	charged := map[string]decimal.Decimal{}
-	for _, c := range l.calls {
-		if c.Hold.IsNegative() {
-			return fmt.Errorf("call %s holds %s", c.ID, c.Hold)
-		}
-		held[c.Org] = held[c.Org].Add(c.Hold)
-		charged[c.Org] = charged[c.Org].Add(c.Charge)
+// Transactions returns up to limit of an org's balance movements with a
+// sequence number above after, oldest first.
+func (l *Ledger) Transactions(org string, after uint64, limit int) ([]Entry, error) {
+	lo := keyEntry(org, after+1)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: upperBound(keyEntries(org))})
+	if err != nil {
+		return nil, err
 	}
-	for id, o := range l.orgs {
-		if !o.Held.Equal(held[id]) {
-			return fmt.Errorf("org %s: held %s but its calls hold %s", id, o.Held, held[id])
+	defer it.Close()
+	var out []Entry
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		var e Entry
+		if err := decodeRecord(it.Key(), it.Value(), &e); err != nil {
+			return nil, err
 		}
-		if o.Available().IsNegative() {
-			return fmt.Errorf("org %s: available %s < 0 (balance %s, held %s)", id, o.Available(), o.Balance, o.Held)
-		}
-		if !o.Funded.Sub(o.Debited).Equal(o.Balance) {
-			return fmt.Errorf("org %s: funded %s − debited %s ≠ balance %s", id, o.Funded, o.Debited, o.Balance)
-		}
-		var cdrSum, debitSum decimal.Decimal
-		for _, c := range l.cdrs[id] {
-			cdrSum = cdrSum.Add(c.Charge)
-		}
-		for _, e := range l.entries[id] {
-			if e.Kind == EntryDebit {
-				debitSum = debitSum.Sub(e.Amount)
-			}
-		}
-		if !cdrSum.Add(charged[id]).Equal(debitSum) || !debitSum.Equal(o.Debited) {
-			return fmt.Errorf("org %s: CDR charges %s + open calls %s ≠ debits %s (debited %s)", id, cdrSum, charged[id], debitSum, o.Debited)
-		}
+		out = append(out, e)
 	}
-	return nil
+	return out, it.Error()
 }
 
 // Err is non-nil once the ledger has failed a durable write and refuses all

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/creditgate/creditgate/rating"
 	"github.com/shopspring/decimal"
 )
 
@@ -19,6 +20,8 @@ var (
 	ErrDuplicateFunding   = errors.New("idempotency key already used")
 	ErrBelowMinimum       = errors.New("amount below the minimum funding")
 	ErrRegionMismatch     = errors.New("org region differs from its billing region")
+	ErrPoolExhausted      = errors.New("included minutes used up and no communications_credits license")
+	ErrCallEnded          = errors.New("call already ended")
 	ErrInvalid            = errors.New("invalid")
 	ErrUnavailable        = errors.New("ledger unavailable")
 )
@@ -30,8 +33,9 @@ func invalidf(format string, args ...any) error {
 
 // Org is an organisation and its Communications Credits.
 //
-// Invariant: Held = Σ holds of the org's open calls, and
-// Available = Balance − Held ≥ 0 at every instant (CheckInvariants).
+// Invariants (CheckInvariants): Held = Σ credit holds of the org's open
+// calls; Available = Balance − Held ≥ 0 at every instant; Funded − Debited =
+// Balance; Debited = Σ charges of its CDRs + Σ charges of its calls still up.
 type Org struct {
 	ID            string          `json:"id"`
 	Name          string          `json:"name"`
@@ -39,6 +43,7 @@ type Org struct {
 	Region        string          `json:"region"`
 	BillingRegion string          `json:"billing_region"`
 	Currency      string          `json:"currency"`
+	Timezone      string          `json:"timezone,omitempty"` // IANA; months of minute pools; empty is UTC
 	Balance       decimal.Decimal `json:"balance"`
 	Held          decimal.Decimal `json:"held"`
 	Funded        decimal.Decimal `json:"funded"`  // Σ fundings, for the balance invariant
@@ -85,32 +90,111 @@ type Details struct {
 	Currency      string          `json:"currency"`
 }
 
+// Plan names: the minute pools of SPEC §2. rating decides which pool a call
+// draws; the ledger keeps the minutes.
+const (
+	PlanDomestic      = rating.PlanDomestic
+	PlanInternational = rating.PlanInternational
+	PlanConferencing  = rating.PlanConferencing
+)
+
+// Plan is one kind of minute pool: each user of an org holding any of
+// Licenses adds Minutes to the org's pool of that plan every month.
+type Plan struct {
+	Name     string
+	Minutes  int
+	Licenses []string
+}
+
+// DefaultPlans are SPEC §2's allotments. The Domestic and International
+// Calling Plan includes domestic minutes, so it counts toward both pools.
+func DefaultPlans() []Plan {
+	return []Plan{
+		{Name: PlanDomestic, Minutes: 3000, Licenses: []string{"domestic_calling_plan", "international_calling_plan"}},
+		{Name: PlanInternational, Minutes: 600, Licenses: []string{"international_calling_plan"}},
+		{Name: PlanConferencing, Minutes: 60, Licenses: []string{"audio_conferencing"}},
+	}
+}
+
+// Pool is an org's minutes of one plan for one calendar month (in the org's
+// time zone). Minutes are whole: a call drawing a pool holds one minute at a
+// time, and a started minute counts whole.
+//
+// Invariant: 0 ≤ Used + Held ≤ Total. Licensed is allotment × licensed users
+// as last recomputed; Total = max(Licensed, Used + Held), so removing a
+// license mid-month never makes minutes already spent or held exceed the
+// pool — it only stops new ones.
+type Pool struct {
+	Org      string `json:"org"`
+	Plan     string `json:"plan"`
+	Month    string `json:"month"` // YYYY-MM
+	Licensed int    `json:"licensed_minutes"`
+	Total    int    `json:"total_minutes"`
+	Used     int    `json:"used_minutes"`
+	Held     int    `json:"held_minutes"`
+}
+
+// Available is how many minutes new holds may take.
+func (p Pool) Available() int { return p.Total - p.Used - p.Held }
+
+// Funding sources of one increment.
+const (
+	SourcePool    = "pool"
+	SourceCredits = "credits"
+	SourceFree    = "free"
+)
+
+// Increment is one two-phase transfer of a call: increment N (1-based) of
+// the call, held from a pool (Minutes) or from credits (Credit) for Seconds
+// of talk time. Its idempotent id is (call id, N).
+type Increment struct {
+	N       int             `json:"n"`
+	Source  string          `json:"source"`
+	Seconds int             `json:"seconds"`
+	Minutes int             `json:"minutes,omitempty"`
+	Month   string          `json:"month,omitempty"` // the pool's month
+	Credit  decimal.Decimal `json:"credit,omitzero"`
+	Open    bool            `json:"open"` // held and neither committed nor released
+}
+
 // Call is the money side of one call, from authorization until its CDR.
 //
-// Invariant: Hold is what the call has held and not yet committed; Charge is
-// Σ of its committed debits; a call that has ended holds nothing.
+// Pricing is fixed at authorization: a call with a Plan draws that pool one
+// minute at a time first, then — if Spill (the caller holds
+// communications_credits) — credits at the rate, from the very increment where
+// the pool runs out. Credit increments follow the rate: the call's first
+// increment is FirstIncrement seconds and carries the connection fee, later
+// ones are NextIncrement seconds.
+//
+// Invariant: at most one increment is open (Hold); Charge, PoolMinutes and
+// BilledS are the sums over committed increments; a call that has ended holds
+// nothing.
 type Call struct {
 	ID string `json:"id"`
 	Details
+	ConnectionFee  decimal.Decimal `json:"connection_fee,omitzero"`
 	FirstIncrement int             `json:"first_increment_s"`
 	NextIncrement  int             `json:"next_increment_s"`
+	Plan           string          `json:"plan,omitempty"`
+	Spill          bool            `json:"spill,omitempty"`
+	Free           bool            `json:"free,omitempty"` // emergency: never held, never charged
 	Start          time.Time       `json:"start"`
 	Answer         time.Time       `json:"answer,omitzero"`
 	LastAt         time.Time       `json:"last_at"`
-	Increments     int             `json:"increments"` // increments started (held or committed)
-	Hold           decimal.Decimal `json:"hold"`
+	Hold           Increment       `json:"hold"` // the latest increment (N = increments started)
 	Charge         decimal.Decimal `json:"charge"`
+	PoolMinutes    int             `json:"pool_minutes,omitempty"`
+	BilledS        int             `json:"billed_s,omitempty"`
 }
 
 // Answered reports whether the call reached 200 OK.
 func (c Call) Answered() bool { return !c.Answer.IsZero() }
 
-// BilledSeconds is the length paid for by the increments started so far.
-func (c Call) BilledSeconds() int {
-	if c.Increments == 0 {
-		return 0
-	}
-	return c.FirstIncrement + (c.Increments-1)*c.NextIncrement
+// Amount is part of an open increment to commit; the rest is released.
+type Amount struct {
+	Credit  decimal.Decimal
+	Minutes int
+	Seconds int
 }
 
 // Disconnect reasons written to CDRs.
@@ -118,6 +202,7 @@ const (
 	ReasonCallerHangup    = "caller_hangup"
 	ReasonCalleeHangup    = "callee_hangup"
 	ReasonCreditExhausted = "credit_exhausted"
+	ReasonPoolExhausted   = "included_minutes_exhausted"
 	ReasonCanceled        = "canceled"
 	ReasonFailed          = "failed"
 	ReasonAdmin           = "admin"
@@ -155,6 +240,7 @@ type Entry struct {
 	Amount  decimal.Decimal `json:"amount"` // positive for funding, negative for debits
 	Balance decimal.Decimal `json:"balance"`
 	CallID  string          `json:"call_id,omitempty"`
+	N       int             `json:"n,omitempty"` // the call's increment
 	Key     string          `json:"idempotency_key,omitempty"`
 }
 

@@ -3,6 +3,7 @@ package rating
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -33,12 +34,29 @@ var (
 	ErrNoLicense = errors.New("caller holds no license that pays for this call")
 )
 
+// Plans: the minute pools a call may draw (SPEC §2). The ledger keeps the
+// minutes under the same names.
+const (
+	PlanDomestic      = "domestic"
+	PlanInternational = "international"
+	PlanConferencing  = "conferencing"
+)
+
+// DefaultZoneA is where a dial-out from a meeting is included with
+// audio_conferencing unless the operator configures its own list.
+var DefaultZoneA = []string{"AT", "AU", "BE", "CA", "CH", "DE", "DK", "ES", "FI", "FR", "GB", "IE", "IT", "JP",
+	"NL", "NO", "NZ", "PT", "SE", "US"}
+
 // Call is what the decision needs to know about one call attempt.
 type Call struct {
 	Dialled    string    // the Request-URI user part as received
 	OrgCountry string    // ISO alpha-2 of the paying org
 	Licenses   []License // the caller's licenses
 	Now        time.Time
+	// Conferencing is a dial-out from a meeting (the call came in on a
+	// conferencing trunk); ZoneA lists the countries such dial-outs include.
+	Conferencing bool
+	ZoneA        []string
 }
 
 // Source says which funds pay for an allowed call.
@@ -47,6 +65,7 @@ type Source string
 const (
 	SourceFree    Source = "free" // emergency calls
 	SourceCredits Source = "credits"
+	SourcePlan    Source = "plan" // a minute pool first, then credits if Spill
 )
 
 // Decision is the outcome of Decide for an allowed call.
@@ -56,15 +75,26 @@ type Decision struct {
 	Domestic  bool
 	Source    Source
 	Rate      Rate
+	// Plan is the minute pool the call draws first ("" for none); Spill says
+	// it may go on on credits when the pool runs out, also mid-call.
+	Plan  string
+	Spill bool
 }
 
 // Decide says whether a call may go ahead and on what money. It is a pure
 // function of its arguments: the gateway asks the ledger to hold the first
-// charge afterwards, which is where "not enough credit" is decided, because
-// only the ledger can decide that without racing other calls.
+// increment afterwards, which is where "not enough credit" and "pool used
+// up" are decided, because only the ledger can decide them without racing
+// other calls.
 //
-// Plan minutes (issue #4) are not decided yet: every non-emergency call is
-// paid from Communications Credits, so the caller needs that license.
+// Which pool covers a call (SPEC §2): premium-rate numbers never come from a
+// plan; a dial-out from a meeting draws the conferencing pool if the user
+// holds audio_conferencing and the destination is in zone A; otherwise a call
+// to the org's own country draws the domestic pool (both calling plans
+// include domestic minutes), and a call abroad the international pool (the
+// Domestic and International Calling Plan only). What no plan covers, and
+// what is left when a pool runs out, is paid from credits if the user holds
+// communications_credits.
 func Decide(deck *Deck, c Call) (Decision, error) {
 	if IsEmergency(c.Dialled, c.OrgCountry) {
 		d, _ := cleanDialled(c.Dialled)
@@ -78,15 +108,32 @@ func Decide(deck *Deck, c Call) (Decision, error) {
 	if !ok {
 		return Decision{Number: num}, ErrNoRate
 	}
-	if !hasLicense(c.Licenses, CommunicationsCredits) {
-		return Decision{Number: num, Rate: rate}, ErrNoLicense
+	dec := Decision{Number: num, Domestic: rate.Country == c.OrgCountry, Rate: rate,
+		Spill: hasLicense(c.Licenses, CommunicationsCredits)}
+	switch {
+	case rate.Type == Premium:
+	case c.Conferencing:
+		if hasLicense(c.Licenses, AudioConferencing) && slices.Contains(c.ZoneA, rate.Country) {
+			dec.Plan = PlanConferencing
+		}
+	case dec.Domestic:
+		if hasLicense(c.Licenses, DomesticCallingPlan) || hasLicense(c.Licenses, InternationalCallingPlan) {
+			dec.Plan = PlanDomestic
+		}
+	default:
+		if hasLicense(c.Licenses, InternationalCallingPlan) {
+			dec.Plan = PlanInternational
+		}
 	}
-	return Decision{
-		Number:   num,
-		Domestic: rate.Country == c.OrgCountry,
-		Source:   SourceCredits,
-		Rate:     rate,
-	}, nil
+	switch {
+	case dec.Plan != "":
+		dec.Source = SourcePlan
+	case dec.Spill:
+		dec.Source = SourceCredits
+	default:
+		return dec, ErrNoLicense
+	}
+	return dec, nil
 }
 
 func hasLicense(ls []License, want License) bool {

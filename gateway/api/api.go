@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"regexp"
 	"strconv"
@@ -250,21 +251,62 @@ func parseAmount(raw json.RawMessage) (decimal.Decimal, error) {
 }
 
 type orgView struct {
-	ID            string    `json:"id"`
-	Name          string    `json:"name"`
-	Country       string    `json:"country"`
-	Region        string    `json:"region"`
-	BillingRegion string    `json:"billing_region"`
-	Currency      string    `json:"currency"`
-	Balance       string    `json:"balance"`
-	Available     string    `json:"available"`
-	Held          string    `json:"held"`
-	CreatedAt     time.Time `json:"created_at"`
+	ID            string     `json:"id"`
+	Name          string     `json:"name"`
+	Country       string     `json:"country"`
+	Region        string     `json:"region"`
+	BillingRegion string     `json:"billing_region"`
+	Currency      string     `json:"currency"`
+	Balance       string     `json:"balance"`
+	Available     string     `json:"available"`
+	Held          string     `json:"held"`
+	Timezone      string     `json:"timezone"`
+	Pools         []poolView `json:"pools"`
+	CreatedAt     time.Time  `json:"created_at"`
 }
 
-func viewOrg(o ledger.Org) orgView {
-	return orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
-		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held), CreatedAt: o.CreatedAt}
+// poolView is a minute pool of the current month, in whole minutes.
+type poolView struct {
+	Plan      string `json:"plan"`
+	Month     string `json:"month"`
+	Total     int    `json:"total"`
+	Used      int    `json:"used"`
+	Held      int    `json:"held"`
+	Available int    `json:"available"`
+	Licensed  int    `json:"licensed"`
+}
+
+// viewOrg shows an org with its pools of the month that is current for it.
+func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
+	v := orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
+		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held),
+		Timezone: o.Timezone, CreatedAt: o.CreatedAt}
+	if v.Timezone == "" {
+		v.Timezone = "UTC"
+	}
+	pools, err := s.ledger.Pools(o.ID, s.now())
+	if err != nil {
+		return v, err
+	}
+	for _, p := range pools {
+		v.Pools = append(v.Pools, poolView{Plan: p.Plan, Month: p.Month, Total: p.Total, Used: p.Used, Held: p.Held,
+			Available: p.Available(), Licensed: p.Licensed})
+	}
+	return v, nil
+}
+
+func (s *Server) writeOrg(ctx *fasthttp.RequestCtx, status int, o ledger.Org, extra map[string]any) error {
+	v, err := s.viewOrg(o)
+	if err != nil {
+		return err
+	}
+	if extra == nil {
+		writeJSON(ctx, status, v)
+		return nil
+	}
+	extra["org"] = v
+	writeJSON(ctx, status, extra)
+	return nil
 }
 
 func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
@@ -275,6 +317,7 @@ func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
 		Region        string `json:"region"`
 		BillingRegion string `json:"billing_region"`
 		Currency      string `json:"currency"`
+		Timezone      string `json:"timezone"`
 	}
 	if err := decode(ctx, &req); err != nil {
 		return err
@@ -292,12 +335,11 @@ func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
 		return badRequest("billing_region: at most 64 characters")
 	}
 	o, err := s.ledger.CreateOrg(ledger.Org{ID: req.ID, Name: req.Name, Country: req.Country, Region: req.Region,
-		BillingRegion: req.BillingRegion, Currency: req.Currency})
+		BillingRegion: req.BillingRegion, Currency: req.Currency, Timezone: req.Timezone})
 	if err != nil {
 		return err
 	}
-	writeJSON(ctx, 201, viewOrg(o))
-	return nil
+	return s.writeOrg(ctx, 201, o, nil)
 }
 
 func (s *Server) getOrg(ctx *fasthttp.RequestCtx, id string) error {
@@ -305,8 +347,7 @@ func (s *Server) getOrg(ctx *fasthttp.RequestCtx, id string) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(ctx, 200, viewOrg(o))
-	return nil
+	return s.writeOrg(ctx, 200, o, nil)
 }
 
 func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
@@ -332,8 +373,7 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(ctx, 201, map[string]any{"transaction": viewEntry(en), "org": viewOrg(o)})
-	return nil
+	return s.writeOrg(ctx, 201, o, map[string]any{"transaction": viewEntry(en)})
 }
 
 func (s *Server) putUser(ctx *fasthttp.RequestCtx, org, user string) error {
@@ -463,24 +503,60 @@ type entryView struct {
 	Amount  string    `json:"amount"`
 	Balance string    `json:"balance"`
 	CallID  string    `json:"call_id,omitempty"`
+	N       int       `json:"increment,omitempty"`
 	Key     string    `json:"idempotency_key,omitempty"`
 }
 
 func viewEntry(e ledger.Entry) entryView {
-	return entryView{Seq: e.Seq, At: e.At, Kind: e.Kind, Amount: money(e.Amount), Balance: money(e.Balance), CallID: e.CallID, Key: e.Key}
+	return entryView{Seq: e.Seq, At: e.At, Kind: e.Kind, Amount: money(e.Amount), Balance: money(e.Balance), CallID: e.CallID, N: e.N, Key: e.Key}
 }
 
+// transactions pages through an org's ledger entries, oldest first:
+// ?after=SEQ&limit=N (default 1000, at most 10000); next_after is the
+// cursor of the next page, absent on the last one.
 func (s *Server) transactions(ctx *fasthttp.RequestCtx, org string) error {
 	if _, err := s.ledger.Org(org); err != nil {
 		return err
 	}
-	es := s.ledger.Transactions(org)
+	after, err := uintArg(ctx, "after", 0, math.MaxUint64)
+	if err != nil {
+		return err
+	}
+	limit, err := uintArg(ctx, "limit", 1000, 10000)
+	if err != nil {
+		return err
+	}
+	if limit == 0 {
+		return badRequest("limit=0: want 1 to 10000")
+	}
+	es, err := s.ledger.Transactions(org, after, int(limit)+1)
+	if err != nil {
+		return err
+	}
+	resp := map[string]any{}
+	if len(es) > int(limit) {
+		es = es[:limit]
+		resp["next_after"] = es[len(es)-1].Seq
+	}
 	out := make([]entryView, 0, len(es))
 	for _, e := range es {
 		out = append(out, viewEntry(e))
 	}
-	writeJSON(ctx, 200, map[string]any{"transactions": out})
+	resp["transactions"] = out
+	writeJSON(ctx, 200, resp)
 	return nil
+}
+
+func uintArg(ctx *fasthttp.RequestCtx, name string, def, maxv uint64) (uint64, error) {
+	v := string(ctx.QueryArgs().Peek(name))
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n > maxv {
+		return 0, badRequest("%s=%q: want a whole number from 0 to %d", name, v, maxv)
+	}
+	return n, nil
 }
 
 func parseTimeArg(ctx *fasthttp.RequestCtx, name string) (time.Time, error) {
@@ -533,7 +609,10 @@ func (s *Server) usage(ctx *fasthttp.RequestCtx, org string) error {
 	if err != nil {
 		return err
 	}
-	cdrs := s.ledger.CDRs(org, from, to)
+	cdrs, err := s.ledger.CDRs(org, from, to)
+	if err != nil {
+		return err
+	}
 	switch format := string(ctx.QueryArgs().Peek("format")); format {
 	case "csv":
 		ctx.SetContentType("text/csv; charset=utf-8")

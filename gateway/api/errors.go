@@ -40,6 +40,7 @@ var httpErrors = []struct {
 	{errMethod, apiError{405, "method_not_allowed"}},
 	{ledger.ErrUnknownOrg, apiError{404, "unknown_org"}},
 	{ledger.ErrUnknownCall, apiError{404, "unknown_call"}},
+	{ledger.ErrCallEnded, apiError{404, "call_ended"}},
 	{gateway.ErrNoSuchCall, apiError{404, "unknown_call"}},
 	{ledger.ErrOrgExists, apiError{409, "org_exists"}},
 	{ledger.ErrNumberTaken, apiError{409, "number_taken"}},

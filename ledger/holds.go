@@ -1,0 +1,444 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/creditgate/creditgate/rating"
+	"github.com/shopspring/decimal"
+)
+
+// A call's money moves as two-phase transfers, one per billing increment,
+// in the spirit of TigerBeetle's pending → post / void transfers: increment
+// N is held (pending), then committed (posted, in whole or in part) or
+// released (voided). (call id, N) is the transfer's idempotent id: a
+// retried operation whose effect is already there applies nothing and
+// answers as the first time did, once that first time is durable.
+//
+// The increments of a call are strictly sequential: N+1 can be held only
+// once N is committed or released. Step does both in one durable operation,
+// which is what metering does at every increment boundary.
+
+// OpenCall records a call being authorized and holds its first increment:
+// a minute of its plan's pool if it has one and the pool is not used up,
+// else the connection fee plus the first increment on credits. Emergency
+// calls (Free) hold nothing and are never refused for money.
+func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
+	if err := l.validCall(&c); err != nil {
+		return Increment{}, err
+	}
+	if l.endedOnDisk(c.ID) {
+		return Increment{}, fmt.Errorf("%w: %s", ErrCallEnded, c.ID)
+	}
+	c.Start, c.LastAt = at, at
+	c.Answer = time.Time{}
+	c.Charge, c.PoolMinutes, c.BilledS = decimal.Zero, 0, 0
+	op, err := l.do(Op{Kind: "open", Org: c.Org, Call: c.ID, N: 1}, at, func(t *txn) error {
+		if old, ok := l.calls[c.ID]; ok {
+			if old.Org != c.Org || old.To != c.To {
+				return invalidf("call id %s is in use by another call", c.ID)
+			}
+			t.result = old.Hold
+			return nil
+		}
+		if _, ok := l.ended.get(c.ID); ok {
+			return fmt.Errorf("%w: %s", ErrCallEnded, c.ID)
+		}
+		os, ok := l.orgs[c.Org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, c.Org)
+		}
+		call := c
+		if call.Free {
+			call.Hold = Increment{N: 1, Source: SourceFree}
+		} else {
+			inc, err := l.next(os, &call, 1, at)
+			if err != nil {
+				return err
+			}
+			l.hold(t, os, &call, inc)
+		}
+		l.calls[call.ID] = &call
+		t.put(keyCall(call.ID), &call)
+		t.result = call.Hold
+		return nil
+	})
+	return op.Result, err
+}
+
+func (l *Ledger) validCall(c *Call) error {
+	switch {
+	case !ValidID(c.ID):
+		return invalidf("call id %q: want 1 to %d letters, digits, '.', '_' or '-'", c.ID, MaxIDLength)
+	case c.Free:
+		return nil
+	case c.FirstIncrement < 1 || c.NextIncrement < 1 || c.FirstIncrement > 3600 || c.NextIncrement > 3600:
+		return invalidf("increments %d/%d s: want 1 to 3600 seconds each", c.FirstIncrement, c.NextIncrement)
+	case c.RatePerMinute.IsNegative() || c.ConnectionFee.IsNegative():
+		return invalidf("negative rate %s or connection fee %s", c.RatePerMinute, c.ConnectionFee)
+	case c.Plan != "" && l.planIndex(c.Plan) < 0:
+		return invalidf("unknown plan %q", c.Plan)
+	case c.Plan == "" && !c.Spill:
+		return invalidf("call %s has neither a plan nor credits to draw", c.ID)
+	}
+	return nil
+}
+
+// endedOnDisk reports whether a call id has a CDR already, beyond the ids
+// the ledger remembers in memory.
+func (l *Ledger) endedOnDisk(id string) bool {
+	_, closer, err := l.db.Get(keyEnded(id))
+	if err != nil {
+		return false
+	}
+	_ = closer.Close()
+	return true
+}
+
+// Answer marks the call answered: from here its increments are charged.
+func (l *Ledger) Answer(callID string, at time.Time) error {
+	_, err := l.do(Op{Kind: "answer", Call: callID}, at, func(t *txn) error {
+		c, _, err := l.callFor(callID)
+		if err != nil {
+			return err
+		}
+		if c.Answered() {
+			return nil
+		}
+		c.Answer, c.LastAt = at, at
+		t.put(keyCall(c.ID), c)
+		return nil
+	})
+	return err
+}
+
+// Hold takes increment n of an answered call, whose increment n-1 must be
+// committed or released already.
+func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
+	op, err := l.do(Op{Kind: "hold", Call: callID, N: n}, at, func(t *txn) error {
+		c, os, err := l.callFor(callID)
+		if err != nil {
+			return err
+		}
+		if n <= c.Hold.N {
+			t.result = settled(c, n)
+			return nil
+		}
+		if err := l.meterable(c, n); err != nil {
+			return err
+		}
+		if c.Hold.Open {
+			return invalidf("call %s: increment %d is still held; commit or release it first", c.ID, c.Hold.N)
+		}
+		inc, err := l.next(os, c, n, at)
+		if err != nil {
+			return err
+		}
+		l.hold(t, os, c, inc)
+		c.LastAt = at
+		t.put(keyCall(c.ID), c)
+		t.result = c.Hold
+		return nil
+	})
+	return op.Result, err
+}
+
+// Commit posts increment n whole.
+func (l *Ledger) Commit(callID string, n int, at time.Time) error {
+	return l.commitPart(callID, n, at, nil)
+}
+
+// CommitPart posts part of increment n and releases the rest. The part may
+// not exceed what was held.
+func (l *Ledger) CommitPart(callID string, n int, at time.Time, part Amount) error {
+	return l.commitPart(callID, n, at, &part)
+}
+
+func (l *Ledger) commitPart(callID string, n int, at time.Time, part *Amount) error {
+	_, err := l.do(Op{Kind: "commit", Call: callID, N: n}, at, func(t *txn) error {
+		c, os, err := l.callFor(callID)
+		if err != nil {
+			return err
+		}
+		if n < c.Hold.N || (n == c.Hold.N && !c.Hold.Open) {
+			return nil
+		}
+		if n > c.Hold.N {
+			return invalidf("call %s: increment %d was never held", c.ID, n)
+		}
+		if !c.Answered() {
+			return invalidf("call %s is not answered: an unanswered call costs nothing, release its hold", c.ID)
+		}
+		amt := full(c.Hold)
+		if part != nil {
+			if err := fits(*part, c.Hold); err != nil {
+				return fmt.Errorf("call %s increment %d: %w", c.ID, n, err)
+			}
+			amt = *part
+		}
+		l.settle(t, os, c, amt)
+		c.LastAt = at
+		t.put(keyCall(c.ID), c)
+		return nil
+	})
+	return err
+}
+
+// Release voids increment n: nothing of it is charged.
+func (l *Ledger) Release(callID string, n int, at time.Time) error {
+	_, err := l.do(Op{Kind: "release", Call: callID, N: n}, at, func(t *txn) error {
+		c, os, err := l.callFor(callID)
+		if err != nil {
+			return err
+		}
+		if n < c.Hold.N || (n == c.Hold.N && !c.Hold.Open) {
+			return nil
+		}
+		if n > c.Hold.N {
+			return invalidf("call %s: increment %d was never held", c.ID, n)
+		}
+		l.settle(t, os, c, Amount{})
+		c.LastAt = at
+		t.put(keyCall(c.ID), c)
+		return nil
+	})
+	return err
+}
+
+// Step is metering's increment boundary, in one durable operation: commit
+// increment n (it was used) and hold n+1. If n+1 cannot be held, n is still
+// committed and the error (ErrInsufficientCredit or ErrPoolExhausted) says
+// the call must end now, at the end of what was paid for.
+func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
+	op, err := l.do(Op{Kind: "step", Call: callID, N: n}, at, func(t *txn) error {
+		c, os, err := l.callFor(callID)
+		if err != nil {
+			return err
+		}
+		if c.Hold.N == n+1 {
+			t.result = c.Hold
+			return nil
+		}
+		if c.Hold.N != n {
+			return invalidf("call %s: step from increment %d, but its latest is %d", c.ID, n, c.Hold.N)
+		}
+		if err := l.meterable(c, n+1); err != nil {
+			return err
+		}
+		// Committing turns held into spent and leaves what is available
+		// unchanged, so whether n+1 fits can be decided first.
+		inc, nextErr := l.next(os, c, n+1, at)
+		if !c.Hold.Open && nextErr != nil {
+			return nextErr // nothing to commit and nothing to hold: a refusal
+		}
+		if c.Hold.Open {
+			l.settle(t, os, c, full(c.Hold))
+		}
+		if nextErr == nil {
+			l.hold(t, os, c, inc)
+		}
+		t.after = nextErr
+		c.LastAt = at
+		t.put(keyCall(c.ID), c)
+		t.result = c.Hold
+		return nil
+	})
+	return op.Result, err
+}
+
+// CloseCall ends the call: an answered call pays its open increment (the
+// started one counts whole), an unanswered one releases it. It writes and
+// returns the CDR. Closing a call that has ended returns its CDR again.
+func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
+	var cdr CDR
+	var replay string
+	_, err := l.do(Op{Kind: "close", Call: callID}, end.At, func(t *txn) error {
+		if k, ok := l.ended.get(callID); ok {
+			replay = k
+			return nil
+		}
+		c, os, err := l.callFor(callID)
+		if err != nil {
+			return err
+		}
+		if c.Answered() {
+			if c.Hold.Open {
+				l.settle(t, os, c, full(c.Hold))
+			}
+		} else if c.Hold.Open {
+			l.settle(t, os, c, Amount{})
+		}
+		cdr = CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
+			BilledS: c.BilledS, PoolMinutes: c.PoolMinutes, Charge: c.Charge,
+			DisconnectReason: end.Reason, SIPStatus: end.SIPStatus}
+		if c.PoolMinutes > 0 {
+			cdr.Pool = c.Plan
+		}
+		if c.Answered() {
+			cdr.Answer = c.Answer.UTC()
+			if d := end.At.Sub(c.Answer); d > 0 {
+				cdr.DurationS = int((d + time.Second - 1) / time.Second)
+			}
+		}
+		key := keyCDR(c.Org, c.Start, c.ID)
+		t.put(key, &cdr)
+		t.ws = append(t.ws, write{key: keyEnded(c.ID), val: key}) // raw: the key is binary
+		t.del(keyCall(c.ID))
+		delete(l.calls, c.ID)
+		l.ended.add(c.ID, string(key))
+		return nil
+	})
+	if errors.Is(err, ErrUnknownCall) {
+		// Ended longer ago than memory remembers.
+		if v, closer, gerr := l.db.Get(keyEnded(callID)); gerr == nil {
+			replay = string(v)
+			_ = closer.Close()
+			err = nil
+		}
+	}
+	if err != nil {
+		return CDR{}, err
+	}
+	if replay != "" {
+		return l.readCDR([]byte(replay))
+	}
+	return cdr, nil
+}
+
+func (l *Ledger) readCDR(key []byte) (CDR, error) {
+	v, closer, err := l.db.Get(key)
+	if err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return CDR{}, fmt.Errorf("%w: CDR %q missing", ErrUnavailable, key)
+		}
+		return CDR{}, err
+	}
+	defer closer.Close()
+	var c CDR
+	return c, decodeRecord(key, v, &c)
+}
+
+// callFor finds an open call and its org.
+func (l *Ledger) callFor(id string) (*Call, *orgState, error) {
+	c, ok := l.calls[id]
+	if !ok {
+		if _, ended := l.ended.get(id); ended {
+			return nil, nil, fmt.Errorf("%w: %s", ErrCallEnded, id)
+		}
+		return nil, nil, fmt.Errorf("%w: %s", ErrUnknownCall, id)
+	}
+	return c, l.orgs[c.Org], nil
+}
+
+// meterable refuses increments a call may not take.
+func (l *Ledger) meterable(c *Call, n int) error {
+	switch {
+	case c.Free:
+		return invalidf("call %s is an emergency call: it is never metered", c.ID)
+	case !c.Answered():
+		return invalidf("call %s is not answered: only its first increment may be held", c.ID)
+	case n != c.Hold.N+1:
+		return invalidf("call %s: increment %d does not follow %d", c.ID, n, c.Hold.N)
+	}
+	return nil
+}
+
+// settled answers a retried hold of increment n ≤ the call's latest.
+func settled(c *Call, n int) Increment {
+	if n == c.Hold.N {
+		return c.Hold
+	}
+	return Increment{N: n}
+}
+
+// next decides, without changing anything, what increment n of the call
+// would hold: a minute of its plan's pool while the pool lasts, then
+// credits if the caller may spend them.
+func (l *Ledger) next(os *orgState, c *Call, n int, at time.Time) (Increment, error) {
+	if c.Plan != "" {
+		month := at.In(os.loc).Format("2006-01")
+		if p := l.peekPool(os, l.planIndex(c.Plan), month); p.Available() >= 1 {
+			return Increment{N: n, Source: SourcePool, Seconds: 60, Minutes: 1, Month: month}, nil
+		}
+		if !c.Spill {
+			return Increment{}, fmt.Errorf("%w: the %s pool of %s is used up", ErrPoolExhausted, c.Plan, month)
+		}
+	}
+	secs, credit := c.creditIncrement(n)
+	if os.Available().LessThan(credit) {
+		return Increment{}, fmt.Errorf("%w: %s available, increment %d costs %s", ErrInsufficientCredit, os.Available(), n, credit)
+	}
+	return Increment{N: n, Source: SourceCredits, Seconds: secs, Credit: credit}, nil
+}
+
+// creditIncrement is the length and price of increment n on credits, by
+// rating's one rounding rule. Only a call's very first increment is
+// FirstIncrement long and carries the connection fee; a call that moves from
+// its pool to credits goes on in NextIncrement steps.
+func (c *Call) creditIncrement(n int) (int, decimal.Decimal) {
+	r := rating.Rate{PerMinute: c.RatePerMinute, ConnectionFee: c.ConnectionFee,
+		FirstIncrement: time.Duration(c.FirstIncrement) * time.Second, NextIncrement: time.Duration(c.NextIncrement) * time.Second}
+	if n == 1 {
+		return c.FirstIncrement, r.FirstCharge()
+	}
+	return c.NextIncrement, r.NextCharge()
+}
+
+// hold applies a decided increment.
+func (l *Ledger) hold(t *txn, os *orgState, c *Call, inc Increment) {
+	inc.Open = true
+	switch inc.Source {
+	case SourcePool:
+		p := l.pool(os, l.planIndex(c.Plan), inc.Month)
+		p.Held += inc.Minutes
+		t.put(keyPool(p), p)
+	case SourceCredits:
+		os.Held = os.Held.Add(inc.Credit)
+		t.put(keyOrg(os.ID), &os.Org)
+	}
+	c.Hold = inc
+}
+
+// settle closes the open increment: amt of it is committed, the rest
+// released.
+func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
+	h := c.Hold
+	switch h.Source {
+	case SourcePool:
+		p := os.pools[poolKey{l.planIndex(c.Plan), h.Month}]
+		p.Held -= h.Minutes
+		p.Used += amt.Minutes
+		c.PoolMinutes += amt.Minutes
+		t.put(keyPool(p), p)
+	case SourceCredits:
+		os.Held = os.Held.Sub(h.Credit)
+		if amt.Credit.IsPositive() {
+			os.Balance = os.Balance.Sub(amt.Credit)
+			os.Debited = os.Debited.Add(amt.Credit)
+			c.Charge = c.Charge.Add(amt.Credit)
+			en := Entry{Seq: t.seq, At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: os.Balance, CallID: c.ID, N: h.N}
+			t.put(keyEntry(os.ID, t.seq), &en)
+			l.debits.Inc()
+		}
+		t.put(keyOrg(os.ID), &os.Org)
+	}
+	c.BilledS += amt.Seconds
+	c.Hold.Open = false
+}
+
+func full(h Increment) Amount {
+	return Amount{Credit: h.Credit, Minutes: h.Minutes, Seconds: h.Seconds}
+}
+
+func fits(a Amount, h Increment) error {
+	switch {
+	case a.Credit.IsNegative() || a.Minutes < 0 || a.Seconds < 0:
+		return invalidf("negative amount to commit")
+	case a.Credit.GreaterThan(h.Credit) || a.Minutes > h.Minutes || a.Seconds > h.Seconds:
+		return invalidf("commit of %s/%d min/%d s exceeds the hold of %s/%d min/%d s",
+			a.Credit, a.Minutes, a.Seconds, h.Credit, h.Minutes, h.Seconds)
+	}
+	return nil
+}

@@ -263,31 +263,7 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 		if err != nil {
 			return err
 		}
-		if c.Answered() {
-			if c.Hold.Open {
-				l.settle(t, os, c, full(c.Hold))
-			}
-		} else if c.Hold.Open {
-			l.settle(t, os, c, Amount{})
-		}
-		cdr = CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
-			BilledS: c.BilledS, PoolMinutes: c.PoolMinutes, Charge: c.Charge,
-			DisconnectReason: end.Reason, SIPStatus: end.SIPStatus}
-		if c.PoolMinutes > 0 {
-			cdr.Pool = c.Plan
-		}
-		if c.Answered() {
-			cdr.Answer = c.Answer.UTC()
-			if d := end.At.Sub(c.Answer); d > 0 {
-				cdr.DurationS = int((d + time.Second - 1) / time.Second)
-			}
-		}
-		key := keyCDR(c.Org, c.Start, c.ID)
-		t.put(key, &cdr)
-		t.ws = append(t.ws, write{key: keyEnded(c.ID), val: key}) // raw: the key is binary
-		t.del(keyCall(c.ID))
-		delete(l.calls, c.ID)
-		l.ended.add(c.ID, string(key))
+		cdr = l.end(t, os, c, end)
 		return nil
 	})
 	if errors.Is(err, ErrUnknownCall) {
@@ -305,6 +281,34 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 		return l.readCDR([]byte(replay))
 	}
 	return cdr, nil
+}
+
+// end settles a call and writes its CDR.
+func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
+	if c.Hold.Open {
+		// The started increment of an answered call counts; an unanswered
+		// call costs nothing.
+		l.settle(t, os, c, map[bool]Amount{true: full(c.Hold), false: {}}[c.Answered()])
+	}
+	cdr := CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
+		BilledS: c.BilledS, PoolMinutes: c.PoolMinutes, Charge: c.Charge,
+		DisconnectReason: end.Reason, SIPStatus: end.SIPStatus}
+	if c.PoolMinutes > 0 {
+		cdr.Pool = c.Plan
+	}
+	if c.Answered() {
+		cdr.Answer = c.Answer.UTC()
+		if d := end.At.Sub(c.Answer); d > 0 {
+			cdr.DurationS = int((d + time.Second - 1) / time.Second)
+		}
+	}
+	key := keyCDR(c.Org, c.Start, c.ID)
+	t.put(key, &cdr)
+	t.ws = append(t.ws, write{key: keyEnded(c.ID), val: key}) // raw: the key is binary
+	t.del(keyCall(c.ID))
+	delete(l.calls, c.ID)
+	l.ended.add(c.ID, string(key))
+	return cdr
 }
 
 func (l *Ledger) readCDR(key []byte) (CDR, error) {
@@ -418,8 +422,8 @@ func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
 			os.Balance = os.Balance.Sub(amt.Credit)
 			os.Debited = os.Debited.Add(amt.Credit)
 			c.Charge = c.Charge.Add(amt.Credit)
-			en := Entry{Seq: t.seq, At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: os.Balance, CallID: c.ID, N: h.N}
-			t.put(keyEntry(os.ID, t.seq), &en)
+			en := Entry{Seq: t.entrySeq(), At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: os.Balance, CallID: c.ID, N: h.N}
+			t.put(keyEntry(os.ID, en.Seq), &en)
 			l.debits.Inc()
 		}
 		t.put(keyOrg(os.ID), &os.Org)

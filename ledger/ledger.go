@@ -296,26 +296,30 @@ func (l *Ledger) planIndex(name string) int {
 	return -1
 }
 
-// settleOpenCalls ends, on start, every call the previous process left open.
-// Answered calls pay the increment they had started (it was held, so the
-// money is there); unanswered ones cost nothing.
+// settleOpenCalls ends, on start, every call the previous process left open,
+// in one durable operation however many there are. Answered calls pay the
+// increment they had started (it was held, so the money is there);
+// unanswered ones cost nothing.
 func (l *Ledger) settleOpenCalls() error {
-	l.mu.Lock()
-	ids := make([]string, 0, len(l.calls))
-	for id := range l.calls {
-		ids = append(ids, id)
-	}
-	l.mu.Unlock()
-	sort.Strings(ids)
-	for _, id := range ids {
-		l.mu.Lock()
-		at := l.calls[id].LastAt
-		l.mu.Unlock()
-		cdr, err := l.CloseCall(id, CallEnd{At: at, Reason: ReasonRestart})
-		if err != nil {
-			return fmt.Errorf("settle call %s left open by the last run: %w", id, err)
+	var settled []CDR
+	_, err := l.do(Op{Kind: "settle"}, l.opts.Now(), func(t *txn) error {
+		ids := make([]string, 0, len(l.calls))
+		for id := range l.calls {
+			ids = append(ids, id)
 		}
-		l.log.Warn("settled call left open by the last run", "call_id", id, "org", cdr.Org, "charge", cdr.Charge.String())
+		sort.Strings(ids)
+		for _, id := range ids {
+			c := l.calls[id]
+			settled = append(settled, l.end(t, l.orgs[c.Org], c, CallEnd{At: c.LastAt, Reason: ReasonRestart}))
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("settle calls left open by the last run: %w", err)
+	}
+	for _, cdr := range settled {
+		l.log.Warn("settled call left open by the last run", "call_id", cdr.CallID, "org", cdr.Org,
+			"billed_s", cdr.BilledS, "charge", cdr.Charge.String())
 	}
 	return nil
 }
@@ -334,7 +338,7 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 	t := &txn{seq: l.seq + 1, at: at}
 	err := fn(t)
 	if err == nil && len(t.ws) > 0 {
-		l.seq = t.seq
+		l.seq = max(t.seq, t.last)
 		op.Seq = t.seq
 	} else {
 		t.seq = 0
@@ -351,7 +355,7 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 		l.mu.Unlock()
 		return op, err
 	}
-	done := l.c.enqueue(t.seq, t.ws)
+	done := l.c.enqueue(max(t.seq, t.last), t.ws)
 	l.mu.Unlock()
 	if err := <-done; err != nil {
 		return op, err

@@ -423,6 +423,8 @@ func TestSurvivesRestartAndSettlesOpenCalls(t *testing.T) {
 	_, _ = l.OpenCall(creditCall("up", "acme", "1.00"), t0)
 	_ = l.Answer("up", t0)
 	_, _ = l.Step("up", 1, at(1))
+	_, _ = l.OpenCall(creditCall("up2", "acme", "1.00"), t0)
+	_ = l.Answer("up2", t0)
 	_, _ = l.OpenCall(creditCall("ringing", "acme", "1.00"), t0)
 	check(t, l)
 	if err := l.Close(); err != nil {
@@ -432,16 +434,18 @@ func TestSurvivesRestartAndSettlesOpenCalls(t *testing.T) {
 	l = open(t, dir)
 	defer l.Close()
 	check(t, l)
-	// done: 2.00; up: one committed + the started one = 2.00; ringing: 0.
-	if o := balance(t, l, "acme"); !o.Balance.Equal(d("46")) || !o.Held.IsZero() {
-		t.Fatalf("after restart org %+v, want balance 46 and nothing held", o)
+	// done: 2.00; up: one committed + the started one = 2.00; up2: its
+	// started first increment, 1.00; ringing: 0. All settled in one
+	// operation, each with its own debit entry (CheckHistory).
+	if o := balance(t, l, "acme"); !o.Balance.Equal(d("45")) || !o.Held.IsZero() {
+		t.Fatalf("after restart org %+v, want balance 45 and nothing held", o)
 	}
 	if len(l.OpenCalls()) != 0 {
 		t.Fatalf("calls still open after restart: %+v", l.OpenCalls())
 	}
 	cs := cdrs(t, l, "acme")
-	if len(cs) != 3 {
-		t.Fatalf("%d CDRs, want 3", len(cs))
+	if len(cs) != 4 {
+		t.Fatalf("%d CDRs, want 4", len(cs))
 	}
 	byID := map[string]CDR{}
 	for _, c := range cs {

@@ -72,8 +72,9 @@ type write struct {
 // and only then change memory and record writes, so a refused operation
 // writes nothing.
 type txn struct {
-	seq uint64
-	at  time.Time
+	seq  uint64 // the operation's number; entries take seq, seq+1, …
+	last uint64 // the last number taken
+	at   time.Time
 	ws  []write
 	// after is reported to the caller once the writes are durable: the
 	// operation applied, but only in part (a step that debited the increment
@@ -90,6 +91,18 @@ func (t *txn) put(key []byte, v any) {
 		panic(fmt.Sprintf("ledger: encode %s: %v", key, err))
 	}
 	t.ws = append(t.ws, write{key: key, val: b})
+}
+
+// entrySeq numbers one balance movement. An operation may move several
+// balances (the restart settles every call in one operation), and each
+// movement needs its own key in the transaction list.
+func (t *txn) entrySeq() uint64 {
+	if t.last < t.seq {
+		t.last = t.seq
+	} else {
+		t.last++
+	}
+	return t.last
 }
 
 func (t *txn) del(key []byte) { t.ws = append(t.ws, write{key: key}) }

@@ -61,7 +61,7 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 			l.hold(t, os, &call, inc)
 		}
 		l.calls[call.ID] = &call
-		t.put(keyCall(call.ID), &call)
+		t.put(keyCall(call.ID), call)
 		t.result = call.Hold
 		return nil
 	})
@@ -108,7 +108,7 @@ func (l *Ledger) Answer(callID string, at time.Time) error {
 			return nil
 		}
 		c.Answer, c.LastAt = at, at
-		t.put(keyCall(c.ID), c)
+		t.put(keyCall(c.ID), *c)
 		return nil
 	})
 	return err
@@ -138,7 +138,7 @@ func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
 		}
 		l.hold(t, os, c, inc)
 		c.LastAt = at
-		t.put(keyCall(c.ID), c)
+		t.put(keyCall(c.ID), *c)
 		t.result = c.Hold
 		return nil
 	})
@@ -180,7 +180,7 @@ func (l *Ledger) commitPart(callID string, n int, at time.Time, part *Amount) er
 		}
 		l.settle(t, os, c, amt)
 		c.LastAt = at
-		t.put(keyCall(c.ID), c)
+		t.put(keyCall(c.ID), *c)
 		return nil
 	})
 	return err
@@ -201,7 +201,7 @@ func (l *Ledger) Release(callID string, n int, at time.Time) error {
 		}
 		l.settle(t, os, c, Amount{})
 		c.LastAt = at
-		t.put(keyCall(c.ID), c)
+		t.put(keyCall(c.ID), *c)
 		return nil
 	})
 	return err
@@ -241,7 +241,7 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 		}
 		t.after = nextErr
 		c.LastAt = at
-		t.put(keyCall(c.ID), c)
+		t.put(keyCall(c.ID), *c)
 		t.result = c.Hold
 		return nil
 	})
@@ -303,8 +303,8 @@ func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
 		}
 	}
 	key := keyCDR(c.Org, c.Start, c.ID)
-	t.put(key, &cdr)
-	t.ws = append(t.ws, write{key: keyEnded(c.ID), val: key}) // raw: the key is binary
+	t.put(key, cdr)
+	t.raw(keyEnded(c.ID), key) // not JSON: the key is binary
 	t.del(keyCall(c.ID))
 	delete(l.calls, c.ID)
 	l.ended.add(c.ID, string(key))
@@ -397,10 +397,10 @@ func (l *Ledger) hold(t *txn, os *orgState, c *Call, inc Increment) {
 	case SourcePool:
 		p := l.pool(os, l.planIndex(c.Plan), inc.Month)
 		p.Held += inc.Minutes
-		t.put(keyPool(p), p)
+		t.put(keyPool(p), *p)
 	case SourceCredits:
 		os.Held = os.Held.Add(inc.Credit)
-		t.put(keyOrg(os.ID), &os.Org)
+		t.put(keyOrg(os.ID), os.Org)
 	}
 	c.Hold = inc
 }
@@ -415,7 +415,7 @@ func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
 		p.Held -= h.Minutes
 		p.Used += amt.Minutes
 		c.PoolMinutes += amt.Minutes
-		t.put(keyPool(p), p)
+		t.put(keyPool(p), *p)
 	case SourceCredits:
 		os.Held = os.Held.Sub(h.Credit)
 		if amt.Credit.IsPositive() {
@@ -423,10 +423,10 @@ func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
 			os.Debited = os.Debited.Add(amt.Credit)
 			c.Charge = c.Charge.Add(amt.Credit)
 			en := Entry{Seq: t.entrySeq(), At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: os.Balance, CallID: c.ID, N: h.N}
-			t.put(keyEntry(os.ID, en.Seq), &en)
+			t.put(keyEntry(os.ID, en.Seq), en)
 			l.debits.Inc()
 		}
-		t.put(keyOrg(os.ID), &os.Org)
+		t.put(keyOrg(os.ID), os.Org)
 	}
 	c.BilledS += amt.Seconds
 	c.Hold.Open = false

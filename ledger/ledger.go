@@ -355,8 +355,13 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 		l.mu.Unlock()
 		return op, err
 	}
-	done := l.c.enqueue(max(t.seq, t.last), t.ws)
+	ready := make(chan struct{})
+	done := l.c.enqueue(max(t.seq, t.last), t.ws, ready)
 	l.mu.Unlock()
+	// Encoding is most of an operation's CPU; done here, outside the lock,
+	// callers encode in parallel while the order stays the lock's.
+	encode(t.ws)
+	close(ready)
 	if err := <-done; err != nil {
 		return op, err
 	}
@@ -399,7 +404,7 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 			return fmt.Errorf("%w: %s", ErrOrgExists, o.ID)
 		}
 		l.orgs[o.ID] = os
-		t.put(keyOrg(o.ID), &os.Org)
+		t.put(keyOrg(o.ID), os.Org)
 		return nil
 	})
 	if err != nil {
@@ -516,11 +521,11 @@ func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, 
 		}
 		os.Balance = os.Balance.Add(amount)
 		os.Funded = os.Funded.Add(amount)
-		en = Entry{Seq: t.seq, At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key}
+		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key}
 		l.fundKeys[fk] = en
-		t.put(keyOrg(orgID), &os.Org)
-		t.put(keyEntry(orgID, t.seq), &en)
-		t.put(keyFunding(orgID, key), &en)
+		t.put(keyOrg(orgID), os.Org)
+		t.put(keyEntry(orgID, en.Seq), en)
+		t.put(keyFunding(orgID, key), en)
 		return nil
 	})
 	return en, err
@@ -554,7 +559,7 @@ func (l *Ledger) PutUser(u User) error {
 		}
 		before := slices.Clone(os.licensed)
 		l.setUser(&u)
-		t.put(keyUser(u.Org, u.ID), &u)
+		t.put(keyUser(u.Org, u.ID), u)
 		month := at.In(os.loc).Format("2006-01")
 		for i, n := range os.licensed {
 			if n == before[i] {
@@ -563,7 +568,7 @@ func (l *Ledger) PutUser(u User) error {
 			p := l.pool(os, i, month)
 			p.Licensed = n * l.plans[i].Minutes
 			p.Total = max(p.Licensed, p.Used+p.Held)
-			t.put(keyPool(p), p)
+			t.put(keyPool(p), *p)
 		}
 		return nil
 	})
@@ -636,7 +641,7 @@ func (l *Ledger) PutTrunk(tr Trunk) error {
 			}
 		}
 		l.trunks[tr.ID] = tr
-		t.put(keyTrunk(tr.ID), &tr)
+		t.put(keyTrunk(tr.ID), tr)
 		return nil
 	})
 	return err
@@ -659,7 +664,7 @@ func (l *Ledger) PutDeck(csv []byte) error {
 	deck := slices.Clone(csv)
 	_, err := l.do(Op{Kind: "put_deck"}, l.opts.Now().UTC(), func(t *txn) error {
 		l.deck = deck
-		t.ws = append(t.ws, write{key: keyDeck, val: deck})
+		t.raw(keyDeck, deck)
 		return nil
 	})
 	return err

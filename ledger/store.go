@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -63,9 +64,27 @@ func upperBound(prefix []byte) []byte {
 	return nil
 }
 
-// write is one key set (or deleted, when val is nil) by an operation.
+// write is one key an operation sets or deletes. v is a snapshot (a value,
+// never a pointer into live state) encoded into val after the ledger's lock
+// is released; val set directly is raw bytes; neither is a delete.
 type write struct {
 	key, val []byte
+	v        any
+}
+
+// encode fills in val for every snapshot.
+func encode(ws []write) {
+	for i := range ws {
+		if ws[i].v == nil {
+			continue
+		}
+		b, err := json.Marshal(ws[i].v)
+		if err != nil {
+			// Every record is a plain struct we built; failing here is a bug.
+			panic(fmt.Sprintf("ledger: encode %s: %v", ws[i].key, err))
+		}
+		ws[i].val, ws[i].v = b, nil
+	}
 }
 
 // txn collects what one operation writes. Operations check everything first
@@ -75,7 +94,7 @@ type txn struct {
 	seq  uint64 // the operation's number; entries take seq, seq+1, …
 	last uint64 // the last number taken
 	at   time.Time
-	ws  []write
+	ws   []write
 	// after is reported to the caller once the writes are durable: the
 	// operation applied, but only in part (a step that debited the increment
 	// used and could not hold the next one).
@@ -84,13 +103,22 @@ type txn struct {
 	result Increment
 }
 
-func (t *txn) put(key []byte, v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		// Every record is a plain struct we built; failing here is a bug.
-		panic(fmt.Sprintf("ledger: encode %s: %v", key, err))
+// put records v as key's new value. v must be a value: it is encoded later,
+// outside the lock, when live state may have moved on. A key written twice
+// in one operation (the org by a commit and then a hold) keeps the last.
+func (t *txn) put(key []byte, v any) { t.set(write{key: key, v: v}) }
+
+// raw records bytes as key's new value.
+func (t *txn) raw(key, val []byte) { t.set(write{key: key, val: val}) }
+
+func (t *txn) set(w write) {
+	for i := range t.ws {
+		if bytes.Equal(t.ws[i].key, w.key) {
+			t.ws[i] = w
+			return
+		}
 	}
-	t.ws = append(t.ws, write{key: key, val: b})
+	t.ws = append(t.ws, w)
 }
 
 // entrySeq numbers one balance movement. An operation may move several
@@ -105,20 +133,33 @@ func (t *txn) entrySeq() uint64 {
 	return t.last
 }
 
-func (t *txn) del(key []byte) { t.ws = append(t.ws, write{key: key}) }
+func (t *txn) del(key []byte) { t.set(write{key: key}) }
 
 // pending is an operation applied in memory and waiting for its synced
 // commit. An operation with no writes is a barrier: it is acknowledged once
 // everything queued before it is durable (retries of applied operations).
 type pending struct {
-	seq  uint64
-	ws   []write
-	done chan error
+	seq   uint64
+	ws    []write
+	ready chan struct{} // closed once ws is encoded
+	done  chan error
 }
 
-// committer group-commits: every operation queued while one fsync runs goes
-// into the next batch, so N concurrent callers cost about one fsync, not N,
-// and operations reach the disk in the order they were applied in memory.
+// committer group-commits: every operation queued while earlier ones are
+// being written goes into the next batch, so N concurrent callers cost about
+// one fsync, not N, and operations reach the disk in the order they were
+// applied in memory.
+//
+// It is a two-stage pipeline. The committer goroutine hands each batch to
+// Pebble with ApplyNoSyncWait, which puts it in the WAL in order and returns
+// without waiting for the fsync; the waiter goroutine waits for each batch's
+// sync, in the same order, and only then acknowledges its operations. So the
+// next batch is written while the previous one syncs — what Pebble's own
+// commit pipeline does for concurrent writers — and the order that makes the
+// records consistent (a batch's records build on every earlier batch's) is
+// still the one the ledger applied. An operation with no writes (a barrier)
+// travels the same way, so it is acknowledged only once everything before it
+// is durable.
 type committer struct {
 	db      *pebble.DB
 	observe func(time.Duration)
@@ -127,19 +168,48 @@ type committer struct {
 	queue  []pending
 	wake   chan struct{}
 	failed error
-	stop   chan struct{}
-	done   chan struct{}
+
+	flights chan flight
+	stop    chan struct{}
+	done    chan struct{}
 }
 
+// flight is one batch on its way to disk.
+type flight struct {
+	b     *pebble.Batch // nil when the batch had nothing to write
+	q     []pending
+	start time.Time
+	err   error
+}
+
+// maxFlights bounds how many batches may wait for their sync at once;
+// beyond it the committer waits, which slows callers instead of growing
+// memory.
+const maxFlights = 16
+
 func newCommitter(db *pebble.DB, observe func(time.Duration)) *committer {
-	c := &committer{db: db, observe: observe, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	go c.run()
+	c := &committer{db: db, observe: observe, wake: make(chan struct{}, 1), flights: make(chan flight, maxFlights),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	waited := make(chan struct{})
+	go func() {
+		defer close(waited)
+		c.waitSyncs()
+	}()
+	go func() {
+		defer close(c.done)
+		c.run()
+		close(c.flights)
+		<-waited
+	}()
 	return c
 }
 
 // enqueue must be called in the order operations were applied; the ledger
 // calls it while holding its own lock, which gives that order.
-func (c *committer) enqueue(seq uint64, ws []write) chan error {
+//
+// The caller encodes ws after releasing its lock and then closes ready; the
+// committer waits for that before writing them.
+func (c *committer) enqueue(seq uint64, ws []write, ready chan struct{}) chan error {
 	done := make(chan error, 1)
 	c.mu.Lock()
 	if c.failed != nil {
@@ -147,7 +217,7 @@ func (c *committer) enqueue(seq uint64, ws []write) chan error {
 		done <- c.failed
 		return done
 	}
-	c.queue = append(c.queue, pending{seq: seq, ws: ws, done: done})
+	c.queue = append(c.queue, pending{seq: seq, ws: ws, ready: ready, done: done})
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -157,7 +227,6 @@ func (c *committer) enqueue(seq uint64, ws []write) chan error {
 }
 
 func (c *committer) run() {
-	defer close(c.done)
 	for {
 		select {
 		case <-c.wake:
@@ -177,44 +246,77 @@ func (c *committer) flush() {
 	if len(q) == 0 {
 		return
 	}
-	start := time.Now()
+	f := flight{q: q, start: time.Now()}
 	b := c.db.NewBatch()
-	var err error
 	var last uint64
 	for _, p := range q {
+		<-p.ready
 		for _, w := range p.ws {
 			if w.val == nil {
-				err = b.Delete(w.key, nil)
+				f.err = b.Delete(w.key, nil)
 			} else {
-				err = b.Set(w.key, w.val, nil)
+				f.err = b.Set(w.key, w.val, nil)
 			}
-			if err != nil {
+			if f.err != nil {
 				break
 			}
 		}
 		last = max(last, p.seq)
 	}
-	if err == nil && last > 0 {
-		err = b.Set(keySeq, binary.BigEndian.AppendUint64(nil, last), nil)
+	if f.err == nil && last > 0 {
+		f.err = b.Set(keySeq, binary.BigEndian.AppendUint64(nil, last), nil)
 	}
-	if err == nil && !b.Empty() {
-		err = b.Commit(pebble.Sync)
+	switch {
+	case f.err != nil || b.Empty():
+		_ = b.Close()
+	default:
+		// EXPERIMENTAL in Pebble, and exactly what it exists for: keep the
+		// WAL busy while earlier batches sync.
+		if f.err = c.db.ApplyNoSyncWait(b, pebble.Sync); f.err != nil {
+			_ = b.Close()
+		} else {
+			f.b = b
+		}
 	}
-	_ = b.Close()
-	if c.observe != nil && last > 0 {
-		c.observe(time.Since(start))
+	if f.err != nil {
+		c.fail(f.err)
 	}
-	if err != nil {
-		// The in-memory state now holds changes the disk does not: refuse
-		// everything from here on (fail closed) until a restart rebuilds
-		// memory from what is durable.
-		err = fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
-		c.mu.Lock()
-		c.failed = err
-		c.mu.Unlock()
+	c.flights <- f
+}
+
+// waitSyncs acknowledges batches in order once each is durable.
+func (c *committer) waitSyncs() {
+	for f := range c.flights {
+		err := f.err
+		if f.b != nil {
+			err = f.b.SyncWait()
+			_ = f.b.Close()
+			if c.observe != nil {
+				c.observe(time.Since(f.start))
+			}
+		}
+		if err != nil {
+			c.fail(err)
+		}
+		if err == nil {
+			// A batch after a failed one may have reached the memtable but
+			// the ledger already refused to go on: do not acknowledge it.
+			err = c.err()
+		}
+		for _, p := range f.q {
+			p.done <- err
+		}
 	}
-	for _, p := range q {
-		p.done <- err
+}
+
+// fail puts the ledger in fail-closed mode: the in-memory state now holds
+// changes the disk may not, so everything is refused from here on until a
+// restart rebuilds memory from what is durable.
+func (c *committer) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.failed == nil {
+		c.failed = fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
 	}
 }
 

@@ -342,3 +342,76 @@ func TestMidCallRequestsRelayedAndBillingUntouched(t *testing.T) {
 	}
 	must(t, e.ledger.CheckInvariants())
 }
+
+// TestPoolThenCreditsMidCall: a domestic call draws the org's minute pool
+// first; where the pool runs out, in the middle of the call, it goes on on
+// credits at the rate's next increment, and ends when those run out — both
+// legs get BYE at exactly the end of what was paid for.
+func TestPoolThenCreditsMidCall(t *testing.T) {
+	plans := ledger.DefaultPlans()
+	plans[0].Minutes = 2 // the domestic pool: 2 minutes a license
+	// US: 0.60/min in 6 s increments after a 60 s first one = 0.06 each.
+	e := newEnvPlans(t, deckHeader+"1,US,United States,geographic,0.60,,60,6\n", plans)
+	e.org("acme", "US", "", "12125550100", "domestic_calling_plan", "communications_credits")
+	_, err := e.ledger.Fund("acme", d("50"), "fund")
+	must(t, err)
+	// Leave 0.30 of credit: 5 increments of 0.06 after the pool.
+	must(t, e.ledger.PutUser(ledger.User{Org: "acme", ID: "bob", Numbers: []string{"12125550111"}, Licenses: []string{"communications_credits"}}))
+	spend(t, e, "acme", d("49.70"))
+
+	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+13125550100"); status != 200 {
+		t.Fatalf("call refused with %d", status)
+	}
+	eventually(t, "call answered", func() bool { return e.answeredCalls() == 1 })
+	if c := e.gw.Calls()[0]; c.PaidFrom != ledger.SourcePool {
+		t.Fatalf("first minute paid from %q, want the pool", c.PaidFrom)
+	}
+	answered := e.gw.Calls()[0].Answer
+	e.clock.Advance(2 * time.Minute)
+	eventually(t, "third increment on credits", func() bool {
+		cs := e.gw.Calls()
+		return len(cs) == 1 && cs[0].PaidFrom == ledger.SourceCredits
+	})
+	for i := 1; i <= 4; i++ {
+		e.clock.Advance(6 * time.Second)
+		if n := len(e.gw.Calls()); n != 1 {
+			t.Fatalf("call ended after %d credit increments, want 5", i)
+		}
+	}
+	e.clock.Advance(6 * time.Second)
+	eventually(t, "caller gets BYE", func() bool { return e.caller.byes.Load() == 1 })
+	eventually(t, "carrier gets BYE", func() bool { return e.carrier.byes.Load() == 1 })
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 2 })
+	var cdr ledger.CDR
+	for _, c := range e.cdrs("acme") {
+		if c.To == "13125550100" {
+			cdr = c
+		}
+	}
+	if cdr.Pool != ledger.PlanDomestic || cdr.PoolMinutes != 2 || !cdr.Charge.Equal(d("0.30")) || cdr.BilledS != 150 ||
+		cdr.DisconnectReason != ledger.ReasonCreditExhausted || !cdr.End.Equal(answered.Add(150*time.Second)) {
+		t.Fatalf("CDR %+v: want 2 pool minutes + 0.30 on credits, 150 s billed, ended at answer + 150 s", cdr)
+	}
+	if b := e.balance("acme"); !b.IsZero() {
+		t.Fatalf("balance %s, want exactly 0", b)
+	}
+	pools, err := e.ledger.Pools("acme", e.clock.Now())
+	must(t, err)
+	if p := pools[0]; p.Used != 2 || p.Total != 2 || p.Held != 0 {
+		t.Fatalf("domestic pool %+v, want 2 of 2 used", p)
+	}
+	must(t, e.ledger.CheckInvariants())
+}
+
+// spend debits amount from an org through a call of its own in the ledger,
+// so a test can start from an exact balance.
+func spend(t *testing.T, e *env, org string, amount decimal.Decimal) {
+	t.Helper()
+	c := ledger.Call{ID: "spend-" + org, Details: ledger.Details{Org: org, User: "bob", To: "442079460018",
+		RatePerMinute: amount.Mul(decimal.NewFromInt(60)), Currency: "USD"}, FirstIncrement: 1, NextIncrement: 1, Spill: true}
+	_, err := e.ledger.OpenCall(c, e.clock.Now())
+	must(t, err)
+	must(t, e.ledger.Answer(c.ID, e.clock.Now()))
+	_, err = e.ledger.CloseCall(c.ID, ledger.CallEnd{At: e.clock.Now(), Reason: ledger.ReasonCallerHangup})
+	must(t, err)
+}

@@ -283,3 +283,62 @@ func FuzzParseDeck(f *testing.F) {
 		}
 	})
 }
+
+// TestDecidePlans is SPEC §2's table of which pool covers a call.
+func TestDecidePlans(t *testing.T) {
+	deck := SampleDeck()
+	dom := []License{DomesticCallingPlan}
+	intl := []License{InternationalCallingPlan}
+	conf := []License{AudioConferencing}
+	cc := []License{CommunicationsCredits}
+	with := func(ls ...[]License) []License {
+		var out []License
+		for _, l := range ls {
+			out = append(out, l...)
+		}
+		return out
+	}
+	zoneA := []string{"US", "GB"}
+	cases := []struct {
+		name      string
+		call      Call
+		wantPlan  string
+		wantSpill bool
+		wantErr   error
+	}{
+		{"domestic plan, domestic call", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: dom}, PlanDomestic, false, nil},
+		{"domestic plan + credits", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: with(dom, cc)}, PlanDomestic, true, nil},
+		{"international plan includes domestic", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: intl}, PlanDomestic, false, nil},
+		{"international plan, call abroad", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: intl}, PlanInternational, false, nil},
+		{"domestic plan, call abroad, credits", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: with(dom, cc)}, "", true, nil},
+		{"domestic plan, call abroad, no credits", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: dom}, "", false, ErrNoLicense},
+		{"premium never from a plan", Call{Dialled: "+19005550100", OrgCountry: "US", Licenses: with(intl, cc)}, "", true, nil},
+		{"premium without credits", Call{Dialled: "+19005550100", OrgCountry: "US", Licenses: intl}, "", false, ErrNoLicense},
+		{"meeting dial-out to zone A", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: conf, Conferencing: true, ZoneA: zoneA}, PlanConferencing, false, nil},
+		{"meeting dial-out outside zone A", Call{Dialled: "+33142270000", OrgCountry: "US", Licenses: with(conf, cc), Conferencing: true, ZoneA: zoneA}, "", true, nil},
+		{"meeting dial-out, calling plan does not count", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: dom, Conferencing: true, ZoneA: zoneA}, "", false, ErrNoLicense},
+		{"credits only", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: cc}, "", true, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.call.Now = t0
+			d, err := Decide(deck, tc.call)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if d.Plan != tc.wantPlan || d.Spill != tc.wantSpill {
+				t.Fatalf("plan %q spill %v, want %q %v", d.Plan, d.Spill, tc.wantPlan, tc.wantSpill)
+			}
+			wantSource := SourceCredits
+			if tc.wantPlan != "" {
+				wantSource = SourcePlan
+			}
+			if d.Source != wantSource {
+				t.Fatalf("source %s, want %s", d.Source, wantSource)
+			}
+		})
+	}
+}

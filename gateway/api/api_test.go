@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -137,6 +138,68 @@ func TestOrgAndFunding(t *testing.T) {
 	}
 }
 
+// TestTransactionsPagesAndPools: the transaction list pages with a cursor
+// that neither skips nor repeats an entry, and the org shows this month's
+// pools from its users' licenses.
+func TestTransactionsPagesAndPools(t *testing.T) {
+	h := setup(t)
+	for i := 1; i <= 4; i++ {
+		h.mustDo("POST", "/v1/orgs/acme/credits", fmt.Sprintf(`{"amount":"5%d.00","idempotency_key":"p%d"}`, i, i), 201)
+	}
+	type page struct {
+		Transactions []struct {
+			Seq    uint64
+			Amount string
+		}
+		NextAfter *uint64 `json:"next_after"`
+	}
+	var amounts []string
+	path := "/v1/orgs/acme/transactions?limit=2"
+	for pages := 0; ; pages++ {
+		var p page
+		if err := json.Unmarshal(h.mustDo("GET", path, "", 200).body, &p); err != nil {
+			t.Fatal(err)
+		}
+		for _, tx := range p.Transactions {
+			amounts = append(amounts, tx.Amount)
+		}
+		if p.NextAfter == nil {
+			break
+		}
+		if pages > 5 {
+			t.Fatal("cursor does not advance")
+		}
+		path = fmt.Sprintf("/v1/orgs/acme/transactions?limit=2&after=%d", *p.NextAfter)
+	}
+	if got := strings.Join(amounts, " "); got != "50.00 51.00 52.00 53.00 54.00" {
+		t.Fatalf("paged amounts %q", got)
+	}
+
+	h.mustDo("PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+12125550100"],"licenses":["international_calling_plan"]}`, 200)
+	h.mustDo("PUT", "/v1/orgs/acme/users/bob", `{"numbers":["+12125550101"],"licenses":["domestic_calling_plan","audio_conferencing"]}`, 200)
+	var o struct {
+		Timezone string
+		Pools    []struct {
+			Plan                   string
+			Month                  string
+			Total, Used, Available int
+		}
+	}
+	if err := json.Unmarshal(h.mustDo("GET", "/v1/orgs/acme", "", 200).body, &o); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, p := range o.Pools {
+		got[p.Plan] = p.Total
+		if p.Used != 0 || p.Available != p.Total || p.Month != time.Now().UTC().Format("2006-01") {
+			t.Fatalf("pool %+v", p)
+		}
+	}
+	if o.Timezone != "UTC" || got["domestic"] != 6000 || got["international"] != 600 || got["conferencing"] != 60 {
+		t.Fatalf("org timezone %q pools %v: want UTC, domestic 2×3000, international 600, conferencing 60", o.Timezone, got)
+	}
+}
+
 // TestRefusalsChangeNothing: every refused request answers its 4xx with a
 // JSON error code, and the org's money and history are as before.
 func TestRefusalsChangeNothing(t *testing.T) {
@@ -167,6 +230,12 @@ func TestRefusalsChangeNothing(t *testing.T) {
 		{"bad country", "POST", "/v1/orgs", `{"id":"x","name":"X","country":"Narnia","region":"us"}`, "", 422, "invalid_request"},
 		{"bad org id", "POST", "/v1/orgs", `{"id":"../x","name":"X","country":"US","region":"us"}`, "", 422, "invalid_request"},
 		{"get unknown org", "GET", "/v1/orgs/nope", "", "", 404, "unknown_org"},
+		{"bad timezone", "POST", "/v1/orgs", `{"id":"tz","name":"X","country":"US","region":"us","timezone":"Mars/Olympus"}`, "", 422, "invalid_request"},
+		{"transactions bad cursor", "GET", "/v1/orgs/acme/transactions?after=abc", "", "", 422, "invalid_request"},
+		{"transactions negative cursor", "GET", "/v1/orgs/acme/transactions?after=-1", "", "", 422, "invalid_request"},
+		{"transactions zero limit", "GET", "/v1/orgs/acme/transactions?limit=0", "", "", 422, "invalid_request"},
+		{"transactions huge limit", "GET", "/v1/orgs/acme/transactions?limit=1000000", "", "", 422, "invalid_request"},
+		{"transactions unknown org", "GET", "/v1/orgs/nope/transactions", "", "", 404, "unknown_org"},
 		{"bad license", "PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+12125550100"],"licenses":["free_calls"]}`, "", 422, "invalid_request"},
 		{"number without +", "PUT", "/v1/orgs/acme/users/alice", `{"numbers":["12125550100"]}`, "", 422, "invalid_request"},
 		{"garbage number", "PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+1abc"]}`, "", 422, "invalid_request"},

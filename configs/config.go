@@ -11,8 +11,11 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"time"
 
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/shopspring/decimal"
 	"gopkg.in/yaml.v3"
 )
@@ -24,7 +27,33 @@ type Config struct {
 	HTTP    HTTP    `yaml:"http"`
 	Funding Funding `yaml:"funding"`
 	Rating  Rating  `yaml:"rating"`
+	Plans   Plans   `yaml:"plans"`
 	Log     Log     `yaml:"log"`
+}
+
+// Plans are the monthly minute allotments per licensed user (SPEC §2) and
+// where conferencing dial-out is included.
+type Plans struct {
+	DomesticMinutes      int      `yaml:"domestic_minutes"`
+	InternationalMinutes int      `yaml:"international_minutes"`
+	ConferencingMinutes  int      `yaml:"conferencing_minutes"`
+	ConferencingZoneA    []string `yaml:"conferencing_zone_a"`
+}
+
+// LedgerPlans are the plans as the ledger keeps them.
+func (p Plans) LedgerPlans() []ledger.Plan {
+	plans := ledger.DefaultPlans()
+	for i := range plans {
+		switch plans[i].Name {
+		case ledger.PlanDomestic:
+			plans[i].Minutes = p.DomesticMinutes
+		case ledger.PlanInternational:
+			plans[i].Minutes = p.InternationalMinutes
+		case ledger.PlanConferencing:
+			plans[i].Minutes = p.ConferencingMinutes
+		}
+	}
+	return plans
 }
 
 // SIP is the gateway's SIP side.
@@ -64,7 +93,9 @@ func Default() Config {
 		SIP:     SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
-		Log:     Log{Level: "info", Format: "text"},
+		Plans: Plans{DomesticMinutes: 3000, InternationalMinutes: 600, ConferencingMinutes: 60,
+			ConferencingZoneA: slices.Clone(rating.DefaultZoneA)},
+		Log: Log{Level: "info", Format: "text"},
 	}
 }
 
@@ -138,6 +169,17 @@ func (c Config) Validate() error {
 	m, err := decimal.NewFromString(c.Funding.Minimum)
 	if err != nil || !m.IsPositive() || m.Exponent() < -2 {
 		return bad("funding.minimum", "%q: want a positive amount like \"50.00\"", c.Funding.Minimum)
+	}
+	for key, n := range map[string]int{"plans.domestic_minutes": c.Plans.DomesticMinutes,
+		"plans.international_minutes": c.Plans.InternationalMinutes, "plans.conferencing_minutes": c.Plans.ConferencingMinutes} {
+		if n < 0 || n > 1_000_000 {
+			return bad(key, "want 0 to 1000000 minutes a license, got %d", n)
+		}
+	}
+	for _, cc := range c.Plans.ConferencingZoneA {
+		if !rating.KnownCountry(cc) {
+			return bad("plans.conferencing_zone_a", "%q is not a country creditgate dials (ISO 3166 alpha-2, e.g. GB)", cc)
+		}
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

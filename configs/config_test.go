@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -10,7 +11,7 @@ func TestExampleIsTheDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example does not parse: %v", err)
 	}
-	if c != Default() {
+	if !reflect.DeepEqual(c, Default()) {
 		t.Fatalf("example %+v differs from defaults %+v", c, Default())
 	}
 	if err := Default().Validate(); err != nil {
@@ -31,6 +32,9 @@ func TestParseRefuses(t *testing.T) {
 		{"bad level", "log:\n  level: loud\n", "log.level"},
 		{"not yaml", "sip: [", "yaml"},
 		{"empty data dir", "data_dir: \"\"\n", "data_dir"},
+		{"negative allotment", "plans:\n  domestic_minutes: -1\n", "plans.domestic_minutes"},
+		{"unknown zone A country", "plans:\n  conferencing_zone_a: [GB, XX]\n", "plans.conferencing_zone_a"},
+		{"zone A not a list", "plans:\n  conferencing_zone_a: GB\n", "line 2"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -39,6 +43,21 @@ func TestParseRefuses(t *testing.T) {
 				t.Fatalf("err = %v, want one naming %q", err, tc.key)
 			}
 		})
+	}
+}
+
+func TestPlansOverride(t *testing.T) {
+	c, err := Parse([]byte("plans:\n  international_minutes: 1200\n  conferencing_zone_a: [GB]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Plans.DomesticMinutes != 3000 || c.Plans.InternationalMinutes != 1200 || !reflect.DeepEqual(c.Plans.ConferencingZoneA, []string{"GB"}) {
+		t.Fatalf("plans %+v", c.Plans)
+	}
+	for _, p := range c.Plans.LedgerPlans() {
+		if p.Name == "international" && p.Minutes != 1200 {
+			t.Fatalf("ledger plan %+v", p)
+		}
 	}
 }
 

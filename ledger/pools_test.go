@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	_ "time/tzdata" // America/New_York on hosts without zoneinfo
 )
 
 // smallPlans keep pools small enough to run out in a test.

@@ -32,9 +32,8 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 	if l.endedOnDisk(c.ID) {
 		return Increment{}, fmt.Errorf("%w: %s", ErrCallEnded, c.ID)
 	}
-	c.Start, c.LastAt = at, at
-	c.Answer = time.Time{}
-	c.Charge, c.PoolMinutes, c.BilledS = decimal.Zero, 0, 0
+	c.Start = at
+	c.CallState = CallState{LastAt: at, Charge: decimal.Zero}
 	op, err := l.do(Op{Kind: "open", Org: c.Org, Call: c.ID, N: 1}, at, func(t *txn) error {
 		if old, ok := l.calls[c.ID]; ok {
 			if old.Org != c.Org || old.To != c.To {
@@ -62,6 +61,7 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 		}
 		l.calls[call.ID] = &call
 		t.put(keyCall(call.ID), call)
+		t.put(keyCallState(call.ID), call.CallState)
 		t.result = call.Hold
 		return nil
 	})
@@ -108,7 +108,7 @@ func (l *Ledger) Answer(callID string, at time.Time) error {
 			return nil
 		}
 		c.Answer, c.LastAt = at, at
-		t.put(keyCall(c.ID), *c)
+		t.put(keyCallState(c.ID), c.CallState)
 		return nil
 	})
 	return err
@@ -138,7 +138,7 @@ func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
 		}
 		l.hold(t, os, c, inc)
 		c.LastAt = at
-		t.put(keyCall(c.ID), *c)
+		t.put(keyCallState(c.ID), c.CallState)
 		t.result = c.Hold
 		return nil
 	})
@@ -180,7 +180,7 @@ func (l *Ledger) commitPart(callID string, n int, at time.Time, part *Amount) er
 		}
 		l.settle(t, os, c, amt)
 		c.LastAt = at
-		t.put(keyCall(c.ID), *c)
+		t.put(keyCallState(c.ID), c.CallState)
 		return nil
 	})
 	return err
@@ -201,7 +201,7 @@ func (l *Ledger) Release(callID string, n int, at time.Time) error {
 		}
 		l.settle(t, os, c, Amount{})
 		c.LastAt = at
-		t.put(keyCall(c.ID), *c)
+		t.put(keyCallState(c.ID), c.CallState)
 		return nil
 	})
 	return err
@@ -241,7 +241,7 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 		}
 		t.after = nextErr
 		c.LastAt = at
-		t.put(keyCall(c.ID), *c)
+		t.put(keyCallState(c.ID), c.CallState)
 		t.result = c.Hold
 		return nil
 	})
@@ -306,6 +306,7 @@ func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
 	t.put(key, cdr)
 	t.raw(keyEnded(c.ID), key) // not JSON: the key is binary
 	t.del(keyCall(c.ID))
+	t.del(keyCallState(c.ID))
 	delete(l.calls, c.ID)
 	l.ended.add(c.ID, string(key))
 	return cdr
@@ -380,14 +381,19 @@ func (l *Ledger) next(os *orgState, c *Call, n int, at time.Time) (Increment, er
 // creditIncrement is the length and price of increment n on credits, by
 // rating's one rounding rule. Only a call's very first increment is
 // FirstIncrement long and carries the connection fee; a call that moves from
-// its pool to credits goes on in NextIncrement steps.
+// its pool to credits goes on in NextIncrement steps. The two prices are
+// worked out once per call: decimal division is the dearest thing metering
+// would otherwise do under the ledger's lock.
 func (c *Call) creditIncrement(n int) (int, decimal.Decimal) {
-	r := rating.Rate{PerMinute: c.RatePerMinute, ConnectionFee: c.ConnectionFee,
-		FirstIncrement: time.Duration(c.FirstIncrement) * time.Second, NextIncrement: time.Duration(c.NextIncrement) * time.Second}
-	if n == 1 {
-		return c.FirstIncrement, r.FirstCharge()
+	if c.prices == nil {
+		r := rating.Rate{PerMinute: c.RatePerMinute, ConnectionFee: c.ConnectionFee,
+			FirstIncrement: time.Duration(c.FirstIncrement) * time.Second, NextIncrement: time.Duration(c.NextIncrement) * time.Second}
+		c.prices = &[2]decimal.Decimal{r.FirstCharge(), r.NextCharge()}
 	}
-	return c.NextIncrement, r.NextCharge()
+	if n == 1 {
+		return c.FirstIncrement, c.prices[0]
+	}
+	return c.NextIncrement, c.prices[1]
 }
 
 // hold applies a decided increment.
@@ -400,7 +406,7 @@ func (l *Ledger) hold(t *txn, os *orgState, c *Call, inc Increment) {
 		t.put(keyPool(p), *p)
 	case SourceCredits:
 		os.Held = os.Held.Add(inc.Credit)
-		t.put(keyOrg(os.ID), os.Org)
+		t.put(keyBalances(os.ID), os.Balances)
 	}
 	c.Hold = inc
 }
@@ -426,7 +432,7 @@ func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
 			t.put(keyEntry(os.ID, en.Seq), en)
 			l.debits.Inc()
 		}
-		t.put(keyOrg(os.ID), os.Org)
+		t.put(keyBalances(os.ID), os.Balances)
 	}
 	c.BilledS += amt.Seconds
 	c.Hold.Open = false

@@ -220,6 +220,14 @@ func (l *Ledger) load() error {
 	}); err != nil {
 		return err
 	}
+	if err := scan(l.db, []byte("b/"), func(k []byte, b *Balances) error {
+		if os, ok := l.orgs[string(k[2:])]; ok {
+			os.Balances = *b
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := scan(l.db, []byte("u/"), func(_ []byte, u *User) error {
 		l.setUser(u)
 		return nil
@@ -240,6 +248,14 @@ func (l *Ledger) load() error {
 	}
 	if err := scan(l.db, []byte("a/"), func(_ []byte, c *Call) error {
 		l.calls[c.ID] = c
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("s/"), func(k []byte, st *CallState) error {
+		if c, ok := l.calls[string(k[2:])]; ok {
+			c.CallState = *st
+		}
 		return nil
 	}); err != nil {
 		return err
@@ -355,13 +371,12 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 		l.mu.Unlock()
 		return op, err
 	}
-	ready := make(chan struct{})
-	done := l.c.enqueue(max(t.seq, t.last), t.ws, ready)
+	enc := newEncoding()
+	done := l.c.enqueue(max(t.seq, t.last), t.ws, enc)
 	l.mu.Unlock()
 	// Encoding is most of an operation's CPU; done here, outside the lock,
 	// callers encode in parallel while the order stays the lock's.
-	encode(t.ws)
-	close(ready)
+	enc.do(t.ws)
 	if err := <-done; err != nil {
 		return op, err
 	}
@@ -394,7 +409,7 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 		return Org{}, invalidf("timezone longer than 64 characters")
 	}
 	o.CreatedAt = l.opts.Now().UTC()
-	o.Balance, o.Held, o.Funded, o.Debited = decimal.Zero, decimal.Zero, decimal.Zero, decimal.Zero
+	o.Balances = Balances{Balance: decimal.Zero, Held: decimal.Zero, Funded: decimal.Zero, Debited: decimal.Zero}
 	os, err := l.newOrgState(o)
 	if err != nil {
 		return Org{}, err
@@ -405,6 +420,7 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 		}
 		l.orgs[o.ID] = os
 		t.put(keyOrg(o.ID), os.Org)
+		t.put(keyBalances(o.ID), os.Balances)
 		return nil
 	})
 	if err != nil {
@@ -523,7 +539,7 @@ func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, 
 		os.Funded = os.Funded.Add(amount)
 		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key}
 		l.fundKeys[fk] = en
-		t.put(keyOrg(orgID), os.Org)
+		t.put(keyBalances(orgID), os.Balances)
 		t.put(keyEntry(orgID, en.Seq), en)
 		t.put(keyFunding(orgID, key), en)
 		return nil

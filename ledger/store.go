@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -19,12 +20,14 @@ import (
 // disk and are read by range.
 //
 //	m/seq                      last operation's sequence number
-//	o/{org}                    Org
+//	o/{org}                    Org, as created
+//	b/{org}                    its Balances, rewritten by every movement
 //	u/{org}/{user}             User
 //	t/{trunk}                  Trunk
 //	d                          the uploaded rate deck (CSV)
 //	k/{org}/{key}              funding idempotency key → its Entry
-//	a/{call}                   Call still up
+//	a/{call}                   Call still up, as authorized
+//	s/{call}                   its CallState, rewritten at every increment
 //	p/{org}/{plan}/{YYYY-MM}   Pool
 //	x/{org}/{seq:8}            Entry (transactions, in order)
 //	r/{org}/{start:8}/{call}   CDR, by start time
@@ -35,6 +38,8 @@ var (
 )
 
 func keyOrg(org string) []byte          { return []byte("o/" + org) }
+func keyBalances(org string) []byte     { return []byte("b/" + org) }
+func keyCallState(id string) []byte     { return []byte("s/" + id) }
 func keyUser(org, user string) []byte   { return []byte("u/" + org + "/" + user) }
 func keyTrunk(id string) []byte         { return []byte("t/" + id) }
 func keyFunding(org, key string) []byte { return []byte("k/" + org + "/" + key) }
@@ -70,6 +75,27 @@ func upperBound(prefix []byte) []byte {
 type write struct {
 	key, val []byte
 	v        any
+}
+
+// encoding makes sure an operation's records are encoded exactly once: by
+// its caller right after it releases the ledger's lock (so callers encode in
+// parallel), or by the committer if the batch is due first — with dozens of
+// goroutines on two cores the caller may not be scheduled again for a while,
+// and a batch must not wait for it.
+type encoding struct {
+	claimed atomic.Bool
+	done    chan struct{}
+}
+
+func newEncoding() *encoding { return &encoding{done: make(chan struct{})} }
+
+func (e *encoding) do(ws []write) {
+	if e.claimed.CompareAndSwap(false, true) {
+		encode(ws)
+		close(e.done)
+		return
+	}
+	<-e.done
 }
 
 // encode fills in val for every snapshot.
@@ -139,10 +165,10 @@ func (t *txn) del(key []byte) { t.set(write{key: key}) }
 // commit. An operation with no writes is a barrier: it is acknowledged once
 // everything queued before it is durable (retries of applied operations).
 type pending struct {
-	seq   uint64
-	ws    []write
-	ready chan struct{} // closed once ws is encoded
-	done  chan error
+	seq  uint64
+	ws   []write
+	enc  *encoding
+	done chan error
 }
 
 // committer group-commits: every operation queued while earlier ones are
@@ -167,7 +193,7 @@ type committer struct {
 	mu     sync.Mutex
 	queue  []pending
 	wake   chan struct{}
-	failed error
+	failed atomic.Pointer[error] // set once; read on every operation without a lock
 
 	flights chan flight
 	stop    chan struct{}
@@ -207,17 +233,16 @@ func newCommitter(db *pebble.DB, observe func(time.Duration)) *committer {
 // enqueue must be called in the order operations were applied; the ledger
 // calls it while holding its own lock, which gives that order.
 //
-// The caller encodes ws after releasing its lock and then closes ready; the
-// committer waits for that before writing them.
-func (c *committer) enqueue(seq uint64, ws []write, ready chan struct{}) chan error {
+// ws is encoded after the caller releases its lock, by the caller or by the
+// committer, whichever gets to it first (see encoding).
+func (c *committer) enqueue(seq uint64, ws []write, enc *encoding) chan error {
 	done := make(chan error, 1)
-	c.mu.Lock()
-	if c.failed != nil {
-		c.mu.Unlock()
-		done <- c.failed
+	if err := c.err(); err != nil {
+		done <- err
 		return done
 	}
-	c.queue = append(c.queue, pending{seq: seq, ws: ws, ready: ready, done: done})
+	c.mu.Lock()
+	c.queue = append(c.queue, pending{seq: seq, ws: ws, enc: enc, done: done})
 	c.mu.Unlock()
 	select {
 	case c.wake <- struct{}{}:
@@ -250,7 +275,7 @@ func (c *committer) flush() {
 	b := c.db.NewBatch()
 	var last uint64
 	for _, p := range q {
-		<-p.ready
+		p.enc.do(p.ws)
 		for _, w := range p.ws {
 			if w.val == nil {
 				f.err = b.Delete(w.key, nil)
@@ -298,11 +323,9 @@ func (c *committer) waitSyncs() {
 		if err != nil {
 			c.fail(err)
 		}
-		if err == nil {
-			// A batch after a failed one may have reached the memtable but
-			// the ledger already refused to go on: do not acknowledge it.
-			err = c.err()
-		}
+		// Once one batch failed, no later one is acknowledged either: it
+		// may have reached the memtable, but the ledger refuses to go on.
+		err = c.err()
 		for _, p := range f.q {
 			p.done <- err
 		}
@@ -313,11 +336,8 @@ func (c *committer) waitSyncs() {
 // changes the disk may not, so everything is refused from here on until a
 // restart rebuilds memory from what is durable.
 func (c *committer) fail(err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.failed == nil {
-		c.failed = fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
-	}
+	failed := fmt.Errorf("%w: commit: %v", ErrUnavailable, err)
+	c.failed.CompareAndSwap(nil, &failed)
 }
 
 func (c *committer) close() {
@@ -326,9 +346,10 @@ func (c *committer) close() {
 }
 
 func (c *committer) err() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.failed
+	if p := c.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func openPebble(dir string, fs vfs.FS) (*pebble.DB, error) {

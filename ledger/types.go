@@ -37,18 +37,24 @@ func invalidf(format string, args ...any) error {
 // calls; Available = Balance − Held ≥ 0 at every instant; Funded − Debited =
 // Balance; Debited = Σ charges of its CDRs + Σ charges of its calls still up.
 type Org struct {
-	ID            string          `json:"id"`
-	Name          string          `json:"name"`
-	Country       string          `json:"country"`
-	Region        string          `json:"region"`
-	BillingRegion string          `json:"billing_region"`
-	Currency      string          `json:"currency"`
-	Timezone      string          `json:"timezone,omitempty"` // IANA; months of minute pools; empty is UTC
-	Balance       decimal.Decimal `json:"balance"`
-	Held          decimal.Decimal `json:"held"`
-	Funded        decimal.Decimal `json:"funded"`  // Σ fundings, for the balance invariant
-	Debited       decimal.Decimal `json:"debited"` // Σ committed debits
-	CreatedAt     time.Time       `json:"created_at"`
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	Country       string    `json:"country"`
+	Region        string    `json:"region"`
+	BillingRegion string    `json:"billing_region"`
+	Currency      string    `json:"currency"`
+	Timezone      string    `json:"timezone,omitempty"` // IANA; months of minute pools; empty is UTC
+	CreatedAt     time.Time `json:"created_at"`
+	Balances
+}
+
+// Balances are an org's money, the part of it every debit changes (and
+// rewrites on disk: the org's other fields are written once).
+type Balances struct {
+	Balance decimal.Decimal `json:"balance"`
+	Held    decimal.Decimal `json:"held"`
+	Funded  decimal.Decimal `json:"funded"`  // Σ fundings, for the balance invariant
+	Debited decimal.Decimal `json:"debited"` // Σ committed debits
 }
 
 // Available is what new holds may take.
@@ -179,12 +185,20 @@ type Call struct {
 	Spill          bool            `json:"spill,omitempty"`
 	Free           bool            `json:"free,omitempty"` // emergency: never held, never charged
 	Start          time.Time       `json:"start"`
-	Answer         time.Time       `json:"answer,omitzero"`
-	LastAt         time.Time       `json:"last_at"`
-	Hold           Increment       `json:"hold"` // the latest increment (N = increments started)
-	Charge         decimal.Decimal `json:"charge"`
-	PoolMinutes    int             `json:"pool_minutes,omitempty"`
-	BilledS        int             `json:"billed_s,omitempty"`
+	CallState
+
+	prices *[2]decimal.Decimal // first and next credit increment, once computed
+}
+
+// CallState is what changes while a call is up: the only part of it
+// rewritten on disk at every increment.
+type CallState struct {
+	Answer      time.Time       `json:"answer,omitzero"`
+	LastAt      time.Time       `json:"last_at"`
+	Hold        Increment       `json:"hold"` // the latest increment (N = increments started)
+	Charge      decimal.Decimal `json:"charge"`
+	PoolMinutes int             `json:"pool_minutes,omitempty"`
+	BilledS     int             `json:"billed_s,omitempty"`
 }
 
 // Answered reports whether the call reached 200 OK.

@@ -147,17 +147,24 @@ func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
 
 // Commit posts increment n whole.
 func (l *Ledger) Commit(callID string, n int, at time.Time) error {
-	return l.commitPart(callID, n, at, nil)
+	return l.secondPhase(callID, n, at, "commit", nil)
 }
 
 // CommitPart posts part of increment n and releases the rest. The part may
 // not exceed what was held.
 func (l *Ledger) CommitPart(callID string, n int, at time.Time, part Amount) error {
-	return l.commitPart(callID, n, at, &part)
+	return l.secondPhase(callID, n, at, "commit", &part)
 }
 
-func (l *Ledger) commitPart(callID string, n int, at time.Time, part *Amount) error {
-	_, err := l.do(Op{Kind: "commit", Call: callID, N: n}, at, func(t *txn) error {
+// Release voids increment n: nothing of it is charged.
+func (l *Ledger) Release(callID string, n int, at time.Time) error {
+	return l.secondPhase(callID, n, at, "release", &Amount{})
+}
+
+// secondPhase is the second phase of increment n's transfer: post part of it
+// (all of it when part is nil) and void the rest. Releasing posts nothing.
+func (l *Ledger) secondPhase(callID string, n int, at time.Time, kind string, part *Amount) error {
+	_, err := l.do(Op{Kind: kind, Call: callID, N: n}, at, func(t *txn) error {
 		c, os, err := l.callFor(callID)
 		if err != nil {
 			return err
@@ -167,9 +174,6 @@ func (l *Ledger) commitPart(callID string, n int, at time.Time, part *Amount) er
 		}
 		if n > c.Hold.N {
 			return invalidf("call %s: increment %d was never held", c.ID, n)
-		}
-		if !c.Answered() {
-			return invalidf("call %s is not answered: an unanswered call costs nothing, release its hold", c.ID)
 		}
 		amt := full(c.Hold)
 		if part != nil {
@@ -178,28 +182,10 @@ func (l *Ledger) commitPart(callID string, n int, at time.Time, part *Amount) er
 			}
 			amt = *part
 		}
+		if kind == "commit" && !c.Answered() {
+			return invalidf("call %s is not answered: an unanswered call costs nothing, release its hold", c.ID)
+		}
 		l.settle(t, os, c, amt)
-		c.LastAt = at
-		t.put(keyCallState(c.ID), c.CallState)
-		return nil
-	})
-	return err
-}
-
-// Release voids increment n: nothing of it is charged.
-func (l *Ledger) Release(callID string, n int, at time.Time) error {
-	_, err := l.do(Op{Kind: "release", Call: callID, N: n}, at, func(t *txn) error {
-		c, os, err := l.callFor(callID)
-		if err != nil {
-			return err
-		}
-		if n < c.Hold.N || (n == c.Hold.N && !c.Hold.Open) {
-			return nil
-		}
-		if n > c.Hold.N {
-			return invalidf("call %s: increment %d was never held", c.ID, n)
-		}
-		l.settle(t, os, c, Amount{})
 		c.LastAt = at
 		t.put(keyCallState(c.ID), c.CallState)
 		return nil

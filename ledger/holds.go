@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/cockroachdb/pebble/v2"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/shopspring/decimal"
 )
@@ -89,12 +88,8 @@ func (l *Ledger) validCall(c *Call) error {
 // endedOnDisk reports whether a call id has a CDR already, beyond the ids
 // the ledger remembers in memory.
 func (l *Ledger) endedOnDisk(id string) bool {
-	_, closer, err := l.db.Get(keyEnded(id))
-	if err != nil {
-		return false
-	}
-	_ = closer.Close()
-	return true
+	_, found, _ := get(l.db, keyEnded(id))
+	return found
 }
 
 // Answer marks the call answered: from here its increments are charged.
@@ -254,10 +249,8 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 	})
 	if errors.Is(err, ErrUnknownCall) {
 		// Ended longer ago than memory remembers.
-		if v, closer, gerr := l.db.Get(keyEnded(callID)); gerr == nil {
-			replay = string(v)
-			_ = closer.Close()
-			err = nil
+		if v, found, gerr := get(l.db, keyEnded(callID)); found && gerr == nil {
+			replay, err = string(v), nil
 		}
 	}
 	if err != nil {
@@ -299,16 +292,12 @@ func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
 }
 
 func (l *Ledger) readCDR(key []byte) (CDR, error) {
-	v, closer, err := l.db.Get(key)
-	if err != nil {
-		if errors.Is(err, pebble.ErrNotFound) {
-			return CDR{}, fmt.Errorf("%w: CDR %q missing", ErrUnavailable, key)
-		}
-		return CDR{}, err
-	}
-	defer closer.Close()
 	var c CDR
-	return c, decodeRecord(key, v, &c)
+	found, err := getRecord(l.db, key, &c)
+	if err == nil && !found {
+		err = fmt.Errorf("%w: CDR %q missing", ErrUnavailable, key)
+	}
+	return c, err
 }
 
 // callFor finds an open call and its org.

@@ -13,7 +13,6 @@ package ledger
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -202,13 +201,12 @@ func (l *Ledger) Close() error {
 
 // load reads the live records back into memory.
 func (l *Ledger) load() error {
-	v, closer, err := l.db.Get(keySeq)
-	switch {
-	case err == nil:
-		l.seq = binary.BigEndian.Uint64(v)
-		_ = closer.Close()
-	case !errors.Is(err, pebble.ErrNotFound):
+	v, found, err := get(l.db, keySeq)
+	if err != nil {
 		return err
+	}
+	if found {
+		l.seq = binary.BigEndian.Uint64(v)
 	}
 	if err := scan(l.db, []byte("o/"), func(_ []byte, o *Org) error {
 		os, err := l.newOrgState(*o)
@@ -276,13 +274,8 @@ func (l *Ledger) load() error {
 	}); err != nil {
 		return err
 	}
-	if v, closer, err := l.db.Get(keyDeck); err == nil {
-		l.deck = slices.Clone(v)
-		_ = closer.Close()
-	} else if !errors.Is(err, pebble.ErrNotFound) {
-		return err
-	}
-	return nil
+	l.deck, _, err = get(l.db, keyDeck)
+	return err
 }
 
 func (l *Ledger) newOrgState(o Org) (*orgState, error) {
@@ -472,11 +465,21 @@ func (l *Ledger) peekPool(os *orgState, plan int, month string) Pool {
 	if p, ok := os.pools[poolKey{plan, month}]; ok {
 		return *p
 	}
-	if p, ok := l.storedPool(os.ID, l.plans[plan].Name, month); ok {
-		return p
+	if l.forgettable(month) {
+		if p, ok := l.storedPool(os.ID, l.plans[plan].Name, month); ok {
+			return p
+		}
 	}
 	n := os.licensed[plan] * l.plans[plan].Minutes
 	return Pool{Org: os.ID, Plan: l.plans[plan].Name, Month: month, Licensed: n, Total: n}
+}
+
+// forgettable reports whether memory may have dropped a month's pools. It
+// keeps every month from the previous one on (load and pool see to that),
+// so deciding a hold in the current month never reads the disk under the
+// lock; two months of margin cover org time zones against UTC.
+func (l *Ledger) forgettable(month string) bool {
+	return month < l.opts.Now().UTC().AddDate(0, -2, 0).Format("2006-01")
 }
 
 // storedPool reads a month memory no longer keeps. Memory drops a month
@@ -484,13 +487,8 @@ func (l *Ledger) peekPool(os *orgState, plan int, month string) Pool {
 // record on disk is final.
 func (l *Ledger) storedPool(org, plan, month string) (Pool, bool) {
 	var p Pool
-	key := keyPool(&Pool{Org: org, Plan: plan, Month: month})
-	v, closer, err := l.db.Get(key)
-	if err != nil {
-		return p, false
-	}
-	defer closer.Close()
-	return p, decodeRecord(key, v, &p) == nil
+	found, err := getRecord(l.db, keyPool(&Pool{Org: org, Plan: plan, Month: month}), &p)
+	return p, found && err == nil
 }
 
 // pool returns the pool, creating it if this is its month's first use and

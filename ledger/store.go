@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -385,6 +386,28 @@ func scan[T any](db pebble.Reader, prefix []byte, fn func(key []byte, v *T) erro
 		}
 	}
 	return it.Error()
+}
+
+// get reads a copy of key's value; found is false when the key is absent.
+func get(db *pebble.DB, key []byte) (val []byte, found bool, err error) {
+	v, closer, err := db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	defer closer.Close()
+	return bytes.Clone(v), true, nil
+}
+
+// getRecord reads and decodes key into v.
+func getRecord(db *pebble.DB, key []byte, v any) (found bool, err error) {
+	b, found, err := get(db, key)
+	if !found || err != nil {
+		return found, err
+	}
+	return true, decodeRecord(key, b, v)
 }
 
 func decodeRecord(key, val []byte, v any) error {

@@ -11,10 +11,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"time"
 
-	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/shopspring/decimal"
 	"gopkg.in/yaml.v3"
@@ -27,33 +25,10 @@ type Config struct {
 	HTTP    HTTP    `yaml:"http"`
 	Funding Funding `yaml:"funding"`
 	Rating  Rating  `yaml:"rating"`
-	Plans   Plans   `yaml:"plans"`
-	Log     Log     `yaml:"log"`
-}
-
-// Plans are the monthly minute allotments per licensed user (SPEC §2) and
-// where conferencing dial-out is included.
-type Plans struct {
-	DomesticMinutes      int      `yaml:"domestic_minutes"`
-	InternationalMinutes int      `yaml:"international_minutes"`
-	ConferencingMinutes  int      `yaml:"conferencing_minutes"`
-	ConferencingZoneA    []string `yaml:"conferencing_zone_a"`
-}
-
-// LedgerPlans are the plans as the ledger keeps them.
-func (p Plans) LedgerPlans() []ledger.Plan {
-	plans := ledger.DefaultPlans()
-	for i := range plans {
-		switch plans[i].Name {
-		case ledger.PlanDomestic:
-			plans[i].Minutes = p.DomesticMinutes
-		case ledger.PlanInternational:
-			plans[i].Minutes = p.InternationalMinutes
-		case ledger.PlanConferencing:
-			plans[i].Minutes = p.ConferencingMinutes
-		}
-	}
-	return plans
+	// Catalog is the plan catalogue (minute pools, zone A, inbound
+	// toll-free rates); keys given replace the built-in ones.
+	Catalog rating.Catalog `yaml:"catalog"`
+	Log     Log            `yaml:"log"`
 }
 
 // SIP is the gateway's SIP side.
@@ -93,9 +68,8 @@ func Default() Config {
 		SIP:     SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
-		Plans: Plans{DomesticMinutes: 3000, InternationalMinutes: 600, ConferencingMinutes: 60,
-			ConferencingZoneA: slices.Clone(rating.DefaultZoneA)},
-		Log: Log{Level: "info", Format: "text"},
+		Catalog: rating.DefaultCatalog(),
+		Log:     Log{Level: "info", Format: "text"},
 	}
 }
 
@@ -170,16 +144,8 @@ func (c Config) Validate() error {
 	if err != nil || !m.IsPositive() || m.Exponent() < -2 {
 		return bad("funding.minimum", "%q: want a positive amount like \"50.00\"", c.Funding.Minimum)
 	}
-	for key, n := range map[string]int{"plans.domestic_minutes": c.Plans.DomesticMinutes,
-		"plans.international_minutes": c.Plans.InternationalMinutes, "plans.conferencing_minutes": c.Plans.ConferencingMinutes} {
-		if n < 0 || n > 1_000_000 {
-			return bad(key, "want 0 to 1000000 minutes a license, got %d", n)
-		}
-	}
-	for _, cc := range c.Plans.ConferencingZoneA {
-		if !rating.KnownCountry(cc) {
-			return bad("plans.conferencing_zone_a", "%q is not a country creditgate dials (ISO 3166 alpha-2, e.g. GB)", cc)
-		}
+	if err := c.Catalog.Validate(); err != nil {
+		return err
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

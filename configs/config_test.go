@@ -2,6 +2,8 @@ package configs
 
 import (
 	"reflect"
+
+	"github.com/creditgate/creditgate/ledger"
 	"strings"
 	"testing"
 )
@@ -32,9 +34,11 @@ func TestParseRefuses(t *testing.T) {
 		{"bad level", "log:\n  level: loud\n", "log.level"},
 		{"not yaml", "sip: [", "yaml"},
 		{"empty data dir", "data_dir: \"\"\n", "data_dir"},
-		{"negative allotment", "plans:\n  domestic_minutes: -1\n", "plans.domestic_minutes"},
-		{"unknown zone A country", "plans:\n  conferencing_zone_a: [GB, XX]\n", "plans.conferencing_zone_a"},
-		{"zone A not a list", "plans:\n  conferencing_zone_a: GB\n", "line 2"},
+		{"premium in a pool", "catalog:\n  pools:\n    - {name: x, minutes_per_license: 1, licenses: [domestic_calling_plan], trunk: customer, destinations: any, types: [premium]}\n", "catalog.pools[0].types"},
+		{"unknown zone A country", "catalog:\n  zone_a: [GB, XX]\n", "catalog.zone_a"},
+		{"zone A not a list", "catalog:\n  zone_a: GB\n", "line 2"},
+		{"float toll-free rate", "catalog:\n  inbound_toll_free:\n    rates: {US: 0.5e-1}\n", "catalog.inbound_toll_free.rates.US"},
+		{"unknown catalog key", "catalog:\n  bonus: 1\n", "bonus"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -46,18 +50,33 @@ func TestParseRefuses(t *testing.T) {
 	}
 }
 
-func TestPlansOverride(t *testing.T) {
-	c, err := Parse([]byte("plans:\n  international_minutes: 1200\n  conferencing_zone_a: [GB]\n"))
+// TestCatalogOverride: lists given replace the built-in ones whole; toll-free
+// rates merge country by country; keys not given keep the built-in values.
+func TestCatalogOverride(t *testing.T) {
+	c, err := Parse([]byte(`catalog:
+  pools:
+    - {name: domestic, minutes_per_license: 1200, licenses: [domestic_calling_plan], trunk: customer, destinations: domestic, types: [geographic]}
+  zone_a: [GB]
+  inbound_toll_free:
+    rates: {US: "0.0250"}
+`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Plans.DomesticMinutes != 3000 || c.Plans.InternationalMinutes != 1200 || !reflect.DeepEqual(c.Plans.ConferencingZoneA, []string{"GB"}) {
-		t.Fatalf("plans %+v", c.Plans)
+	cat := c.Catalog
+	if len(cat.Pools) != 1 || cat.Pools[0].MinutesPerLicense != 1200 || !reflect.DeepEqual(cat.ZoneA, []string{"GB"}) {
+		t.Fatalf("catalog %+v", cat)
 	}
-	for _, p := range c.Plans.LedgerPlans() {
-		if p.Name == "international" && p.Minutes != 1200 {
-			t.Fatalf("ledger plan %+v", p)
-		}
+	if cat.InboundTollFree.Rates["US"] != "0.0250" || cat.InboundTollFree.Rates["GB"] != "0.0380" || cat.InboundTollFree.FirstIncrement != 60 {
+		t.Fatalf("toll-free rates %+v", cat.InboundTollFree)
+	}
+	plans := ledger.PlansOf(&cat)
+	if len(plans) != 1 || plans[0].Name != "domestic" || plans[0].Minutes != 1200 || !reflect.DeepEqual(plans[0].Licenses, []string{"domestic_calling_plan"}) {
+		t.Fatalf("ledger plans %+v", plans)
+	}
+	// The built-in catalogue was not changed by the override.
+	if d := Default().Catalog; len(d.Pools) != 3 || d.InboundTollFree.Rates["US"] != "0.0190" {
+		t.Fatalf("defaults changed: %+v", d)
 	}
 }
 

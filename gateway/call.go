@@ -33,16 +33,18 @@ func (s callState) String() string {
 // differ in length (a plan minute, then the rate's increments on credits),
 // so each one's length comes from the ledger's answer.
 type call struct {
-	g        *Gateway
-	id       string
-	org      string
-	user     string
-	from, to string
-	rate     rating.Rate
-	free     bool // emergency: never metered
-	tracked  bool // the ledger has a record of this call
-	start    time.Time
-	inCallID string
+	g         *Gateway
+	id        string
+	org       string
+	user      string
+	from, to  string
+	rate      rating.Rate
+	direction string       // outbound, or inbound to a toll-free number
+	route     ledger.Trunk // the trunk the call goes out on
+	free      bool         // emergency: never metered
+	tracked   bool         // the ledger has a record of this call
+	start     time.Time
+	inCallID  string
 
 	in  *sipgo.DialogServerSession
 	out *sipgo.DialogClientSession
@@ -64,6 +66,7 @@ type CallInfo struct {
 	User        string    `json:"user"`
 	From        string    `json:"from"`
 	To          string    `json:"to"`
+	Direction   string    `json:"direction"`
 	State       string    `json:"state"`
 	Emergency   bool      `json:"emergency"`
 	Start       time.Time `json:"start"`
@@ -79,7 +82,7 @@ type CallInfo struct {
 func (c *call) info(now time.Time) CallInfo {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ci := CallInfo{ID: c.id, Org: c.org, User: c.user, From: "+" + c.from, To: c.to, State: c.state.String(),
+	ci := CallInfo{ID: c.id, Org: c.org, User: c.user, From: "+" + c.from, To: c.to, Direction: c.direction, State: c.state.String(),
 		Emergency: c.free, Start: c.start.UTC(), RatePerMin: c.rate.PerMinute.String(), InboundCall: c.inCallID,
 		Increment: c.hold.N, PaidFrom: c.hold.Source}
 	if c.free {

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,9 +39,9 @@ type Config struct {
 	// MaxCalls caps calls in progress; beyond it INVITEs get 503 (emergency
 	// calls are still let through).
 	MaxCalls int
-	// ZoneA lists the countries a dial-out from a meeting (conferencing
-	// trunk) is included to, for users holding audio_conferencing.
-	ZoneA []string
+	// Catalog is the plan catalogue calls are decided by; nil is the
+	// built-in one.
+	Catalog *rating.Catalog
 }
 
 func (c *Config) defaults() {
@@ -53,8 +54,9 @@ func (c *Config) defaults() {
 	if c.MaxCalls == 0 {
 		c.MaxCalls = 10000
 	}
-	if c.ZoneA == nil {
-		c.ZoneA = rating.DefaultZoneA
+	if c.Catalog == nil {
+		cat := rating.DefaultCatalog()
+		c.Catalog = &cat
 	}
 }
 
@@ -327,7 +329,7 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 // authorize decides an INVITE and, if allowed, returns the call with its
-// first increment already held.
+// first increment already held and the trunk it goes out on.
 func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		return nil, ErrTooManyHops
@@ -337,7 +339,7 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 		return nil, ErrUnknownTrunk
 	}
 	if trunk.Kind == KindCarrier {
-		return nil, ErrInboundNotYet
+		return g.authorizeInbound(req)
 	}
 	org, err := g.ledger.Org(trunk.Org)
 	if err != nil {
@@ -349,21 +351,7 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	// Emergency first: no caller check, license, balance or load limit may
 	// keep it from connecting.
 	if rating.IsEmergency(dialled, org.Country) {
-		c := &call{g: g, id: uuid.NewString(), org: org.ID, free: true, to: dialled, start: now, inCallID: req.CallID().Value()}
-		if u, ok := g.callerOf(req, org); ok {
-			c.user = u.ID
-		}
-		c.from, _ = rating.Normalize(callerNumber(req), org.Country)
-		rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
-			Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
-			RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true}
-		if _, err := g.ledger.OpenCall(rec, now); err == nil {
-			c.tracked = true
-		} else {
-			g.log.Error("emergency call connected without a ledger record", "call_id", c.id, "org", org.ID, "error", err)
-		}
-		g.m.authorizations.WithLabelValues("allowed", "emergency").Inc()
-		return c, nil
+		return g.emergency(req, org, dialled, now), nil
 	}
 	if g.closing.Load() || g.activeCalls() >= g.cfg.MaxCalls {
 		return nil, ErrOverloaded
@@ -376,27 +364,114 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	for _, l := range user.Licenses {
 		licenses = append(licenses, rating.License(l))
 	}
-	dec, err := rating.Decide(g.deck.Load(), rating.Call{Dialled: dialled, OrgCountry: org.Country, Licenses: licenses, Now: now,
-		Conferencing: trunk.Kind == KindConferencing, ZoneA: g.cfg.ZoneA})
+	pools, err := g.ledger.PoolsLeft(org.ID, now)
 	if err != nil {
 		return nil, err
 	}
+	dec, err := rating.Decide(g.deck.Load(), g.cfg.Catalog, rating.Call{Trunk: trunk.Kind, Dialled: dialled,
+		Org: rating.OrgTerms{Country: org.Country, BlockPremium: org.BlockPremium}, Licenses: licenses,
+		PoolsLeft: pools, Available: org.Available(), Now: now})
+	if err != nil {
+		return nil, err
+	}
+	route, ok := g.routes.Load().carrier(dec.Number)
+	if !ok {
+		return nil, ErrNoRoute
+	}
 	from, _ := rating.Normalize(callerNumber(req), org.Country)
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
-		rate: dec.Rate, start: now, inCallID: req.CallID().Value()}
-	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: user.ID, From: from, To: dec.Number,
-		Destination: dec.Rate.Destination, Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: "outbound",
+		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), route: route, direction: "outbound"}
+	if err := g.open(c, dec, org); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// authorizeInbound decides a carrier's INVITE to a toll-free number: the
+// owning org pays at the catalogue's inbound rate, and the call goes to the
+// org's trunk.
+func (g *Gateway) authorizeInbound(req *sip.Request) (*call, error) {
+	if g.closing.Load() || g.activeCalls() >= g.cfg.MaxCalls {
+		return nil, ErrOverloaded
+	}
+	num, err := rating.Normalize("+"+strings.TrimPrefix(req.Recipient.User, "+"), "")
+	if err != nil {
+		return nil, err
+	}
+	tf, ok := g.ledger.TollFreeOwner(num)
+	if !ok {
+		return nil, ErrUnknownNumber
+	}
+	org, err := g.ledger.Org(tf.Org)
+	if err != nil {
+		return nil, err
+	}
+	route, ok := g.routes.Load().delivery(org.ID, tf.Trunk)
+	if !ok {
+		return nil, ErrNoDelivery
+	}
+	now := g.clock.Now()
+	dec, err := rating.Decide(g.deck.Load(), g.cfg.Catalog, rating.Call{Trunk: rating.TrunkCarrier, Dialled: "+" + num,
+		Org: rating.OrgTerms{Country: org.Country, BlockPremium: org.BlockPremium}, Available: org.Available(), Now: now})
+	if err != nil {
+		return nil, err
+	}
+	// Carriers present callers in E.164; anything else is kept as sent
+	// (digits only) for the CDR.
+	from, err := rating.Normalize(callerNumber(req), org.Country)
+	if err != nil {
+		from = ""
+	}
+	c := &call{g: g, id: uuid.NewString(), org: org.ID, from: from, to: dec.Number, rate: dec.Rate, start: now,
+		inCallID: req.CallID().Value(), route: route, direction: "inbound"}
+	err = g.open(c, dec, org)
+	if errors.Is(err, ledger.ErrInsufficientCredit) {
+		// Another call took the credit since the decision.
+		err = fmt.Errorf("%w: %w", rating.ErrTollFreeNoCredit, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// open records a decided call in the ledger and holds its first increment.
+func (g *Gateway) open(c *call, dec rating.Decision, org ledger.Org) error {
+	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dec.Number,
+		Destination: dec.Rate.Destination, Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: c.direction,
 		RatePerMinute: dec.Rate.PerMinute, Currency: org.Currency}, ConnectionFee: dec.Rate.ConnectionFee,
 		FirstIncrement: int(dec.Rate.FirstIncrement / time.Second), NextIncrement: int(dec.Rate.NextIncrement / time.Second),
 		Plan: dec.Plan, Spill: dec.Spill}
-	inc, err := g.ledger.OpenCall(rec, now)
+	inc, err := g.ledger.OpenCall(rec, c.start)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	c.hold = inc
 	c.tracked = true
 	g.m.authorizations.WithLabelValues("allowed", string(dec.Source)).Inc()
-	return c, nil
+	return nil
+}
+
+// emergency lets an emergency call through: routed by the org's country
+// code, recorded free, never refused for money, license or load.
+func (g *Gateway) emergency(req *sip.Request, org ledger.Org, dialled string, now time.Time) *call {
+	c := &call{g: g, id: uuid.NewString(), org: org.ID, free: true, to: dialled, start: now,
+		inCallID: req.CallID().Value(), direction: "outbound"}
+	c.route, _ = g.routes.Load().carrier(rating.CallingCode(org.Country) + dialled)
+	if u, ok := g.callerOf(req, org); ok {
+		c.user = u.ID
+	}
+	c.from, _ = rating.Normalize(callerNumber(req), org.Country)
+	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
+		Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
+		RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true}
+	if _, err := g.ledger.OpenCall(rec, now); err == nil {
+		c.tracked = true
+	} else {
+		g.log.Error("emergency call connected without a ledger record", "call_id", c.id, "org", org.ID, "error", err)
+	}
+	g.m.authorizations.WithLabelValues("allowed", "emergency").Inc()
+	return c
 }
 
 func (g *Gateway) callerOf(req *sip.Request, org ledger.Org) (ledger.User, bool) {
@@ -420,12 +495,8 @@ func (g *Gateway) activeCalls() int {
 // forward sends the authorized call to its carrier and relays what comes
 // back until the call is answered, refused or cancelled.
 func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, received time.Time) {
-	routeKey := c.to
-	if c.free {
-		routeKey = rating.CallingCode(g.orgCountry(c.org)) + c.to
-	}
-	carrier, ok := g.routes.Load().carrier(routeKey)
-	if !ok {
+	carrier := c.route
+	if carrier.ID == "" {
 		g.failBeforeAnswer(c, ErrNoRoute, 404)
 		g.refuse(req, tx, ErrNoRoute)
 		return
@@ -513,14 +584,6 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 		g.log.Warn("caller leg did not confirm the answer", "call_id", c.id, "error", err)
 		c.end(reason, 200, false, true)
 	}
-}
-
-func (g *Gateway) orgCountry(org string) string {
-	o, err := g.ledger.Org(org)
-	if err != nil {
-		return ""
-	}
-	return o.Country
 }
 
 func (g *Gateway) register(c *call, inID string) {

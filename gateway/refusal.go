@@ -14,7 +14,8 @@ var (
 	ErrNoRoute       = errors.New("no carrier route for this destination")
 	ErrOverloaded    = errors.New("gateway overloaded or shutting down")
 	ErrTooManyHops   = errors.New("too many hops")
-	ErrInboundNotYet = errors.New("inbound calls from carriers are not routed yet")
+	ErrUnknownNumber = errors.New("number is not a toll-free number of any org")
+	ErrNoDelivery    = errors.New("org has no trunk to deliver inbound calls to")
 )
 
 // refusal is how one refusal looks on the wire and in metrics.
@@ -31,10 +32,14 @@ var refusals = []struct {
 	err error
 	r   refusal
 }{
+	// Before no_credit: an inbound refusal for money wraps the ledger's.
+	{rating.ErrTollFreeNoCredit, refusal{480, "Temporarily Unavailable", "toll_free_no_credit", "the toll-free number's org has no credit"}},
 	{ErrUnknownTrunk, refusal{403, "Forbidden", "unknown_trunk", "unknown trunk"}},
 	{ErrUnknownCaller, refusal{403, "Forbidden", "unknown_caller", "caller is not a known user"}},
 	{rating.ErrNoLicense, refusal{403, "Forbidden", "no_license", "no license covers this call"}},
-	{ErrInboundNotYet, refusal{403, "Forbidden", "inbound_not_routed", "inbound routing is not configured"}},
+	{rating.ErrPremiumBlocked, refusal{403, "Forbidden", "premium_blocked", "premium-rate numbers are blocked for this org"}},
+	{ErrUnknownNumber, refusal{404, "Not Found", "unknown_number", "not a toll-free number served here"}},
+	{ErrNoDelivery, refusal{404, "Not Found", "no_route", "no trunk to deliver this number to"}},
 	{rating.ErrNoRate, refusal{404, "Not Found", "no_rate", "no rate for this destination"}},
 	{ErrNoRoute, refusal{404, "Not Found", "no_route", "no carrier route for this destination"}},
 	{rating.ErrNotDialable, refusal{484, "Address Incomplete", "not_dialable", "not a dialable number"}},

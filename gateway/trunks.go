@@ -42,6 +42,16 @@ func ValidateTrunk(t ledger.Trunk) error {
 		if len(t.Addresses) == 0 {
 			return bad("a %s trunk needs at least one source address", t.Kind)
 		}
+		if len(t.Prefixes) > 0 {
+			return bad("prefixes are carrier routes; a %s trunk has none", t.Kind)
+		}
+		if t.URI != "" {
+			// Where the org's toll-free numbers are delivered.
+			var u sip.Uri
+			if err := sip.ParseUri(t.URI, &u); err != nil || u.Host == "" {
+				return bad("uri %q is not a SIP URI", t.URI)
+			}
+		}
 	case KindCarrier:
 		if t.URI == "" {
 			return bad("a carrier trunk needs a uri, e.g. sip:203.0.113.5:5060")
@@ -110,13 +120,15 @@ func parseSource(a string) (source, error) {
 	return source{prefix: netip.PrefixFrom(ip, ip.BitLen()), port: uint16(pn)}, nil
 }
 
-// router answers "which trunk sent this" and "which carrier takes this
-// number". It is rebuilt whole on every trunk change and swapped in
-// atomically, so lookups take no lock.
+// router answers "which trunk sent this", "which carrier takes this
+// number" and "where do this org's inbound calls go". It is rebuilt whole on
+// every trunk change and swapped in atomically, so lookups take no lock.
 type router struct {
 	sources  []routedSource
 	carriers map[string]ledger.Trunk // by prefix; "" is the default route
 	maxLen   int
+	// inbound holds, per org, its trunks with a uri, sorted by id.
+	inbound map[string][]ledger.Trunk
 }
 
 type routedSource struct {
@@ -125,10 +137,19 @@ type routedSource struct {
 }
 
 func newRouter(trunks []ledger.Trunk) *router {
-	r := &router{carriers: map[string]ledger.Trunk{}}
+	r := &router{carriers: map[string]ledger.Trunk{}, inbound: map[string][]ledger.Trunk{}}
 	for _, t := range trunks {
+		// A carrier's addresses identify the calls it sends us (inbound,
+		// to toll-free numbers); a customer's, the calls its PBX sends.
+		for _, a := range t.Addresses {
+			if s, err := parseSource(a); err == nil {
+				r.sources = append(r.sources, routedSource{src: s, trunk: t})
+			}
+		}
 		switch t.Kind {
 		case KindCarrier:
+			// A carrier with no prefixes only sends us calls; "" in its
+			// prefixes makes it the default route.
 			for _, p := range t.Prefixes {
 				if old, ok := r.carriers[p]; !ok || t.ID < old.ID {
 					r.carriers[p] = t
@@ -137,24 +158,28 @@ func newRouter(trunks []ledger.Trunk) *router {
 					r.maxLen = len(p)
 				}
 			}
-			if len(t.Prefixes) == 0 {
-				if old, ok := r.carriers[""]; !ok || t.ID < old.ID {
-					r.carriers[""] = t
-				}
-			}
 		default:
-			for _, a := range t.Addresses {
-				if s, err := parseSource(a); err == nil {
-					r.sources = append(r.sources, routedSource{src: s, trunk: t})
-				}
+			if t.URI != "" {
+				r.inbound[t.Org] = append(r.inbound[t.Org], t) // trunks come sorted by id
 			}
 		}
 	}
 	return r
 }
 
-// source finds the most specific customer or conferencing trunk for a
-// packet's source address ("ip:port").
+// delivery is the trunk an org's inbound call goes to: the one its
+// toll-free number names, else the org's first trunk with a uri.
+func (r *router) delivery(org, trunk string) (ledger.Trunk, bool) {
+	for _, t := range r.inbound[org] {
+		if trunk == "" || t.ID == trunk {
+			return t, true
+		}
+	}
+	return ledger.Trunk{}, false
+}
+
+// source finds the most specific trunk for a packet's source address
+// ("ip:port").
 func (r *router) source(hostport string) (ledger.Trunk, bool) {
 	ap, err := netip.ParseAddrPort(hostport)
 	if err != nil {

@@ -71,6 +71,7 @@ type Ledger struct {
 	users    map[string]*User // key org + "/" + user
 	numbers  map[string]string
 	trunks   map[string]Trunk
+	tollFree map[string]TollFree // by number
 	deck     []byte
 	calls    map[string]*Call
 	fundKeys map[string]Entry // org + "/" + key
@@ -165,7 +166,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	l := &Ledger{
 		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
 		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
-		trunks: map[string]Trunk{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
+		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
 			Help: "Billing increments committed (debited) from org balances."}),
 		commitHisto: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "creditgate_ledger_commit_seconds",
@@ -234,6 +235,12 @@ func (l *Ledger) load() error {
 	}
 	if err := scan(l.db, []byte("t/"), func(_ []byte, t *Trunk) error {
 		l.trunks[t.ID] = *t
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("f/"), func(_ []byte, tf *TollFree) error {
+		l.tollFree[tf.Number] = *tf
 		return nil
 	}); err != nil {
 		return err
@@ -422,6 +429,15 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 	return l.Org(o.ID)
 }
 
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 func isUpper(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] < 'A' || s[i] > 'Z' {
@@ -570,6 +586,9 @@ func (l *Ledger) PutUser(u User) error {
 			if owner, ok := l.numbers[n]; ok && owner != key {
 				return fmt.Errorf("%w: +%s belongs to %s", ErrNumberTaken, n, owner)
 			}
+			if tf, ok := l.tollFree[n]; ok {
+				return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, n, tf.Org)
+			}
 		}
 		before := slices.Clone(os.licensed)
 		l.setUser(&u)
@@ -641,6 +660,109 @@ func (l *Ledger) UserByNumber(e164 string) (User, bool) {
 		return User{}, false
 	}
 	return *l.users[key], true
+}
+
+// SetBlockPremium sets whether the org refuses calls to premium-rate numbers.
+func (l *Ledger) SetBlockPremium(org string, block bool) (Org, error) {
+	_, err := l.do(Op{Kind: "org_settings", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
+		os, ok := l.orgs[org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+		}
+		os.BlockPremium = block
+		t.put(keyOrg(org), os.Org)
+		return nil
+	})
+	if err != nil {
+		return Org{}, err
+	}
+	return l.Org(org)
+}
+
+// PutTollFree assigns a toll-free number (E.164 digits without '+') to an
+// org, or moves its delivery trunk. A number of a user, or of another org,
+// is refused.
+func (l *Ledger) PutTollFree(tf TollFree) error {
+	if tf.Number == "" || len(tf.Number) > 15 || !allDigits(tf.Number) {
+		return invalidf("toll-free number %q: want E.164 digits", tf.Number)
+	}
+	_, err := l.do(Op{Kind: "put_toll_free", Org: tf.Org, Key: tf.Number}, l.opts.Now().UTC(), func(t *txn) error {
+		if _, ok := l.orgs[tf.Org]; !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, tf.Org)
+		}
+		if old, ok := l.tollFree[tf.Number]; ok && old.Org != tf.Org {
+			return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, tf.Number, old.Org)
+		}
+		if owner, ok := l.numbers[tf.Number]; ok {
+			return fmt.Errorf("%w: +%s belongs to user %s", ErrNumberTaken, tf.Number, owner)
+		}
+		if tf.Trunk != "" {
+			tr, ok := l.trunks[tf.Trunk]
+			if !ok || tr.Org != tf.Org {
+				return invalidf("trunk %q is not a trunk of org %s", tf.Trunk, tf.Org)
+			}
+		}
+		l.tollFree[tf.Number] = tf
+		t.put(keyTollFree(tf.Number), tf)
+		return nil
+	})
+	return err
+}
+
+// DeleteTollFree takes a toll-free number away from its org; false if the
+// org did not have it.
+func (l *Ledger) DeleteTollFree(org, number string) (bool, error) {
+	found := false
+	_, err := l.do(Op{Kind: "delete_toll_free", Org: org, Key: number}, l.opts.Now().UTC(), func(t *txn) error {
+		if tf, ok := l.tollFree[number]; !ok || tf.Org != org {
+			return nil
+		}
+		found = true
+		delete(l.tollFree, number)
+		t.del(keyTollFree(number))
+		return nil
+	})
+	return found, err
+}
+
+// TollFreeOwner finds the org a toll-free number belongs to.
+func (l *Ledger) TollFreeOwner(number string) (TollFree, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tf, ok := l.tollFree[number]
+	return tf, ok
+}
+
+// TollFreeNumbers lists an org's toll-free numbers, sorted.
+func (l *Ledger) TollFreeNumbers(org string) []TollFree {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []TollFree
+	for _, tf := range l.tollFree {
+		if tf.Org == org {
+			out = append(out, tf)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out
+}
+
+// PoolsLeft is the minutes each of the org's pools has left in the month
+// that contains at — a snapshot for rating's decision; the ledger decides
+// again when it holds.
+func (l *Ledger) PoolsLeft(org string, at time.Time) (map[string]int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	os, ok := l.orgs[org]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+	}
+	month := at.In(os.loc).Format("2006-01")
+	out := make(map[string]int, len(l.plans))
+	for i := range l.plans {
+		out[l.plans[i].Name] = l.peekPool(os, i, month).Available()
+	}
+	return out, nil
 }
 
 // PutTrunk creates or replaces a trunk; the gateway validates its fields.

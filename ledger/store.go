@@ -43,6 +43,7 @@ func keyBalances(org string) []byte     { return []byte("b/" + org) }
 func keyCallState(id string) []byte     { return []byte("s/" + id) }
 func keyUser(org, user string) []byte   { return []byte("u/" + org + "/" + user) }
 func keyTrunk(id string) []byte         { return []byte("t/" + id) }
+func keyTollFree(number string) []byte  { return []byte("f/" + number) }
 func keyFunding(org, key string) []byte { return []byte("k/" + org + "/" + key) }
 func keyCall(id string) []byte          { return []byte("a/" + id) }
 func keyEnded(id string) []byte         { return []byte("z/" + id) }

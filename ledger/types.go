@@ -12,15 +12,15 @@ import (
 // Refusals of the ledger. Callers check them with errors.Is; the gateway and
 // the admin API each map them to their wire status in one table.
 var (
-	ErrInsufficientCredit = errors.New("not enough credit")
+	ErrInsufficientCredit = rating.ErrNoCredit
 	ErrUnknownOrg         = errors.New("unknown org")
 	ErrUnknownCall        = errors.New("unknown call")
 	ErrOrgExists          = errors.New("org already exists")
-	ErrNumberTaken        = errors.New("number already belongs to another user")
+	ErrNumberTaken        = errors.New("number already belongs to another user or org")
 	ErrDuplicateFunding   = errors.New("idempotency key already used")
 	ErrBelowMinimum       = errors.New("amount below the minimum funding")
 	ErrRegionMismatch     = errors.New("org region differs from its billing region")
-	ErrPoolExhausted      = errors.New("included minutes used up and no communications_credits license")
+	ErrPoolExhausted      = rating.ErrMinutesUsedUp
 	ErrCallEnded          = errors.New("call already ended")
 	ErrInvalid            = errors.New("invalid")
 	ErrUnavailable        = errors.New("ledger unavailable")
@@ -44,6 +44,7 @@ type Org struct {
 	BillingRegion string    `json:"billing_region"`
 	Currency      string    `json:"currency"`
 	Timezone      string    `json:"timezone,omitempty"` // IANA; months of minute pools; empty is UTC
+	BlockPremium  bool      `json:"block_premium"`      // refuse calls to premium-rate numbers
 	CreatedAt     time.Time `json:"created_at"`
 	Balances
 }
@@ -112,14 +113,32 @@ type Plan struct {
 	Licenses []string
 }
 
-// DefaultPlans are SPEC §2's allotments. The Domestic and International
-// Calling Plan includes domestic minutes, so it counts toward both pools.
+// DefaultPlans are the pools of rating's built-in catalogue (SPEC §2).
 func DefaultPlans() []Plan {
-	return []Plan{
-		{Name: PlanDomestic, Minutes: 3000, Licenses: []string{"domestic_calling_plan", "international_calling_plan"}},
-		{Name: PlanInternational, Minutes: 600, Licenses: []string{"international_calling_plan"}},
-		{Name: PlanConferencing, Minutes: 60, Licenses: []string{"audio_conferencing"}},
+	c := rating.DefaultCatalog()
+	return PlansOf(&c)
+}
+
+// PlansOf are a plan catalogue's pools as the ledger keeps them.
+func PlansOf(c *rating.Catalog) []Plan {
+	out := make([]Plan, 0, len(c.Pools))
+	for _, p := range c.Pools {
+		ls := make([]string, 0, len(p.Licenses))
+		for _, l := range p.Licenses {
+			ls = append(ls, string(l))
+		}
+		out = append(out, Plan{Name: p.Name, Minutes: p.MinutesPerLicense, Licenses: ls})
 	}
+	return out
+}
+
+// TollFree is a toll-free number assigned to an org: calls from carriers to
+// it are delivered to the org's trunk (Trunk, a customer trunk with a uri)
+// and paid per minute from the org's credits.
+type TollFree struct {
+	Number string `json:"number"` // E.164 digits without '+'
+	Org    string `json:"org"`
+	Trunk  string `json:"trunk,omitempty"`
 }
 
 // Pool is an org's minutes of one plan for one calendar month (in the org's

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 // License is what a user may be assigned (SPEC §2).
@@ -28,50 +30,63 @@ func ParseLicense(s string) (License, error) {
 }
 
 // Refusals of the decision. The gateway maps each to a SIP status in one
-// table and the admin API to an HTTP status in another.
+// table and the admin API to an HTTP status in another. The ledger refuses
+// holds with ErrNoCredit and ErrMinutesUsedUp too: it decides them again,
+// atomically, against every other call of the org.
 var (
-	ErrNoRate    = errors.New("no rate for this destination")
-	ErrNoLicense = errors.New("caller holds no license that pays for this call")
+	ErrNoRate           = errors.New("no rate for this destination")
+	ErrNoLicense        = errors.New("caller holds no license that pays for this call")
+	ErrPremiumBlocked   = errors.New("premium-rate numbers are blocked for this org")
+	ErrNoCredit         = errors.New("not enough credit")
+	ErrMinutesUsedUp    = errors.New("included minutes used up and no communications_credits license")
+	ErrTollFreeNoCredit = errors.New("the toll-free number's org has no credit")
 )
 
-// Plans: the minute pools a call may draw (SPEC §2). The ledger keeps the
-// minutes under the same names.
+// Plans: the default catalogue's minute pools (SPEC §2). A catalogue may
+// name others; these are the ones the seed describes.
 const (
 	PlanDomestic      = "domestic"
 	PlanInternational = "international"
 	PlanConferencing  = "conferencing"
 )
 
-// DefaultZoneA is where a dial-out from a meeting is included with
-// audio_conferencing unless the operator configures its own list.
-var DefaultZoneA = []string{"AT", "AU", "BE", "CA", "CH", "DE", "DK", "ES", "FI", "FR", "GB", "IE", "IT", "JP",
-	"NL", "NO", "NZ", "PT", "SE", "US"}
+// OrgTerms is what the decision needs to know about the paying org.
+type OrgTerms struct {
+	Country      string `yaml:"country"`       // ISO alpha-2: national dialling, domestic vs international
+	BlockPremium bool   `yaml:"block_premium"` // the org refuses premium-rate numbers
+}
 
-// Call is what the decision needs to know about one call attempt.
+// Call is one call attempt as the decision sees it.
 type Call struct {
-	Dialled    string    // the Request-URI user part as received
-	OrgCountry string    // ISO alpha-2 of the paying org
-	Licenses   []License // the caller's licenses
-	Now        time.Time
-	// Conferencing is a dial-out from a meeting (the call came in on a
-	// conferencing trunk); ZoneA lists the countries such dial-outs include.
-	Conferencing bool
-	ZoneA        []string
+	// Trunk is the kind of trunk it came in on: TrunkCustomer,
+	// TrunkConferencing (a dial-out from a meeting) or TrunkCarrier (an
+	// inbound call to one of the org's toll-free numbers).
+	Trunk    string
+	Dialled  string // the Request-URI user part as received
+	Org      OrgTerms
+	Licenses []License // the caller's; none for inbound calls
+	// PoolsLeft is the minutes each of the org's pools has left this month;
+	// Available the org's credits not yet held by other calls.
+	PoolsLeft map[string]int
+	Available decimal.Decimal
+	Now       time.Time
 }
 
 // Source says which funds pay for an allowed call.
 type Source string
 
 const (
-	SourceFree    Source = "free" // emergency calls
-	SourceCredits Source = "credits"
-	SourcePlan    Source = "plan" // a minute pool first, then credits if Spill
+	SourceFree            Source = "free"              // emergency calls
+	SourcePool            Source = "pool"              // a minute pool; the call ends when it runs out
+	SourcePoolThenCredits Source = "pool_then_credits" // a minute pool, then credits at the rate
+	SourceCredits         Source = "credits"
 )
 
 // Decision is the outcome of Decide for an allowed call.
 type Decision struct {
-	Number    string // E.164 digits without '+'
+	Number    string // E.164 digits without '+' (as dialled for emergency calls)
 	Emergency bool
+	Inbound   bool // a carrier's call to the org's toll-free number
 	Domestic  bool
 	Source    Source
 	Rate      Rate
@@ -79,68 +94,84 @@ type Decision struct {
 	// it may go on on credits when the pool runs out, also mid-call.
 	Plan  string
 	Spill bool
+	// First is the talk time the first hold buys: a minute of a pool, else
+	// the rate's first increment. Later increments are a minute while the
+	// pool lasts, then the rate's next increment.
+	First time.Duration
 }
 
-// Decide says whether a call may go ahead and on what money. It is a pure
-// function of its arguments: the gateway asks the ledger to hold the first
-// increment afterwards, which is where "not enough credit" and "pool used
-// up" are decided, because only the ledger can decide them without racing
-// other calls.
+// Decide says whether a call may go ahead, on what money and at what rate.
+// It is a pure function of its arguments. The gateway then asks the ledger
+// to hold the first increment, which decides "no credit" and "minutes used
+// up" again under the org's lock, so that two calls racing for the last
+// minute cannot both win; Decide's answer is the same whenever its snapshot
+// of pools and credit is current.
 //
-// Which pool covers a call (SPEC §2): premium-rate numbers never come from a
-// plan; a dial-out from a meeting draws the conferencing pool if the user
-// holds audio_conferencing and the destination is in zone A; otherwise a call
-// to the org's own country draws the domestic pool (both calling plans
-// include domestic minutes), and a call abroad the international pool (the
-// Domestic and International Calling Plan only). What no plan covers, and
-// what is left when a pool runs out, is paid from credits if the user holds
-// communications_credits.
-func Decide(deck *Deck, c Call) (Decision, error) {
-	if IsEmergency(c.Dialled, c.OrgCountry) {
+// In order: an emergency number connects, free, whatever else is true; a
+// number that cannot be dialled is refused (484); an inbound toll-free call
+// is priced by the catalogue and paid by the org if it can pay the first
+// increment; otherwise the deck's longest prefix prices the call (or there
+// is no rate), premium numbers are refused if the org blocks them, the first
+// catalogue pool that includes the call is drawn while it has minutes, and
+// credits pay for the rest if the caller holds communications_credits.
+func Decide(deck *Deck, cat *Catalog, c Call) (Decision, error) {
+	if c.Trunk != TrunkCarrier && IsEmergency(c.Dialled, c.Org.Country) {
 		d, _ := cleanDialled(c.Dialled)
 		return Decision{Number: d, Emergency: true, Domestic: true, Source: SourceFree}, nil
 	}
-	num, err := Normalize(c.Dialled, c.OrgCountry)
+	num, err := Normalize(c.Dialled, c.Org.Country)
 	if err != nil {
 		return Decision{}, err
 	}
+	if c.Trunk == TrunkCarrier {
+		return decideTollFree(cat, c, num)
+	}
 	rate, ok := deck.Lookup(num, c.Now)
 	if !ok {
-		return Decision{Number: num}, ErrNoRate
+		return Decision{Number: num}, fmt.Errorf("%w: +%s", ErrNoRate, num)
 	}
-	dec := Decision{Number: num, Domestic: rate.Country == c.OrgCountry, Rate: rate,
-		Spill: hasLicense(c.Licenses, CommunicationsCredits)}
-	switch {
-	case rate.Type == Premium:
-	case c.Conferencing:
-		if hasLicense(c.Licenses, AudioConferencing) && slices.Contains(c.ZoneA, rate.Country) {
-			dec.Plan = PlanConferencing
-		}
-	case dec.Domestic:
-		if hasLicense(c.Licenses, DomesticCallingPlan) || hasLicense(c.Licenses, InternationalCallingPlan) {
-			dec.Plan = PlanDomestic
-		}
-	default:
-		if hasLicense(c.Licenses, InternationalCallingPlan) {
-			dec.Plan = PlanInternational
-		}
+	dec := Decision{Number: num, Domestic: rate.Country == c.Org.Country, Rate: rate,
+		Spill: slices.Contains(c.Licenses, CommunicationsCredits)}
+	if rate.Type == Premium && c.Org.BlockPremium {
+		return dec, fmt.Errorf("%w: +%s is %s", ErrPremiumBlocked, num, rate.Destination)
 	}
+	dec.Plan = cat.pool(c.Trunk, c.Org.Country, c.Licenses, rate)
 	switch {
-	case dec.Plan != "":
-		dec.Source = SourcePlan
-	case dec.Spill:
-		dec.Source = SourceCredits
-	default:
-		return dec, ErrNoLicense
+	case dec.Plan != "" && c.PoolsLeft[dec.Plan] >= 1:
+		dec.Source, dec.First = SourcePool, time.Minute
+		if dec.Spill {
+			dec.Source = SourcePoolThenCredits
+		}
+		return dec, nil
+	case dec.Plan != "" && !dec.Spill:
+		return dec, fmt.Errorf("%w: the %s pool has no minutes left this month", ErrMinutesUsedUp, dec.Plan)
+	case !dec.Spill:
+		return dec, fmt.Errorf("%w: no plan includes %s (%s) and the caller holds no communications_credits", ErrNoLicense, rate.Destination, rate.Type)
+	}
+	dec.Source, dec.First = SourceCredits, rate.FirstIncrement
+	if dec.Plan != "" {
+		dec.Source = SourcePoolThenCredits
+	}
+	if first := rate.FirstCharge(); c.Available.LessThan(first) {
+		return dec, fmt.Errorf("%w: %s available, the first increment costs %s", ErrNoCredit, c.Available, first)
 	}
 	return dec, nil
 }
 
-func hasLicense(ls []License, want License) bool {
-	for _, l := range ls {
-		if l == want {
-			return true
-		}
+// decideTollFree prices an inbound call to an org's toll-free number: the
+// org pays per minute at its country's inbound rate, and only while its
+// balance is positive — it must cover the first increment.
+func decideTollFree(cat *Catalog, c Call, num string) (Decision, error) {
+	cc := CountryOf(num)
+	rate, ok := cat.TollFreeRate(cc)
+	if !ok {
+		return Decision{Number: num, Inbound: true}, fmt.Errorf("%w: no inbound toll-free rate for %q", ErrNoRate, cc)
 	}
-	return false
+	rate.Prefix = num
+	dec := Decision{Number: num, Inbound: true, Domestic: cc == c.Org.Country, Rate: rate,
+		Source: SourceCredits, Spill: true, First: rate.FirstIncrement}
+	if first := rate.FirstCharge(); !c.Available.IsPositive() || c.Available.LessThan(first) {
+		return dec, fmt.Errorf("%w: %s available, the first increment costs %s", ErrTollFreeNoCredit, c.Available, first)
+	}
+	return dec, nil
 }

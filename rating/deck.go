@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -58,13 +59,28 @@ const (
 	MaxIncrementSecs = 3600
 )
 
-// Deck is an immutable, parsed rate deck. Lookups are safe from any goroutine.
+// Deck is an immutable, parsed rate deck. Lookups are safe from any
+// goroutine and allocate nothing.
+//
+// Rows hang off a digit trie: a lookup walks the dialled number one digit at
+// a time, one array index per digit, and keeps the deepest row already in
+// effect — the longest prefix — in a single pass. A map per prefix length
+// would cost one string hash per digit instead.
 type Deck struct {
-	// byPrefix holds, per prefix, its rows sorted newest effective_from first,
-	// so a lookup takes the first row already in effect.
-	byPrefix map[string][]Rate
-	maxLen   int
-	rows     int
+	nodes []trieNode
+	// rates holds every row, each prefix's rows together and newest
+	// effective_from first, so a lookup takes the first one in effect.
+	rates []Rate
+	from  []int64 // rates[i].EffectiveFrom in Unix nanoseconds
+	rows  int
+}
+
+// trieNode is one digit position. child[d] is the node for the next digit d
+// (0: none; node 0 is the root, never a child); rows is the span of rates
+// priced at exactly this prefix.
+type trieNode struct {
+	child      [10]uint32
+	first, end uint32
 }
 
 // Rows is the number of rows in the deck.
@@ -138,22 +154,30 @@ func ParseDeck(r io.Reader) (*Deck, error) {
 		}
 	}
 
-	d := &Deck{byPrefix: make(map[string][]Rate)}
+	byPrefix := make(map[string][]Rate)
+	rows := 0
 	var bad []LineError
 	for {
 		rec, err := cr.Read()
 		if errors.Is(err, io.EOF) {
 			break
 		}
-		line, _ := cr.FieldPos(0)
 		if err != nil {
+			// A malformed record has no fields to ask the position of; the
+			// CSV error carries its line.
+			line := 0
+			var pe *csv.ParseError
+			if errors.As(err, &pe) {
+				line = pe.StartLine
+			}
 			bad = append(bad, LineError{Line: line, Err: err.Error()})
 			if len(bad) > 1000 {
 				break
 			}
 			continue
 		}
-		if d.rows >= MaxDeckRows {
+		line, _ := cr.FieldPos(0)
+		if rows >= MaxDeckRows {
 			bad = append(bad, LineError{Line: line, Err: fmt.Sprintf("more than %d rows", MaxDeckRows)})
 			break
 		}
@@ -166,19 +190,16 @@ func ParseDeck(r io.Reader) (*Deck, error) {
 			continue
 		}
 		rate.Line = line
-		d.byPrefix[rate.Prefix] = append(d.byPrefix[rate.Prefix], rate)
-		if len(rate.Prefix) > d.maxLen {
-			d.maxLen = len(rate.Prefix)
-		}
-		d.rows++
+		byPrefix[rate.Prefix] = append(byPrefix[rate.Prefix], rate)
+		rows++
 	}
 	if len(bad) > 0 {
 		return nil, &DeckError{Lines: bad}
 	}
-	if d.rows == 0 {
+	if rows == 0 {
 		return nil, &DeckError{Lines: []LineError{{Line: 2, Err: "deck has no rows"}}}
 	}
-	for p, rows := range d.byPrefix {
+	for p, rows := range byPrefix {
 		sort.SliceStable(rows, func(i, j int) bool { return rows[i].EffectiveFrom.After(rows[j].EffectiveFrom) })
 		for i := 1; i < len(rows); i++ {
 			if rows[i].EffectiveFrom.Equal(rows[i-1].EffectiveFrom) {
@@ -190,7 +211,40 @@ func ParseDeck(r io.Reader) (*Deck, error) {
 		sort.Slice(bad, func(i, j int) bool { return bad[i].Line < bad[j].Line })
 		return nil, &DeckError{Lines: bad}
 	}
-	return d, nil
+	return buildDeck(byPrefix, rows), nil
+}
+
+// buildDeck lays the rows out in the trie. Prefixes are inserted in sorted
+// order so that the same deck always builds the same layout.
+func buildDeck(byPrefix map[string][]Rate, rows int) *Deck {
+	prefixes := make([]string, 0, len(byPrefix))
+	for p := range byPrefix {
+		prefixes = append(prefixes, p)
+	}
+	sort.Strings(prefixes)
+	d := &Deck{nodes: make([]trieNode, 1, len(prefixes)*2+1), rates: make([]Rate, 0, rows), from: make([]int64, 0, rows), rows: rows}
+	for _, p := range prefixes {
+		n := uint32(0)
+		for i := 0; i < len(p); i++ {
+			c := p[i] - '0'
+			if d.nodes[n].child[c] == 0 {
+				d.nodes = append(d.nodes, trieNode{})
+				d.nodes[n].child[c] = uint32(len(d.nodes) - 1)
+			}
+			n = d.nodes[n].child[c]
+		}
+		d.nodes[n].first = uint32(len(d.rates))
+		for _, r := range byPrefix[p] {
+			d.rates = append(d.rates, r)
+			from := int64(math.MinInt64) // no effective_from: in effect since forever
+			if !r.EffectiveFrom.IsZero() {
+				from = r.EffectiveFrom.UnixNano()
+			}
+			d.from = append(d.from, from)
+		}
+		d.nodes[n].end = uint32(len(d.rates))
+	}
+	return d
 }
 
 func field(rec []string, col map[string]int, name string) string {
@@ -208,7 +262,7 @@ func parseRow(rec []string, col map[string]int) (Rate, error) {
 		return r, fmt.Errorf("prefix %q: want 1 to %d digits, no +", r.Prefix, MaxPrefixDigits)
 	}
 	r.Country = strings.ToUpper(field(rec, col, "country"))
-	if _, ok := countries[r.Country]; !ok {
+	if !KnownCountry(r.Country) {
 		return r, fmt.Errorf("country %q: not a known ISO 3166 alpha-2 code", r.Country)
 	}
 	r.Destination = field(rec, col, "destination")
@@ -241,6 +295,9 @@ func parseRow(rec []string, col map[string]int) (Rate, error) {
 			return r, fmt.Errorf("effective_from %q: want RFC 3339, e.g. 2026-01-01T00:00:00Z", s)
 		}
 		r.EffectiveFrom = r.EffectiveFrom.UTC()
+		if y := r.EffectiveFrom.Year(); y < 1970 || y > 2200 {
+			return r, fmt.Errorf("effective_from %q: want a year from 1970 to 2200", s)
+		}
 	}
 	return r, nil
 }
@@ -296,22 +353,39 @@ func allDigits(s string) bool {
 
 // Lookup finds the row for an E.164 number given as digits without '+':
 // the longest matching prefix, and among its rows the newest already in
-// effect at now. A future row takes over at its time without a reload.
+// effect at now. A future row takes over at its time without a reload; a
+// prefix whose rows are all in the future does not hide a shorter one.
 func (d *Deck) Lookup(digits string, now time.Time) (Rate, bool) {
-	n := len(digits)
-	if n > d.maxLen {
-		n = d.maxLen
-	}
-	for ; n > 0; n-- {
-		rows, ok := d.byPrefix[digits[:n]]
-		if !ok {
-			continue
+	at := now.UnixNano()
+	best := -1
+	n := uint32(0)
+	for i := 0; i < len(digits); i++ {
+		c := digits[i] - '0'
+		if c > 9 {
+			break
 		}
-		for i := range rows {
-			if !rows[i].EffectiveFrom.After(now) {
-				return rows[i], true
+		n = d.nodes[n].child[c]
+		if n == 0 {
+			break
+		}
+		node := &d.nodes[n]
+		for j := node.first; j < node.end; j++ {
+			if d.from[j] <= at {
+				best = int(j)
+				break
 			}
 		}
 	}
-	return Rate{}, false
+	if best < 0 {
+		return Rate{}, false
+	}
+	return d.rates[best], true
+}
+
+// Rates calls fn for every row, in prefix order, newest row of a prefix
+// first; the admin API exports the deck in force with it.
+func (d *Deck) Rates(fn func(Rate)) {
+	for i := range d.rates {
+		fn(d.rates[i])
+	}
 }

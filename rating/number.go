@@ -2,79 +2,75 @@ package rating
 
 import (
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
+
+	"github.com/nyaruka/phonenumbers"
 )
 
-// country is what national dialling needs to know about one country.
-type country struct {
-	code       string   // country calling code, digits
-	trunk      string   // national trunk prefix stripped before the code is added ("" where there is none)
-	intl       string   // international access prefix (besides "+")
-	emergency  []string // numbers that reach emergency services
-	nationalOK int      // minimum national significant number length
-}
+// Numbering-plan knowledge (national formats, trunk and international
+// prefixes, lengths, emergency short codes) comes from libphonenumber's
+// metadata through github.com/nyaruka/phonenumbers, not from rules written
+// here: it covers every country and is updated as plans change.
 
-// countries lists the countries creditgate dials and rates. Issue #4 moves
-// normalisation onto a libphonenumber port; this table stays as the source of
-// emergency numbers, which callers must reach whatever else fails.
-var countries = map[string]country{
-	"US": {"1", "1", "011", []string{"911", "112"}, 10},
-	"CA": {"1", "1", "011", []string{"911", "112"}, 10},
-	"GB": {"44", "0", "00", []string{"999", "112"}, 9},
-	"IE": {"353", "0", "00", []string{"112", "999"}, 7},
-	"FR": {"33", "0", "00", []string{"112", "15", "17", "18"}, 9},
-	"DE": {"49", "0", "00", []string{"112", "110"}, 6},
-	"NL": {"31", "0", "00", []string{"112"}, 9},
-	"BE": {"32", "0", "00", []string{"112", "101"}, 8},
-	"LU": {"352", "", "00", []string{"112", "113"}, 6},
-	"CH": {"41", "0", "00", []string{"112", "117", "144"}, 9},
-	"AT": {"43", "0", "00", []string{"112", "133", "144"}, 6},
-	"IT": {"39", "", "00", []string{"112", "113", "118"}, 6},
-	"ES": {"34", "", "00", []string{"112", "091"}, 9},
-	"PT": {"351", "", "00", []string{"112"}, 9},
-	"DK": {"45", "", "00", []string{"112"}, 8},
-	"NO": {"47", "", "00", []string{"112", "113"}, 8},
-	"SE": {"46", "0", "00", []string{"112"}, 7},
-	"FI": {"358", "0", "00", []string{"112"}, 6},
-	"PL": {"48", "", "00", []string{"112", "997"}, 9},
-	"CZ": {"420", "", "00", []string{"112", "155"}, 9},
-	"GR": {"30", "", "00", []string{"112", "100"}, 10},
-	"RO": {"40", "0", "00", []string{"112"}, 9},
-	"HU": {"36", "06", "00", []string{"112"}, 8},
-	"AU": {"61", "0", "0011", []string{"000", "112"}, 9},
-	"NZ": {"64", "0", "00", []string{"111", "112"}, 8},
-	"JP": {"81", "0", "010", []string{"110", "119"}, 9},
-	"KR": {"82", "0", "00700", []string{"112", "119"}, 8},
-	"SG": {"65", "", "000", []string{"999", "995"}, 8},
-	"HK": {"852", "", "001", []string{"999", "112"}, 8},
-	"IN": {"91", "0", "00", []string{"112", "100"}, 10},
-	"CN": {"86", "0", "00", []string{"110", "120"}, 10},
-	"BR": {"55", "0", "0021", []string{"190", "192", "193"}, 10},
-	"MX": {"52", "", "00", []string{"911"}, 10},
-	"AR": {"54", "0", "00", []string{"911", "107"}, 10},
-	"ZA": {"27", "0", "00", []string{"10111", "112"}, 9},
-	"IL": {"972", "0", "00", []string{"100", "101", "112"}, 8},
-	"AE": {"971", "0", "00", []string{"999", "112"}, 8},
-	"TR": {"90", "0", "00", []string{"112"}, 10},
-	"PH": {"63", "0", "00", []string{"911", "112"}, 9},
-}
-
-// KnownCountry reports whether creditgate can dial for this ISO alpha-2 code.
+// KnownCountry reports whether iso is an ISO 3166 alpha-2 region with a
+// numbering plan (so creditgate can dial for an org there and price calls to
+// it).
 func KnownCountry(iso string) bool {
-	_, ok := countries[iso]
-	return ok
+	return len(iso) == 2 && iso != "ZZ" && phonenumbers.GetCountryCodeForRegion(iso) != 0
 }
 
-// Errors of number handling; the gateway maps them to SIP statuses in one table.
-var (
-	ErrNotDialable = errors.New("not a dialable number")
-)
+// CallingCode is the country calling code of an ISO alpha-2 country ("" if
+// unknown); the gateway routes emergency calls by it.
+func CallingCode(iso string) string {
+	cc := phonenumbers.GetCountryCodeForRegion(iso)
+	if cc == 0 {
+		return ""
+	}
+	return strconv.Itoa(cc)
+}
+
+// CountryOf is the ISO alpha-2 region an E.164 number (digits without '+')
+// belongs to, "" when the numbering plan does not say (a non-geographic or
+// unassigned code).
+func CountryOf(e164 string) string {
+	var n phonenumbers.PhoneNumber
+	if err := phonenumbers.ParseToNumber("+"+e164, "ZZ", &n); err != nil {
+		return ""
+	}
+	r := phonenumbers.GetRegionCodeForNumber(&n)
+	if r == "ZZ" || r == "001" {
+		return ""
+	}
+	return r
+}
+
+// IsTollFree reports whether an E.164 number (digits without '+') is a
+// toll-free (freephone) number by its country's numbering plan.
+func IsTollFree(e164 string) bool {
+	var n phonenumbers.PhoneNumber
+	if err := phonenumbers.ParseToNumber("+"+e164, "ZZ", &n); err != nil {
+		return false
+	}
+	return phonenumbers.GetNumberType(&n) == phonenumbers.TOLL_FREE
+}
+
+// ErrNotDialable is the refusal of a number that cannot be dialled; the
+// error wrapping it says why (too short, unknown country code, …).
+var ErrNotDialable = errors.New("not a dialable number")
+
+func notDialable(dialled, why string) error {
+	return fmt.Errorf("%w: %q %s", ErrNotDialable, dialled, why)
+}
 
 // MaxDialled bounds what we even look at in a Request-URI user part.
 const MaxDialled = 32
 
 // cleanDialled drops the visual separators people and PBXs put into numbers
-// and refuses anything else that is not a digit or a leading '+'.
+// and refuses anything else that is not a digit or a leading '+'. It runs
+// before the library so that letters (vanity numbers, "ext."), '*' and '#'
+// service codes never reach a carrier as something else.
 func cleanDialled(s string) (string, bool) {
 	if len(s) == 0 || len(s) > MaxDialled {
 		return "", false
@@ -101,57 +97,76 @@ func cleanDialled(s string) (string, bool) {
 }
 
 // IsEmergency reports whether what was dialled from an org in country iso
-// reaches emergency services. It is checked before anything else, on the
-// number as dialled, so no deck, license or balance can stand in its way.
+// reaches emergency services (112, 911, 999, 000, 15, …, by that country's
+// plan). It is checked before anything else, on the number as dialled, so no
+// deck, license or balance can stand in its way. An org whose country has no
+// numbering plan still reaches 112 and 911.
 func IsEmergency(dialled, iso string) bool {
 	d, ok := cleanDialled(dialled)
-	if !ok {
+	if !ok || d[0] == '+' {
 		return false
 	}
-	c, ok := countries[iso]
-	if !ok {
+	if !KnownCountry(iso) {
 		return d == "112" || d == "911"
 	}
-	for _, e := range c.emergency {
-		if d == e {
-			return true
-		}
-	}
-	return false
+	return phonenumbers.IsEmergencyNumber(d, iso)
 }
 
 // Normalize turns what a caller in country iso dialled into E.164 digits
-// without '+': "+44 20 7946 0018", "0044…" and, from a GB org, "020 7946 0018"
-// all become "442079460018".
+// without '+': "+44 20 7946 0018", "0044 20 7946 0018" (from FR),
+// "011 44 20 7946 0018" (from US) and, from a GB org, "020 7946 0018" all
+// become "442079460018".
+//
+// A number is accepted when its length is possible for its country's plan;
+// whether the range is in service is left to the rate deck and the carrier,
+// so a new range works the day the deck prices it.
 func Normalize(dialled, iso string) (string, error) {
 	d, ok := cleanDialled(dialled)
 	if !ok {
-		return "", ErrNotDialable
+		return "", notDialable(dialled, "has characters other than digits, a leading '+' and separators, or is empty or too long")
 	}
-	c, known := countries[iso]
-	var e164 string
-	switch {
-	case strings.HasPrefix(d, "+"):
-		e164 = d[1:]
-	case known && c.intl != "" && strings.HasPrefix(d, c.intl):
-		e164 = d[len(c.intl):]
-	case known && c.code == "1" && len(d) == 11 && d[0] == '1':
-		e164 = d
-	case known && c.trunk != "" && strings.HasPrefix(d, c.trunk) && len(d)-len(c.trunk) >= c.nationalOK:
-		e164 = c.code + d[len(c.trunk):]
-	case known && c.trunk == "" && len(d) >= c.nationalOK && len(d) <= 12:
-		e164 = c.code + d
-	case known && c.code == "1" && len(d) == 10:
-		e164 = "1" + d
+	region := iso
+	if !KnownCountry(iso) {
+		region = "ZZ" // only numbers in international format can be read
+	}
+	var n phonenumbers.PhoneNumber
+	if err := phonenumbers.ParseToNumber(d, region, &n); err != nil {
+		switch {
+		case errors.Is(err, phonenumbers.ErrInvalidCountryCode):
+			return "", notDialable(dialled, "has no valid country code")
+		case errors.Is(err, phonenumbers.ErrTooShortNSN), errors.Is(err, phonenumbers.ErrTooShortAfterIDD):
+			return "", notDialable(dialled, "is too short")
+		}
+		return "", notDialable(dialled, "is not a phone number")
+	}
+	switch phonenumbers.IsPossibleNumberWithReason(&n) {
+	case phonenumbers.IS_POSSIBLE:
+	case phonenumbers.TOO_SHORT, phonenumbers.IS_POSSIBLE_LOCAL_ONLY:
+		return "", notDialable(dialled, "is incomplete (too short for its country; dial the area code)")
+	case phonenumbers.TOO_LONG:
+		return "", notDialable(dialled, "is too long for its country")
+	case phonenumbers.INVALID_COUNTRY_CODE:
+		return "", notDialable(dialled, "has no valid country code")
 	default:
-		return "", ErrNotDialable
+		return "", notDialable(dialled, "has a length no number of its country has")
 	}
-	if len(e164) < 7 || len(e164) > 15 || e164[0] == '0' || !allDigits(e164) {
-		return "", ErrNotDialable
+	e164 := e164Of(&n)
+	if len(e164) > 15 || !allDigits(e164) {
+		return "", notDialable(dialled, "is longer than E.164 allows")
+	}
+	// What we forward and rate must read back as itself, or the carrier
+	// and the deck could see a different number from the one we decided on
+	// (national prefixes inside odd national formats can shift digits).
+	var back phonenumbers.PhoneNumber
+	if d != "+"+e164 {
+		if err := phonenumbers.ParseToNumber("+"+e164, "ZZ", &back); err != nil || e164Of(&back) != e164 ||
+			phonenumbers.IsPossibleNumberWithReason(&back) != phonenumbers.IS_POSSIBLE {
+			return "", notDialable(dialled, "does not read back as the same international number")
+		}
 	}
 	return e164, nil
 }
 
-// CallingCode is the country calling code of an ISO alpha-2 country ("" if
-// unknown); the gateway routes emergency calls by it.
-func CallingCode(iso string) string { return countries[iso].code }
+func e164Of(n *phonenumbers.PhoneNumber) string {
+	return strconv.Itoa(int(n.GetCountryCode())) + phonenumbers.GetNationalSignificantNumber(n)
+}

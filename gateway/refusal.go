@@ -12,7 +12,9 @@ var (
 	ErrUnknownTrunk  = errors.New("unknown trunk")
 	ErrUnknownCaller = errors.New("caller is not a user of this trunk's org")
 	ErrNoRoute       = errors.New("no carrier route for this destination")
-	ErrOverloaded    = errors.New("gateway overloaded or shutting down")
+	ErrOverloaded    = errors.New("gateway overloaded")
+	ErrShuttingDown  = errors.New("gateway shutting down")
+	ErrTrunkFull     = errors.New("trunk at its concurrent-call limit")
 	ErrTooManyHops   = errors.New("too many hops")
 	ErrUnknownNumber = errors.New("number is not a toll-free number of any org")
 	ErrNoDelivery    = errors.New("org has no trunk to deliver inbound calls to")
@@ -47,7 +49,9 @@ var refusals = []struct {
 	{ledger.ErrPoolExhausted, refusal{402, "Payment Required", "minutes_used_up", "included minutes used up and no communications_credits license"}},
 	{ledger.ErrUnknownOrg, refusal{403, "Forbidden", "unknown_org", "trunk's org does not exist"}},
 	{ErrTooManyHops, refusal{483, "Too Many Hops", "too_many_hops", "Max-Forwards reached zero"}},
-	{ErrOverloaded, refusal{503, "Service Unavailable", "overloaded", "gateway is overloaded or shutting down"}},
+	{ErrOverloaded, refusal{503, "Service Unavailable", "overloaded", "gateway is overloaded"}},
+	{ErrShuttingDown, refusal{503, "Service Unavailable", "shutting_down", "gateway is shutting down"}},
+	{ErrTrunkFull, refusal{503, "Service Unavailable", "trunk_full", "trunk at its concurrent-call limit"}},
 	{ledger.ErrUnavailable, refusal{503, "Service Unavailable", "ledger_unavailable", "ledger unavailable, failing closed"}},
 }
 

@@ -66,6 +66,9 @@ func ValidateTrunk(t ledger.Trunk) error {
 	default:
 		return bad("kind %q: want customer, conferencing or carrier", t.Kind)
 	}
+	if t.MaxCalls < 0 || t.MaxCalls > 1_000_000 {
+		return bad("max_calls %d: want 0 (no limit) to 1000000", t.MaxCalls)
+	}
 	if len(t.Addresses) > MaxTrunkAddresses || len(t.Prefixes) > MaxTrunkPrefixes {
 		return bad("at most %d addresses and %d prefixes", MaxTrunkAddresses, MaxTrunkPrefixes)
 	}

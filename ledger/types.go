@@ -78,6 +78,7 @@ type Trunk struct {
 	Addresses []string `json:"addresses,omitempty"`
 	URI       string   `json:"uri,omitempty"`
 	Prefixes  []string `json:"prefixes,omitempty"`
+	MaxCalls  int      `json:"max_calls,omitempty"` // calls up at once from this trunk; 0: no limit
 	Username  string   `json:"username,omitempty"`
 	Password  string   `json:"password,omitempty"`
 }

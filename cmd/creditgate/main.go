@@ -115,7 +115,7 @@ func serve(args []string) error {
 	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
 
 	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
-		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, Catalog: &cfg.Catalog}, led, deck, clock.Real{}, reg, log)
+		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending, Catalog: &cfg.Catalog}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err
 	}
@@ -136,16 +136,41 @@ func serve(args []string) error {
 	}
 	log.Info("creditgate running", attrs...)
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	select {
-	case <-ctx.Done():
-		log.Info("shutting down: ending calls and closing the ledger")
+	case sig := <-sigs:
+		drain(log, gw, sigs, sig, cfg.SIP.DrainTimeout)
 	case err := <-apiDone:
 		log.Error("admin API stopped", "error", err)
 	}
+	err = gw.Close()
 	_ = srv.Shutdown()
-	return gw.Close()
+	log.Info("stopped")
+	return err
+}
+
+// drain lets the calls up end on their own for up to timeout, taking no new
+// ones; the admin API and metrics stay up meanwhile (readyz says 503). A
+// second signal cuts it short.
+func drain(log *slog.Logger, gw *gateway.Gateway, sigs <-chan os.Signal, sig os.Signal, timeout time.Duration) {
+	log.Info("draining: taking no new calls", "signal", sig.String(), "calls_up", len(gw.Calls()), "drain_timeout", timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Warn("second signal: ending calls now", "signal", sig.String())
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if left := gw.Drain(ctx); left > 0 {
+		log.Warn("drain over; ending the calls still up with BYE", "calls", left)
+		return
+	}
+	log.Info("drained: no calls up")
 }
 
 func newLogger(c configs.Log) *slog.Logger {

@@ -91,6 +91,11 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 			ctx.SetBodyString("not ready: " + err.Error() + "\n")
 			return
 		}
+		if s.gw.Draining() {
+			ctx.SetStatusCode(503)
+			ctx.SetBodyString("not ready: draining, taking no new calls\n")
+			return
+		}
 		ctx.SetBodyString("ready\n")
 		return
 	}
@@ -508,6 +513,7 @@ func (s *Server) putTrunk(ctx *fasthttp.RequestCtx, id string) error {
 		Addresses []string `json:"addresses"`
 		URI       string   `json:"uri"`
 		Prefixes  []string `json:"prefixes"`
+		MaxCalls  int      `json:"max_calls"`
 		Username  string   `json:"username"`
 		Password  string   `json:"password"`
 	}
@@ -515,7 +521,7 @@ func (s *Server) putTrunk(ctx *fasthttp.RequestCtx, id string) error {
 		return err
 	}
 	t := ledger.Trunk{ID: id, Kind: req.Kind, Org: req.Org, Addresses: req.Addresses, URI: req.URI,
-		Prefixes: req.Prefixes, Username: req.Username, Password: req.Password}
+		Prefixes: req.Prefixes, MaxCalls: req.MaxCalls, Username: req.Username, Password: req.Password}
 	if err := gateway.ValidateTrunk(t); err != nil {
 		return err
 	}

@@ -73,12 +73,12 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-func startGateway(t *testing.T, bin, dataDir string) *gateway {
+func startGateway(t *testing.T, bin, dataDir string, extra ...string) *gateway {
 	t.Helper()
 	g := &gateway{t: t, bin: bin, dataDir: dataDir, sipPort: freePort(t), log: &bytes.Buffer{}}
 	g.httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	g.cmd = exec.Command(bin, "serve", "--data-dir", dataDir, "--admin-token", token,
-		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", g.sipPort), "--http-listen", g.httpAddr)
+	g.cmd = exec.Command(bin, append([]string{"serve", "--data-dir", dataDir, "--admin-token", token,
+		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", g.sipPort), "--http-listen", g.httpAddr}, extra...)...)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -148,6 +148,20 @@ func sipp(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// expectStatus writes uac_refused.xml expecting status and returns its path.
+func expectStatus(t *testing.T, status int) string {
+	t.Helper()
+	b, err := os.ReadFile("uac_refused.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), fmt.Sprintf("uac_expect_%d.xml", status))
+	if err := os.WriteFile(p, bytes.ReplaceAll(b, []byte("EXPECT_STATUS"), []byte(fmt.Sprint(status))), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestSIPpCreditRunsOutAndZeroIsRefused: (b) a call with credit for exactly
 // five increments is ended by the gateway after five, with BYE to both SIPp
 // legs and the balance at exactly 0.00; (c) the next dial-out at zero gets
@@ -209,7 +223,7 @@ func TestSIPpCreditRunsOutAndZeroIsRefused(t *testing.T) {
 
 	// (c) At zero the next dial-out is refused with 402; no carrier is
 	// listening any more, so had it been forwarded SIPp would see no 402.
-	refused := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_expect_402.xml"), "-p", fmt.Sprint(uacPort), "-m", "1",
+	refused := sipp(ctx, t, "-sf", expectStatus(t, 402), "-p", fmt.Sprint(uacPort), "-m", "1",
 		"-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
 	if out, err := refused.CombinedOutput(); err != nil {
 		t.Fatalf("SIPp expected 402: %v\n%s", err, out)

@@ -1,0 +1,121 @@
+package sipp_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestSIPpSIGTERMDrains: SIGTERM with a call up → /readyz turns 503, a new
+// INVITE gets 503, the call up goes on until its caller hangs up (billed
+// normally, not cut), and the process then exits by itself, long before the
+// drain timeout.
+func TestSIPpSIGTERMDrains(t *testing.T) {
+	requireSIPp(t)
+	bin := buildBinary(t)
+	cfg := filepath.Join(t.TempDir(), "creditgate.yaml")
+	if err := os.WriteFile(cfg, []byte("sip:\n  drain_timeout: 30s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := startGateway(t, bin, t.TempDir(), "--config", cfg)
+	uasPort := freePort(t)
+	g.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	g.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"e2e-1"}`, 201, nil)
+	g.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	g.api("PUT", "/v1/trunks/pbx", "", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"]}`, 200, nil)
+	g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, uasPort), 200, nil)
+	// 0.60 a minute in 1 s increments: 0.01 a second.
+	g.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,0.60,1,1\n", 200, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir, _ := os.Getwd()
+	uas := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_answer.xml"), "-p", fmt.Sprint(uasPort), "-m", "1")
+	var uasOut bytes.Buffer
+	uas.Stdout, uas.Stderr = &uasOut, &uasOut
+	if err := uas.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_call.xml"), "-p", fmt.Sprint(freePort(t)), "-m", "1", "-d", "4000",
+		"-default_behaviors", "all,-abortunexp", "-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
+	var uacOut bytes.Buffer
+	uac.Stdout, uac.Stderr = &uacOut, &uacOut
+	if err := uac.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var calls struct{ Calls []struct{ State string } }
+		g.api("GET", "/v1/calls", "", "", 200, &calls)
+		if len(calls.Calls) == 1 && calls.Calls[0].State == "answered" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("call never answered:\n%s\n%s", uacOut.String(), g.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	sigAt := time.Now()
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		res, err := http.Get("http://" + g.httpAddr + "/readyz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == 503 {
+				break
+			}
+		}
+		if time.Since(sigAt) > 5*time.Second {
+			t.Fatal("/readyz did not turn 503 after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	refused := sipp(ctx, t, "-sf", expectStatus(t, 503), "-p", fmt.Sprint(freePort(t)), "-m", "1",
+		"-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
+	if out, err := refused.CombinedOutput(); err != nil {
+		t.Fatalf("a new INVITE while draining did not get 503: %v\n%s", err, out)
+	}
+
+	if err := uac.Wait(); err != nil {
+		t.Fatalf("the call up was not left to finish: %v\n%s\ngateway log:\n%s", err, uacOut.String(), g.log)
+	}
+	if err := uas.Wait(); err != nil {
+		t.Fatalf("carrier side: %v\n%s", err, uasOut.String())
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- g.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("gateway exit: %v\n%s", err, g.log)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("gateway still running %v after its last call ended (drain timeout 30 s):\n%s", time.Since(sigAt), g.log)
+	}
+	if !bytes.Contains(g.log.Bytes(), []byte("drained: no calls up")) {
+		t.Fatalf("gateway did not report a clean drain:\n%s", g.log)
+	}
+
+	g2 := startGateway(t, bin, g.dataDir)
+	var usage struct{ CDRs []map[string]string }
+	g2.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+	if len(usage.CDRs) != 1 || usage.CDRs[0]["disconnect_reason"] != "caller_hangup" {
+		t.Fatalf("CDRs after the drain: %v", usage.CDRs)
+	}
+	var org struct{ Balance, Held string }
+	g2.api("GET", "/v1/orgs/acme", "", "", 200, &org)
+	if org.Held != "0.00" || org.Balance == "50.00" {
+		t.Fatalf("org after the drain: %+v", org)
+	}
+}

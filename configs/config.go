@@ -33,12 +33,13 @@ type Config struct {
 
 // SIP is the gateway's SIP side.
 type SIP struct {
-	Listen       string        `yaml:"listen"`
-	RingTimeout  time.Duration `yaml:"ring_timeout"`
-	ByeTimeout   time.Duration `yaml:"bye_timeout"`
-	MaxCalls     int           `yaml:"max_calls"`
-	MaxPending   int           `yaml:"max_pending"`
-	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	Listen          string        `yaml:"listen"`
+	RingTimeout     time.Duration `yaml:"ring_timeout"`
+	ByeTimeout      time.Duration `yaml:"bye_timeout"`
+	MaxCalls        int           `yaml:"max_calls"`
+	MaxPending      int           `yaml:"max_pending"`
+	FailoverTimeout time.Duration `yaml:"failover_timeout"`
+	DrainTimeout    time.Duration `yaml:"drain_timeout"`
 }
 
 // HTTP is the admin API.
@@ -68,7 +69,7 @@ func Default() Config {
 	return Config{
 		DataDir: "./creditgate-data",
 		SIP: SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
-			MaxPending: 1000, DrainTimeout: 60 * time.Second},
+			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
 		Catalog: rating.DefaultCatalog(),
@@ -139,6 +140,9 @@ func (c Config) Validate() error {
 	}
 	if c.SIP.MaxPending < 1 || c.SIP.MaxPending > 1_000_000 {
 		return bad("sip.max_pending", "want 1 to 1000000, got %d", c.SIP.MaxPending)
+	}
+	if c.SIP.FailoverTimeout < 100*time.Millisecond || c.SIP.FailoverTimeout > time.Minute {
+		return bad("sip.failover_timeout", "want 100ms to 1m, got %s", c.SIP.FailoverTimeout)
 	}
 	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
 		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)

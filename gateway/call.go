@@ -39,11 +39,11 @@ type call struct {
 	user      string
 	from, to  string
 	rate      rating.Rate
-	direction string       // outbound, or inbound to a toll-free number
-	route     ledger.Trunk // the trunk the call goes out on
-	trunk     string       // the source trunk it counts against (guarded by g.mu)
-	free      bool         // emergency: never metered
-	tracked   bool         // the ledger has a record of this call
+	direction string         // outbound, or inbound to a toll-free number
+	routes    []ledger.Trunk // the trunks the call may go out on, in failover order
+	trunk     string         // the source trunk it counts against (guarded by g.mu)
+	free      bool           // emergency: never metered
+	tracked   bool           // the ledger has a record of this call
 	start     time.Time
 	inCallID  string
 

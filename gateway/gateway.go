@@ -39,6 +39,9 @@ type Config struct {
 	// MaxCalls caps calls in progress; beyond it INVITEs get 503 (emergency
 	// calls are still let through).
 	MaxCalls int
+	// FailoverTimeout is how long a carrier may stay silent (not even 100
+	// Trying) before the next carrier for the number is tried.
+	FailoverTimeout time.Duration
 	// MaxPending caps INVITEs being authorized at once (waiting on the
 	// ledger). Beyond it new INVITEs are shed at once with 503 and
 	// Retry-After rather than queued behind the others, so that overload
@@ -58,6 +61,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxCalls == 0 {
 		c.MaxCalls = 10000
+	}
+	if c.FailoverTimeout == 0 {
+		c.FailoverTimeout = 3 * time.Second
 	}
 	if c.MaxPending == 0 {
 		c.MaxPending = 1000
@@ -418,13 +424,13 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if err != nil {
 		return nil, err
 	}
-	route, ok := g.routes.Load().carrier(dec.Number)
-	if !ok {
+	routes := g.routes.Load().carriers(dec.Number)
+	if len(routes) == 0 {
 		return nil, ErrNoRoute
 	}
 	from, _ := rating.Normalize(callerNumber(req), org.Country)
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
-		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), route: route, direction: "outbound"}
+		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), routes: routes, direction: "outbound"}
 	if err := g.admit(c, trunk); err != nil {
 		return nil, err
 	}
@@ -468,7 +474,7 @@ func (g *Gateway) authorizeInbound(req *sip.Request, carrier ledger.Trunk) (*cal
 		from = ""
 	}
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, from: from, to: dec.Number, rate: dec.Rate, start: now,
-		inCallID: req.CallID().Value(), route: route, direction: "inbound"}
+		inCallID: req.CallID().Value(), routes: []ledger.Trunk{route}, direction: "inbound"}
 	if err := g.admit(c, carrier); err != nil {
 		return nil, err
 	}
@@ -550,7 +556,7 @@ func (g *Gateway) open(c *call, dec rating.Decision, org ledger.Org) error {
 func (g *Gateway) emergency(req *sip.Request, org ledger.Org, dialled string, now time.Time) *call {
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, free: true, to: dialled, start: now,
 		inCallID: req.CallID().Value(), direction: "outbound"}
-	c.route, _ = g.routes.Load().carrier(rating.CallingCode(org.Country) + dialled)
+	c.routes = g.routes.Load().carriers(rating.CallingCode(org.Country) + dialled)
 	if u, ok := g.callerOf(req, org); ok {
 		c.user = u.ID
 	}
@@ -588,16 +594,9 @@ func (g *Gateway) activeCalls() int {
 // forward sends the authorized call to its carrier and relays what comes
 // back until the call is answered, refused or cancelled.
 func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, received time.Time) {
-	carrier := c.route
-	if carrier.ID == "" {
+	if len(c.routes) == 0 {
 		g.failBeforeAnswer(c, ErrNoRoute, 404)
 		g.refuse(req, tx, ErrNoRoute)
-		return
-	}
-	var target sip.Uri
-	if err := sip.ParseUri(carrier.URI, &target); err != nil {
-		g.failBeforeAnswer(c, err, 500)
-		g.refuse(req, tx, err)
 		return
 	}
 	in, err := g.inUA.ReadInvite(req, tx)
@@ -608,8 +607,6 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	defer in.Close()
 	c.in = in
 	_ = tx.Respond(sip.NewResponseFromRequest(req, 100, "Trying", nil))
-
-	out := g.outboundInvite(req, c, target)
 	g.register(c, in.ID)
 
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RingTimeout)
@@ -619,27 +616,35 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	stop := context.AfterFunc(in.Context(), cancel)
 	defer stop()
 
-	sess, err := g.outUA.WriteInvite(ctx, out)
-	g.m.setup.Observe(time.Since(received).Seconds())
-	if err != nil {
-		g.log.Warn("INVITE to carrier failed", "call_id", c.id, "org", c.org, "carrier", carrier.ID, "error", err)
+	var sess *sipgo.DialogClientSession
+	for i, carrier := range c.routes {
+		var target sip.Uri
+		if err = sip.ParseUri(carrier.URI, &target); err != nil {
+			err = fmt.Errorf("carrier %s uri %q: %w", carrier.ID, carrier.URI, err)
+			continue
+		}
+		if i == 0 {
+			g.m.setup.Observe(time.Since(received).Seconds())
+		}
+		sess, err = g.attempt(ctx, in, c, g.outboundInvite(req, c, target, i))
+		if sess != nil {
+			defer sess.Close()
+		}
+		if err == nil || !failover(err) || in.Context().Err() != nil || ctx.Err() != nil {
+			break
+		}
+		if i+1 < len(c.routes) {
+			g.log.Warn("carrier failed before answer; trying the next", "call_id", c.id, "carrier", carrier.ID,
+				"next", c.routes[i+1].ID, "error", err)
+		}
+	}
+	if sess == nil {
+		g.log.Warn("no carrier took the call", "call_id", c.id, "org", c.org, "error", err)
 		c.end(ledger.ReasonFailed, 503, false, false)
 		_ = in.Respond(503, "Service Unavailable", nil, sip.NewHeader("Retry-After", "5"))
 		return
 	}
-	defer sess.Close()
 	c.out = sess
-
-	err = sess.WaitAnswer(ctx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
-		if res.StatusCode > 100 && res.StatusCode < 200 {
-			hdrs := []sip.Header{}
-			if ct := res.ContentType(); ct != nil {
-				hdrs = append(hdrs, sip.HeaderClone(ct))
-			}
-			_ = in.Respond(res.StatusCode, res.Reason, res.Body(), hdrs...)
-		}
-		return nil
-	}})
 	if err != nil {
 		g.notAnswered(c, in, sess, err)
 		return
@@ -732,9 +737,65 @@ func (g *Gateway) notAnswered(c *call, in *sipgo.DialogServerSession, sess *sipg
 	}
 }
 
+// errNoResponse: a carrier sent nothing, not even 100 Trying, within
+// FailoverTimeout.
+var errNoResponse = errors.New("no response from the carrier")
+
+// attempt sends the carrier leg's INVITE and waits for its final answer,
+// relaying provisional responses (with early-media SDP) to the caller. It
+// gives up on a carrier that has not answered at all within FailoverTimeout,
+// so the next can be tried while the caller still waits.
+func (g *Gateway) attempt(ctx context.Context, in *sipgo.DialogServerSession, c *call, out *sip.Request) (*sipgo.DialogClientSession, error) {
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// With nothing received there is nothing to CANCEL (RFC 3261 §9.1);
+	// sipgo's force-cancel cause makes WaitAnswer return at once instead of
+	// waiting out Timer B.
+	var silent atomic.Bool
+	timer := time.AfterFunc(g.cfg.FailoverTimeout, func() {
+		silent.Store(true)
+		cancel(sipgo.WaitAnswerForceCancelErr)
+	})
+	defer timer.Stop()
+	sess, err := g.outUA.WriteInvite(actx, out)
+	if err != nil {
+		return nil, err
+	}
+	err = sess.WaitAnswer(actx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+		if !timer.Stop() && silent.Load() {
+			return errNoResponse
+		}
+		if res.StatusCode > 100 && res.StatusCode < 200 {
+			hdrs := []sip.Header{}
+			if ct := res.ContentType(); ct != nil {
+				hdrs = append(hdrs, sip.HeaderClone(ct))
+			}
+			_ = in.Respond(res.StatusCode, res.Reason, res.Body(), hdrs...)
+		}
+		return nil
+	}})
+	if err != nil && silent.Load() {
+		err = fmt.Errorf("%w: %w", errNoResponse, err)
+	}
+	return sess, err
+}
+
+// failover reports whether a carrier's failure before answer lets the call
+// try the next carrier: a timeout, a 408 or a 5xx. 4xx are about the call
+// (the next carrier would say the same) and 6xx say so explicitly.
+func failover(err error) bool {
+	var dr *sipgo.ErrDialogResponse
+	if errors.As(err, &dr) {
+		code := dr.Res.StatusCode
+		return code == 408 || (code >= 500 && code < 600)
+	}
+	return errors.Is(err, errNoResponse)
+}
+
 // outboundInvite builds the carrier leg's INVITE: a new dialog (Call-ID,
-// tags, CSeq) that carries the caller's SDP untouched.
-func (g *Gateway) outboundInvite(req *sip.Request, c *call, target sip.Uri) *sip.Request {
+// tags, CSeq) that carries the caller's SDP untouched. Attempt n > 0 (a
+// failover) gets a Call-ID of its own.
+func (g *Gateway) outboundInvite(req *sip.Request, c *call, target sip.Uri, n int) *sip.Request {
 	user := "+" + c.to
 	if c.free {
 		user = c.to
@@ -753,6 +814,9 @@ func (g *Gateway) outboundInvite(req *sip.Request, c *call, target sip.Uri) *sip
 	out.AppendHeader(from)
 	out.AppendHeader(&sip.ToHeader{Address: sip.Uri{Scheme: "sip", User: user, Host: target.Host}, Params: sip.NewParams()})
 	cid := sip.CallIDHeader(c.id)
+	if n > 0 {
+		cid = sip.CallIDHeader(fmt.Sprintf("%s-%d", c.id, n+1))
+	}
 	out.AppendHeader(&cid)
 	out.AppendHeader(&sip.CSeqHeader{SeqNo: 1, MethodName: sip.INVITE})
 	mf := sip.MaxForwardsHeader(70)

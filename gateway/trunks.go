@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -128,7 +129,7 @@ func parseSource(a string) (source, error) {
 // every trunk change and swapped in atomically, so lookups take no lock.
 type router struct {
 	sources  []routedSource
-	carriers map[string]ledger.Trunk // by prefix; "" is the default route
+	byPrefix map[string][]ledger.Trunk // by prefix ("" is the default route), sorted by id
 	maxLen   int
 	// inbound holds, per org, its trunks with a uri, sorted by id.
 	inbound map[string][]ledger.Trunk
@@ -140,7 +141,7 @@ type routedSource struct {
 }
 
 func newRouter(trunks []ledger.Trunk) *router {
-	r := &router{carriers: map[string]ledger.Trunk{}, inbound: map[string][]ledger.Trunk{}}
+	r := &router{byPrefix: map[string][]ledger.Trunk{}, inbound: map[string][]ledger.Trunk{}}
 	for _, t := range trunks {
 		// A carrier's addresses identify the calls it sends us (inbound,
 		// to toll-free numbers); a customer's, the calls its PBX sends.
@@ -154,9 +155,7 @@ func newRouter(trunks []ledger.Trunk) *router {
 			// A carrier with no prefixes only sends us calls; "" in its
 			// prefixes makes it the default route.
 			for _, p := range t.Prefixes {
-				if old, ok := r.carriers[p]; !ok || t.ID < old.ID {
-					r.carriers[p] = t
-				}
+				r.byPrefix[p] = append(r.byPrefix[p], t) // trunks come sorted by id
 				if len(p) > r.maxLen {
 					r.maxLen = len(p)
 				}
@@ -204,13 +203,20 @@ func (r *router) source(hostport string) (ledger.Trunk, bool) {
 	return r.sources[best].trunk, true
 }
 
-// carrier picks the carrier for E.164 digits by longest prefix.
-func (r *router) carrier(digits string) (ledger.Trunk, bool) {
-	n := min(len(digits), r.maxLen)
-	for ; n >= 0; n-- {
-		if t, ok := r.carriers[digits[:n]]; ok {
-			return t, true
+// MaxAttempts bounds how many carriers one call is offered to.
+const MaxAttempts = 4
+
+// carriers lists the carriers for E.164 digits in failover order: those of
+// the longest matching prefix first (by trunk id), then those of shorter
+// prefixes down to the default route, each carrier once.
+func (r *router) carriers(digits string) []ledger.Trunk {
+	var out []ledger.Trunk
+	for n := min(len(digits), r.maxLen); n >= 0 && len(out) < MaxAttempts; n-- {
+		for _, t := range r.byPrefix[digits[:n]] {
+			if !slices.ContainsFunc(out, func(o ledger.Trunk) bool { return o.ID == t.ID }) && len(out) < MaxAttempts {
+				out = append(out, t)
+			}
 		}
 	}
-	return ledger.Trunk{}, false
+	return out
 }

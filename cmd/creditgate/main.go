@@ -115,7 +115,8 @@ func serve(args []string) error {
 	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
 
 	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
-		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending, Catalog: &cfg.Catalog}, led, deck, clock.Real{}, reg, log)
+		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
+		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err
 	}

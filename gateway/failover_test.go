@@ -1,0 +1,61 @@
+package gateway
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/creditgate/creditgate/ledger"
+)
+
+// TestCarrierFailover: a carrier that answers 503, or says nothing at all,
+// before answer hands the call to the next carrier for the number; a 486
+// goes back to the caller as is, and no other carrier is tried.
+func TestCarrierFailover(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.gw.cfg.FailoverTimeout = 200 * time.Millisecond
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	busy := newCarrier(t)
+	defer busy.close()
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // reads nothing, answers nothing
+	must(t, err)
+	defer silent.Close()
+	// For +44: "a-busy" (503) then "b-silent", by trunk id, then the
+	// default route (e.carrier, which answers).
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "a-busy", Kind: KindCarrier, URI: "sip:" + busy.addr, Prefixes: []string{"44"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "b-silent", Kind: KindCarrier, URI: "sip:" + silent.LocalAddr().String(), Prefixes: []string{"44"}}))
+	e.gw.ReloadTrunks()
+
+	busy.reject.Store(503)
+	sess, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 200 {
+		t.Fatalf("call with two failing carriers and a good one: %d", status)
+	}
+	if busy.invites.Load() != 1 || e.carrier.invites.Load() != 1 {
+		t.Fatalf("INVITEs: busy %d, default %d; want 1 each", busy.invites.Load(), e.carrier.invites.Load())
+	}
+	eventually(t, "answered", func() bool { return e.answeredCalls() == 1 })
+	bye(t, sess)
+	eventually(t, "carrier gets BYE", func() bool { return e.carrier.byes.Load() == 1 })
+	eventually(t, "settled", func() bool { return len(e.cdrs("acme")) == 1 })
+
+	// 486 Busy Here is about the callee: relayed, no failover.
+	busy.reject.Store(486)
+	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 486 {
+		t.Fatalf("486 from the first carrier: caller got %d", status)
+	}
+	if busy.invites.Load() != 2 || e.carrier.invites.Load() != 1 {
+		t.Fatalf("after a 486 another carrier was tried: busy %d, default %d", busy.invites.Load(), e.carrier.invites.Load())
+	}
+	// Every carrier failing: the caller gets the last carrier's failure.
+	busy.reject.Store(503)
+	e.carrier.reject.Store(502)
+	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 502 {
+		t.Fatalf("all carriers failing: caller got %d, want the last one's 502", status)
+	}
+	eventually(t, "all settled", func() bool { return len(e.cdrs("acme")) == 3 })
+	if b := e.balance("acme"); !b.Equal(d("49.99")) {
+		t.Fatalf("balance %s: only the answered call (1 s at 0.01) may cost", b)
+	}
+	must(t, e.ledger.CheckInvariants())
+}

@@ -1,0 +1,60 @@
+package sipp_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestSIPpCarrierFailoverOn503: the first carrier for +33 (a SIPp UAS
+// answering 503) fails the call over to the next (a SIPp UAS that answers);
+// the caller sees one answered call, billed once.
+func TestSIPpCarrierFailoverOn503(t *testing.T) {
+	requireSIPp(t)
+	bin := buildBinary(t)
+	g := startGateway(t, bin, t.TempDir())
+	downPort, upPort := freePort(t), freePort(t)
+	g.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	g.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"e2e-1"}`, 201, nil)
+	g.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	g.api("PUT", "/v1/trunks/pbx", "", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"]}`, 200, nil)
+	g.api("PUT", "/v1/trunks/a-down", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":["33"]}`, downPort), 200, nil)
+	g.api("PUT", "/v1/trunks/b-up", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":["33"]}`, upPort), 200, nil)
+	g.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,0.60,1,1\n", 200, nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir, _ := os.Getwd()
+	down := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_unavailable.xml"), "-p", fmt.Sprint(downPort), "-m", "1")
+	up := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_answer.xml"), "-p", fmt.Sprint(upPort), "-m", "1")
+	var downOut, upOut bytes.Buffer
+	down.Stdout, down.Stderr = &downOut, &downOut
+	up.Stdout, up.Stderr = &upOut, &upOut
+	for _, c := range []interface{ Start() error }{down, up} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_call.xml"), "-p", fmt.Sprint(freePort(t)), "-m", "1", "-d", "2000",
+		"-default_behaviors", "all,-abortunexp", "-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
+	if out, err := uac.CombinedOutput(); err != nil {
+		t.Fatalf("call through failover: %v\n%s\ngateway log:\n%s", err, out, g.log)
+	}
+	if err := down.Wait(); err != nil {
+		t.Fatalf("the 503 carrier was not tried first: %v\n%s", err, downOut.String())
+	}
+	if err := up.Wait(); err != nil {
+		t.Fatalf("the next carrier did not take the call to its end: %v\n%s", err, upOut.String())
+	}
+	var usage struct{ CDRs []map[string]string }
+	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+	if len(usage.CDRs) != 1 || usage.CDRs[0]["disconnect_reason"] != "caller_hangup" || usage.CDRs[0]["billed_s"] < "2" {
+		t.Fatalf("CDRs: %v", usage.CDRs)
+	}
+}

@@ -28,7 +28,7 @@ const testSDP = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\
 // env is one gateway with its ledger, a fake clock, a carrier and a caller
 // on a known customer trunk, all on loopback.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	clock   *clock.Fake
 	ledger  *ledger.Ledger
 	gw      *Gateway
@@ -41,17 +41,27 @@ func quietLog() *slog.Logger {
 	return slog.New(slog.NewTextHandler(&strings.Builder{}, &slog.HandlerOptions{Level: slog.LevelError + 4}))
 }
 
-func newEnv(t *testing.T, deckCSV string) *env {
+func newEnv(t testing.TB, deckCSV string) *env {
 	t.Helper()
 	return newEnvPlans(t, deckCSV, nil)
 }
 
 // newEnvPlans is newEnv with the ledger's minute pools set to plans.
-func newEnvPlans(t *testing.T, deckCSV string, plans []ledger.Plan) *env {
+func newEnvPlans(t testing.TB, deckCSV string, plans []ledger.Plan) *env {
 	t.Helper()
-	e := &env{t: t, clock: clock.NewFake(epoch), reg: prometheus.NewRegistry()}
+	return newEnvClock(t, deckCSV, plans, clock.NewFake(epoch))
+}
+
+// newEnvClock is newEnvPlans on the given clock; a real clock measures
+// what a fake one cannot, such as how late a teardown leaves.
+func newEnvClock(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock) *env {
+	t.Helper()
+	e := &env{t: t, reg: prometheus.NewRegistry()}
+	if f, ok := clk.(*clock.Fake); ok {
+		e.clock = f
+	}
 	var err error
-	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: e.clock.Now, Registerer: e.reg, Plans: plans})
+	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: clk.Now, Registerer: e.reg, Plans: plans})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +72,7 @@ func newEnvPlans(t *testing.T, deckCSV string, plans []ledger.Plan) *env {
 	e.carrier = newCarrier(t)
 	e.caller = newPhone(t)
 	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
-	e.gw, err = New(Config{Listen: "127.0.0.1:0"}, e.ledger, deck, e.clock, e.reg, quietLog())
+	e.gw, err = New(Config{Listen: "127.0.0.1:0"}, e.ledger, deck, clk, e.reg, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +86,7 @@ func newEnvPlans(t *testing.T, deckCSV string, plans []ledger.Plan) *env {
 	return e
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +122,7 @@ func (e *env) cdrs(org string) []ledger.CDR {
 
 // eventually waits for cond, which the gateway makes true asynchronously;
 // it bounds a wait, it does not time anything.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -146,9 +156,10 @@ type carrier struct {
 	ringOnly  atomic.Bool  // ring and never answer
 	cancels   atomic.Int32 // INVITEs the caller side cancelled
 	reinvites atomic.Int32
+	byeAt     sync.Map // Call-ID → time.Time the BYE arrived
 }
 
-func listenUDP(t *testing.T) (net.PacketConn, string, int) {
+func listenUDP(t testing.TB) (net.PacketConn, string, int) {
 	t.Helper()
 	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
 	must(t, err)
@@ -159,7 +170,7 @@ func listenUDP(t *testing.T) (net.PacketConn, string, int) {
 // peer is a sipgo user agent on its own loopback UDP socket, sending from
 // the socket it listens on, as a real PBX or carrier does.
 type peer struct {
-	t       *testing.T
+	t       testing.TB
 	addr    string
 	conn    net.PacketConn
 	ua      *sipgo.UserAgent
@@ -169,7 +180,7 @@ type peer struct {
 	wg      sync.WaitGroup
 }
 
-func newPeer(t *testing.T, name string) *peer {
+func newPeer(t testing.TB, name string) *peer {
 	conn, addr, port := listenUDP(t)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent(name))
 	must(t, err)
@@ -193,7 +204,7 @@ func (p *peer) close() {
 	p.wg.Wait()
 }
 
-func newCarrier(t *testing.T) *carrier {
+func newCarrier(t testing.TB) *carrier {
 	c := &carrier{peer: newPeer(t, "carrier")}
 	c.dialogs = sipgo.NewDialogServerCache(c.cli, c.contact)
 	srv := c.srv
@@ -235,7 +246,9 @@ func newCarrier(t *testing.T) *carrier {
 	})
 	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { _ = c.dialogs.ReadAck(req, tx) })
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
+		at := time.Now()
 		if err := c.dialogs.ReadBye(req, tx); err == nil {
+			c.byeAt.Store(req.CallID().Value(), at)
 			c.byes.Add(1)
 		}
 	})
@@ -261,7 +274,7 @@ type phone struct {
 	byes    atomic.Int32
 }
 
-func newPhone(t *testing.T) *phone {
+func newPhone(t testing.TB) *phone {
 	p := &phone{peer: newPeer(t, "pbx")}
 	p.dialogs = sipgo.NewDialogClientCache(p.cli, p.contact)
 	p.srv.OnUpdate(func(req *sip.Request, tx sip.ServerTransaction) {

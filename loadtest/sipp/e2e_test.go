@@ -138,6 +138,20 @@ func (g *gateway) api(method, path, contentType, body string, wantStatus int, ou
 	}
 }
 
+// setupAcme creates org acme with 50.00 of credit and its user alice
+// (+12125550100, communications_credits), a customer trunk from pbxAddress
+// (an IP, or IP:port), and a one-row deck pricing France at perMinute in
+// 1-second increments.
+func (g *gateway) setupAcme(pbxAddress, perMinute string) {
+	g.t.Helper()
+	g.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	g.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"e2e-1"}`, 201, nil)
+	g.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	g.api("PUT", "/v1/trunks/pbx", "", fmt.Sprintf(`{"kind":"customer","org":"acme","addresses":[%q]}`, pbxAddress), 200, nil)
+	g.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,"+perMinute+",1,1\n", 200, nil)
+}
+
 // sipp runs one bounded SIPp instance and returns its error, if any.
 func sipp(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
 	t.Helper()
@@ -172,14 +186,9 @@ func TestSIPpCreditRunsOutAndZeroIsRefused(t *testing.T) {
 	g := startGateway(t, bin, t.TempDir())
 	uacPort, uasPort := freePort(t), freePort(t)
 
-	g.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
-	g.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"e2e-1"}`, 201, nil)
-	g.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
-	g.api("PUT", "/v1/trunks/pbx", "", fmt.Sprintf(`{"kind":"customer","org":"acme","addresses":["127.0.0.1:%d"]}`, uacPort), 200, nil)
-	g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, uasPort), 200, nil)
 	// 600.00 a minute in 1 s increments: 10.00 a second, so 50.00 pays 5 s.
-	g.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
-		"33,FR,France,geographic,600.00,1,1\n", 200, nil)
+	g.setupAcme(fmt.Sprintf("127.0.0.1:%d", uacPort), "600.00")
+	g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, uasPort), 200, nil)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -406,7 +406,7 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if err := g.admissible(overloaded); err != nil {
 		return nil, err
 	}
-	user, ok := g.callerOf(req, org)
+	user, from, ok := g.callerOf(req, org)
 	if !ok {
 		return nil, ErrUnknownCaller
 	}
@@ -428,7 +428,6 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if len(routes) == 0 {
 		return nil, ErrNoRoute
 	}
-	from, _ := rating.Normalize(callerNumber(req), org.Country)
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
 		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), routes: routes, direction: "outbound"}
 	if err := g.admit(c, trunk); err != nil {
@@ -557,10 +556,9 @@ func (g *Gateway) emergency(req *sip.Request, org ledger.Org, dialled string, no
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, free: true, to: dialled, start: now,
 		inCallID: req.CallID().Value(), direction: "outbound"}
 	c.routes = g.routes.Load().carriers(rating.CallingCode(org.Country) + dialled)
-	if u, ok := g.callerOf(req, org); ok {
-		c.user = u.ID
-	}
-	c.from, _ = rating.Normalize(callerNumber(req), org.Country)
+	var u ledger.User
+	u, c.from, _ = g.callerOf(req, org)
+	c.user = u.ID
 	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
 		Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
 		RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true}
@@ -573,16 +571,18 @@ func (g *Gateway) emergency(req *sip.Request, org ledger.Org, dialled string, no
 	return c
 }
 
-func (g *Gateway) callerOf(req *sip.Request, org ledger.Org) (ledger.User, bool) {
-	num, err := rating.Normalize(callerNumber(req), org.Country)
+// callerOf finds the org's user calling, and the caller's number in E.164
+// ("" if it is not a number) for the CDR and the carrier leg's From.
+func (g *Gateway) callerOf(req *sip.Request, org ledger.Org) (u ledger.User, from string, ok bool) {
+	from, err := rating.Normalize(callerNumber(req), org.Country)
 	if err != nil {
-		return ledger.User{}, false
+		return ledger.User{}, "", false
 	}
-	u, ok := g.ledger.UserByNumber(num)
+	u, ok = g.ledger.UserByNumber(from)
 	if !ok || u.Org != org.ID {
-		return ledger.User{}, false
+		return ledger.User{}, from, false
 	}
-	return u, true
+	return u, from, true
 }
 
 func (g *Gateway) activeCalls() int {

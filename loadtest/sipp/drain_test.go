@@ -30,21 +30,10 @@ func TestSIPpSIGTERMDrains(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir, _ := os.Getwd()
-	uas := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_answer.xml"), "-p", fmt.Sprint(uasPort), "-m", "1")
-	var uasOut bytes.Buffer
-	uas.Stdout, uas.Stderr = &uasOut, &uasOut
-	if err := uas.Start(); err != nil {
-		t.Fatal(err)
-	}
+	uas, uasOut := startSIPp(ctx, t, "uas_answer.xml", uasPort)
 	time.Sleep(300 * time.Millisecond)
-	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_call.xml"), "-p", fmt.Sprint(freePort(t)), "-m", "1", "-d", "4000",
+	uac, uacOut := startSIPp(ctx, t, "uac_call.xml", freePort(t), "-d", "4000",
 		"-default_behaviors", "all,-abortunexp", "-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
-	var uacOut bytes.Buffer
-	uac.Stdout, uac.Stderr = &uacOut, &uacOut
-	if err := uac.Start(); err != nil {
-		t.Fatal(err)
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var calls struct{ Calls []struct{ State string } }

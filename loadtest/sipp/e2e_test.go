@@ -162,6 +162,27 @@ func sipp(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// startSIPp starts one bounded SIPp instance on a scenario of this
+// directory (or an absolute path) bound to port, one call (-m 1) unless
+// args say otherwise; its output is kept for failure messages.
+func startSIPp(ctx context.Context, t *testing.T, scenario string, port int, args ...string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	if !filepath.IsAbs(scenario) {
+		dir, err := os.Getwd()
+		if err != nil {
+			t.Fatal(err)
+		}
+		scenario = filepath.Join(dir, scenario)
+	}
+	cmd := sipp(ctx, t, append([]string{"-sf", scenario, "-p", fmt.Sprint(port), "-m", "1"}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, &out
+}
+
 // expectStatus writes uac_refused.xml expecting status and returns its path.
 func expectStatus(t *testing.T, status int) string {
 	t.Helper()
@@ -193,12 +214,7 @@ func TestSIPpCreditRunsOutAndZeroIsRefused(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir, _ := os.Getwd()
-	uas := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_answer.xml"), "-p", fmt.Sprint(uasPort), "-m", "1")
-	var uasOut bytes.Buffer
-	uas.Stdout, uas.Stderr = &uasOut, &uasOut
-	if err := uas.Start(); err != nil {
-		t.Fatal(err)
-	}
+	uas, uasOut := startSIPp(ctx, t, "uas_answer.xml", uasPort)
 	time.Sleep(300 * time.Millisecond) // let the UAS bind before the call reaches it
 
 	start := time.Now()

@@ -1,7 +1,6 @@
 package sipp_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -25,16 +24,8 @@ func TestSIPpCarrierFailoverOn503(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir, _ := os.Getwd()
-	down := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_unavailable.xml"), "-p", fmt.Sprint(downPort), "-m", "1")
-	up := sipp(ctx, t, "-sf", filepath.Join(dir, "uas_answer.xml"), "-p", fmt.Sprint(upPort), "-m", "1")
-	var downOut, upOut bytes.Buffer
-	down.Stdout, down.Stderr = &downOut, &downOut
-	up.Stdout, up.Stderr = &upOut, &upOut
-	for _, c := range []interface{ Start() error }{down, up} {
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	down, downOut := startSIPp(ctx, t, "uas_unavailable.xml", downPort)
+	up, upOut := startSIPp(ctx, t, "uas_answer.xml", upPort)
 	time.Sleep(300 * time.Millisecond)
 	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_call.xml"), "-p", fmt.Sprint(freePort(t)), "-m", "1", "-d", "2000",
 		"-default_behaviors", "all,-abortunexp", "-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))

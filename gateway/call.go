@@ -109,7 +109,9 @@ func (c *call) answer() error {
 	}
 	now := c.g.clock.Now()
 	if c.tracked {
-		if err := c.g.ledger.Answer(c.id, now); err != nil && !c.free {
+		// With the answer goes what it takes to BYE both legs after a
+		// crash (dialogs.go).
+		if err := c.g.ledger.AnswerDialog(c.id, now, c.dialogRecord()); err != nil && !c.free {
 			return err
 		}
 	}
@@ -194,22 +196,42 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 	if !wasAnswered {
 		return
 	}
+	// The dialog record goes once the BYEs are done, so a crash before
+	// then still leaves it for the next start to act on.
+	var byes []func(context.Context) error
+	var legs []string
 	if byeOut {
-		c.g.goBye("carrier", c.id, func(ctx context.Context) error { return c.out.Bye(ctx) })
+		byes, legs = append(byes, c.out.Bye), append(legs, "carrier")
 	}
 	if byeIn {
-		c.g.goBye("caller", c.id, func(ctx context.Context) error { return c.in.Bye(ctx) })
+		byes, legs = append(byes, c.in.Bye), append(legs, "caller")
 	}
+	c.g.wg.Add(1)
+	go func() {
+		defer c.g.wg.Done()
+		var wg sync.WaitGroup
+		for i, bye := range byes {
+			wg.Add(1)
+			go func() { defer wg.Done(); c.g.bye(legs[i], c.id, bye) }()
+		}
+		wg.Wait()
+		c.g.forgetDialog(c)
+	}()
 }
 
+// goBye sends one BYE in the background.
 func (g *Gateway) goBye(leg, callID string, bye func(context.Context) error) {
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ByeTimeout)
-		defer cancel()
-		if err := bye(ctx); err != nil {
-			g.log.Warn("BYE failed", "call_id", callID, "leg", leg, "error", err)
-		}
+		g.bye(leg, callID, bye)
 	}()
+}
+
+func (g *Gateway) bye(leg, callID string, bye func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ByeTimeout)
+	defer cancel()
+	if err := bye(ctx); err != nil {
+		g.log.Warn("BYE failed", "call_id", callID, "leg", leg, "error", err)
+	}
 }

@@ -198,9 +198,10 @@ func (g *Gateway) Start() error {
 		_ = tx.Respond(res)
 	})
 
-	g.wg.Add(2)
+	g.wg.Add(3)
 	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
 	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
+	go func() { defer g.wg.Done(); g.endLeftCalls() }()
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
 	return nil
 }

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"errors"
 
+	"github.com/creditgate/creditgate/ledger"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -59,6 +61,13 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 		g.log.Warn("in-dialog request not answered by the other leg", "call_id", c.id, "method", string(req.Method), "error", err)
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 408, "Request Timeout", nil))
 		return
+	}
+	// The relay moved our CSeq on in that leg; a BYE after a crash must
+	// go above it.
+	if rec := c.dialogRecord(); rec != nil {
+		if err := g.ledger.UpdateDialog(c.id, rec); err != nil && !errors.Is(err, ledger.ErrCallEnded) {
+			g.log.Warn("could not update the call's dialog record", "call_id", c.id, "error", err)
+		}
 	}
 	if req.IsInvite() && res.IsSuccess() {
 		// We are the UAC of the relayed re-INVITE: its 2xx is ours to ACK.

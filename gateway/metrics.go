@@ -8,6 +8,7 @@ type metrics struct {
 	active         prometheus.Gauge
 	setup          prometheus.Histogram
 	exhausted      prometheus.Counter
+	leftCallByes   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -21,9 +22,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		exhausted: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_credit_exhausted_teardowns_total",
 			Help: "Calls ended by the gateway because the org's credit ran out."}),
+		leftCallByes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_restart_byes_total",
+			Help: "BYEs sent on start to the legs of calls the last run left up, by leg (caller, carrier) and result (ok; gone: 481/408; failed)."},
+			[]string{"leg", "result"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted} {
+		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -1,6 +1,8 @@
 package ledger
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -94,6 +96,16 @@ func (l *Ledger) endedOnDisk(id string) bool {
 
 // Answer marks the call answered: from here its increments are charged.
 func (l *Ledger) Answer(callID string, at time.Time) error {
+	return l.AnswerDialog(callID, at, nil)
+}
+
+// AnswerDialog is Answer that also records, in the same durable operation,
+// what the SIP side needs to end the call's legs after a crash (see
+// Dialogs). A retry of an answered call changes nothing.
+func (l *Ledger) AnswerDialog(callID string, at time.Time, dialog json.RawMessage) error {
+	if dialog != nil && !json.Valid(dialog) {
+		return invalidf("call %s: dialog record is not JSON", callID)
+	}
 	_, err := l.do(Op{Kind: "answer", Call: callID}, at, func(t *txn) error {
 		c, _, err := l.callFor(callID)
 		if err != nil {
@@ -104,6 +116,9 @@ func (l *Ledger) Answer(callID string, at time.Time) error {
 		}
 		c.Answer, c.LastAt = at, at
 		t.put(keyCallState(c.ID), c.CallState)
+		if dialog != nil {
+			t.raw(keyDialog(c.ID), bytes.Clone(dialog))
+		}
 		return nil
 	})
 	return err

@@ -76,6 +76,7 @@ type Ledger struct {
 	calls    map[string]*Call
 	fundKeys map[string]Entry // org + "/" + key
 	ended    endedCalls
+	dialogs  []Dialog // left by the last run, until the SIP side forgets them
 
 	// trace, when set by tests, sees every operation's outcome in the order
 	// the ledger linearized them, under the lock.
@@ -263,6 +264,9 @@ func (l *Ledger) load() error {
 		}
 		return nil
 	}); err != nil {
+		return err
+	}
+	if err := l.loadDialogs(); err != nil {
 		return err
 	}
 	lastMonth := l.opts.Now().UTC().AddDate(0, -1, 0).Format("2006-01")

@@ -33,6 +33,7 @@ import (
 //	x/{org}/{seq:8}            Entry (transactions, in order)
 //	r/{org}/{start:8}/{call}   CDR, by start time
 //	z/{call}                   → the CDR's key, so a retried close finds it
+//	g/{call}                   the SIP dialogs of an answered call, until its BYEs are done
 var (
 	keySeq  = []byte("m/seq")
 	keyDeck = []byte("d")
@@ -47,6 +48,7 @@ func keyTollFree(number string) []byte  { return []byte("f/" + number) }
 func keyFunding(org, key string) []byte { return []byte("k/" + org + "/" + key) }
 func keyCall(id string) []byte          { return []byte("a/" + id) }
 func keyEnded(id string) []byte         { return []byte("z/" + id) }
+func keyDialog(id string) []byte        { return []byte("g/" + id) }
 func keyPool(p *Pool) []byte            { return []byte("p/" + p.Org + "/" + p.Plan + "/" + p.Month) }
 func keyEntries(org string) []byte      { return []byte("x/" + org + "/") }
 func keyCDRs(org string) []byte         { return []byte("r/" + org + "/") }

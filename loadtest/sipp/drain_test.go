@@ -1,7 +1,6 @@
 package sipp_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -86,7 +85,7 @@ func TestSIPpSIGTERMDrains(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("gateway still running %v after its last call ended (drain timeout 30 s):\n%s", time.Since(sigAt), g.log)
 	}
-	if !bytes.Contains(g.log.Bytes(), []byte("drained: no calls up")) {
+	if !g.log.Contains("drained: no calls up") {
 		t.Fatalf("gateway did not report a clean drain:\n%s", g.log)
 	}
 

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -29,8 +30,29 @@ type gateway struct {
 	sipPort  int
 	httpAddr string
 	cmd      *exec.Cmd
-	log      *bytes.Buffer
+	log      *logBuffer
 }
+
+// logBuffer keeps a process's output; it is written by exec's copying
+// goroutine while the test reads it.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) Contains(s string) bool { return strings.Contains(b.String(), s) }
 
 func requireSIPp(t *testing.T) string {
 	t.Helper()
@@ -75,7 +97,14 @@ func buildBinary(t *testing.T) string {
 
 func startGateway(t *testing.T, bin, dataDir string, extra ...string) *gateway {
 	t.Helper()
-	g := &gateway{t: t, bin: bin, dataDir: dataDir, sipPort: freePort(t), log: &bytes.Buffer{}}
+	return startGatewayOn(t, bin, dataDir, freePort(t), extra...)
+}
+
+// startGatewayOn starts the gateway with SIP on a given port, e.g. the port
+// of a run it replaces.
+func startGatewayOn(t *testing.T, bin, dataDir string, sipPort int, extra ...string) *gateway {
+	t.Helper()
+	g := &gateway{t: t, bin: bin, dataDir: dataDir, sipPort: sipPort, log: &logBuffer{}}
 	g.httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	g.cmd = exec.Command(bin, append([]string{"serve", "--data-dir", dataDir, "--admin-token", token,
 		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", g.sipPort), "--http-listen", g.httpAddr}, extra...)...)
@@ -165,7 +194,7 @@ func sipp(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
 // startSIPp starts one bounded SIPp instance on a scenario of this
 // directory (or an absolute path) bound to port, one call (-m 1) unless
 // args say otherwise; its output is kept for failure messages.
-func startSIPp(ctx context.Context, t *testing.T, scenario string, port int, args ...string) (*exec.Cmd, *bytes.Buffer) {
+func startSIPp(ctx context.Context, t *testing.T, scenario string, port int, args ...string) (*exec.Cmd, *logBuffer) {
 	t.Helper()
 	if !filepath.IsAbs(scenario) {
 		dir, err := os.Getwd()
@@ -175,12 +204,12 @@ func startSIPp(ctx context.Context, t *testing.T, scenario string, port int, arg
 		scenario = filepath.Join(dir, scenario)
 	}
 	cmd := sipp(ctx, t, append([]string{"-sf", scenario, "-p", fmt.Sprint(port), "-m", "1"}, args...)...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	return cmd, &out
+	return cmd, out
 }
 
 // expectStatus writes uac_refused.xml expecting status and returns its path.

@@ -157,6 +157,14 @@ func (g *Gateway) Start() error {
 		return fmt.Errorf("sip listen udp: %w", err)
 	}
 	port := g.udp.LocalAddr().(*net.UDPAddr).Port
+	// At a few thousand calls/s the kernel's default receive buffer
+	// (~200 KiB) overflows during a GC pause and drops INVITEs, which the
+	// callers then retransmit; a larger one rides out the pause. The kernel
+	// caps this at net.core.rmem_max, which is why the error is ignored.
+	if uc, ok := g.udp.(*net.UDPConn); ok {
+		_ = uc.SetReadBuffer(udpBuffer)
+		_ = uc.SetWriteBuffer(udpBuffer)
+	}
 	g.tcp, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 	if err != nil {
 		g.udp.Close()
@@ -198,12 +206,39 @@ func (g *Gateway) Start() error {
 		_ = tx.Respond(res)
 	})
 
-	g.wg.Add(3)
+	g.wg.Add(2)
 	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
 	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
+	if err := g.waitServing(); err != nil {
+		return err
+	}
+	g.wg.Add(1)
 	go func() { defer g.wg.Done(); g.endLeftCalls() }()
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
 	return nil
+}
+
+// udpBuffer is the SIP socket's receive and send buffer size.
+const udpBuffer = 4 << 20
+
+// waitServing returns once sipgo has put the listening UDP socket in its
+// connection pool. ServeUDP does that on its own goroutine; a request sent
+// before it (the BYEs of endLeftCalls, right after a restart) would make
+// sipgo bind a second socket to the same port and fail with "address
+// already in use".
+func (g *Gateway) waitServing() error {
+	addr := g.udp.LocalAddr().String()
+	tl := g.ua.TransportLayer()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if c, _ := tl.GetConnection("udp", addr); c != nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sip: UDP listener %s not serving after 5s", addr)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // Drain stops taking calls — new INVITEs get 503 with Retry-After, while
@@ -363,6 +398,10 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 	}
 	received := time.Now()
+	// 100 Trying at once: authorization waits for the ledger's fsync, and
+	// a caller that hears nothing for 500 ms retransmits the INVITE, which
+	// under load only adds to the load (RFC 3261 §17.2.1).
+	_ = tx.Respond(sip.NewResponseFromRequest(req, 100, "Trying", nil))
 	// Shed before doing any work: an INVITE over the pending bound costs a
 	// 503, not a place in a queue that slows every call behind it.
 	// Emergency calls are let through; authorize tells them apart.
@@ -607,7 +646,6 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	}
 	defer in.Close()
 	c.in = in
-	_ = tx.Respond(sip.NewResponseFromRequest(req, 100, "Trying", nil))
 	g.register(c, in.ID)
 
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.RingTimeout)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
@@ -359,6 +360,20 @@ func (c *committer) err() error {
 func openPebble(dir string, fs vfs.FS) (*pebble.DB, error) {
 	opts := &pebble.Options{FS: fs}
 	opts.Logger = quietLogger{}
+	// Calls churn records (a/, s/, g/ written and deleted within seconds)
+	// while CDRs and entries only grow: a large memtable lets most of the
+	// churn cancel out in memory instead of being flushed and compacted,
+	// and a roomy L0 keeps a compaction that lags behind on a busy 2-core
+	// host from stalling writes, which would stall every call's setup.
+	opts.MemTableSize = 64 << 20
+	opts.MemTableStopWritesThreshold = 4
+	opts.L0CompactionThreshold = 4
+	opts.L0StopWritesThreshold = 64
+	// OpenCall checks a new call id against ended calls on disk: nearly
+	// always a miss, which a Bloom filter answers without reading blocks.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
 	return pebble.Open(dir, opts)
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/shopspring/decimal"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
+	"github.com/valyala/fasthttp/pprofhandler"
 )
 
 // Limits of the API.
@@ -102,6 +103,13 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 	if !s.authorized(ctx) {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="creditgate"`)
 		s.fail(ctx, errUnauthorized)
+		return
+	}
+	if strings.HasPrefix(path, "/debug/pprof/") {
+		// Go's profiler, for the operator holding the admin token: a CPU
+		// or heap profile of the live process is how a slow gateway is
+		// diagnosed in the field.
+		pprofhandler.PprofHandler(ctx)
 		return
 	}
 	if err := s.route(ctx, path); err != nil {

@@ -211,6 +211,7 @@ func TestRefusalsChangeNothing(t *testing.T) {
 	}{
 		{"missing token", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "-", 401, "unauthorized"},
 		{"wrong token", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "nope", 401, "unauthorized"},
+		{"profiler without token", "GET", "/debug/pprof/heap", "", "-", 401, "unauthorized"},
 		{"bad JSON", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00",`, "", 400, "bad_json"},
 		{"not an object", "POST", "/v1/orgs/acme/credits", `["60.00"]`, "", 400, "bad_json"},
 		{"unknown field", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"x1","extra":1}`, "", 400, "bad_json"},

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# One bounded load step, side by side in one run: the same SIPp load (RATE
+# calls/s for SECS seconds, calls of HOLD_MS, 1 s billing increments) first
+# SIPp-to-SIPp direct, then through creditgate with a durable ledger. Prints
+# per target: calls created, answered, failed, retransmissions, setup
+# latency (INVITE → 200 at the caller; SIPp measures it in whole ms)
+# p50/p99/max, and for creditgate its CPU (cores) and peak RSS. Loopback only; every process it starts it also
+# stops, by PID.
+#
+# usage: loadtest/step.sh RATE [SECS=10] [HOLD_MS=1000]
+#   CREDITGATE_BIN  a built binary (default: go build into a temp dir)
+#   PROFILE=1       save a CPU profile of creditgate over the middle of the
+#                   step to ./step-cpu.pprof, its goroutines to ./step-goroutines.txt
+set -euo pipefail
+rate=${1:?usage: step.sh RATE [SECS] [HOLD_MS]}
+secs=${2:-10}
+hold=${3:-1000}
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d /tmp/cg-step.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+uac_port=$(free_port); uas_port=$(free_port); sip_port=$(free_port); http_port=$(free_port)
+calls=$((rate * secs))
+limit=$((rate * (hold / 1000 + 3)))
+
+# step TARGET_PORT NAME: run the SIPp pair once and print its line.
+step() {
+  local target=$1 name=$2 dir=$work/$2
+  mkdir -p "$dir"
+  (cd "$dir" && exec timeout $((secs + 40)) sipp -sf "$here/sipp/uas_answer.xml" -i 127.0.0.1 -p "$uas_port" -m "$calls" \
+    -nostdin -timeout $((secs + 35))s -trace_err -error_file "$dir/uas_err.log" >/dev/null 2>&1) &
+  local uas=$!
+  pids+=("$uas")
+  sleep 0.5
+  (cd "$dir" && exec timeout $((secs + 40)) sipp -sf "$here/sipp/uac_call.xml" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" \
+    -d "$hold" -l "$limit" -nostdin -default_behaviors all,-abortunexp -timeout $((secs + 35))s -trace_err -error_file "$dir/uac_err.log" \
+    -s +33142278186 -key caller 14255550100 -trace_stat -stf "$dir/uac.csv" -trace_rtt -rtt_freq 1 \
+    "127.0.0.1:$target" >/dev/null 2>&1) || true
+  sleep 1
+  kill "$uas" 2>/dev/null || true
+  wait "$uas" 2>/dev/null || true
+  python3 - "$name" "$dir" "$rate" <<'PY'
+import csv, glob, sys
+name, d, rate = sys.argv[1:4]
+rows = list(csv.reader(open(d + "/uac.csv"), delimiter=";"))
+s = dict(zip(rows[0], rows[-1]))
+lat = []
+for f in glob.glob(d + "/*_rtt.csv"):
+    for r in csv.reader(open(f), delimiter=";"):
+        try:
+            lat.append(float(r[1]))
+        except (ValueError, IndexError):
+            pass
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
+print(f"{name:<11} rate={rate} created={s['TotalCallCreated']} ok={s['SuccessfulCall(C)']} failed={s['FailedCall(C)']} "
+      f"retrans={s['Retransmissions(C)']} setup_ms p50={q(.5):.2f} p99={q(.99):.2f} max={lat[-1] if lat else float('nan'):.2f}")
+PY
+}
+
+step "$uas_port" direct
+
+bin=${CREDITGATE_BIN:-}
+if [ -z "$bin" ]; then
+  bin=$work/bin/creditgate
+  (cd "$here/.." && go build -o "$bin" ./cmd/creditgate)
+fi
+token=step-token-0123456789abcdef
+cat >"$work/cg.yaml" <<EOF
+sip:
+  max_calls: $((limit * 2 + 1000))
+log:
+  level: ${LOG_LEVEL:-warn}
+EOF
+"$bin" serve --config "$work/cg.yaml" --data-dir "$work/data" --admin-token "$token" \
+  --sip-listen "127.0.0.1:$sip_port" --http-listen "127.0.0.1:$http_port" 2>"$work/cg.log" &
+cg=$!
+pids+=("$cg")
+api() { curl -sf -o /dev/null -H "Authorization: Bearer $token" -X "$1" "http://127.0.0.1:$http_port$2" "${@:3}"; }
+for _ in $(seq 100); do api GET /readyz && break; sleep 0.1; done
+api POST /v1/orgs -d '{"id":"load","name":"Load","country":"US","region":"us"}'
+api POST /v1/orgs/load/credits -d '{"amount":"1000000.00","idempotency_key":"step"}'
+api PUT /v1/orgs/load/users/caller -d '{"numbers":["+14255550100"],"licenses":["communications_credits"]}'
+api PUT /v1/trunks/pbx -d '{"kind":"customer","org":"load","addresses":["127.0.0.1"]}'
+api PUT /v1/trunks/carrier -d "{\"kind\":\"carrier\",\"uri\":\"sip:127.0.0.1:$uas_port\",\"prefixes\":[\"\"]}"
+api PUT /v1/rates -H 'Content-Type: text/csv' --data-binary $'prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n33,FR,France,geographic,0.60,1,1\n'
+
+ticks() { awk '{print $14 + $15}' "/proc/$cg/stat"; }
+t0=$(ticks)
+s0=$(date +%s.%N)
+if [ "${PROFILE:-}" = 1 ]; then
+  (sleep $((secs / 3)); curl -sf -H "Authorization: Bearer $token" -o step-cpu.pprof \
+    "http://127.0.0.1:$http_port/debug/pprof/profile?seconds=$((secs / 2 > 1 ? secs / 2 : 1))") &
+  pids+=("$!")
+  (sleep $((secs / 2)); curl -sf -H "Authorization: Bearer $token" -o step-goroutines.txt \
+    "http://127.0.0.1:$http_port/debug/pprof/goroutine?debug=1") &
+  pids+=("$!")
+fi
+step "$sip_port" creditgate
+t1=$(ticks)
+s1=$(date +%s.%N)
+hz=$(getconf CLK_TCK)
+rss=$(awk '/VmHWM/ {print $2}' "/proc/$cg/status")
+python3 -c "print(f'creditgate  cpu={($t1-$t0)/$hz/($s1-$s0):.2f} cores  peak_rss={$rss/1024:.0f} MiB')"
+curl -sf "http://127.0.0.1:$http_port/metrics" | python3 -c '
+import sys
+m = {}
+for line in sys.stdin:
+    if line.startswith("#"):
+        continue
+    k, _, v = line.rpartition(" ")
+    m[k] = float(v)
+def mean(name):
+    c = m.get(name + "_count", 0)
+    return m.get(name + "_sum", 0) / c * 1000 if c else float("nan")
+c, n, s = mean("creditgate_ledger_commit_seconds"), m.get("creditgate_ledger_commit_seconds_count", 0), mean("creditgate_call_setup_seconds")
+print(f"creditgate  ledger commit mean={c:.2f} ms ({n:.0f} commits)  INVITE in-to-out mean={s:.2f} ms")
+'
+errors=$(grep -c 'level=ERROR' "$work/cg.log" || true)
+if [ "$errors" != 0 ]; then
+  echo "creditgate logged $errors errors; the first:"
+  grep -m 3 'level=ERROR' "$work/cg.log"
+fi

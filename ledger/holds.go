@@ -30,11 +30,14 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 	if err := l.validCall(&c); err != nil {
 		return Increment{}, err
 	}
-	if l.endedOnDisk(c.ID) {
+	if !c.Fresh && l.endedOnDisk(c.ID) {
 		return Increment{}, fmt.Errorf("%w: %s", ErrCallEnded, c.ID)
 	}
 	c.Start = at
 	c.CallState = CallState{LastAt: at, Charge: decimal.Zero}
+	if !c.Free {
+		c.creditIncrement(1) // prices the call here, not under the ledger's lock
+	}
 	op, err := l.do(Op{Kind: "open", Org: c.Org, Call: c.ID, N: 1}, at, func(t *txn) error {
 		if old, ok := l.calls[c.ID]; ok {
 			if old.Org != c.Org || old.To != c.To {

@@ -207,6 +207,12 @@ type Call struct {
 	Start          time.Time       `json:"start"`
 	CallState
 
+	// Fresh says ID was generated just now from enough random bits (a
+	// UUID v4) that it cannot name a call that already ended, so OpenCall
+	// skips looking for one on disk — a read that costs more than the rest
+	// of authorizing the call. Ids that come from outside leave it false.
+	Fresh bool `json:"-"`
+
 	prices *[2]decimal.Decimal // first and next credit increment, once computed
 }
 

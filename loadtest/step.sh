@@ -11,6 +11,7 @@
 #   CREDITGATE_BIN  a built binary (default: go build into a temp dir)
 #   PROFILE=1       save a CPU profile of creditgate over the middle of the
 #                   step to ./step-cpu.pprof, its goroutines to ./step-goroutines.txt
+#                   and what it allocated to ./step-allocs.pprof
 set -euo pipefail
 rate=${1:?usage: step.sh RATE [SECS] [HOLD_MS]}
 secs=${2:-10}
@@ -30,6 +31,9 @@ uac_port=$(free_port); uas_port=$(free_port); sip_port=$(free_port); http_port=$
 calls=$((rate * secs))
 limit=$((rate * (hold / 1000 + 3)))
 
+# cpu_jiffies prints the machine's busy and total CPU time so far.
+cpu_jiffies() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
+
 # step TARGET_PORT NAME: run the SIPp pair once and print its line.
 step() {
   local target=$1 name=$2 dir=$work/$2
@@ -39,16 +43,20 @@ step() {
   local uas=$!
   pids+=("$uas")
   sleep 0.5
+  local busy0; busy0=$(cpu_jiffies)
   (cd "$dir" && exec timeout $((secs + 40)) sipp -sf "$here/sipp/uac_call.xml" -i 127.0.0.1 -p "$uac_port" -r "$rate" -m "$calls" \
     -d "$hold" -l "$limit" -nostdin -default_behaviors all,-abortunexp -timeout $((secs + 35))s -trace_err -error_file "$dir/uac_err.log" \
     -s +33142278186 -key caller 14255550100 -trace_stat -stf "$dir/uac.csv" -trace_rtt -rtt_freq 1 \
     "127.0.0.1:$target" >/dev/null 2>&1) || true
+  local busy1; busy1=$(cpu_jiffies)
   sleep 1
   kill "$uas" 2>/dev/null || true
   wait "$uas" 2>/dev/null || true
-  python3 - "$name" "$dir" "$rate" <<'PY'
+  python3 - "$name" "$dir" "$rate" "$busy0" "$busy1" <<'PY'
 import csv, glob, sys
 name, d, rate = sys.argv[1:4]
+b0, b1 = [tuple(map(int, a.split())) for a in sys.argv[4:6]]
+machine_busy = (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
 rows = list(csv.reader(open(d + "/uac.csv"), delimiter=";"))
 s = dict(zip(rows[0], rows[-1]))
 lat = []
@@ -61,7 +69,8 @@ for f in glob.glob(d + "/*_rtt.csv"):
 lat.sort()
 q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")
 print(f"{name:<11} rate={rate} created={s['TotalCallCreated']} ok={s['SuccessfulCall(C)']} failed={s['FailedCall(C)']} "
-      f"retrans={s['Retransmissions(C)']} setup_ms p50={q(.5):.2f} p99={q(.99):.2f} max={lat[-1] if lat else float('nan'):.2f}")
+      f"retrans={s['Retransmissions(C)']} setup_ms p50={q(.5):.2f} p99={q(.99):.2f} max={lat[-1] if lat else float('nan'):.2f} "
+      f"machine_cpu_busy={machine_busy:.0%}")
 PY
 }
 
@@ -104,6 +113,9 @@ if [ "${PROFILE:-}" = 1 ]; then
   pids+=("$!")
 fi
 step "$sip_port" creditgate
+if [ "${PROFILE:-}" = 1 ]; then
+  curl -sf -H "Authorization: Bearer $token" -o step-allocs.pprof "http://127.0.0.1:$http_port/debug/pprof/allocs"
+fi
 t1=$(ticks)
 s1=$(date +%s.%N)
 hz=$(getconf CLK_TCK)

@@ -121,6 +121,11 @@ func IsEmergency(dialled, iso string) bool {
 // whether the range is in service is left to the rate deck and the carrier,
 // so a new range works the day the deck prices it.
 func Normalize(dialled, iso string) (string, error) {
+	return normalized.get(dialled, iso)
+}
+
+// normalize is Normalize without the cache.
+func normalize(dialled, iso string) (string, error) {
 	d, ok := cleanDialled(dialled)
 	if !ok {
 		return "", notDialable(dialled, "has characters other than digits, a leading '+' and separators, or is empty or too long")

@@ -32,8 +32,30 @@ var sixty = decimal.NewFromInt(60)
 // IncrementCharge is what one increment of the given length costs at this
 // rate, by RoundCharge.
 func (r Rate) IncrementCharge(inc time.Duration) decimal.Decimal {
-	secs := decimal.NewFromInt(int64(inc / time.Second))
-	return RoundCharge(r.PerMinute.Mul(secs).Div(sixty))
+	secs := int64(inc / time.Second)
+	// The same rule in integers when the rate has at most 6 places (every
+	// deck rate does): in millionths, ceil(rate × secs / 60). A decimal
+	// division costs microseconds of big.Int work, and this runs for every
+	// call authorized.
+	if m, ok := millionths(r.PerMinute); ok && secs >= 0 && secs <= 1<<20 {
+		return decimal.New((m*secs+59)/60, -ChargeDecimals)
+	}
+	return RoundCharge(r.PerMinute.Mul(decimal.NewFromInt(secs)).Div(sixty))
+}
+
+// millionths is d × 10⁶ when that is a whole number below 10¹² — small
+// enough that times an increment's seconds it cannot overflow an int64.
+func millionths(d decimal.Decimal) (int64, bool) {
+	exp := d.Exponent()
+	// coefficient × 10^(exp+6) < 10¹² ⇔ the coefficient has at most 6−exp digits.
+	if d.IsNegative() || exp < -ChargeDecimals || exp > 0 || d.NumDigits() > ChargeDecimals-int(exp) {
+		return 0, false
+	}
+	m := d.CoefficientInt64()
+	for ; exp > -ChargeDecimals; exp-- {
+		m *= 10
+	}
+	return m, true
 }
 
 // FirstCharge is the price of answering a call: the connection fee plus the

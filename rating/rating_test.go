@@ -2,6 +2,7 @@ package rating
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -160,6 +161,26 @@ func TestPrice(t *testing.T) {
 	}
 }
 
+// The integer path of IncrementCharge must give what the rule says in
+// decimals, for every rate a deck can hold and every increment length.
+func FuzzIncrementCharge(f *testing.F) {
+	for _, s := range []string{"0.0125", "0.6", "10", "0.000001", "999999.999999", "0", "1000000", "0.0000001", "123e3"} {
+		f.Add(s, int64(1))
+		f.Add(s, int64(60))
+	}
+	f.Fuzz(func(t *testing.T, rate string, secs int64) {
+		r, err := decimal.NewFromString(rate)
+		if err != nil || secs < 0 || secs > 1<<20 {
+			return
+		}
+		got := Rate{PerMinute: r}.IncrementCharge(time.Duration(secs) * time.Second)
+		want := RoundCharge(r.Mul(decimal.NewFromInt(secs)).Div(sixty))
+		if !got.Equal(want) {
+			t.Fatalf("IncrementCharge(%s/min, %ds) = %s; the rule gives %s", r, secs, got, want)
+		}
+	})
+}
+
 func TestNormalize(t *testing.T) {
 	cases := []struct {
 		name, dialled, country, want string
@@ -202,6 +223,37 @@ func TestNormalize(t *testing.T) {
 	}
 }
 
+func TestNumberCacheBounded(t *testing.T) {
+	c := newNumberCache(100)
+	for i := 0; i < 1000; i++ {
+		n := fmt.Sprintf("+1212555%04d", i)
+		if got, err := c.get(n, "US"); err != nil || got != n[1:] {
+			t.Fatalf("get(%s) = %q, %v", n, got, err)
+		}
+		if c.len() > 200 {
+			t.Fatalf("%d answers kept after %d numbers; want at most 200", c.len(), i+1)
+		}
+	}
+	// A number in steady use stays while one-off numbers stream past.
+	c.get("2125550100", "US")
+	for i := 0; i < 1000; i++ {
+		c.get(fmt.Sprintf("+4420794%05d", i), "GB")
+		c.get("2125550100", "US")
+	}
+	c.mu.Lock()
+	_, kept := c.cur[numberKey{"2125550100", "US"}]
+	c.mu.Unlock()
+	if !kept {
+		t.Fatal("a number looked up all the time was dropped")
+	}
+	if _, err := c.get("12", "US"); !errors.Is(err, ErrNotDialable) {
+		t.Fatalf("a refusal from the cache = %v; want ErrNotDialable", err)
+	}
+	if _, err := c.get("12", "US"); !errors.Is(err, ErrNotDialable) {
+		t.Fatalf("the same refusal again = %v; want ErrNotDialable", err)
+	}
+}
+
 func FuzzNormalize(f *testing.F) {
 	for _, s := range []string{"+442079460018", "020 7946 0018", "011442079460018", "911", "(212) 555-0100", "++44", "0"} {
 		f.Add(s, "GB")
@@ -209,6 +261,14 @@ func FuzzNormalize(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, dialled, country string) {
 		got, err := Normalize(dialled, country)
+		// The cache answers as the parse would, first time and again.
+		for i := 0; i < 2; i++ {
+			want, wantErr := normalize(dialled, country)
+			if got != want || fmt.Sprint(err) != fmt.Sprint(wantErr) {
+				t.Fatalf("Normalize(%q, %q) = %q, %v; uncached %q, %v", dialled, country, got, err, want, wantErr)
+			}
+			got, err = Normalize(dialled, country)
+		}
 		if err != nil {
 			if !errors.Is(err, ErrNotDialable) {
 				t.Fatalf("Normalize(%q, %q): refusal %v is not ErrNotDialable", dialled, country, err)

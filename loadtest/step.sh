@@ -9,6 +9,8 @@
 #
 # usage: loadtest/step.sh RATE [SECS=10] [HOLD_MS=1000]
 #   CREDITGATE_BIN  a built binary (default: go build into a temp dir)
+#   KAMAILIO_CFG    also run the step through Kamailio + cnxcc with this
+#                   config (the peer benchmark's kamailio.cfg)
 #   PROFILE=1       save a CPU profile of creditgate over the middle of the
 #                   step to ./step-cpu.pprof, its goroutines to ./step-goroutines.txt
 #                   and what it allocated to ./step-allocs.pprof
@@ -75,6 +77,23 @@ PY
 }
 
 step "$uas_port" direct
+
+# The peer, when asked for: Kamailio + cnxcc from the benchmark's config
+# (KAMAILIO_CFG, e.g. ../shared/bench/kamailio/kamailio.cfg), moved onto
+# this run's ports, with the same load between the same SIPp scenarios.
+if [ -n "${KAMAILIO_CFG:-}" ]; then
+  kam_port=$(free_port)
+  sed -e "s/@CREDIT@/1000000/; s/@CPS@/0.01/" -e "s/127.0.0.1:5070/127.0.0.1:$kam_port/" \
+    -e "s/127.0.0.1:5080/127.0.0.1:$uas_port/" "$KAMAILIO_CFG" >"$work/kamailio.cfg"
+  # cnxcc can crash while Kamailio shuts down; no core file for that.
+  (ulimit -c 0; exec kamailio -f "$work/kamailio.cfg" -DD -E -m 512 -M 64 -P "$work/kamailio.pid" >"$work/kamailio.log" 2>&1) &
+  kam=$!
+  pids+=("$kam")
+  sleep 1
+  step "$kam_port" kamailio
+  kill "$kam" 2>/dev/null || true
+  wait "$kam" 2>/dev/null || true
+fi
 
 bin=${CREDITGATE_BIN:-}
 if [ -z "$bin" ]; then

@@ -212,7 +212,7 @@ func (g *Gateway) byeLeg(l legState) error {
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, g.cfg.ByeTimeout)
 	defer cancel()
-	res, err := g.client.Do(ctx, req)
+	res, err := g.dialogUA(l.Transport).Client.Do(ctx, req)
 	if err != nil {
 		return err
 	}

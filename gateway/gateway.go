@@ -88,9 +88,10 @@ type Gateway struct {
 
 	ua       *sipgo.UserAgent
 	srv      *sipgo.Server
-	client   *sipgo.Client
-	inUA     *sipgo.DialogUA
-	outUA    *sipgo.DialogUA
+	client   *sipgo.Client // UDP: sends from the listening socket
+	tcpCli   *sipgo.Client // TCP: finds or opens a connection by the peer's address
+	udpUA    *sipgo.DialogUA
+	tcpUA    *sipgo.DialogUA
 	udp      net.PacketConn
 	tcp      net.Listener
 	addr     netipAddr
@@ -186,9 +187,19 @@ func (g *Gateway) Start() error {
 	if err != nil {
 		return err
 	}
+	// A fixed local address must not apply to TCP: sipgo would look the
+	// connection up by it and send a carrier's INVITE down whichever TCP
+	// connection a caller opened to that address.
+	g.tcpCli, err = sipgo.NewClient(g.ua)
+	if err != nil {
+		return err
+	}
 	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "creditgate", Host: host, Port: port}}
-	g.inUA = &sipgo.DialogUA{Client: g.client, ContactHDR: contact}
-	g.outUA = &sipgo.DialogUA{Client: g.client, ContactHDR: contact}
+	tcpContact := contact
+	tcpContact.Address.UriParams = sip.NewParams()
+	tcpContact.Address.UriParams.Add("transport", "tcp")
+	g.udpUA = &sipgo.DialogUA{Client: g.client, ContactHDR: contact}
+	g.tcpUA = &sipgo.DialogUA{Client: g.tcpCli, ContactHDR: tcpContact}
 
 	g.srv.OnInvite(g.onInvite)
 	g.srv.OnAck(g.onAck)
@@ -216,6 +227,15 @@ func (g *Gateway) Start() error {
 	go func() { defer g.wg.Done(); g.endLeftCalls() }()
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
 	return nil
+}
+
+// dialogUA is the dialog side for a leg on transport: the same user agent,
+// with the client and Contact of that transport.
+func (g *Gateway) dialogUA(transport string) *sipgo.DialogUA {
+	if strings.EqualFold(transport, "tcp") {
+		return g.tcpUA
+	}
+	return g.udpUA
 }
 
 // udpBuffer is the SIP socket's receive and send buffer size.
@@ -639,7 +659,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 		g.refuse(req, tx, ErrNoRoute)
 		return
 	}
-	in, err := g.inUA.ReadInvite(req, tx)
+	in, err := g.dialogUA(req.Transport()).ReadInvite(req, tx)
 	if err != nil {
 		g.failBeforeAnswer(c, err, 500)
 		return
@@ -796,7 +816,7 @@ func (g *Gateway) attempt(ctx context.Context, in *sipgo.DialogServerSession, c 
 		cancel(sipgo.WaitAnswerForceCancelErr)
 	})
 	defer timer.Stop()
-	sess, err := g.outUA.WriteInvite(actx, out)
+	sess, err := g.dialogUA(out.Transport()).WriteInvite(actx, out)
 	if err != nil {
 		return nil, err
 	}

@@ -86,7 +86,7 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 		back.AppendHeader(sip.HeaderClone(ct))
 	}
 	if req.IsInvite() && res.IsSuccess() {
-		back.AppendHeader(sip.HeaderClone(&g.inUA.ContactHDR))
+		back.AppendHeader(sip.HeaderClone(&g.dialogUA(req.Transport()).ContactHDR))
 	}
 	_ = tx.Respond(back)
 }

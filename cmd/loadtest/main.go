@@ -1,0 +1,82 @@
+// Command loadtest drives SIP calls through a gateway, playing both the
+// customer PBX that calls and the carrier that answers.
+//
+//	loadtest -target 127.0.0.1:5060 -carrier 127.0.0.1:5080 -rate 500 -calls 5000 -hold 1s \
+//	    -from +14255550100 -to +33142278186
+//
+// Point the gateway's carrier trunk at -carrier and its customer trunk at
+// the address the calls come from (-caller). A progress line is printed
+// every second on stderr; the report goes to stdout, as JSON with -json.
+// The exit status is 1 when any call failed.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/creditgate/creditgate/loadtest"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	var cfg loadtest.Config
+	var from string
+	var asJSON, quiet bool
+	fs.StringVar(&cfg.Target, "target", "127.0.0.1:5060", "the gateway's SIP address")
+	fs.StringVar(&cfg.Caller, "caller", "127.0.0.1:0", "address the calls are sent from")
+	fs.StringVar(&cfg.Carrier, "carrier", "127.0.0.1:5080", "address the carrier side answers on")
+	fs.StringVar(&cfg.Transport, "transport", "udp", "the caller's transport: udp or tcp")
+	fs.StringVar(&cfg.CarrierTransport, "carrier-transport", "", "the carrier side's transport (default: -transport)")
+	fs.Float64Var(&cfg.Rate, "rate", 100, "calls started per second (open loop)")
+	fs.IntVar(&cfg.Calls, "calls", 1000, "calls in the run")
+	fs.DurationVar(&cfg.Hold, "hold", time.Second, "talk time before the caller hangs up")
+	fs.IntVar(&cfg.MaxInFlight, "max-in-flight", 0, "calls up or in setup at once; over it a call is not started (0: no cap)")
+	fs.StringVar(&cfg.Dialled, "to", "+33142278186", "number dialled")
+	fs.StringVar(&from, "from", "+14255550100", "caller numbers, comma-separated, used in turn")
+	fs.IntVar(&cfg.CallsPer, "calls-per-number", 1, "calls from each caller number before the next")
+	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", 32*time.Second, "longest wait for a final answer")
+	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	fs.BoolVar(&quiet, "quiet", false, "no progress line")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	for _, n := range strings.Split(from, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			cfg.From = append(cfg.From, n)
+		}
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var progress io.Writer = os.Stderr
+	if quiet {
+		progress = nil
+	}
+	rep, err := loadtest.Run(ctx, cfg, progress)
+	if err != nil && rep.Attempted == 0 {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		return 2
+	}
+	if asJSON {
+		fmt.Println(string(rep.JSON()))
+	} else {
+		fmt.Print(rep.String())
+	}
+	if rep.Failed > 0 || err != nil {
+		return 1
+	}
+	return 0
+}

@@ -95,30 +95,9 @@ if [ -n "${KAMAILIO_CFG:-}" ]; then
   wait "$kam" 2>/dev/null || true
 fi
 
-bin=${CREDITGATE_BIN:-}
-if [ -z "$bin" ]; then
-  bin=$work/bin/creditgate
-  (cd "$here/.." && go build -o "$bin" ./cmd/creditgate)
-fi
-token=step-token-0123456789abcdef
-cat >"$work/cg.yaml" <<EOF
-sip:
-  max_calls: $((limit * 2 + 1000))
-log:
-  level: ${LOG_LEVEL:-warn}
-EOF
-"$bin" serve --config "$work/cg.yaml" --data-dir "$work/data" --admin-token "$token" \
-  --sip-listen "127.0.0.1:$sip_port" --http-listen "127.0.0.1:$http_port" 2>"$work/cg.log" &
-cg=$!
-pids+=("$cg")
-api() { curl -sf -o /dev/null -H "Authorization: Bearer $token" -X "$1" "http://127.0.0.1:$http_port$2" "${@:3}"; }
-for _ in $(seq 100); do api GET /readyz && break; sleep 0.1; done
-api POST /v1/orgs -d '{"id":"load","name":"Load","country":"US","region":"us"}'
-api POST /v1/orgs/load/credits -d '{"amount":"1000000.00","idempotency_key":"step"}'
-api PUT /v1/orgs/load/users/caller -d '{"numbers":["+14255550100"],"licenses":["communications_credits"]}'
-api PUT /v1/trunks/pbx -d '{"kind":"customer","org":"load","addresses":["127.0.0.1"]}'
-api PUT /v1/trunks/carrier -d "{\"kind\":\"carrier\",\"uri\":\"sip:127.0.0.1:$uas_port\",\"prefixes\":[\"\"]}"
-api PUT /v1/rates -H 'Content-Type: text/csv' --data-binary $'prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n33,FR,France,geographic,0.60,1,1\n'
+# shellcheck source=loadtest/creditgate.sh
+. "$here/creditgate.sh"
+start_creditgate "$uas_port" $((limit * 2 + 1000))
 
 ticks() { awk '{print $14 + $15}' "/proc/$cg/stat"; }
 t0=$(ticks)

@@ -154,6 +154,7 @@ type endpoint struct {
 	cli     *sipgo.Client
 	contact sip.ContactHeader
 	addr    string
+	start   func() error
 	close   func()
 }
 
@@ -208,19 +209,24 @@ func newEndpoint(ctx context.Context, name, transport, addr string, log *slog.Lo
 		e.contact.Address.UriParams = sip.NewParams()
 		e.contact.Address.UriParams.Add("transport", "tcp")
 	}
-	wg.Add(1)
-	go func() { defer wg.Done(); _ = serve() }()
 	e.close = func() { ua.Close(); closer.Close() }
-	if transport == "udp" {
+	// Serving starts only once the handlers are in: sipgo's handler map is
+	// not safe to change while requests arrive.
+	e.start = func() error {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = serve() }()
+		if transport != "udp" {
+			return nil
+		}
 		// ServeUDP registers the socket on its own goroutine; a request
 		// sent before that would make sipgo bind the port a second time.
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 			if c, _ := ua.TransportLayer().GetConnection("udp", e.addr); c != nil {
-				break
+				return nil
 			}
 			if time.Now().After(deadline) {
 				e.close()
-				return nil, fmt.Errorf("%s: UDP socket %s not serving after 5 s", name, e.addr)
+				return fmt.Errorf("%s: UDP socket %s not serving after 5 s", name, e.addr)
 			}
 		}
 	}
@@ -269,7 +275,7 @@ func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, 
 			_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 		}
 	})
-	return c, nil
+	return c, ep.start()
 }
 
 // caller places the calls.
@@ -296,7 +302,7 @@ func newCaller(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*caller, er
 	ep.srv.OnUpdate(ok)
 	ep.srv.OnInfo(ok)
 	ep.srv.OnOptions(ok)
-	return c, nil
+	return c, ep.start()
 }
 
 // outcome of one call.

@@ -83,6 +83,7 @@ type Gateway struct {
 	log    *slog.Logger
 	m      *metrics
 
+	digest *digestAuth
 	deck   atomic.Pointer[rating.Deck]
 	routes atomic.Pointer[router]
 
@@ -130,6 +131,7 @@ func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg p
 	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
 		byID: map[string]*call{}, byIn: map[string]*call{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
 	g.deck.Store(deck)
+	g.digest = newDigestAuth("creditgate", clk.Now)
 	g.ReloadTrunks()
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g, nil
@@ -388,6 +390,10 @@ func (g *Gateway) refuse(req *sip.Request, tx sip.ServerTransaction, err error) 
 	if r.status == 503 {
 		res.AppendHeader(sip.NewHeader("Retry-After", "5"))
 	}
+	var chal challengeError
+	if errors.As(err, &chal) {
+		res.AppendHeader(g.digest.challenge(chal.stale))
+	}
 	if r == internalRefusal {
 		g.log.Error("INVITE refused on internal error", "call_id", req.CallID().Value(), "error", err)
 	}
@@ -450,6 +456,13 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 			return nil, err
 		}
 		return g.authorizeInbound(req, trunk)
+	}
+	if trunk.Username != "" {
+		// Before anything about the call is looked at, emergency calls
+		// included: a trunk with a password accepts nothing unproven.
+		if err := g.digest.check(req, trunk); err != nil {
+			return nil, err
+		}
 	}
 	org, err := g.ledger.Org(trunk.Org)
 	if err != nil {

@@ -37,6 +37,8 @@ var refusals = []struct {
 	// Before no_credit: an inbound refusal for money wraps the ledger's.
 	{rating.ErrTollFreeNoCredit, refusal{480, "Temporarily Unavailable", "toll_free_no_credit", "the toll-free number's org has no credit"}},
 	{ErrUnknownTrunk, refusal{403, "Forbidden", "unknown_trunk", "unknown trunk"}},
+	{ErrAuthRequired, refusal{407, "Proxy Authentication Required", "auth_required", "this trunk needs digest credentials"}},
+	{ErrAuthFailed, refusal{403, "Forbidden", "auth_failed", "wrong digest credentials"}},
 	{ErrUnknownCaller, refusal{403, "Forbidden", "unknown_caller", "caller is not a known user"}},
 	{rating.ErrNoLicense, refusal{403, "Forbidden", "no_license", "no license covers this call"}},
 	{rating.ErrPremiumBlocked, refusal{403, "Forbidden", "premium_blocked", "premium-rate numbers are blocked for this org"}},

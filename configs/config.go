@@ -40,6 +40,13 @@ type SIP struct {
 	MaxPending      int           `yaml:"max_pending"`
 	FailoverTimeout time.Duration `yaml:"failover_timeout"`
 	DrainTimeout    time.Duration `yaml:"drain_timeout"`
+	// SIP over TLS: off unless tls_listen is set, which then needs a
+	// certificate and key (PEM files). tls_ca (PEM) replaces the system
+	// roots for verifying carriers reached with transport=tls.
+	TLSListen string `yaml:"tls_listen"`
+	TLSCert   string `yaml:"tls_cert"`
+	TLSKey    string `yaml:"tls_key"`
+	TLSCA     string `yaml:"tls_ca"`
 }
 
 // HTTP is the admin API.
@@ -143,6 +150,14 @@ func (c Config) Validate() error {
 	}
 	if c.SIP.FailoverTimeout < 100*time.Millisecond || c.SIP.FailoverTimeout > time.Minute {
 		return bad("sip.failover_timeout", "want 100ms to 1m, got %s", c.SIP.FailoverTimeout)
+	}
+	if c.SIP.TLSListen != "" {
+		if _, _, err := net.SplitHostPort(c.SIP.TLSListen); err != nil {
+			return bad("sip.tls_listen", "%q is not host:port", c.SIP.TLSListen)
+		}
+		if c.SIP.TLSCert == "" || c.SIP.TLSKey == "" {
+			return bad("sip.tls_cert", "tls_listen needs tls_cert and tls_key (PEM files)")
+		}
 	}
 	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
 		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)

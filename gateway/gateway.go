@@ -8,6 +8,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,10 @@ type Config struct {
 	// Catalog is the plan catalogue calls are decided by; nil is the
 	// built-in one.
 	Catalog *rating.Catalog
+	// TLSListen, when set, is a host:port to accept SIP over TLS on, with
+	// TLS's certificates. TLS also verifies carriers reached over TLS.
+	TLSListen string
+	TLS       *tls.Config
 }
 
 func (c *Config) defaults() {
@@ -95,6 +100,8 @@ type Gateway struct {
 	tcpUA    *sipgo.DialogUA
 	udp      net.PacketConn
 	tcp      net.Listener
+	tls      net.Listener
+	tlsUA    *sipgo.DialogUA
 	addr     netipAddr
 	closing  atomic.Bool  // Close: end everything
 	draining atomic.Bool  // Drain: take no new calls, let those up finish
@@ -146,6 +153,14 @@ func (g *Gateway) Deck() *rating.Deck { return g.deck.Load() }
 // ReloadTrunks rebuilds routing from the trunks in the ledger.
 func (g *Gateway) ReloadTrunks() { g.routes.Store(newRouter(g.ledger.Trunks())) }
 
+// TLSAddr is the host:port SIP over TLS is accepted on; "" without TLS.
+func (g *Gateway) TLSAddr() string {
+	if g.tls == nil {
+		return ""
+	}
+	return g.tls.Addr().String()
+}
+
 // Addr is the host:port the gateway listens on (UDP and TCP).
 func (g *Gateway) Addr() string { return net.JoinHostPort(g.addr.host, strconv.Itoa(g.addr.port)) }
 
@@ -175,7 +190,11 @@ func (g *Gateway) Start() error {
 	}
 	g.addr = netipAddr{host: host, port: port}
 
-	g.ua, err = sipgo.NewUA(sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host))
+	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host)}
+	if g.cfg.TLS != nil {
+		uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(g.cfg.TLS))
+	}
+	g.ua, err = sipgo.NewUA(uaOpts...)
 	if err != nil {
 		return err
 	}
@@ -202,6 +221,21 @@ func (g *Gateway) Start() error {
 	tcpContact.Address.UriParams.Add("transport", "tcp")
 	g.udpUA = &sipgo.DialogUA{Client: g.client, ContactHDR: contact}
 	g.tcpUA = &sipgo.DialogUA{Client: g.tcpCli, ContactHDR: tcpContact}
+	if g.cfg.TLSListen != "" {
+		if g.cfg.TLS == nil {
+			return errors.New("sip: TLS listen address without a TLS configuration")
+		}
+		g.tls, err = tls.Listen("tcp", g.cfg.TLSListen, g.cfg.TLS)
+		if err != nil {
+			return fmt.Errorf("sip listen tls: %w", err)
+		}
+		tlsHost, tlsPortS, _ := net.SplitHostPort(g.tls.Addr().String())
+		tlsPort, _ := strconv.Atoi(tlsPortS)
+		tlsContact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "creditgate", Host: tlsHost, Port: tlsPort}}
+		tlsContact.Address.UriParams = sip.NewParams()
+		tlsContact.Address.UriParams.Add("transport", "tls")
+		g.tlsUA = &sipgo.DialogUA{Client: g.tcpCli, ContactHDR: tlsContact}
+	}
 
 	g.srv.OnInvite(g.onInvite)
 	g.srv.OnAck(g.onAck)
@@ -222,6 +256,10 @@ func (g *Gateway) Start() error {
 	g.wg.Add(2)
 	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
 	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
+	if g.tls != nil {
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); _ = g.srv.ServeTLS(g.tls) }()
+	}
 	if err := g.waitServing(); err != nil {
 		return err
 	}
@@ -234,8 +272,13 @@ func (g *Gateway) Start() error {
 // dialogUA is the dialog side for a leg on transport: the same user agent,
 // with the client and Contact of that transport.
 func (g *Gateway) dialogUA(transport string) *sipgo.DialogUA {
-	if strings.EqualFold(transport, "tcp") {
+	switch {
+	case strings.EqualFold(transport, "tcp"):
 		return g.tcpUA
+	case strings.EqualFold(transport, "tls") && g.tlsUA != nil:
+		return g.tlsUA
+	case strings.EqualFold(transport, "tls"):
+		return g.tcpUA // without a TLS listener of our own: Contact by TCP
 	}
 	return g.udpUA
 }
@@ -310,6 +353,9 @@ func (g *Gateway) Close() error {
 	}
 	if g.tcp != nil {
 		g.tcp.Close()
+	}
+	if g.tls != nil {
+		g.tls.Close()
 	}
 	g.wg.Wait()
 	return err

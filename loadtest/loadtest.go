@@ -9,6 +9,7 @@ package loadtest
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,10 +40,13 @@ type Config struct {
 	Dialled     string        // the number called
 	From        []string      // caller numbers, used in turn
 	CallsPer    int           // calls placed from each From number before the next; 0 = 1
-	Transport   string        // the caller's leg: "udp" (default) or "tcp"
+	Transport   string        // the caller's leg: "udp" (default), "tcp" or "tls"
 	// CarrierTransport is the carrier side's: the Transport unless set, so
 	// mixed legs (UDP in, TCP out) can be driven.
 	CarrierTransport string
+	// TLS is for "tls" legs: its certificate is what the carrier side
+	// presents, its RootCAs what the caller side trusts.
+	TLS *tls.Config
 
 	// SetupTimeout bounds waiting for an answer; HangupTimeout for the
 	// BYE's answer and for the call to drain at the end.
@@ -72,8 +76,11 @@ func (c *Config) defaults() error {
 		c.CarrierTransport = c.Transport
 	}
 	for _, t := range []string{c.Transport, c.CarrierTransport} {
-		if t != "udp" && t != "tcp" {
-			return fmt.Errorf("loadtest: transport %q: want udp or tcp", t)
+		if t != "udp" && t != "tcp" && t != "tls" {
+			return fmt.Errorf("loadtest: transport %q: want udp, tcp or tls", t)
+		}
+		if t == "tls" && c.TLS == nil {
+			return errors.New("loadtest: a tls leg needs a TLS configuration")
 		}
 	}
 	if c.CallsPer <= 0 {
@@ -158,12 +165,16 @@ type endpoint struct {
 	close   func()
 }
 
-func newEndpoint(ctx context.Context, name, transport, addr string, log *slog.Logger, wg *sync.WaitGroup) (*endpoint, error) {
+func newEndpoint(ctx context.Context, name, transport, addr string, tlsCfg *tls.Config, log *slog.Logger, wg *sync.WaitGroup) (*endpoint, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s address %q: %w", name, addr, err)
 	}
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent(name), sipgo.WithUserAgentHostname(host))
+	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent(name), sipgo.WithUserAgentHostname(host)}
+	if tlsCfg != nil {
+		uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(tlsCfg))
+	}
+	ua, err := sipgo.NewUA(uaOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -174,14 +185,22 @@ func newEndpoint(ctx context.Context, name, transport, addr string, log *slog.Lo
 	e := &endpoint{ua: ua, srv: srv}
 	var serve func() error
 	var closer io.Closer
-	if transport == "tcp" {
+	switch transport {
+	case "tcp":
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return nil, err
 		}
 		e.addr, closer = l.Addr().String(), l
 		serve = func() error { return srv.ServeTCP(l) }
-	} else {
+	case "tls":
+		l, err := tls.Listen("tcp", addr, tlsCfg)
+		if err != nil {
+			return nil, err
+		}
+		e.addr, closer = l.Addr().String(), l
+		serve = func() error { return srv.ServeTLS(l) }
+	default:
 		c, err := net.ListenPacket("udp", addr)
 		if err != nil {
 			return nil, err
@@ -205,9 +224,9 @@ func newEndpoint(ctx context.Context, name, transport, addr string, log *slog.Lo
 		return nil, err
 	}
 	e.contact = sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: name, Host: host, Port: port}}
-	if transport == "tcp" {
+	if transport != "udp" {
 		e.contact.Address.UriParams = sip.NewParams()
-		e.contact.Address.UriParams.Add("transport", "tcp")
+		e.contact.Address.UriParams.Add("transport", transport)
 	}
 	e.close = func() { ua.Close(); closer.Close() }
 	// Serving starts only once the handlers are in: sipgo's handler map is
@@ -241,7 +260,7 @@ type carrier struct {
 }
 
 func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, error) {
-	ep, err := newEndpoint(ctx, "carrier", cfg.CarrierTransport, cfg.Carrier, cfg.Log, wg)
+	ep, err := newEndpoint(ctx, "carrier", cfg.CarrierTransport, cfg.Carrier, cfg.TLS, cfg.Log, wg)
 	if err != nil {
 		return nil, err
 	}
@@ -285,7 +304,7 @@ type caller struct {
 }
 
 func newCaller(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*caller, error) {
-	ep, err := newEndpoint(ctx, "pbx", cfg.Transport, cfg.Caller, cfg.Log, wg)
+	ep, err := newEndpoint(ctx, "pbx", cfg.Transport, cfg.Caller, cfg.TLS, cfg.Log, wg)
 	if err != nil {
 		return nil, err
 	}
@@ -319,9 +338,9 @@ func (c *caller) call(ctx context.Context, cfg Config, due time.Time, from strin
 	host, portS, _ := net.SplitHostPort(cfg.Target)
 	port, _ := strconv.Atoi(portS)
 	recipient := sip.Uri{Scheme: "sip", User: cfg.Dialled, Host: host, Port: port}
-	if cfg.Transport == "tcp" {
+	if cfg.Transport != "udp" {
 		recipient.UriParams = sip.NewParams()
-		recipient.UriParams.Add("transport", "tcp")
+		recipient.UriParams.Add("transport", cfg.Transport)
 	}
 	req := sip.NewRequest(sip.INVITE, recipient)
 	fromHdr := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: from, Host: c.contact.Address.Host}, Params: sip.NewParams()}

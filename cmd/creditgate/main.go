@@ -5,6 +5,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	// Org time zones (minute pool months) must resolve on hosts without
 	// /usr/share/zoneinfo, e.g. a distroless container.
 	"bytes"
@@ -114,9 +116,14 @@ func serve(args []string) error {
 	}
 	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
 
+	tlsCfg, err := sipTLS(cfg.SIP)
+	if err != nil {
+		return err
+	}
 	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
 		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
-		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog}, led, deck, clock.Real{}, reg, log)
+		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog,
+		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err
 	}
@@ -241,4 +248,31 @@ func loadDeck(l *ledger.Ledger, file string) (*rating.Deck, string, error) {
 		return d, file, nil
 	}
 	return rating.SampleDeck(), "built-in sample", nil
+}
+
+// sipTLS loads the SIP TLS certificate and CA named in the config; nil when
+// TLS is off and no CA is set.
+func sipTLS(c configs.SIP) (*tls.Config, error) {
+	if c.TLSListen == "" && c.TLSCA == "" {
+		return nil, nil
+	}
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLSCert != "" || c.TLSKey != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("sip.tls_cert/sip.tls_key: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	if c.TLSCA != "" {
+		pem, err := os.ReadFile(c.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("sip.tls_ca: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("sip.tls_ca: %s holds no PEM certificate", c.TLSCA)
+		}
+	}
+	return t, nil
 }

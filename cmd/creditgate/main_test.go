@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/creditgate/creditgate/configs"
@@ -38,5 +39,30 @@ func TestResolveToken(t *testing.T) {
 	cfg.HTTP.AdminToken = ""
 	if _, _, err := resolveToken(cfg); err == nil {
 		t.Fatal("a short environment token was accepted")
+	}
+}
+
+func TestSIPTLSRefusesBadFiles(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not.pem")
+	if err := os.WriteFile(notPEM, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		sip  configs.SIP
+		want string
+	}{
+		{"missing certificate", configs.SIP{TLSListen: "127.0.0.1:5061", TLSCert: filepath.Join(dir, "none.pem"), TLSKey: notPEM}, "sip.tls_cert"},
+		{"not a key pair", configs.SIP{TLSListen: "127.0.0.1:5061", TLSCert: notPEM, TLSKey: notPEM}, "sip.tls_cert"},
+		{"missing CA", configs.SIP{TLSCA: filepath.Join(dir, "none.pem")}, "sip.tls_ca"},
+		{"CA without a certificate", configs.SIP{TLSCA: notPEM}, "sip.tls_ca"},
+	} {
+		if _, err := sipTLS(tc.sip); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want an error naming %s", tc.name, err, tc.want)
+		}
+	}
+	if c, err := sipTLS(configs.SIP{}); c != nil || err != nil {
+		t.Fatalf("no TLS configured: %v, %v; want nil, nil", c, err)
 	}
 }

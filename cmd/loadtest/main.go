@@ -12,6 +12,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -34,6 +36,7 @@ func run(args []string) int {
 	var cfg loadtest.Config
 	var from string
 	var asJSON, quiet bool
+	var tlsCert, tlsKey, tlsCA string
 	fs.StringVar(&cfg.Target, "target", "127.0.0.1:5060", "the gateway's SIP address")
 	fs.StringVar(&cfg.Caller, "caller", "127.0.0.1:0", "address the calls are sent from")
 	fs.StringVar(&cfg.Carrier, "carrier", "127.0.0.1:5080", "address the carrier side answers on")
@@ -47,6 +50,9 @@ func run(args []string) int {
 	fs.StringVar(&from, "from", "+14255550100", "caller numbers, comma-separated, used in turn")
 	fs.IntVar(&cfg.CallsPer, "calls-per-number", 1, "calls from each caller number before the next")
 	fs.DurationVar(&cfg.SetupTimeout, "setup-timeout", 32*time.Second, "longest wait for a final answer")
+	fs.StringVar(&tlsCert, "tls-cert", "", "certificate (PEM) the carrier side presents on tls")
+	fs.StringVar(&tlsKey, "tls-key", "", "its key (PEM)")
+	fs.StringVar(&tlsCA, "tls-ca", "", "CA (PEM) the caller side trusts on tls (default: system roots)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {
@@ -56,6 +62,14 @@ func run(args []string) int {
 		if n = strings.TrimSpace(n); n != "" {
 			cfg.From = append(cfg.From, n)
 		}
+	}
+	if cfg.Transport == "tls" || cfg.CarrierTransport == "tls" {
+		t, err := loadTLS(tlsCert, tlsKey, tlsCA)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadtest:", err)
+			return 2
+		}
+		cfg.TLS = t
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
@@ -79,4 +93,26 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+func loadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if certFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-cert/-tls-key: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("-tls-ca: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-tls-ca: %s holds no PEM certificate", caFile)
+		}
+	}
+	return t, nil
 }

@@ -2,7 +2,18 @@ package sipp_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,26 +26,37 @@ import (
 // answered, billed once and adds up to the cent; calls the gateway refuses
 // are counted by their status and never reach the carrier side.
 func TestLoadToolThroughGateway(t *testing.T) {
-	for _, legs := range [][2]string{{"udp", "udp"}, {"tcp", "tcp"}, {"udp", "tcp"}, {"tcp", "udp"}} {
+	bin := buildBinary(t)
+	tlsCfg, certFile, keyFile := selfSigned(t)
+	for _, legs := range [][2]string{{"udp", "udp"}, {"tcp", "tcp"}, {"udp", "tcp"}, {"tcp", "udp"}, {"tls", "tls"}, {"udp", "tls"}} {
 		in, out := legs[0], legs[1]
 		t.Run(in+"-to-"+out, func(t *testing.T) {
-			bin := buildBinary(t)
-			g := startGateway(t, bin, t.TempDir())
+			// The gateway accepts TLS with the test certificate and
+			// trusts it on the carrier side too.
+			tlsPort := freePort(t)
+			conf := filepath.Join(t.TempDir(), "creditgate.yaml")
+			must(t, os.WriteFile(conf, []byte(fmt.Sprintf("sip:\n  tls_listen: 127.0.0.1:%d\n  tls_cert: %s\n  tls_key: %s\n  tls_ca: %s\n",
+				tlsPort, certFile, keyFile, certFile)), 0o600))
+			g := startGateway(t, bin, t.TempDir(), "--config", conf)
 			g.setupAcme("127.0.0.1", "0.60") // 0.01 per 1 s increment
 			carrierPort := freePort(t)
 			uri := fmt.Sprintf("sip:127.0.0.1:%d", carrierPort)
-			if out == "tcp" {
-				uri += ";transport=tcp"
+			if out != "udp" {
+				uri += ";transport=" + out
 			}
 			g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":%q,"prefixes":[""]}`, uri), 200, nil)
 
 			cfg := loadtest.Config{
 				Target:    fmt.Sprintf("127.0.0.1:%d", g.sipPort),
+				TLS:       tlsCfg,
 				Carrier:   fmt.Sprintf("127.0.0.1:%d", carrierPort),
 				Transport: in, CarrierTransport: out,
 				Rate: 100, Calls: 150, Hold: 300 * time.Millisecond,
 				Dialled: "+33142278186", From: []string{"+12125550100"},
 				SetupTimeout: 10 * time.Second,
+			}
+			if in == "tls" {
+				cfg.Target = fmt.Sprintf("127.0.0.1:%d", tlsPort)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
@@ -76,4 +98,39 @@ func TestLoadToolThroughGateway(t *testing.T) {
 			}
 		})
 	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// selfSigned makes a certificate for 127.0.0.1, writes it and its key as
+// PEM files, and returns a TLS configuration that presents and trusts it.
+func selfSigned(t *testing.T) (*tls.Config, string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "creditgate test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true, IsCA: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	must(t, err)
+	pool := x509.NewCertPool()
+	parsed, err := x509.ParseCertificate(der)
+	must(t, err)
+	pool.AddCert(parsed)
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, certFile, keyFile
 }

@@ -40,6 +40,11 @@ type SIP struct {
 	MaxPending      int           `yaml:"max_pending"`
 	FailoverTimeout time.Duration `yaml:"failover_timeout"`
 	DrainTimeout    time.Duration `yaml:"drain_timeout"`
+	// TransactionLinger is how long a finished transaction is kept to
+	// absorb retransmissions: RFC 3261's 64×T1 (32 s) for answered INVITEs
+	// and BYEs is what sipgo does by default; Kamailio's tm keeps them 5 s
+	// (wt_timer). At thousands of calls/s it is most of the gateway's memory.
+	TransactionLinger time.Duration `yaml:"transaction_linger"`
 	// SIP over TLS: off unless tls_listen is set, which then needs a
 	// certificate and key (PEM files). tls_ca (PEM) replaces the system
 	// roots for verifying carriers reached with transport=tls.
@@ -75,7 +80,7 @@ type Log struct {
 func Default() Config {
 	return Config{
 		DataDir: "./creditgate-data",
-		SIP: SIP{Listen: "127.0.0.1:5060", RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
+		SIP: SIP{Listen: "127.0.0.1:5060", TransactionLinger: 5 * time.Second, RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
 			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
@@ -158,6 +163,9 @@ func (c Config) Validate() error {
 		if c.SIP.TLSCert == "" || c.SIP.TLSKey == "" {
 			return bad("sip.tls_cert", "tls_listen needs tls_cert and tls_key (PEM files)")
 		}
+	}
+	if c.SIP.TransactionLinger < time.Second || c.SIP.TransactionLinger > 32*time.Second {
+		return bad("sip.transaction_linger", "want 1s to 32s, got %s", c.SIP.TransactionLinger)
 	}
 	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
 		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)

@@ -112,6 +112,7 @@ type Gateway struct {
 	mu      sync.Mutex
 	byID    map[string]*call
 	byIn    map[string]*call
+	inCalls map[string]struct{} // inbound Call-IDs of the calls registered
 	byOut   map[string]*call
 	byTrunk map[string]int // calls up per source trunk, for its max_calls
 
@@ -136,7 +137,7 @@ func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg p
 		return nil, fmt.Errorf("gateway metrics: %w", err)
 	}
 	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
-		byID: map[string]*call{}, byIn: map[string]*call{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
+		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
 	g.deck.Store(deck)
 	g.digest = newDigestAuth("creditgate", clk.Now)
 	g.ReloadTrunks()
@@ -419,6 +420,7 @@ func (g *Gateway) forget(c *call, inID, outID string) {
 		return
 	}
 	delete(g.byID, c.id)
+	delete(g.inCalls, c.inCallID)
 	if inID != "" {
 		delete(g.byIn, inID)
 	}
@@ -468,6 +470,15 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 			g.onInDialog(req, tx)
 			return
 		}
+	}
+	// A repeat of an INVITE whose transaction has been let go
+	// (sip.transaction_linger) must not become a second call.
+	g.mu.Lock()
+	_, dup := g.inCalls[req.CallID().Value()]
+	g.mu.Unlock()
+	if dup {
+		g.log.Debug("repeated INVITE of a call in progress dropped", "sip_call_id", req.CallID().Value())
+		return
 	}
 	received := time.Now()
 	// 100 Trying at once: authorization waits for the ledger's fsync, and
@@ -810,6 +821,7 @@ func (g *Gateway) register(c *call, inID string) {
 	c.mu.Unlock()
 	g.byID[c.id] = c
 	g.byIn[inID] = c
+	g.inCalls[c.inCallID] = struct{}{}
 	g.m.active.Inc()
 }
 

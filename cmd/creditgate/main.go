@@ -92,6 +92,10 @@ func serve(args []string) error {
 	// sipgo's transport and transaction layers log through this default;
 	// send them through our handler so they share its level and format.
 	sip.SetDefaultLogger(log.With("component", "sipgo"))
+	// sipgo keeps these timers in package variables, read as transactions
+	// start; set once here, before any exists.
+	sip.Timer_D, sip.Timer_J, sip.Timer_L, sip.Timer_M = cfg.SIP.TransactionLinger, cfg.SIP.TransactionLinger,
+		cfg.SIP.TransactionLinger, cfg.SIP.TransactionLinger
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)

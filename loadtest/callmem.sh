@@ -29,9 +29,9 @@ start_creditgate "$carrier_port" $((calls * 2))
 
 ramp=$((calls / rate))
 # Held long enough to sample twice: right after the last call is up, and
-# again once sipgo has dropped the calls' setup transactions (RFC 3261
-# keeps an answered INVITE's transaction 64×T1 = 32 s to absorb
-# retransmissions), which leaves what a call up costs for as long as it lasts.
+# again 36 s later, once even with sip.transaction_linger at RFC 3261's
+# 32 s every call's setup transactions are gone, which leaves what a call up
+# costs for as long as it lasts.
 # The second figure also holds the ledger's memtable, which fills with
 # every call's per-second debits until Pebble flushes it (64 MiB each).
 hold=$((ramp + 50))
@@ -68,6 +68,6 @@ import json, sys
 calls, h0, r0, h1, r1, up1, h2, r2, up2 = (float(x) for x in sys.argv[1:10])
 rep = json.load(open(sys.argv[10]))
 print(f"answered {rep['answered']} of {calls:.0f}, failed {rep['failed']}; idle: heap in use {h0/2**20:.1f} MiB, RSS {r0/2**20:.1f} MiB")
-for what, h, r, up in (("all up, setup transactions still kept", h1, r1, up1), ("all up, 36 s later", h2, r2, up2)):
+for what, h, r, up in (("all up, right after the last answer", h1, r1, up1), ("all up, 36 s later", h2, r2, up2)):
     print(f"{what:<40} calls {up:.0f}  heap in use {h/2**20:.1f} MiB ({(h-h0)/up:.0f} B/call)  RSS {r/2**20:.1f} MiB ({(r-r0)/up:.0f} B/call)")
 PY

@@ -3,8 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -21,15 +19,7 @@ import (
 // final answer.
 func (p *phone) dialAuth(gw, from, to, user, pass string) (int, *sip.Response) {
 	p.t.Helper()
-	host, port, _ := net.SplitHostPort(gw)
-	var pn int
-	fmt.Sscan(port, &pn)
-	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: to, Host: host, Port: pn})
-	fromHdr := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: from, Host: "pbx.example"}, Params: sip.NewParams()}
-	fromHdr.Params.Add("tag", sip.GenerateTagN(8))
-	req.AppendHeader(fromHdr)
-	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	req.SetBody([]byte(testSDP))
+	req := newInvite(gw, from, to)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := p.dialogs.WriteInvite(ctx, req)

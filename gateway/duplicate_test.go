@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -21,14 +19,10 @@ func TestRepeatedInviteIsNotASecondCall(t *testing.T) {
 	}
 	eventually(t, "call answered", func() bool { return e.answeredCalls() == 1 })
 
-	host, port, _ := net.SplitHostPort(e.gw.Addr())
-	var pn int
-	fmt.Sscan(port, &pn)
-	again := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "+442079460018", Host: host, Port: pn})
-	again.AppendHeader(sip.HeaderClone(sess.InviteRequest.From()))
+	// The same call (From tag, Call-ID) on a new transaction.
+	again := newInvite(e.gw.Addr(), "+12125550100", "+442079460018")
+	again.ReplaceHeader(sip.HeaderClone(sess.InviteRequest.From()))
 	again.AppendHeader(sip.HeaderClone(sess.InviteRequest.CallID()))
-	again.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	again.SetBody([]byte(testSDP))
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	tx, err := e.caller.cli.TransactionRequest(ctx, again)

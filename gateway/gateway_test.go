@@ -2,8 +2,6 @@ package gateway
 
 import (
 	"context"
-	"net"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -236,14 +234,7 @@ func TestCancelBeforeAnswerCostsNothing(t *testing.T) {
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	e.carrier.ringOnly.Store(true)
 
-	host, port, _ := net.SplitHostPort(e.gw.Addr())
-	pn, _ := strconv.Atoi(port)
-	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: "+442079460018", Host: host, Port: pn})
-	from := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: "+12125550100", Host: "pbx.example"}, Params: sip.NewParams()}
-	from.Params.Add("tag", sip.GenerateTagN(8))
-	req.AppendHeader(from)
-	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
-	req.SetBody([]byte(testSDP))
+	req := newInvite(e.gw.Addr(), "+12125550100", "+442079460018")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := e.caller.dialogs.WriteInvite(ctx, req)

@@ -304,19 +304,10 @@ func (p *phone) dial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogClie
 // tryDial is dial for goroutines other than the test's: it reports errors
 // instead of failing the test.
 func (p *phone) tryDial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogClientSession, int, *sip.Response, error) {
-	host, port, _ := net.SplitHostPort(gw)
-	var pn int
-	fmt.Sscan(port, &pn)
-	recipient := sip.Uri{Scheme: "sip", User: to, Host: host, Port: pn}
-	req := sip.NewRequest(sip.INVITE, recipient)
-	fromHdr := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: from, Host: "pbx.example"}, Params: sip.NewParams()}
-	fromHdr.Params.Add("tag", sip.GenerateTagN(8))
-	req.AppendHeader(fromHdr)
-	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req := newInvite(gw, from, to)
 	for _, h := range hdrs {
 		req.AppendHeader(h)
 	}
-	req.SetBody([]byte(testSDP))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	sess, err := p.dialogs.WriteInvite(ctx, req)
@@ -334,6 +325,21 @@ func (p *phone) tryDial(gw, from, to string, hdrs ...sip.Header) (*sipgo.DialogC
 		return nil, 0, nil, fmt.Errorf("ACK: %w", err)
 	}
 	return sess, 200, sess.InviteResponse, nil
+}
+
+// newInvite is the PBX's INVITE from from to to through the gateway at gw,
+// with SDP.
+func newInvite(gw, from, to string) *sip.Request {
+	host, port, _ := net.SplitHostPort(gw)
+	var pn int
+	fmt.Sscan(port, &pn)
+	req := sip.NewRequest(sip.INVITE, sip.Uri{Scheme: "sip", User: to, Host: host, Port: pn})
+	fromHdr := &sip.FromHeader{Address: sip.Uri{Scheme: "sip", User: from, Host: "pbx.example"}, Params: sip.NewParams()}
+	fromHdr.Params.Add("tag", sip.GenerateTagN(8))
+	req.AppendHeader(fromHdr)
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	req.SetBody([]byte(testSDP))
+	return req
 }
 
 func asDialogResponse(err error, target **sipgo.ErrDialogResponse) bool {

@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,4 +69,49 @@ func FuzzSIPDatagram(f *testing.F) {
 			t.Fatalf("after %d datagrams: %v", n.Load(), err)
 		}
 	})
+}
+
+// An INVITE without one of the headers every request must carry gets 400
+// naming it — found by FuzzSIPDatagram: one without Call-ID crashed the
+// gateway.
+func TestInviteMissingHeaderGets400(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
+	e.gw.ReloadTrunks()
+	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
+	must(t, err)
+	defer conn.Close()
+	gw, err := net.ResolveUDPAddr("udp", e.gw.Addr())
+	must(t, err)
+	for i, h := range []string{"Call-ID", "From", "To"} {
+		var b strings.Builder
+		for _, line := range strings.Split(fuzzInvite, "\r\n") {
+			if !strings.HasPrefix(line, h+":") {
+				b.WriteString(strings.Replace(line, "z9hG4bK-fuzz-1", fmt.Sprintf("z9hG4bK-missing-%d", i), 1) + "\r\n")
+			}
+		}
+		// Responses go to the Via's address: this socket's.
+		msg := strings.ReplaceAll(strings.TrimSuffix(b.String(), "\r\n"), "127.0.0.1:5099", conn.LocalAddr().String())
+		_, err := conn.WriteTo([]byte(msg), gw)
+		must(t, err)
+		buf := make([]byte, 4096)
+		for {
+			must(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+			n, _, err := conn.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("INVITE without %s: no final answer: %v", h, err)
+			}
+			if strings.HasPrefix(string(buf[:n]), "SIP/2.0 100") {
+				continue
+			}
+			if want := "SIP/2.0 400 Missing " + h; !strings.HasPrefix(string(buf[:n]), want) {
+				t.Fatalf("INVITE without %s answered %q; want %q", h, strings.SplitN(string(buf[:n]), "\r\n", 2)[0], want)
+			}
+			break
+		}
+	}
+	if n := e.carrier.invites.Load(); n != 0 {
+		t.Fatalf("%d malformed INVITEs reached the carrier", n)
+	}
 }

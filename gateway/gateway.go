@@ -464,12 +464,34 @@ func callerNumber(req *sip.Request) string {
 	return ""
 }
 
+// missingHeader names the first header every request must carry that req
+// lacks, or is "".
+func missingHeader(req *sip.Request) string {
+	switch {
+	case req.CallID() == nil:
+		return "Call-ID"
+	case req.From() == nil:
+		return "From"
+	case req.To() == nil:
+		return "To"
+	case req.CSeq() == nil:
+		return "CSeq"
+	case req.Via() == nil:
+		return "Via"
+	}
+	return ""
+}
+
 func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
-	if to := req.To(); to != nil {
-		if _, ok := to.Params.Get("tag"); ok {
-			g.onInDialog(req, tx)
-			return
-		}
+	// RFC 3261 §8.1.1: without these an INVITE is no request at all; the
+	// code below may rely on every one of them.
+	if h := missingHeader(req); h != "" {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Missing "+h, nil))
+		return
+	}
+	if _, ok := req.To().Params.Get("tag"); ok {
+		g.onInDialog(req, tx)
+		return
 	}
 	// A repeat of an INVITE whose transaction has been let go
 	// (sip.transaction_linger) must not become a second call.

@@ -40,16 +40,17 @@ func TestSIPpConferencingDialOut(t *testing.T) {
 			t.Fatalf("SIPp carrier: %v\n%s", err, carrierOut)
 		}
 	}
+	calls := 0
 	cdrTo := func(number string) map[string]string {
 		t.Helper()
-		var usage struct{ CDRs []map[string]string }
-		g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
-		for _, c := range usage.CDRs {
+		calls++
+		cdrs := g.cdrs(calls)
+		for _, c := range cdrs {
 			if c["to"] == number {
 				return c
 			}
 		}
-		t.Fatalf("no CDR to %s in %v", number, usage.CDRs)
+		t.Fatalf("no CDR to %s in %v", number, cdrs)
 		return nil
 	}
 	var org struct {

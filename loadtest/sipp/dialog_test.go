@@ -33,14 +33,13 @@ func (g *gateway) call(uas, uac string, uacArgs ...string) {
 // onlyCDR is the org's one CDR, and its balance and held amount.
 func (g *gateway) onlyCDR() (cdr map[string]string, balance, held string) {
 	g.t.Helper()
-	var usage struct{ CDRs []map[string]string }
-	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
-	if len(usage.CDRs) != 1 {
-		g.t.Fatalf("%d CDRs, want 1: %v", len(usage.CDRs), usage.CDRs)
+	cdrs := g.cdrs(1)
+	if len(cdrs) != 1 {
+		g.t.Fatalf("%d CDRs, want 1: %v", len(cdrs), cdrs)
 	}
 	var org struct{ Balance, Held string }
 	g.api("GET", "/v1/orgs/acme", "", "", 200, &org)
-	return usage.CDRs[0], org.Balance, org.Held
+	return cdrs[0], org.Balance, org.Held
 }
 
 // TestSIPpCancelBeforeAnswerCostsNothing: the caller CANCELs while the

@@ -171,6 +171,20 @@ func (g *gateway) api(method, path, contentType, body string, wantStatus int, ou
 // (+12125550100, communications_credits), a customer trunk from pbxAddress
 // (an IP, or IP:port), and a one-row deck pricing France at perMinute in
 // 1-second increments.
+// cdrs is acme's CDRs once there are at least n. The gateway settles a call
+// after it has answered the SIP side, so a caller's SIPp or the load tool
+// can be done first; this bounds the wait, it times nothing.
+func (g *gateway) cdrs(n int) []map[string]string {
+	g.t.Helper()
+	var usage struct{ CDRs []map[string]string }
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+		if len(usage.CDRs) >= n || time.Now().After(deadline) {
+			return usage.CDRs
+		}
+	}
+}
+
 func (g *gateway) setupAcme(pbxAddress, perMinute string) {
 	g.t.Helper()
 	g.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)

@@ -72,10 +72,9 @@ func TestLoadToolThroughGateway(t *testing.T) {
 			}
 
 			// Each call talked 300 ms: one started 1 s increment, 0.01.
-			var usage struct{ CDRs []map[string]string }
-			g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+			cdrs := g.cdrs(150)
 			sum := decimal.Zero
-			for _, c := range usage.CDRs {
+			for _, c := range cdrs {
 				if c["charge"] != "0.01" || c["disconnect_reason"] != "caller_hangup" {
 					t.Fatalf("CDR %v: want charge 0.01 and caller_hangup", c)
 				}
@@ -83,8 +82,8 @@ func TestLoadToolThroughGateway(t *testing.T) {
 			}
 			var org struct{ Balance, Held string }
 			g.api("GET", "/v1/orgs/acme", "", "", 200, &org)
-			if len(usage.CDRs) != 150 || !sum.Equal(decimal.RequireFromString("1.50")) || org.Balance != "48.50" || org.Held != "0.00" {
-				t.Fatalf("%d CDRs charging %s, balance %s held %s; want 150, 1.50, 48.50, 0.00", len(usage.CDRs), sum, org.Balance, org.Held)
+			if len(cdrs) != 150 || !sum.Equal(decimal.RequireFromString("1.50")) || org.Balance != "48.50" || org.Held != "0.00" {
+				t.Fatalf("%d CDRs charging %s, balance %s held %s; want 150, 1.50, 48.50, 0.00", len(cdrs), sum, org.Balance, org.Held)
 			}
 
 			// A destination the deck has no rate for: refused, counted by status.

@@ -418,12 +418,17 @@ func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
 	case SourceCredits:
 		os.Held = os.Held.Sub(h.Credit)
 		if amt.Credit.IsPositive() {
+			before := os.Balance
 			os.Balance = os.Balance.Sub(amt.Credit)
 			os.Debited = os.Debited.Add(amt.Credit)
 			c.Charge = c.Charge.Add(amt.Credit)
 			en := Entry{Seq: t.entrySeq(), At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: os.Balance, CallID: c.ID, N: h.N}
 			t.put(keyEntry(os.ID, en.Seq), en)
 			l.debits.Inc()
+			if before.IsPositive() && !os.Balance.IsPositive() {
+				l.notify(t, Notification{Org: os.ID, Kind: NotifyBalanceZero, Balance: os.Balance, Currency: os.Currency})
+			}
+			l.maybeRecharge(t, os)
 		}
 		t.put(keyBalances(os.ID), os.Balances)
 	}

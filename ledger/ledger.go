@@ -78,6 +78,11 @@ type Ledger struct {
 	ended    endedCalls
 	dialogs  []Dialog // left by the last run, until the SIP side forgets them
 
+	purchases  map[string]*Purchase     // pending auto-recharge purchases
+	outbox     map[string]*Notification // notifications not yet delivered
+	payerWake  chan struct{}
+	outboxWake chan struct{}
+
 	// trace, when set by tests, sees every operation's outcome in the order
 	// the ledger linearized them, under the lock.
 	trace func(op Op)
@@ -92,6 +97,7 @@ type orgState struct {
 	loc      *time.Location
 	licensed []int // per plan: users holding one of its licenses
 	pools    map[poolKey]*Pool
+	purchase *Purchase // the org's pending auto-recharge purchase
 }
 
 type poolKey struct {
@@ -168,6 +174,8 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
 		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
 		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
+		purchases: map[string]*Purchase{}, outbox: map[string]*Notification{},
+		payerWake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1),
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
 			Help: "Billing increments committed (debited) from org balances."}),
 		commitHisto: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "creditgate_ledger_commit_seconds",
@@ -267,6 +275,12 @@ func (l *Ledger) load() error {
 		return err
 	}
 	if err := l.loadDialogs(); err != nil {
+		return err
+	}
+	if err := l.loadPurchases(); err != nil {
+		return err
+	}
+	if err := l.loadOutbox(); err != nil {
 		return err
 	}
 	lastMonth := l.opts.Now().UTC().AddDate(0, -1, 0).Format("2006-01")
@@ -384,7 +398,22 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 	if err := <-done; err != nil {
 		return op, err
 	}
+	// Only now: a payer or sender woken earlier could act on what a crash
+	// would still undo.
+	if t.wakePayer {
+		signal(l.payerWake)
+	}
+	if t.wakeOutbox {
+		signal(l.outboxWake)
+	}
 	return op, t.after
+}
+
+func signal(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
@@ -530,11 +559,24 @@ func (l *Ledger) pool(os *orgState, plan int, month string) *Pool {
 	return &p
 }
 
-// Fund adds a one-time funding. The idempotency key applies once per org:
-// a repeated key is refused and changes nothing.
+// Fund adds a one-time funding. The idempotency key applies once per org: a
+// retry with the same key and amount changes nothing and returns the entry
+// the first one made (Replayed set); the same key with another amount is
+// refused.
 func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, error) {
+	return l.FundAcrossRegions(orgID, amount, key, "")
+}
+
+// FundAcrossRegions is Fund that, when incident names a support incident,
+// accepts a funding for an org whose region differs from its billing region
+// (SPEC §2: such purchases are refused until support resolves it). The
+// incident is kept in the entry and logged.
+func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, incident string) (Entry, error) {
 	if key == "" || len(key) > MaxFundingKey {
 		return Entry{}, invalidf("idempotency_key: want 1 to %d characters", MaxFundingKey)
+	}
+	if len(incident) > 128 {
+		return Entry{}, invalidf("incident: at most 128 characters")
 	}
 	if amount.LessThan(l.opts.MinFunding) {
 		return Entry{}, fmt.Errorf("%w: %s is below the minimum funding of %s", ErrBelowMinimum, amount.StringFixed(2), l.opts.MinFunding.StringFixed(2))
@@ -546,16 +588,27 @@ func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, 
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, orgID)
 		}
-		if os.Region != os.BillingRegion {
-			return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, os.ID, os.Region, os.BillingRegion)
-		}
 		fk := orgID + "/" + key
 		if prev, ok := l.fundKeys[fk]; ok {
+			if prev.Kind == EntryFunding && prev.Amount.Equal(amount) {
+				en = prev
+				en.Replayed = true
+				return nil
+			}
 			return fmt.Errorf("%w: %q funded %s at %s already; nothing changed", ErrDuplicateFunding, key, prev.Amount, prev.At.Format(time.RFC3339))
+		}
+		if os.Region != os.BillingRegion {
+			if incident == "" {
+				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, os.ID, os.Region, os.BillingRegion)
+			}
+			l.log.Warn("funding allowed across regions by a support incident", "org", orgID, "region", os.Region,
+				"billing_region", os.BillingRegion, "incident", incident, "amount", amount.String(), "idempotency_key", key)
+		} else {
+			incident = ""
 		}
 		os.Balance = os.Balance.Add(amount)
 		os.Funded = os.Funded.Add(amount)
-		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key}
+		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key, Incident: incident}
 		l.fundKeys[fk] = en
 		t.put(keyBalances(orgID), os.Balances)
 		t.put(keyEntry(orgID, en.Seq), en)

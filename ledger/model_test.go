@@ -29,7 +29,7 @@ type model struct {
 
 type mOrg struct {
 	balance, held decimal.Decimal
-	keys          map[string]bool
+	keys          map[string]decimal.Decimal // funding key → amount
 	pool          mPool // the domestic pool of t0's month
 }
 
@@ -118,10 +118,13 @@ func (m *model) apply(op Op, tmpl Call) (Increment, error) {
 	switch op.Kind {
 	case "fund":
 		o := m.orgs[op.Org]
-		if o.keys[op.Key] {
+		if prev, ok := o.keys[op.Key]; ok {
+			if prev.Equal(op.Amount) {
+				return Increment{}, nil // a retry: answered, nothing changes
+			}
 			return Increment{}, ErrDuplicateFunding
 		}
-		o.keys[op.Key] = true
+		o.keys[op.Key] = op.Amount
 		o.balance = o.balance.Add(op.Amount)
 		return Increment{}, nil
 	case "open":
@@ -264,7 +267,7 @@ func TestModelRandomizedConcurrent(t *testing.T) {
 		if err := l.PutUser(User{Org: id, ID: "u", Licenses: []string{"domestic_calling_plan"}}); err != nil {
 			t.Fatal(err)
 		}
-		m.orgs[id] = &mOrg{keys: map[string]bool{}, pool: mPool{total: 4}}
+		m.orgs[id] = &mOrg{keys: map[string]decimal.Decimal{}, pool: mPool{total: 4}}
 	}
 
 	var (

@@ -35,6 +35,8 @@ import (
 //	r/{org}/{start:8}/{call}   CDR, by start time
 //	z/{call}                   → the CDR's key, so a retried close finds it
 //	g/{call}                   the SIP dialogs of an answered call, until its BYEs are done
+//	q/{purchase}               auto-recharge Purchase (pending ones are loaded)
+//	n/{seq:8}                  Notification in the outbox, until delivered
 var (
 	keySeq  = []byte("m/seq")
 	keyDeck = []byte("d")
@@ -132,6 +134,9 @@ type txn struct {
 	after error
 	// result is the increment the operation held or found, for tracing.
 	result Increment
+	// wakePayer and wakeOutbox ask for the payer and the notification
+	// sender to look again once the operation is durable.
+	wakePayer, wakeOutbox bool
 }
 
 // put records v as key's new value. v must be a value: it is encoded later,

@@ -46,6 +46,10 @@ type Org struct {
 	Timezone      string    `json:"timezone,omitempty"` // IANA; months of minute pools; empty is UTC
 	BlockPremium  bool      `json:"block_premium"`      // refuse calls to premium-rate numbers
 	CreatedAt     time.Time `json:"created_at"`
+	// Contacts and AutoRecharge change rarely; they live in the org's
+	// record, not in Balances, which every debit rewrites.
+	Contacts     Contacts     `json:"contacts"`
+	AutoRecharge AutoRecharge `json:"auto_recharge"`
 	Balances
 }
 
@@ -282,6 +286,12 @@ type Entry struct {
 	CallID  string          `json:"call_id,omitempty"`
 	N       int             `json:"n,omitempty"` // the call's increment
 	Key     string          `json:"idempotency_key,omitempty"`
+	// Incident is the support incident that allowed a funding across
+	// regions.
+	Incident string `json:"incident,omitempty"`
+	// Replayed is set, not stored, when a retried funding found the entry
+	// its key had made.
+	Replayed bool `json:"-"`
 }
 
 // CallEnd is how a call ended, for its CDR.

@@ -1,0 +1,289 @@
+package ledger
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// Auto-recharge (SPEC §2, the seed's recommended way to fund): when a debit
+// takes an org's balance below its threshold, the org buys a fixed amount.
+//
+// The ledger owns the purchase's state, so that a purchase is started once
+// and credited once whatever crashes in between:
+//
+//   - the debit that crosses the threshold writes a pending Purchase in the
+//     same durable operation as the debit, so a purchase is neither lost nor
+//     started twice, and an org has at most one pending at a time;
+//   - a payer (package recharge) pays it with the purchase's ID as the
+//     payment provider's idempotency key, so paying again after a crash
+//     replays the first payment instead of charging the card twice;
+//   - CompletePurchase credits the amount and closes the purchase in one
+//     durable operation; a second call finds it closed and changes nothing;
+//   - FailPurchase closes it on a hard decline and suspends auto-recharge
+//     until the operator puts new settings, so a dead card is not retried
+//     at every debit.
+//
+// Every outcome queues a notification in the outbox (outbox.go) in the same
+// operation.
+
+// Purchase states.
+const (
+	PurchasePending   = "pending"
+	PurchaseSucceeded = "succeeded"
+	PurchaseFailed    = "failed"
+)
+
+// AutoRecharge is an org's auto-recharge setting.
+type AutoRecharge struct {
+	Enabled   bool            `json:"enabled"`
+	Threshold decimal.Decimal `json:"threshold"`
+	Amount    decimal.Decimal `json:"amount"`
+	// PaymentMethod and Customer are the payment provider's saved card and
+	// its owner (Stripe: pm_…, cus_…); an off-session charge needs both.
+	PaymentMethod string `json:"payment_method"`
+	Customer      string `json:"customer"`
+	// Incident is the support incident that allowed auto-recharge although
+	// the org's region differs from its billing region.
+	Incident string `json:"incident,omitempty"`
+	// Suspended says why purchases stopped (a hard decline); putting the
+	// setting again clears it.
+	Suspended string    `json:"suspended,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// Purchase is one auto-recharge purchase.
+type Purchase struct {
+	ID            string          `json:"id"` // also the payment's idempotency key
+	Org           string          `json:"org"`
+	Amount        decimal.Decimal `json:"amount"`
+	Currency      string          `json:"currency"`
+	PaymentMethod string          `json:"payment_method"`
+	Customer      string          `json:"customer"`
+	State         string          `json:"state"`
+	Payment       string          `json:"payment,omitempty"` // the provider's id (pi_…)
+	Reason        string          `json:"reason,omitempty"`  // why it failed
+	Created       time.Time       `json:"created"`
+	Closed        time.Time       `json:"closed,omitzero"`
+	// Balance is the balance that triggered it.
+	Balance decimal.Decimal `json:"balance"`
+}
+
+// EntryRecharge is the entry kind of a completed auto-recharge purchase.
+const EntryRecharge = "recharge"
+
+var (
+	paymentMethodRE = regexp.MustCompile(`^(pm|card|src)_[A-Za-z0-9_]{1,200}$`)
+	customerRE      = regexp.MustCompile(`^cus_[A-Za-z0-9_]{1,200}$`)
+)
+
+// zeroDecimalCurrencies have no minor unit (Stripe's list).
+var zeroDecimalCurrencies = map[string]bool{"BIF": true, "CLP": true, "DJF": true, "GNF": true, "JPY": true,
+	"KMF": true, "KRW": true, "MGA": true, "PYG": true, "RWF": true, "UGX": true, "VND": true, "VUV": true,
+	"XAF": true, "XOF": true, "XPF": true}
+
+// MinorUnits is amount in the currency's smallest unit (cents for USD), as
+// payment providers take it; ok is false when amount has more precision
+// than the currency.
+func MinorUnits(amount decimal.Decimal, currency string) (int64, bool) {
+	places := int32(2)
+	if zeroDecimalCurrencies[currency] {
+		places = 0
+	}
+	m := amount.Shift(places)
+	if !m.IsInteger() || !m.Shift(-places).Equal(amount) {
+		return 0, false
+	}
+	return m.IntPart(), true
+}
+
+func keyPurchase(id string) []byte { return []byte("q/" + id) }
+
+// SetAutoRecharge replaces the org's auto-recharge setting. Enabling it is
+// refused for an org whose region differs from its billing region unless
+// incident names the support incident that resolved it. If the balance is
+// already below the threshold, a purchase starts at once.
+func (l *Ledger) SetAutoRecharge(org string, ar AutoRecharge) (AutoRecharge, error) {
+	if ar.Enabled {
+		if ar.Threshold.IsNegative() {
+			return AutoRecharge{}, invalidf("threshold: must not be negative")
+		}
+		if ar.Amount.LessThan(l.opts.MinFunding) {
+			return AutoRecharge{}, fmt.Errorf("%w: recharge amount %s is below the minimum funding of %s", ErrBelowMinimum,
+				ar.Amount.StringFixed(2), l.opts.MinFunding.StringFixed(2))
+		}
+		if !paymentMethodRE.MatchString(ar.PaymentMethod) {
+			return AutoRecharge{}, invalidf("payment_method %q: want the provider's saved payment method id (pm_…)", ar.PaymentMethod)
+		}
+		if !customerRE.MatchString(ar.Customer) {
+			return AutoRecharge{}, invalidf("customer %q: want the provider's customer id (cus_…) that owns the payment method", ar.Customer)
+		}
+	}
+	if len(ar.Incident) > 128 {
+		return AutoRecharge{}, invalidf("incident: at most 128 characters")
+	}
+	ar.Suspended = ""
+	ar.UpdatedAt = l.opts.Now().UTC()
+	var out AutoRecharge
+	_, err := l.do(Op{Kind: "auto_recharge", Org: org}, ar.UpdatedAt, func(t *txn) error {
+		os, ok := l.orgs[org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+		}
+		if ar.Enabled {
+			if _, ok := MinorUnits(ar.Amount, os.Currency); !ok {
+				return invalidf("amount %s: more precision than %s has", ar.Amount, os.Currency)
+			}
+			if os.Region != os.BillingRegion && ar.Incident == "" {
+				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits, then pass its id as incident",
+					ErrRegionMismatch, os.ID, os.Region, os.BillingRegion)
+			}
+		}
+		if ar.Incident != "" && os.Region != os.BillingRegion {
+			l.log.Warn("auto-recharge allowed across regions by a support incident", "org", org,
+				"region", os.Region, "billing_region", os.BillingRegion, "incident", ar.Incident)
+		}
+		os.AutoRecharge = ar
+		t.put(keyOrg(org), os.Org)
+		l.maybeRecharge(t, os)
+		out = ar
+		return nil
+	})
+	return out, err
+}
+
+// maybeRecharge starts a purchase if the org's balance is below its
+// threshold and none is pending. It runs inside the operation that moved the
+// balance, so the purchase is durable exactly when that movement is.
+func (l *Ledger) maybeRecharge(t *txn, os *orgState) {
+	ar := os.AutoRecharge
+	if !ar.Enabled || ar.Suspended != "" || os.purchase != nil || !os.Balance.LessThan(ar.Threshold) {
+		return
+	}
+	if os.Region != os.BillingRegion && ar.Incident == "" {
+		return
+	}
+	p := &Purchase{ID: fmt.Sprintf("%s-r%d", os.ID, t.entrySeq()), Org: os.ID, Amount: ar.Amount, Currency: os.Currency,
+		PaymentMethod: ar.PaymentMethod, Customer: ar.Customer, State: PurchasePending, Created: t.at.UTC(), Balance: os.Balance}
+	os.purchase = p
+	l.purchases[p.ID] = p
+	t.put(keyPurchase(p.ID), *p)
+	t.wakePayer = true
+}
+
+// PendingPurchases returns the purchases still to pay, each durable: it
+// returns once everything before it is on disk, so a payer never pays for a
+// purchase a crash could still undo.
+func (l *Ledger) PendingPurchases() ([]Purchase, error) {
+	var ps []Purchase
+	_, err := l.do(Op{Kind: "pending_purchases"}, l.opts.Now(), func(*txn) error {
+		for _, p := range l.purchases {
+			ps = append(ps, *p)
+		}
+		return nil
+	})
+	return ps, err
+}
+
+// Purchase returns a purchase, pending or closed.
+func (l *Ledger) Purchase(id string) (Purchase, bool, error) {
+	l.mu.Lock()
+	p, ok := l.purchases[id]
+	l.mu.Unlock()
+	if ok {
+		return *p, true, nil
+	}
+	var stored Purchase
+	found, err := getRecord(l.db, keyPurchase(id), &stored)
+	return stored, found, err
+}
+
+// PayerWake is signalled, after the operation is durable, whenever a
+// purchase starts.
+func (l *Ledger) PayerWake() <-chan struct{} { return l.payerWake }
+
+// CompletePurchase credits a paid purchase and closes it. Completing a
+// purchase that is already closed changes nothing and returns the entry
+// that credited it (zero if it failed).
+func (l *Ledger) CompletePurchase(id, payment string) (Entry, error) {
+	var en Entry
+	at := l.opts.Now().UTC()
+	_, err := l.do(Op{Kind: "recharge", Key: id}, at, func(t *txn) error {
+		p, ok := l.purchases[id]
+		if !ok {
+			return l.closedPurchase(id, &en)
+		}
+		os := l.orgs[p.Org]
+		os.Balance = os.Balance.Add(p.Amount)
+		os.Funded = os.Funded.Add(p.Amount)
+		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryRecharge, Amount: p.Amount, Balance: os.Balance, Key: id}
+		p.State, p.Payment, p.Closed = PurchaseSucceeded, payment, at
+		t.put(keyBalances(os.ID), os.Balances)
+		t.put(keyEntry(os.ID, en.Seq), en)
+		t.put(keyFunding(os.ID, id), en)
+		t.put(keyPurchase(id), *p)
+		delete(l.purchases, id)
+		os.purchase = nil
+		l.fundKeys[os.ID+"/"+id] = en
+		l.notify(t, Notification{Org: os.ID, Kind: NotifyRechargeSucceeded, Amount: p.Amount, Balance: os.Balance,
+			Currency: os.Currency, Purchase: id})
+		return nil
+	})
+	return en, err
+}
+
+// closedPurchase answers a retried close of purchase id.
+func (l *Ledger) closedPurchase(id string, en *Entry) error {
+	var p Purchase
+	found, err := getRecord(l.db, keyPurchase(id), &p)
+	switch {
+	case err != nil:
+		return err
+	case !found:
+		return invalidf("no purchase %s", id)
+	case p.State == PurchaseSucceeded:
+		*en = l.fundKeys[p.Org+"/"+id]
+	}
+	return nil
+}
+
+// FailPurchase closes a purchase that cannot be paid (a hard decline:
+// expired card, insufficient funds…) and suspends the org's auto-recharge
+// with reason until its setting is put again.
+func (l *Ledger) FailPurchase(id, reason string) error {
+	at := l.opts.Now().UTC()
+	_, err := l.do(Op{Kind: "recharge_failed", Key: id}, at, func(t *txn) error {
+		p, ok := l.purchases[id]
+		if !ok {
+			var en Entry
+			return l.closedPurchase(id, &en)
+		}
+		os := l.orgs[p.Org]
+		p.State, p.Reason, p.Closed = PurchaseFailed, reason, at
+		t.put(keyPurchase(id), *p)
+		delete(l.purchases, id)
+		os.purchase = nil
+		os.AutoRecharge.Suspended = reason
+		t.put(keyOrg(os.ID), os.Org)
+		l.notify(t, Notification{Org: os.ID, Kind: NotifyRechargeFailed, Amount: p.Amount, Balance: os.Balance,
+			Currency: os.Currency, Purchase: id, Reason: reason})
+		return nil
+	})
+	return err
+}
+
+// loadPurchases reads back the purchases still pending.
+func (l *Ledger) loadPurchases() error {
+	return scan(l.db, []byte("q/"), func(_ []byte, p *Purchase) error {
+		if p.State != PurchasePending {
+			return nil
+		}
+		if os, ok := l.orgs[p.Org]; ok {
+			os.purchase = p
+			l.purchases[p.ID] = p
+		}
+		return nil
+	})
+}

@@ -429,6 +429,9 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 	if o.Currency == "" {
 		o.Currency = "USD"
 	}
+	if o.BillingRegion == "" {
+		o.BillingRegion = o.Region
+	}
 	if len(o.Currency) != 3 || !isUpper(o.Currency) {
 		return Org{}, invalidf("currency %q: want an ISO 4217 code like USD", o.Currency)
 	}

@@ -30,7 +30,7 @@ type model struct {
 type mOrg struct {
 	balance, held decimal.Decimal
 	keys          map[string]decimal.Decimal // funding key → amount
-	pool          mPool // the domestic pool of t0's month
+	pool          mPool                      // the domestic pool of t0's month
 }
 
 type mPool struct{ total, used, held int }

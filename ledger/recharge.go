@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"crypto/rand"
 	"fmt"
 	"regexp"
 	"time"
@@ -165,7 +166,14 @@ func (l *Ledger) maybeRecharge(t *txn, os *orgState) {
 	if os.Region != os.BillingRegion && ar.Incident == "" {
 		return
 	}
-	p := &Purchase{ID: fmt.Sprintf("%s-r%d", os.ID, t.entrySeq()), Org: os.ID, Amount: ar.Amount, Currency: os.Currency,
+	// The ID is the payment's idempotency key, so it must never recur:
+	// a ledger restored from a backup, or a second installation on the
+	// same Stripe account, counts the same sequence numbers again, and a
+	// reused key would make Stripe replay an old payment for a new
+	// purchase — credit without a charge. Hence the random part.
+	var nonce [6]byte
+	_, _ = rand.Read(nonce[:])
+	p := &Purchase{ID: fmt.Sprintf("%s-r%d-%x", os.ID, t.entrySeq(), nonce), Org: os.ID, Amount: ar.Amount, Currency: os.Currency,
 		PaymentMethod: ar.PaymentMethod, Customer: ar.Customer, State: PurchasePending, Created: t.at.UTC(), Balance: os.Balance}
 	os.purchase = p
 	l.purchases[p.ID] = p

@@ -140,7 +140,7 @@ func (p *Payer) Run(ctx context.Context) {
 		}
 	}()
 	for {
-		next := p.payDue(ctx)
+		next := p.PayDue(ctx)
 		if timer != nil {
 			timer.Stop()
 			timer = nil
@@ -162,9 +162,9 @@ func (p *Payer) Run(ctx context.Context) {
 	}
 }
 
-// payDue tries every pending purchase whose backoff has passed and returns
+// PayDue tries every pending purchase whose backoff has passed and returns
 // when the earliest of the others is due (zero: none waits).
-func (p *Payer) payDue(ctx context.Context) time.Time {
+func (p *Payer) PayDue(ctx context.Context) time.Time {
 	ps, err := p.l.PendingPurchases()
 	if err != nil {
 		p.log.Error("auto-recharge: cannot read pending purchases", "err", err)

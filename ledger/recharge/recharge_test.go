@@ -137,13 +137,13 @@ func TestDeclinesStopAndSaySo(t *testing.T) {
 			p := newPayer(t, l, srv.URL, clk, nil)
 			spend(t, l, "c1", 45)
 			before := srv.Requests()
-			if next := p.payDue(context.Background()); !next.IsZero() {
+			if next := p.PayDue(context.Background()); !next.IsZero() {
 				t.Fatalf("a decline was scheduled for retry at %v", next)
 			}
 			// No retry, however long we wait or however much is spent.
 			clk.Advance(time.Hour)
 			spend(t, l, "c2", 1)
-			p.payDue(context.Background())
+			p.PayDue(context.Background())
 			if got := srv.Requests() - before; got != 1 {
 				t.Fatalf("%d payment requests, want 1", got)
 			}
@@ -173,14 +173,14 @@ func TestOutageRetriesWithBackoff(t *testing.T) {
 	srv.FailNext(3)
 	var gaps []time.Duration
 	for i := 0; i < 3; i++ {
-		next := p.payDue(context.Background())
+		next := p.PayDue(context.Background())
 		if next.IsZero() {
 			t.Fatalf("attempt %d: no retry scheduled", i+1)
 		}
 		gaps = append(gaps, next.Sub(clk.Now()))
 		// Before the backoff has passed, nothing is tried.
 		reqs := srv.Requests()
-		p.payDue(context.Background())
+		p.PayDue(context.Background())
 		if srv.Requests() != reqs {
 			t.Fatal("retried before the backoff passed")
 		}
@@ -189,7 +189,7 @@ func TestOutageRetriesWithBackoff(t *testing.T) {
 	if gaps[0] != time.Second || gaps[1] != 2*time.Second || gaps[2] != 4*time.Second {
 		t.Fatalf("backoff %v, want 1s 2s 4s", gaps)
 	}
-	if next := p.payDue(context.Background()); !next.IsZero() {
+	if next := p.PayDue(context.Background()); !next.IsZero() {
 		t.Fatal("still retrying after the outage")
 	}
 	if !balance(t, l).Equal(d("105")) {
@@ -213,7 +213,7 @@ func TestOutageGivesUpAndSays(t *testing.T) {
 	spend(t, l, "c1", 45)
 	srv.FailNext(100)
 	for i := 0; i < 5; i++ {
-		next := p.payDue(context.Background())
+		next := p.PayDue(context.Background())
 		if next.IsZero() {
 			break
 		}
@@ -244,7 +244,7 @@ func TestCrashBetweenPaymentAndCredit(t *testing.T) {
 		paid = pi.ID
 		return errors.New("crash")
 	}
-	p.payDue(context.Background())
+	p.PayDue(context.Background())
 	if paid == "" || !balance(t, l).Equal(d("5")) {
 		t.Fatalf("payment %q, balance %s: want paid and not credited", paid, balance(t, l))
 	}
@@ -259,8 +259,8 @@ func TestCrashBetweenPaymentAndCredit(t *testing.T) {
 		t.Fatalf("pending after restart: %+v, %v", ps, err)
 	}
 	p = newPayer(t, l, srv.URL, clock.NewFake(t0), nil)
-	p.payDue(context.Background())
-	p.payDue(context.Background())
+	p.PayDue(context.Background())
+	p.PayDue(context.Background())
 	if !balance(t, l).Equal(d("105")) {
 		t.Fatalf("balance %s, want 105: credited once", balance(t, l))
 	}

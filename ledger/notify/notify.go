@@ -1,0 +1,433 @@
+// Package notify delivers the ledger's outbox: each notification (recharge
+// succeeded, recharge failed and why, balance reached zero) by email over
+// SMTP to the org's contacts, and as a signed JSON webhook where the org has
+// one. Each channel's delivery is recorded in the ledger as it succeeds, so
+// a restart or a retry sends again only what did not go out; failures are
+// retried with capped exponential backoff and counted.
+//
+// Exactly once is not possible over SMTP or HTTP (a crash after the server
+// accepted and before the ledger recorded it means one resend), so every
+// message carries a stable identifier a receiver can deduplicate on: the
+// email's Message-ID and the webhook's Creditgate-Notification header.
+package notify
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wneessen/go-mail"
+)
+
+// SMTP is the mail server notifications go through.
+type SMTP struct {
+	Host     string
+	Port     int
+	Username string
+	Password string
+	From     string // the sender address, e.g. billing@operator.example
+	// TLS is "starttls" (the default; required), "tls" (implicit TLS,
+	// port 465) or "none" (a relay on loopback).
+	TLS string
+}
+
+// Config configures a Sender.
+type Config struct {
+	SMTP SMTP
+	// Backoff is the first retry's delay; it doubles up to MaxBackoff.
+	Backoff    time.Duration
+	MaxBackoff time.Duration
+	Timeout    time.Duration // one SMTP conversation or webhook POST
+}
+
+func (c *Config) defaults() {
+	if c.Backoff <= 0 {
+		c.Backoff = 5 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 15 * time.Minute
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	if c.SMTP.TLS == "" {
+		c.SMTP.TLS = "starttls"
+	}
+	if c.SMTP.Port == 0 {
+		c.SMTP.Port = map[string]int{"tls": 465, "none": 25}[c.SMTP.TLS]
+		if c.SMTP.Port == 0 {
+			c.SMTP.Port = 587
+		}
+	}
+}
+
+// Results, the label values of creditgate_notifications_total.
+const (
+	ResultSent        = "sent"
+	ResultFailed      = "failed" // will be retried
+	ResultNoRecipient = "no_recipient"
+)
+
+// SignatureHeader carries the webhook's HMAC: "t=UNIX,v1=HEX", where HEX is
+// HMAC-SHA256 with the org's webhook secret over "UNIX." + body.
+const SignatureHeader = "Creditgate-Signature"
+
+// Sender delivers the outbox. Run it once; it stops when its context ends.
+type Sender struct {
+	l    *ledger.Ledger
+	cfg  Config
+	clk  clock.Clock
+	log  *slog.Logger
+	http *http.Client
+
+	results *prometheus.CounterVec
+
+	mu    sync.Mutex
+	retry map[string]*retry
+	wake  chan struct{}
+}
+
+type retry struct {
+	attempts int
+	next     time.Time
+}
+
+// New builds a sender. reg receives creditgate_notifications_total; nil
+// registers nothing.
+func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Sender, error) {
+	cfg.defaults()
+	if cfg.SMTP.Host != "" {
+		if _, err := mailAddress(cfg.SMTP.From); err != nil {
+			return nil, fmt.Errorf("notify: smtp from %q: %w", cfg.SMTP.From, err)
+		}
+		switch cfg.SMTP.TLS {
+		case "starttls", "tls", "none":
+		default:
+			return nil, fmt.Errorf("notify: smtp tls %q: want starttls, tls or none", cfg.SMTP.TLS)
+		}
+		if cfg.SMTP.Port < 1 || cfg.SMTP.Port > 65535 {
+			return nil, fmt.Errorf("notify: smtp port %d", cfg.SMTP.Port)
+		}
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Sender{l: l, cfg: cfg, clk: clk, log: log, http: &http.Client{Timeout: cfg.Timeout},
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_notifications_total",
+			Help: "Notification deliveries by kind and result: sent, failed (retried), no_recipient (the org has no contact)."},
+			[]string{"kind", "result"}),
+		retry: map[string]*retry{}, wake: make(chan struct{}, 1)}
+	for _, k := range ledger.NotificationKinds {
+		for _, r := range []string{ResultSent, ResultFailed, ResultNoRecipient} {
+			s.results.WithLabelValues(k, r)
+		}
+	}
+	if reg != nil {
+		if err := reg.Register(s.results); err != nil {
+			return nil, fmt.Errorf("register notification metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Run delivers what is in the outbox now and whatever is queued later,
+// until ctx ends.
+func (s *Sender) Run(ctx context.Context) {
+	var timer clock.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		next := s.DeliverDue(ctx)
+		if timer != nil {
+			timer.Stop()
+			timer = nil
+		}
+		if !next.IsZero() {
+			timer = s.clk.AfterFunc(next.Sub(s.clk.Now()), func() {
+				select {
+				case s.wake <- struct{}{}:
+				default:
+				}
+			})
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.l.OutboxWake():
+		case <-s.wake:
+		}
+	}
+}
+
+// DeliverDue tries every notification whose backoff has passed and returns
+// when the earliest of the others is due (zero: none waits).
+func (s *Sender) DeliverDue(ctx context.Context) time.Time {
+	ns, err := s.l.Outbox()
+	if err != nil {
+		s.log.Error("notifications: cannot read the outbox", "err", err)
+		return s.clk.Now().Add(s.cfg.Backoff)
+	}
+	var next time.Time
+	for _, n := range ns {
+		if ctx.Err() != nil {
+			return time.Time{}
+		}
+		s.mu.Lock()
+		r := s.retry[n.ID]
+		s.mu.Unlock()
+		if r == nil || !s.clk.Now().Before(r.next) {
+			if err := s.deliver(ctx, n); err == nil {
+				s.mu.Lock()
+				delete(s.retry, n.ID)
+				s.mu.Unlock()
+				continue
+			} else {
+				s.log.Warn("notification not delivered; will retry", "id", n.ID, "org", n.Org, "kind", n.Kind, "err", err)
+				r = s.later(n.ID)
+			}
+		}
+		if next.IsZero() || r.next.Before(next) {
+			next = r.next
+		}
+	}
+	return next
+}
+
+func (s *Sender) later(id string) *retry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.retry[id]
+	if r == nil {
+		r = &retry{}
+		s.retry[id] = r
+	}
+	r.attempts++
+	d := s.cfg.Backoff << min(r.attempts-1, 30)
+	if d <= 0 || d > s.cfg.MaxBackoff {
+		d = s.cfg.MaxBackoff
+	}
+	r.next = s.clk.Now().Add(d)
+	return r
+}
+
+// deliver sends n on each channel it has not gone out on yet, recording
+// each success at once.
+func (s *Sender) deliver(ctx context.Context, n ledger.Notification) error {
+	o, err := s.l.Org(n.Org)
+	if err != nil {
+		return err
+	}
+	c := o.Contacts
+	emails := len(c.Emails) > 0 && s.cfg.SMTP.Host != ""
+	if !emails && c.Webhook == "" {
+		s.results.WithLabelValues(n.Kind, ResultNoRecipient).Inc()
+		s.log.Warn("notification has no recipient: the org has no contacts (or no SMTP server is configured)",
+			"id", n.ID, "org", n.Org, "kind", n.Kind)
+		return s.l.Delivered(n, true)
+	}
+	var errs []error
+	if emails && !n.Emailed {
+		if err := s.email(ctx, o, n); err != nil {
+			s.results.WithLabelValues(n.Kind, ResultFailed).Inc()
+			errs = append(errs, fmt.Errorf("email: %w", err))
+		} else {
+			s.results.WithLabelValues(n.Kind, ResultSent).Inc()
+			n.Emailed = true
+			if err := s.l.Delivered(n, false); err != nil {
+				return err
+			}
+		}
+	}
+	if c.Webhook != "" && !n.Posted {
+		if err := s.post(ctx, o, n); err != nil {
+			s.results.WithLabelValues(n.Kind, ResultFailed).Inc()
+			errs = append(errs, fmt.Errorf("webhook: %w", err))
+		} else {
+			s.results.WithLabelValues(n.Kind, ResultSent).Inc()
+			n.Posted = true
+			if err := s.l.Delivered(n, false); err != nil {
+				return err
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return s.l.Delivered(n, true)
+}
+
+// Subject and text of each kind; the operator's contacts read these.
+func message(o ledger.Org, n ledger.Notification) (subject, body string) {
+	money := func(d interface{ StringFixed(int32) string }) string { return d.StringFixed(2) + " " + n.Currency }
+	switch n.Kind {
+	case ledger.NotifyRechargeSucceeded:
+		subject = fmt.Sprintf("Communications Credits recharged: %s added for %s", money(n.Amount), o.Name)
+		body = fmt.Sprintf("Auto-recharge bought %s of Communications Credits for %s (%s).\n\nBalance now: %s\nPurchase: %s\n",
+			money(n.Amount), o.Name, o.ID, money(n.Balance), n.Purchase)
+	case ledger.NotifyRechargeFailed:
+		subject = fmt.Sprintf("Communications Credits auto-recharge FAILED for %s", o.Name)
+		body = fmt.Sprintf("Auto-recharge could not buy %s of Communications Credits for %s (%s).\n\nReason: %s\nBalance: %s\nPurchase: %s\n\n"+
+			"Auto-recharge is suspended until its settings are saved again (PUT /v1/orgs/%s/auto-recharge), e.g. with a card that works.\n"+
+			"Calls that no plan includes will be refused once the balance is used up.\n",
+			money(n.Amount), o.Name, o.ID, n.Reason, money(n.Balance), n.Purchase, o.ID)
+	case ledger.NotifyBalanceZero:
+		subject = fmt.Sprintf("Communications Credits used up for %s: paid calls are refused", o.Name)
+		body = fmt.Sprintf("The Communications Credits balance of %s (%s) reached %s.\n\n"+
+			"Calls that no calling plan includes (international beyond the plan, premium numbers, toll-free inbound) are refused until the org is funded.\n"+
+			"Emergency calls still connect.\n", o.Name, o.ID, money(n.Balance))
+	default:
+		subject = fmt.Sprintf("creditgate: %s for %s", n.Kind, o.Name)
+		body = fmt.Sprintf("%s for %s (%s).\n", n.Kind, o.Name, o.ID)
+	}
+	return subject, body + fmt.Sprintf("\nAt: %s\nNotification: %s\n", n.At.UTC().Format(time.RFC3339), n.ID)
+}
+
+func (s *Sender) email(ctx context.Context, o ledger.Org, n ledger.Notification) error {
+	m := mail.NewMsg()
+	if err := m.From(s.cfg.SMTP.From); err != nil {
+		return err
+	}
+	if err := m.To(o.Contacts.Emails...); err != nil {
+		return err
+	}
+	subject, body := message(o, n)
+	m.Subject(subject)
+	m.SetBodyString(mail.TypeTextPlain, body)
+	m.SetDate()
+	// The same Message-ID on a resend lets mail systems drop the copy.
+	m.SetMessageIDWithValue(n.ID + "." + n.Org + "@creditgate")
+	m.SetGenHeader("Auto-Submitted", "auto-generated")
+	m.SetGenHeader(mail.HeaderXAutoResponseSuppress, "All")
+	opts := []mail.Option{mail.WithPort(s.cfg.SMTP.Port), mail.WithTimeout(s.cfg.Timeout)}
+	switch s.cfg.SMTP.TLS {
+	case "none":
+		opts = append(opts, mail.WithTLSPolicy(mail.NoTLS))
+	case "tls":
+		opts = append(opts, mail.WithSSL())
+	default:
+		opts = append(opts, mail.WithTLSPolicy(mail.TLSMandatory))
+	}
+	if s.cfg.SMTP.Username != "" {
+		auth := mail.SMTPAuthAutoDiscover
+		if s.cfg.SMTP.TLS == "none" {
+			// Without TLS the library rightly offers no mechanism on its
+			// own; "none" is for a relay on loopback or a private link,
+			// where the operator chose plaintext.
+			auth = mail.SMTPAuthPlainNoEnc
+		}
+		opts = append(opts, mail.WithSMTPAuth(auth),
+			mail.WithUsername(s.cfg.SMTP.Username), mail.WithPassword(s.cfg.SMTP.Password))
+	}
+	c, err := mail.NewClient(s.cfg.SMTP.Host, opts...)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	return c.DialAndSendWithContext(ctx, m)
+}
+
+// Webhook is the JSON body of a webhook delivery.
+type Webhook struct {
+	ID       string `json:"id"`
+	Kind     string `json:"kind"`
+	Org      string `json:"org"`
+	At       string `json:"at"`
+	Amount   string `json:"amount"`
+	Balance  string `json:"balance"`
+	Currency string `json:"currency"`
+	Purchase string `json:"purchase,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+func (s *Sender) post(ctx context.Context, o ledger.Org, n ledger.Notification) error {
+	body, err := json.Marshal(Webhook{ID: n.ID, Kind: n.Kind, Org: n.Org, At: n.At.UTC().Format(time.RFC3339),
+		Amount: n.Amount.StringFixed(2), Balance: n.Balance.StringFixed(2), Currency: n.Currency, Purchase: n.Purchase, Reason: n.Reason})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.Contacts.Webhook, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	ts := strconv.FormatInt(s.clk.Now().Unix(), 10)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", "creditgate")
+	req.Header.Set("Creditgate-Notification", n.ID)
+	req.Header.Set(SignatureHeader, "t="+ts+",v1="+Sign(o.Contacts.WebhookSecret, ts, body))
+	res, err := s.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer res.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
+	if res.StatusCode/100 != 2 {
+		return fmt.Errorf("%s answered %s", o.Contacts.Webhook, res.Status)
+	}
+	return nil
+}
+
+// Sign is the webhook signature of body sent at ts (Unix seconds).
+func Sign(secret, ts string, body []byte) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write([]byte(ts))
+	m.Write([]byte("."))
+	m.Write(body)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// Verify checks a Creditgate-Signature header against body, as a receiver
+// should: the HMAC in constant time, and the timestamp within tolerance of
+// now, so a captured delivery cannot be replayed later.
+func Verify(secret, header string, body []byte, now time.Time, tolerance time.Duration) error {
+	var ts, sig string
+	for _, part := range strings.Split(header, ",") {
+		k, v, _ := strings.Cut(part, "=")
+		switch k {
+		case "t":
+			ts = v
+		case "v1":
+			sig = v
+		}
+	}
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil || sig == "" {
+		return errors.New("malformed signature header")
+	}
+	if d := now.Sub(time.Unix(sec, 0)); d > tolerance || d < -tolerance {
+		return errors.New("signature timestamp outside tolerance")
+	}
+	want := Sign(secret, ts, body)
+	if !hmac.Equal([]byte(sig), []byte(want)) {
+		return errors.New("signature mismatch")
+	}
+	return nil
+}
+
+func mailAddress(s string) (string, error) {
+	m := mail.NewMsg()
+	if err := m.From(s); err != nil {
+		return "", err
+	}
+	return s, nil
+}

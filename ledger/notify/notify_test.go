@@ -1,0 +1,435 @@
+package notify
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/mail"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/recharge"
+	"github.com/creditgate/creditgate/ledger/recharge/stripetest"
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/shopspring/decimal"
+)
+
+var t0 = time.Date(2026, 11, 24, 9, 0, 0, 0, time.UTC)
+
+func d(s string) decimal.Decimal { return decimal.RequireFromString(s) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// mailServer is a real SMTP server on loopback (go-smtp) that keeps what
+// it is sent. It wants PLAIN authentication, and refuses the next
+// tempFail messages with 451, as a busy relay does.
+type mailServer struct {
+	addr     string
+	mu       sync.Mutex
+	msgs     []*mail.Message
+	bodies   []string
+	rcpts    [][]string
+	tempFail int
+}
+
+func startMail(t *testing.T) *mailServer {
+	t.Helper()
+	ms := &mailServer{}
+	s := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &session{ms: ms}, nil }))
+	s.Domain = "localhost"
+	s.AllowInsecureAuth = true // loopback, no TLS in the test
+	s.ReadTimeout, s.WriteTimeout = 10*time.Second, 10*time.Second
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms.addr = ln.Addr().String()
+	go func() { _ = s.Serve(ln) }()
+	t.Cleanup(func() { _ = s.Close() })
+	return ms
+}
+
+func (ms *mailServer) received() ([]*mail.Message, []string, [][]string) {
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	return append([]*mail.Message(nil), ms.msgs...), append([]string(nil), ms.bodies...), append([][]string(nil), ms.rcpts...)
+}
+
+type session struct {
+	ms    *mailServer
+	auth  bool
+	rcpts []string
+}
+
+func (s *session) AuthMechanisms() []string { return []string{sasl.Plain} }
+
+func (s *session) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if user != "creditgate" || pass != "s3cret" {
+			return errors.New("bad credentials")
+		}
+		s.auth = true
+		return nil
+	}), nil
+}
+
+func (s *session) Mail(string, *smtp.MailOptions) error {
+	if !s.auth {
+		return smtp.ErrAuthRequired
+	}
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	m, err := mail.ReadMessage(r)
+	if err != nil {
+		return err
+	}
+	body, err := io.ReadAll(m.Body)
+	if err != nil {
+		return err
+	}
+	s.ms.mu.Lock()
+	defer s.ms.mu.Unlock()
+	if s.ms.tempFail > 0 {
+		s.ms.tempFail--
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again later"}
+	}
+	s.ms.msgs = append(s.ms.msgs, m)
+	s.ms.bodies = append(s.ms.bodies, string(body))
+	s.ms.rcpts = append(s.ms.rcpts, s.rcpts)
+	return nil
+}
+
+func (s *session) Reset()        { s.rcpts = nil }
+func (s *session) Logout() error { return nil }
+
+func smtpConfig(ms *mailServer) SMTP {
+	host, port, _ := net.SplitHostPort(ms.addr)
+	p := 0
+	for _, c := range port {
+		p = p*10 + int(c-'0')
+	}
+	return SMTP{Host: host, Port: p, Username: "creditgate", Password: "s3cret", From: "billing@operator.example", TLS: "none"}
+}
+
+func openLedger(t *testing.T, dir string) *ledger.Ledger {
+	t.Helper()
+	l, err := ledger.Open(dir, ledger.Options{Now: func() time.Time { return t0 }, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func newOrg(t *testing.T, l *ledger.Ledger, c ledger.Contacts) {
+	t.Helper()
+	if _, err := l.CreateOrg(ledger.Org{ID: "acme", Name: "Acme Corp", Country: "US", Region: "us"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Fund("acme", d("50"), "initial"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.SetContacts("acme", c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// spend runs one answered call on credits costing n × 1.00.
+func spend(t *testing.T, l *ledger.Ledger, id string, n int) {
+	t.Helper()
+	c := ledger.Call{ID: id, Details: ledger.Details{Org: "acme", User: "u1", To: "442079460018",
+		RatePerMinute: d("60"), Currency: "USD"}, FirstIncrement: 1, NextIncrement: 1, Spill: true}
+	if _, err := l.OpenCall(c, t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Answer(id, t0); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < n; i++ {
+		if _, err := l.Step(id, i, t0.Add(time.Duration(i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.CloseCall(id, ledger.CallEnd{At: t0.Add(time.Duration(n) * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newSender(t *testing.T, l *ledger.Ledger, ms *mailServer, clk clock.Clock) *Sender {
+	t.Helper()
+	cfg := Config{Backoff: time.Second, MaxBackoff: time.Minute, Timeout: 5 * time.Second}
+	if ms != nil {
+		cfg.SMTP = smtpConfig(ms)
+	}
+	s, err := New(l, cfg, clk, nil, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func outboxLen(t *testing.T, l *ledger.Ledger) int {
+	t.Helper()
+	ns, err := l.Outbox()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ns)
+}
+
+// An expired card: Stripe (stripe-mock behind stripetest) declines, the
+// purchase fails, one email says why, and neither the payment nor the
+// email is tried again.
+func TestExpiredCardSendsOneEmailAndStops(t *testing.T) {
+	srv := stripetest.Start(t)
+	ms := startMail(t)
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example", "cfo@acme.example"}})
+	if _, err := l.SetAutoRecharge("acme", ledger.AutoRecharge{Enabled: true, Threshold: d("10"), Amount: d("100"),
+		PaymentMethod: "pm_card_chargeDeclinedExpiredCard", Customer: "cus_acme"}); err != nil {
+		t.Fatal(err)
+	}
+	clk := clock.NewFake(t0)
+	payer, err := recharge.New(l, recharge.Config{APIKey: "sk_test_x", BaseURL: srv.URL}, clk, nil, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSender(t, l, ms, clk)
+	spend(t, l, "c1", 45)
+	for range 3 {
+		payer.PayDue(context.Background())
+		s.DeliverDue(context.Background())
+		clk.Advance(time.Hour)
+		spend(t, l, "c"+clk.Now().Format("150405"), 1)
+	}
+	msgs, bodies, rcpts := ms.received()
+	if len(msgs) != 1 {
+		t.Fatalf("%d emails, want 1", len(msgs))
+	}
+	subj := msgs[0].Header.Get("Subject")
+	if !strings.Contains(subj, "FAILED") || !strings.Contains(bodies[0], "expired_card: Your card has expired.") ||
+		!strings.Contains(bodies[0], "100.00 USD") || !strings.Contains(bodies[0], "suspended") {
+		t.Fatalf("email does not say why:\nSubject: %s\n%s", subj, bodies[0])
+	}
+	if strings.Join(rcpts[0], ",") != "ap@acme.example,cfo@acme.example" || msgs[0].Header.Get("From") != "<billing@operator.example>" {
+		t.Fatalf("to %v from %q", rcpts[0], msgs[0].Header.Get("From"))
+	}
+	if srv.Requests() != 1 {
+		t.Fatalf("%d payment attempts, want 1", srv.Requests())
+	}
+	if n := outboxLen(t, l); n != 0 {
+		t.Fatalf("outbox still holds %d", n)
+	}
+	if got := testutil.ToFloat64(s.results.WithLabelValues(ledger.NotifyRechargeFailed, ResultSent)); got != 1 {
+		t.Fatalf("notifications_total{recharge_failed,sent} = %v", got)
+	}
+}
+
+func TestBalanceZeroSendsOneEmail(t *testing.T) {
+	ms := startMail(t)
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}})
+	s := newSender(t, l, ms, clock.Real{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	spend(t, l, "c1", 50)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if msgs, _, _ := ms.received(); len(msgs) > 0 && outboxLen(t, l) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no email for the balance reaching zero")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	msgs, bodies, _ := ms.received()
+	if len(msgs) != 1 || !strings.Contains(msgs[0].Header.Get("Subject"), "used up") || !strings.Contains(bodies[0], "reached 0.00 USD") ||
+		!strings.Contains(msgs[0].Header.Get("Message-Id"), "@creditgate") || msgs[0].Header.Get("Auto-Submitted") != "auto-generated" {
+		t.Fatalf("emails %d: %v\n%s", len(msgs), msgs[0].Header, bodies[0])
+	}
+}
+
+// The relay refuses for a while (451): the email is retried with backoff
+// and goes out once.
+func TestSMTPFailureRetriesThenSendsOnce(t *testing.T) {
+	ms := startMail(t)
+	ms.tempFail = 2
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}})
+	clk := clock.NewFake(t0)
+	s := newSender(t, l, ms, clk)
+	spend(t, l, "c1", 50)
+	var gaps []time.Duration
+	for range 2 {
+		next := s.DeliverDue(context.Background())
+		if next.IsZero() {
+			t.Fatal("a refused email was not scheduled again")
+		}
+		gaps = append(gaps, next.Sub(clk.Now()))
+		clk.Advance(next.Sub(clk.Now()))
+	}
+	if next := s.DeliverDue(context.Background()); !next.IsZero() {
+		t.Fatal("still retrying")
+	}
+	s.DeliverDue(context.Background())
+	if msgs, _, _ := ms.received(); len(msgs) != 1 {
+		t.Fatalf("%d emails, want 1", len(msgs))
+	}
+	if gaps[0] != time.Second || gaps[1] != 2*time.Second {
+		t.Fatalf("backoff %v", gaps)
+	}
+	if got := testutil.ToFloat64(s.results.WithLabelValues(ledger.NotifyBalanceZero, ResultFailed)); got != 2 {
+		t.Fatalf("failed = %v", got)
+	}
+}
+
+func TestSMTPUnreachableKeepsTheNotification(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}})
+	s := newSender(t, l, &mailServer{addr: addr}, clock.NewFake(t0))
+	spend(t, l, "c1", 50)
+	if next := s.DeliverDue(context.Background()); next.IsZero() {
+		t.Fatal("no retry scheduled")
+	}
+	if n := outboxLen(t, l); n != 1 {
+		t.Fatalf("outbox %d, want the notification kept", n)
+	}
+}
+
+// Email and webhook: the webhook fails, the process restarts, and only the
+// webhook is sent again — signed, and verifiable by the receiver.
+func TestWebhookSignedAndRetriedAloneAfterRestart(t *testing.T) {
+	ms := startMail(t)
+	const secret = "whsec_0123456789abcdef"
+	var mu sync.Mutex
+	var posts []string
+	fail := true
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := Verify(secret, r.Header.Get(SignatureHeader), body, t0, 5*time.Minute); err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if fail {
+			http.Error(w, "down", 503)
+			return
+		}
+		posts = append(posts, r.Header.Get("Creditgate-Notification")+" "+string(body))
+	}))
+	defer hook.Close()
+
+	dir := t.TempDir()
+	l := openLedger(t, dir)
+	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}, Webhook: hook.URL, WebhookSecret: secret})
+	spend(t, l, "c1", 50)
+	if next := newSender(t, l, ms, clock.NewFake(t0)).DeliverDue(context.Background()); next.IsZero() {
+		t.Fatal("failed webhook not scheduled again")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+
+	l = openLedger(t, dir)
+	defer l.Close()
+	if next := newSender(t, l, ms, clock.NewFake(t0)).DeliverDue(context.Background()); !next.IsZero() {
+		t.Fatal("still failing")
+	}
+	if msgs, _, _ := ms.received(); len(msgs) != 1 {
+		t.Fatalf("%d emails, want 1: the restart must not resend it", len(msgs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(posts) != 1 || !strings.Contains(posts[0], `"kind":"balance_zero"`) || !strings.Contains(posts[0], `"balance":"0.00"`) {
+		t.Fatalf("webhook posts %q", posts)
+	}
+}
+
+func TestVerifyRefuses(t *testing.T) {
+	body := []byte(`{"id":"n1"}`)
+	ts := "1795770000"
+	now := time.Unix(1795770000, 0)
+	good := "t=" + ts + ",v1=" + Sign("secret-0123456789", ts, body)
+	if err := Verify("secret-0123456789", good, body, now, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		header string
+		body   []byte
+		now    time.Time
+	}{
+		"tampered body": {good, []byte(`{"id":"n2"}`), now},
+		"old":           {good, body, now.Add(time.Hour)},
+		"no v1":         {"t=" + ts, body, now},
+		"garbage":       {"v1=zz,t=x", body, now},
+		"other secret":  {"t=" + ts + ",v1=" + Sign("other-secret-0123", ts, body), body, now},
+	} {
+		if err := Verify("secret-0123456789", tc.header, tc.body, tc.now, time.Minute); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestNewRefusesBadSMTP(t *testing.T) {
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	for _, c := range []SMTP{
+		{Host: "mail.example", From: "not an address"},
+		{Host: "mail.example", From: "a@b.example", TLS: "maybe"},
+		{Host: "mail.example", From: "a@b.example", Port: 70000},
+	} {
+		if _, err := New(l, Config{SMTP: c}, clock.Real{}, nil, quiet); err == nil {
+			t.Errorf("New accepted %+v", c)
+		}
+	}
+}
+
+func TestContactsRefused(t *testing.T) {
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	newOrg(t, l, ledger.Contacts{})
+	for _, c := range []ledger.Contacts{
+		{Emails: []string{"not-an-address"}},
+		{Emails: []string{"Name <a@b.example>"}},
+		{Webhook: "ftp://x.example/hook", WebhookSecret: "0123456789abcdef"},
+		{Webhook: "https://x.example/hook"}, // no secret
+		{Webhook: "https://x.example/hook", WebhookSecret: "short"},
+	} {
+		if _, err := l.SetContacts("acme", c); !errors.Is(err, ledger.ErrInvalid) {
+			t.Errorf("SetContacts(%+v) = %v", c, err)
+		}
+	}
+}

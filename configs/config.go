@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/mail"
+	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/creditgate/creditgate/rating"
@@ -24,7 +27,12 @@ type Config struct {
 	SIP     SIP     `yaml:"sip"`
 	HTTP    HTTP    `yaml:"http"`
 	Funding Funding `yaml:"funding"`
-	Rating  Rating  `yaml:"rating"`
+	// Payments is how auto-recharge pays; without an API key purchases
+	// are not started (auto-recharge cannot be enabled).
+	Payments Payments `yaml:"payments"`
+	// Notify is how notifications reach orgs' contacts.
+	Notify Notify `yaml:"notify"`
+	Rating Rating `yaml:"rating"`
 	// Catalog is the plan catalogue (minute pools, zone A, inbound
 	// toll-free rates); keys given replace the built-in ones.
 	Catalog rating.Catalog `yaml:"catalog"`
@@ -65,6 +73,38 @@ type Funding struct {
 	Minimum string `yaml:"minimum"`
 }
 
+// Payments configures the payment provider (Stripe).
+type Payments struct {
+	// StripeAPIKey is the secret key; StripeAPIKeyFile a file holding it,
+	// and CREDITGATE_STRIPE_API_KEY the environment variable, both kinder
+	// to secrets than the config file.
+	StripeAPIKey     string        `yaml:"stripe_api_key"`
+	StripeAPIKeyFile string        `yaml:"stripe_api_key_file"`
+	StripeBaseURL    string        `yaml:"stripe_base_url"`
+	RetryBackoff     time.Duration `yaml:"retry_backoff"`
+	MaxBackoff       time.Duration `yaml:"max_backoff"`
+	MaxAttempts      int           `yaml:"max_attempts"`
+}
+
+// Notify configures notification delivery.
+type Notify struct {
+	SMTP         SMTP          `yaml:"smtp"`
+	RetryBackoff time.Duration `yaml:"retry_backoff"`
+	MaxBackoff   time.Duration `yaml:"max_backoff"`
+}
+
+// SMTP is the mail relay; no host means no email (webhooks still go).
+type SMTP struct {
+	Host     string `yaml:"host"`
+	Port     int    `yaml:"port"`
+	Username string `yaml:"username"`
+	// Password, or PasswordFile, or CREDITGATE_SMTP_PASSWORD.
+	Password     string `yaml:"password"`
+	PasswordFile string `yaml:"password_file"`
+	From         string `yaml:"from"`
+	TLS          string `yaml:"tls"` // starttls (default), tls, none
+}
+
 // Rating settings.
 type Rating struct {
 	DeckFile string `yaml:"deck_file"`
@@ -84,6 +124,9 @@ func Default() Config {
 			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
+		Payments: Payments{StripeBaseURL: "https://api.stripe.com", RetryBackoff: 2 * time.Second,
+			MaxBackoff: 10 * time.Minute, MaxAttempts: 12},
+		Notify:  Notify{SMTP: SMTP{TLS: "starttls"}, RetryBackoff: 5 * time.Second, MaxBackoff: 15 * time.Minute},
 		Catalog: rating.DefaultCatalog(),
 		Log:     Log{Level: "info", Format: "text"},
 	}
@@ -180,6 +223,12 @@ func (c Config) Validate() error {
 	if err != nil || !m.IsPositive() || m.Exponent() < -2 {
 		return bad("funding.minimum", "%q: want a positive amount like \"50.00\"", c.Funding.Minimum)
 	}
+	if err := c.Payments.validate(bad); err != nil {
+		return err
+	}
+	if err := c.Notify.validate(bad); err != nil {
+		return err
+	}
 	if err := c.Catalog.Validate(); err != nil {
 		return err
 	}
@@ -198,3 +247,84 @@ func (c Config) Validate() error {
 
 // MinFunding is Funding.Minimum as money (Validate has checked it).
 func (c Config) MinFunding() decimal.Decimal { return decimal.RequireFromString(c.Funding.Minimum) }
+
+func (p Payments) validate(bad func(string, string, ...any) error) error {
+	if p.StripeAPIKey != "" && p.StripeAPIKeyFile != "" {
+		return bad("payments.stripe_api_key_file", "give the key or a file holding it, not both")
+	}
+	if u, err := url.Parse(p.StripeBaseURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return bad("payments.stripe_base_url", "%q: want an http(s) URL", p.StripeBaseURL)
+	}
+	if p.RetryBackoff < 10*time.Millisecond || p.RetryBackoff > time.Hour {
+		return bad("payments.retry_backoff", "want 10ms to 1h, got %s", p.RetryBackoff)
+	}
+	if p.MaxBackoff < p.RetryBackoff || p.MaxBackoff > 24*time.Hour {
+		return bad("payments.max_backoff", "want retry_backoff to 24h, got %s", p.MaxBackoff)
+	}
+	if p.MaxAttempts < 1 || p.MaxAttempts > 1000 {
+		return bad("payments.max_attempts", "want 1 to 1000, got %d", p.MaxAttempts)
+	}
+	return nil
+}
+
+func (n Notify) validate(bad func(string, string, ...any) error) error {
+	s := n.SMTP
+	if s.Host != "" {
+		if a, err := mail.ParseAddress(s.From); err != nil || a.Address != s.From {
+			return bad("notify.smtp.from", "%q: want a bare address like billing@operator.example", s.From)
+		}
+		if s.Port < 0 || s.Port > 65535 {
+			return bad("notify.smtp.port", "want 1 to 65535 (0: the TLS mode's default), got %d", s.Port)
+		}
+	}
+	switch s.TLS {
+	case "starttls", "tls", "none":
+	default:
+		return bad("notify.smtp.tls", "%q: want starttls, tls or none", s.TLS)
+	}
+	if s.Password != "" && s.PasswordFile != "" {
+		return bad("notify.smtp.password_file", "give the password or a file holding it, not both")
+	}
+	if n.RetryBackoff < 10*time.Millisecond || n.RetryBackoff > time.Hour {
+		return bad("notify.retry_backoff", "want 10ms to 1h, got %s", n.RetryBackoff)
+	}
+	if n.MaxBackoff < n.RetryBackoff || n.MaxBackoff > 24*time.Hour {
+		return bad("notify.max_backoff", "want retry_backoff to 24h, got %s", n.MaxBackoff)
+	}
+	return nil
+}
+
+// secret is a value given inline, in a file, or in the environment.
+func secret(inline, file, env string) (string, error) {
+	switch {
+	case inline != "":
+		return inline, nil
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", err
+		}
+		return strings.TrimSpace(string(b)), nil
+	default:
+		return os.Getenv(env), nil
+	}
+}
+
+// StripeAPIKey is the payment provider's key from wherever it was given;
+// empty when payments are not configured.
+func (c Config) StripeAPIKey() (string, error) {
+	k, err := secret(c.Payments.StripeAPIKey, c.Payments.StripeAPIKeyFile, "CREDITGATE_STRIPE_API_KEY")
+	if err != nil {
+		return "", fmt.Errorf("payments.stripe_api_key_file: %w", err)
+	}
+	return k, nil
+}
+
+// SMTPPassword is the mail relay's password from wherever it was given.
+func (c Config) SMTPPassword() (string, error) {
+	p, err := secret(c.Notify.SMTP.Password, c.Notify.SMTP.PasswordFile, "CREDITGATE_SMTP_PASSWORD")
+	if err != nil {
+		return "", fmt.Errorf("notify.smtp.password_file: %w", err)
+	}
+	return p, nil
+}

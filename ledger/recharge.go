@@ -195,6 +195,16 @@ func (l *Ledger) PendingPurchases() ([]Purchase, error) {
 	return ps, err
 }
 
+// PendingPurchaseOf is the id of the org's pending purchase, if any.
+func (l *Ledger) PendingPurchaseOf(org string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if os, ok := l.orgs[org]; ok && os.purchase != nil {
+		return os.purchase.ID
+	}
+	return ""
+}
+
 // Purchase returns a purchase, pending or closed.
 func (l *Ledger) Purchase(id string) (Purchase, bool, error) {
 	l.mu.Lock()

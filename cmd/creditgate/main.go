@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	_ "time/tzdata"
@@ -31,6 +32,8 @@ import (
 	"github.com/creditgate/creditgate/gateway/api"
 	"github.com/creditgate/creditgate/gateway/clock"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/notify"
+	"github.com/creditgate/creditgate/ledger/recharge"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -139,7 +142,19 @@ func serve(args []string) error {
 		gw.Close()
 		return fmt.Errorf("http listen: %w", err)
 	}
+	// The payer and the notification sender run until the gateway has
+	// stopped, and end before the ledger closes (defers run last first).
+	ctx, stopWorkers := context.WithCancel(context.Background())
+	var workers sync.WaitGroup
+	defer func() { stopWorkers(); workers.Wait() }()
+	payments, err := startWorkers(ctx, &workers, cfg, led, reg, log)
+	if err != nil {
+		gw.Close()
+		return err
+	}
+
 	srv := api.New(led, gw, token, reg, time.Now, log)
+	srv.SetPayments(payments)
 	apiDone := make(chan error, 1)
 	go func() { apiDone <- srv.Serve(ln) }()
 	attrs := []any{"sip", gw.Addr(), "http", ln.Addr().String(), "data_dir", cfg.DataDir}
@@ -161,6 +176,42 @@ func serve(args []string) error {
 	_ = srv.Shutdown()
 	log.Info("stopped")
 	return err
+}
+
+// startWorkers starts the auto-recharge payer (when a payment provider is
+// configured; it says whether one is) and the notification sender.
+func startWorkers(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config, led *ledger.Ledger, reg prometheus.Registerer, log *slog.Logger) (bool, error) {
+	key, err := cfg.StripeAPIKey()
+	if err != nil {
+		return false, err
+	}
+	if key != "" {
+		p := cfg.Payments
+		payer, err := recharge.New(led, recharge.Config{APIKey: key, BaseURL: p.StripeBaseURL, Backoff: p.RetryBackoff,
+			MaxBackoff: p.MaxBackoff, MaxAttempts: p.MaxAttempts}, clock.Real{}, reg, log.With("component", "recharge"))
+		if err != nil {
+			return false, err
+		}
+		wg.Go(func() { payer.Run(ctx) })
+	} else {
+		log.Info("auto-recharge off: no payment provider key (payments.stripe_api_key or CREDITGATE_STRIPE_API_KEY)")
+	}
+	pass, err := cfg.SMTPPassword()
+	if err != nil {
+		return false, err
+	}
+	m := cfg.Notify.SMTP
+	sender, err := notify.New(led, notify.Config{SMTP: notify.SMTP{Host: m.Host, Port: m.Port, Username: m.Username,
+		Password: pass, From: m.From, TLS: m.TLS}, Backoff: cfg.Notify.RetryBackoff, MaxBackoff: cfg.Notify.MaxBackoff},
+		clock.Real{}, reg, log.With("component", "notify"))
+	if err != nil {
+		return false, err
+	}
+	if m.Host == "" {
+		log.Info("notification email off: no notify.smtp.host (webhooks still go)")
+	}
+	wg.Go(func() { sender.Run(ctx) })
+	return key != "", nil
 }
 
 // drain lets the calls up end on their own for up to timeout, taking no new

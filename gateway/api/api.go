@@ -46,7 +46,13 @@ type Server struct {
 	now     func() time.Time
 	metrics fasthttp.RequestHandler
 	srv     *fasthttp.Server
+	// payments says whether a payment provider is configured; without
+	// one, enabling auto-recharge is refused rather than left to wait.
+	payments bool
 }
+
+// SetPayments tells the API whether auto-recharge can pay.
+func (s *Server) SetPayments(configured bool) { s.payments = configured }
 
 // New builds the API server. gatherer serves /metrics.
 func New(l *ledger.Ledger, gw *gateway.Gateway, token string, gatherer prometheus.Gatherer, now func() time.Time, log *slog.Logger) *Server {
@@ -140,6 +146,7 @@ var routes = []route{
 		return s.deleteTollFree(ctx, a[0], a[1])
 	}},
 	{"POST", "/v1/orgs/*/credits", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.fund(ctx, a[0]) }},
+	{"PUT", "/v1/orgs/*/auto-recharge", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putAutoRecharge(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/usage", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.usage(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/transactions", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.transactions(ctx, a[0]) }},
 	{"PUT", "/v1/orgs/*/users/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putUser(ctx, a[0], a[1]) }},
@@ -269,20 +276,43 @@ func parseAmount(raw json.RawMessage) (decimal.Decimal, error) {
 }
 
 type orgView struct {
-	ID            string     `json:"id"`
-	Name          string     `json:"name"`
-	Country       string     `json:"country"`
-	Region        string     `json:"region"`
-	BillingRegion string     `json:"billing_region"`
-	Currency      string     `json:"currency"`
-	Balance       string     `json:"balance"`
-	Available     string     `json:"available"`
-	Held          string     `json:"held"`
-	Timezone      string     `json:"timezone"`
-	BlockPremium  bool       `json:"block_premium"`
-	Pools         []poolView `json:"pools"`
-	TollFree      []tollFree `json:"toll_free"`
-	CreatedAt     time.Time  `json:"created_at"`
+	ID            string           `json:"id"`
+	Name          string           `json:"name"`
+	Country       string           `json:"country"`
+	Region        string           `json:"region"`
+	BillingRegion string           `json:"billing_region"`
+	Currency      string           `json:"currency"`
+	Balance       string           `json:"balance"`
+	Available     string           `json:"available"`
+	Held          string           `json:"held"`
+	Timezone      string           `json:"timezone"`
+	BlockPremium  bool             `json:"block_premium"`
+	Pools         []poolView       `json:"pools"`
+	TollFree      []tollFree       `json:"toll_free"`
+	CreatedAt     time.Time        `json:"created_at"`
+	AutoRecharge  autoRechargeView `json:"auto_recharge"`
+	Contacts      contactsView     `json:"contacts"`
+}
+
+type autoRechargeView struct {
+	Enabled       bool   `json:"enabled"`
+	Threshold     string `json:"threshold"`
+	Amount        string `json:"amount"`
+	PaymentMethod string `json:"payment_method,omitempty"`
+	Customer      string `json:"customer,omitempty"`
+	Incident      string `json:"incident,omitempty"`
+	// Suspended says why purchases stopped (a declined card); put the
+	// setting again to resume.
+	Suspended string `json:"suspended,omitempty"`
+	// Pending is the purchase being paid now, if any.
+	Pending string `json:"pending,omitempty"`
+}
+
+// contactsView never shows the webhook secret back.
+type contactsView struct {
+	Emails        []string `json:"emails"`
+	Webhook       string   `json:"webhook,omitempty"`
+	WebhookSigned bool     `json:"webhook_signed"`
 }
 
 // tollFree is one of an org's toll-free numbers and where its calls go.
@@ -306,7 +336,12 @@ type poolView struct {
 func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 	v := orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
 		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held),
-		Timezone: o.Timezone, BlockPremium: o.BlockPremium, CreatedAt: o.CreatedAt, TollFree: []tollFree{}}
+		Timezone: o.Timezone, BlockPremium: o.BlockPremium, CreatedAt: o.CreatedAt, TollFree: []tollFree{},
+		AutoRecharge: autoRechargeView{Enabled: o.AutoRecharge.Enabled, Threshold: money(o.AutoRecharge.Threshold),
+			Amount: money(o.AutoRecharge.Amount), PaymentMethod: o.AutoRecharge.PaymentMethod, Customer: o.AutoRecharge.Customer,
+			Incident: o.AutoRecharge.Incident, Suspended: o.AutoRecharge.Suspended, Pending: s.ledger.PendingPurchaseOf(o.ID)},
+		Contacts: contactsView{Emails: append([]string{}, o.Contacts.Emails...), Webhook: o.Contacts.Webhook,
+			WebhookSigned: o.Contacts.WebhookSecret != ""}}
 	for _, tf := range s.ledger.TollFreeNumbers(o.ID) {
 		v.TollFree = append(v.TollFree, tollFree{Number: "+" + tf.Number, Trunk: tf.Trunk})
 	}
@@ -372,23 +407,90 @@ func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
 	return s.writeOrg(ctx, 201, o, nil)
 }
 
-// patchOrg changes an org's settings; today that is whether it blocks
-// premium-rate numbers.
+// patchOrg changes an org's settings: whether it blocks premium-rate
+// numbers, and where its notifications go.
 func (s *Server) patchOrg(ctx *fasthttp.RequestCtx, id string) error {
 	var req struct {
 		BlockPremium *bool `json:"block_premium"`
+		Contacts     *struct {
+			Emails        []string `json:"emails"`
+			Webhook       string   `json:"webhook"`
+			WebhookSecret string   `json:"webhook_secret"`
+		} `json:"contacts"`
 	}
 	if err := decode(ctx, &req); err != nil {
 		return err
 	}
-	if req.BlockPremium == nil {
-		return badRequest("nothing to change: give block_premium")
+	if req.BlockPremium == nil && req.Contacts == nil {
+		return badRequest("nothing to change: give block_premium or contacts")
 	}
-	o, err := s.ledger.SetBlockPremium(id, *req.BlockPremium)
+	if _, err := s.ledger.Org(id); err != nil {
+		return err
+	}
+	// Contacts first: they are the part that can be refused, and a
+	// refused request must change nothing.
+	if c := req.Contacts; c != nil {
+		if _, err := s.ledger.SetContacts(id, ledger.Contacts{Emails: c.Emails, Webhook: c.Webhook, WebhookSecret: c.WebhookSecret}); err != nil {
+			return err
+		}
+	}
+	if req.BlockPremium != nil {
+		if _, err := s.ledger.SetBlockPremium(id, *req.BlockPremium); err != nil {
+			return err
+		}
+	}
+	o, err := s.ledger.Org(id)
 	if err != nil {
 		return err
 	}
 	return s.writeOrg(ctx, 200, o, nil)
+}
+
+// putAutoRecharge replaces the org's auto-recharge setting (and lifts a
+// suspension after a declined card).
+func (s *Server) putAutoRecharge(ctx *fasthttp.RequestCtx, org string) error {
+	var req struct {
+		Enabled       bool            `json:"enabled"`
+		Threshold     json.RawMessage `json:"threshold"`
+		Amount        json.RawMessage `json:"amount"`
+		PaymentMethod string          `json:"payment_method"`
+		Customer      string          `json:"customer"`
+		Incident      string          `json:"incident"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	ar := ledger.AutoRecharge{Enabled: req.Enabled, PaymentMethod: req.PaymentMethod, Customer: req.Customer,
+		Incident: req.Incident, Threshold: decimal.Zero, Amount: decimal.Zero}
+	if req.Enabled || len(req.Threshold) > 0 || len(req.Amount) > 0 {
+		var err error
+		if ar.Threshold, err = parseAmountOrZero(req.Threshold); err != nil {
+			return fmt.Errorf("threshold: %w", err)
+		}
+		if ar.Amount, err = parseAmount(req.Amount); err != nil {
+			return fmt.Errorf("amount: %w", err)
+		}
+	}
+	if req.Enabled && !s.payments {
+		return fmt.Errorf("%w: no payment provider is configured (payments.stripe_api_key), so auto-recharge could not pay", errNoPayments)
+	}
+	if _, err := s.ledger.SetAutoRecharge(org, ar); err != nil {
+		return err
+	}
+	o, err := s.ledger.Org(org)
+	if err != nil {
+		return err
+	}
+	return s.writeOrg(ctx, 200, o, nil)
+}
+
+// parseAmountOrZero is parseAmount that also takes "0" (a threshold of
+// zero recharges only once the balance is gone).
+func parseAmountOrZero(raw json.RawMessage) (decimal.Decimal, error) {
+	if string(raw) == `"0"` || string(raw) == `"0.00"` {
+		return decimal.Zero, nil
+	}
+	return parseAmount(raw)
 }
 
 // tollFreeNumber reads a toll-free number from a path segment ("+1800…" or
@@ -455,6 +557,9 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
 	var req struct {
 		Amount         json.RawMessage `json:"amount"`
 		IdempotencyKey string          `json:"idempotency_key"`
+		// Incident is the support incident that allows funding an org
+		// whose region differs from its billing region.
+		Incident string `json:"incident"`
 	}
 	if err := decode(ctx, &req); err != nil {
 		return err
@@ -466,7 +571,7 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
 	if req.IdempotencyKey == "" {
 		return badRequest("idempotency_key is required, so a retried request funds once")
 	}
-	en, err := s.ledger.Fund(org, amount, req.IdempotencyKey)
+	en, err := s.ledger.FundAcrossRegions(org, amount, req.IdempotencyKey, req.Incident)
 	if err != nil {
 		return err
 	}
@@ -474,7 +579,13 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
 	if err != nil {
 		return err
 	}
-	return s.writeOrg(ctx, 201, o, map[string]any{"transaction": viewEntry(en)})
+	// A retry gets the first answer's transaction, as 200, not 201: the
+	// client can tell it created nothing.
+	status := 201
+	if en.Replayed {
+		status = 200
+	}
+	return s.writeOrg(ctx, status, o, map[string]any{"transaction": viewEntry(en), "replayed": en.Replayed})
 }
 
 func (s *Server) putUser(ctx *fasthttp.RequestCtx, org, user string) error {
@@ -616,10 +727,13 @@ type entryView struct {
 	CallID  string    `json:"call_id,omitempty"`
 	N       int       `json:"increment,omitempty"`
 	Key     string    `json:"idempotency_key,omitempty"`
+	// Incident is the support incident that allowed a funding across
+	// regions.
+	Incident string `json:"incident,omitempty"`
 }
 
 func viewEntry(e ledger.Entry) entryView {
-	return entryView{Seq: e.Seq, At: e.At, Kind: e.Kind, Amount: money(e.Amount), Balance: money(e.Balance), CallID: e.CallID, N: e.N, Key: e.Key}
+	return entryView{Seq: e.Seq, At: e.At, Kind: e.Kind, Amount: money(e.Amount), Balance: money(e.Balance), CallID: e.CallID, N: e.N, Key: e.Key, Incident: e.Incident}
 }
 
 // transactions pages through an org's ledger entries, oldest first:

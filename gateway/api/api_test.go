@@ -224,7 +224,7 @@ func TestRefusalsChangeNothing(t *testing.T) {
 		{"missing amount", "POST", "/v1/orgs/acme/credits", `{"idempotency_key":"x1"}`, "", 422, "invalid_amount"},
 		{"below minimum", "POST", "/v1/orgs/acme/credits", `{"amount":"49.99","idempotency_key":"x1"}`, "", 422, "below_minimum"},
 		{"missing idempotency key", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00"}`, "", 422, "invalid_request"},
-		{"repeated idempotency key", "POST", "/v1/orgs/acme/credits", `{"amount":"50.00","idempotency_key":"k0"}`, "", 409, "duplicate_idempotency_key"},
+		{"repeated idempotency key, other amount", "POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"k0"}`, "", 409, "duplicate_idempotency_key"},
 		{"unknown org", "POST", "/v1/orgs/nope/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "", 404, "unknown_org"},
 		{"region mismatch", "POST", "/v1/orgs/split/credits", `{"amount":"60.00","idempotency_key":"x1"}`, "", 409, "region_mismatch"},
 		{"duplicate org", "POST", "/v1/orgs", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, "", 409, "org_exists"},

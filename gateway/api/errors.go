@@ -18,6 +18,7 @@ var (
 	errNotFound     = errors.New("no such resource")
 	errMethod       = errors.New("method not allowed")
 	errTooLarge     = errors.New("request body too large")
+	errNoPayments   = errors.New("payments not configured")
 )
 
 type apiError struct {
@@ -46,6 +47,7 @@ var httpErrors = []struct {
 	{ledger.ErrNumberTaken, apiError{409, "number_taken"}},
 	{ledger.ErrDuplicateFunding, apiError{409, "duplicate_idempotency_key"}},
 	{ledger.ErrRegionMismatch, apiError{409, "region_mismatch"}},
+	{errNoPayments, apiError{409, "payments_not_configured"}},
 	{ledger.ErrBelowMinimum, apiError{422, "below_minimum"}},
 	{ledger.ErrInvalid, apiError{422, "invalid_request"}},
 	{gateway.ErrBadTrunk, apiError{422, "invalid_trunk"}},

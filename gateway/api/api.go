@@ -7,7 +7,6 @@ package api
 import (
 	"bytes"
 	"crypto/subtle"
-	"encoding/csv"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -798,72 +797,3 @@ func parseTimeArg(ctx *fasthttp.RequestCtx, name string) (time.Time, error) {
 	return time.Time{}, badRequest("%s=%q: want RFC 3339 or YYYY-MM-DD", name, v)
 }
 
-// CDRColumns are the usage report's columns, in order (SPEC §5).
-var CDRColumns = []string{"call_id", "org", "user", "from", "to", "destination", "country", "type", "direction",
-	"start", "answer", "end", "duration_s", "billed_s", "pool", "pool_minutes", "rate_per_minute", "charge",
-	"currency", "disconnect_reason", "sip_status"}
-
-func cdrRow(c ledger.CDR) []string {
-	ts := func(t time.Time) string {
-		if t.IsZero() {
-			return ""
-		}
-		return t.UTC().Format(time.RFC3339)
-	}
-	num := func(n string) string {
-		if n == "" || !strings.ContainsAny(n[:1], "0123456789") || len(n) < 7 {
-			return n
-		}
-		return "+" + n
-	}
-	return []string{c.CallID, c.Org, c.User, num(c.From), num(c.To), c.Destination, c.Country, c.Type, c.Direction,
-		ts(c.Start), ts(c.Answer), ts(c.End), strconv.Itoa(c.DurationS), strconv.Itoa(c.BilledS), c.Pool,
-		strconv.Itoa(c.PoolMinutes), c.RatePerMinute.String(), money(c.Charge), c.Currency, c.DisconnectReason,
-		strconv.Itoa(c.SIPStatus)}
-}
-
-func (s *Server) usage(ctx *fasthttp.RequestCtx, org string) error {
-	if _, err := s.ledger.Org(org); err != nil {
-		return err
-	}
-	from, err := parseTimeArg(ctx, "from")
-	if err != nil {
-		return err
-	}
-	to, err := parseTimeArg(ctx, "to")
-	if err != nil {
-		return err
-	}
-	cdrs, err := s.ledger.CDRs(org, from, to)
-	if err != nil {
-		return err
-	}
-	switch format := string(ctx.QueryArgs().Peek("format")); format {
-	case "csv":
-		ctx.SetContentType("text/csv; charset=utf-8")
-		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf(`attachment; filename="pstn-usage-%s.csv"`, org))
-		// The byte-order mark makes Excel read the file as UTF-8.
-		ctx.WriteString("\ufeff")
-		w := csv.NewWriter(ctx)
-		w.UseCRLF = true
-		_ = w.Write(CDRColumns)
-		for _, c := range cdrs {
-			_ = w.Write(cdrRow(c))
-		}
-		w.Flush()
-		return w.Error()
-	case "", "json":
-		rows := make([]map[string]string, 0, len(cdrs))
-		for _, c := range cdrs {
-			row := map[string]string{}
-			for i, v := range cdrRow(c) {
-				row[CDRColumns[i]] = v
-			}
-			rows = append(rows, row)
-		}
-		writeJSON(ctx, 200, map[string]any{"cdrs": rows})
-		return nil
-	default:
-		return badRequest("format=%q: want csv or json", format)
-	}
-}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -374,7 +375,9 @@ func TestUsersTrunksUsageAndOpenEndpoints(t *testing.T) {
 // nothing may panic or answer 5xx, and money may only move on a 201 funding.
 func FuzzAdminJSON(f *testing.F) {
 	for _, s := range []string{`{"amount":"50.00","idempotency_key":"a"}`, `{"id":"o","country":"US","region":"r"}`,
-		`{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, `{"kind":"carrier","uri":"sip:1.2.3.4"}`, `{`, `null`} {
+		`{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, `{"kind":"carrier","uri":"sip:1.2.3.4"}`, `{`, `null`,
+		`{"enabled":true,"threshold":"10.00","amount":"60.00","payment_method":"pm_card_visa","customer":"cus_a"}`,
+		`{"contacts":{"emails":["a@b.example"],"webhook":"https://h.example/x","webhook_secret":"0123456789abcdef"}}`} {
 		f.Add(0, s)
 		f.Add(3, s)
 	}
@@ -386,12 +389,13 @@ func FuzzAdminJSON(f *testing.F) {
 	defer l.Close()
 	gw, _ := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet())
 	srv := New(l, gw, testToken, reg, time.Now, quiet())
+	srv.SetPayments(true)
 	if _, err := l.CreateOrg(ledger.Org{ID: "acme", Country: "US", Region: "r", BillingRegion: "r"}); err != nil {
 		f.Fatal(err)
 	}
 	targets := []struct{ method, path string }{
 		{"POST", "/v1/orgs/acme/credits"}, {"POST", "/v1/orgs"}, {"PUT", "/v1/orgs/acme/users/u"},
-		{"PUT", "/v1/trunks/t"}, {"PUT", "/v1/rates"},
+		{"PUT", "/v1/trunks/t"}, {"PUT", "/v1/rates"}, {"PUT", "/v1/orgs/acme/auto-recharge"}, {"PATCH", "/v1/orgs/acme"},
 	}
 	f.Fuzz(func(t *testing.T, which int, body string) {
 		tg := targets[(which%len(targets)+len(targets))%len(targets)]
@@ -407,6 +411,9 @@ func FuzzAdminJSON(f *testing.F) {
 			t.Fatalf("%s %s %q: %d %s", tg.method, tg.path, body, status, ctx.Response.Body())
 		}
 		after, _ := l.Org("acme")
+		if status/100 == 4 && !reflect.DeepEqual(after, before) {
+			t.Fatalf("refused request changed the org: %+v → %+v", before, after)
+		}
 		if status != 201 && !after.Balance.Equal(before.Balance) {
 			t.Fatalf("refused request moved money: %s → %s", before.Balance, after.Balance)
 		}

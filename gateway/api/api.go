@@ -796,4 +796,3 @@ func parseTimeArg(ctx *fasthttp.RequestCtx, name string) (time.Time, error) {
 	}
 	return time.Time{}, badRequest("%s=%q: want RFC 3339 or YYYY-MM-DD", name, v)
 }
-

@@ -17,6 +17,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/creditgate/creditgate/gateway"
@@ -48,6 +49,34 @@ type Server struct {
 	// payments says whether a payment provider is configured; without
 	// one, enabling auto-recharge is refused rather than left to wait.
 	payments bool
+
+	// adviceCache keeps each org's funding advice for adviceTTL: it reads
+	// 30 days of CDRs, too much for every GET of a busy org.
+	adviceMu    sync.Mutex
+	adviceCache map[string]ledger.Advice
+}
+
+const adviceTTL = 5 * time.Minute
+
+func (s *Server) advice(org string) (ledger.Advice, error) {
+	now := s.now()
+	s.adviceMu.Lock()
+	a, ok := s.adviceCache[org]
+	s.adviceMu.Unlock()
+	if ok && now.Sub(a.ComputedAt) < adviceTTL && !now.Before(a.ComputedAt) {
+		return a, nil
+	}
+	a, err := s.ledger.Advise(org, now)
+	if err != nil {
+		return a, err
+	}
+	s.adviceMu.Lock()
+	if s.adviceCache == nil || len(s.adviceCache) > 100_000 {
+		s.adviceCache = map[string]ledger.Advice{}
+	}
+	s.adviceCache[org] = a
+	s.adviceMu.Unlock()
+	return a, nil
 }
 
 // SetPayments tells the API whether auto-recharge can pay.
@@ -291,6 +320,20 @@ type orgView struct {
 	CreatedAt     time.Time        `json:"created_at"`
 	AutoRecharge  autoRechargeView `json:"auto_recharge"`
 	Contacts      contactsView     `json:"contacts"`
+	Forecast      *forecastView    `json:"forecast,omitempty"`
+}
+
+// forecastView is the funding advisor's answer (ledger.Advise documents
+// the formula).
+type forecastView struct {
+	Days               int        `json:"days"`
+	Spend              string     `json:"spend"`
+	BurnPerDay         string     `json:"burn_per_day"`
+	P95Day             string     `json:"p95_day"`
+	ZeroAt             *time.Time `json:"zero_at"` // null: nothing is being spent
+	SuggestedThreshold string     `json:"suggested_threshold"`
+	SuggestedAmount    string     `json:"suggested_amount"`
+	ComputedAt         time.Time  `json:"computed_at"`
 }
 
 type autoRechargeView struct {
@@ -350,6 +393,16 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 	pools, err := s.ledger.Pools(o.ID, s.now())
 	if err != nil {
 		return v, err
+	}
+	if a, err := s.advice(o.ID); err == nil {
+		f := &forecastView{Days: a.Days, Spend: money(a.Spend), BurnPerDay: money(a.BurnPerDay), P95Day: money(a.P95Day),
+			SuggestedThreshold: money(a.Threshold), SuggestedAmount: money(a.Amount), ComputedAt: a.ComputedAt}
+		if z := a.ZeroAfter(o.Available(), s.now()); !z.IsZero() {
+			f.ZeroAt = &z
+		}
+		v.Forecast = f
+	} else {
+		s.log.Warn("funding advice unavailable", "org", o.ID, "err", err)
 	}
 	for _, p := range pools {
 		v.Pools = append(v.Pools, poolView{Plan: p.Plan, Month: p.Month, Total: p.Total, Used: p.Used, Held: p.Held,

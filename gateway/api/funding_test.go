@@ -119,3 +119,22 @@ func TestContacts(t *testing.T) {
 		t.Fatal("the webhook secret was shown back")
 	}
 }
+
+func TestOrgForecast(t *testing.T) {
+	h := setup(t)
+	usageCalls(t, h)
+	// setup's funding answer computed advice before the calls; it is kept
+	// adviceTTL, and a test does not wait that long.
+	h.srv.adviceMu.Lock()
+	h.srv.adviceCache = nil
+	h.srv.adviceMu.Unlock()
+	f, ok := h.org("acme")["forecast"].(map[string]any)
+	if !ok {
+		t.Fatal("GET org has no forecast")
+	}
+	// The org is new: one day observed, 0.243456 spent of 50.00.
+	if f["days"] != float64(1) || f["spend"] != "0.243456" || f["burn_per_day"] != "0.2435" || f["zero_at"] == nil ||
+		f["suggested_threshold"] != "1.00" || f["suggested_amount"] != "50.00" {
+		t.Fatalf("forecast %v", f)
+	}
+}

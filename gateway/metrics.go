@@ -1,6 +1,9 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/creditgate/creditgate/rating"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // metrics of the gateway; label values are closed sets (see refusals).
 type metrics struct {
@@ -25,6 +28,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		leftCallByes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_restart_byes_total",
 			Help: "BYEs sent on start to the legs of calls the last run left up, by leg (caller, carrier) and result (ok; gone: 481/408; failed)."},
 			[]string{"leg", "result"}),
+	}
+	// Every label value exists from the start, at zero, so a rate() or an
+	// alert sees the series before its first increment.
+	for _, r := range refusals {
+		m.authorizations.WithLabelValues("refused", r.r.reason)
+	}
+	m.authorizations.WithLabelValues("refused", internalRefusal.reason)
+	for _, src := range []rating.Source{rating.SourcePool, rating.SourcePoolThenCredits, rating.SourceCredits} {
+		m.authorizations.WithLabelValues("allowed", string(src))
+	}
+	m.authorizations.WithLabelValues("allowed", "emergency")
+	for _, leg := range []string{"caller", "carrier"} {
+		for _, r := range []string{"ok", "gone", "failed"} {
+			m.leftCallByes.WithLabelValues(leg, r)
+		}
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes} {

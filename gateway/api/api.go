@@ -7,6 +7,7 @@ package api
 import (
 	"bytes"
 	"crypto/subtle"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,12 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 	"github.com/valyala/fasthttp/pprofhandler"
 )
+
+// OpenAPI is the API's OpenAPI 3 document, served at /v1/openapi.yaml; a
+// test holds it and the routes to each other.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
 
 // Limits of the API.
 const (
@@ -166,6 +173,11 @@ type route struct {
 }
 
 var routes = []route{
+	{"GET", "/v1/openapi.yaml", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error {
+		ctx.SetContentType("application/yaml")
+		ctx.SetBody(OpenAPI)
+		return nil
+	}},
 	{"POST", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.createOrg(ctx) }},
 	{"GET", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.getOrg(ctx, a[0]) }},
 	{"PATCH", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.patchOrg(ctx, a[0]) }},

@@ -91,6 +91,10 @@ type Notify struct {
 	SMTP         SMTP          `yaml:"smtp"`
 	RetryBackoff time.Duration `yaml:"retry_backoff"`
 	MaxBackoff   time.Duration `yaml:"max_backoff"`
+	// LowBalanceHorizon: warn an org (without working auto-recharge) whose
+	// forecast reaches zero within it; at most once per LowBalanceEvery.
+	LowBalanceHorizon time.Duration `yaml:"low_balance_horizon"`
+	LowBalanceEvery   time.Duration `yaml:"low_balance_every"`
 }
 
 // SMTP is the mail relay; no host means no email (webhooks still go).
@@ -290,6 +294,12 @@ func (n Notify) validate(bad func(string, string, ...any) error) error {
 	}
 	if n.MaxBackoff < n.RetryBackoff || n.MaxBackoff > 24*time.Hour {
 		return bad("notify.max_backoff", "want retry_backoff to 24h, got %s", n.MaxBackoff)
+	}
+	if n.LowBalanceHorizon < time.Hour || n.LowBalanceHorizon > 90*24*time.Hour {
+		return bad("notify.low_balance_horizon", "want 1h to 2160h, got %s", n.LowBalanceHorizon)
+	}
+	if n.LowBalanceEvery < time.Hour || n.LowBalanceEvery > 90*24*time.Hour {
+		return bad("notify.low_balance_every", "want 1h to 2160h, got %s", n.LowBalanceEvery)
 	}
 	return nil
 }

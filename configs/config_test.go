@@ -44,6 +44,7 @@ func TestParseRefuses(t *testing.T) {
 		{"smtp port", "notify:\n  smtp:\n    host: mail.example\n    from: b@x.example\n    port: 70000\n", "notify.smtp.port"},
 		{"smtp password twice", "notify:\n  smtp:\n    password: a\n    password_file: b\n", "notify.smtp.password_file"},
 		{"notify backoff", "notify:\n  retry_backoff: 0s\n", "notify.retry_backoff"},
+		{"low balance horizon", "notify:\n  low_balance_horizon: 1m\n", "notify.low_balance_horizon"},
 		{"not yaml", "sip: [", "yaml"},
 		{"empty data dir", "data_dir: \"\"\n", "data_dir"},
 		{"premium in a pool", "catalog:\n  pools:\n    - {name: x, minutes_per_license: 1, licenses: [domestic_calling_plan], trunk: customer, destinations: any, types: [premium]}\n", "catalog.pools[0].types"},

@@ -24,10 +24,11 @@ const (
 	NotifyRechargeSucceeded = "recharge_succeeded"
 	NotifyRechargeFailed    = "recharge_failed"
 	NotifyBalanceZero       = "balance_zero"
+	NotifyLowBalance        = "low_balance"
 )
 
 // NotificationKinds lists every kind, for metrics and documentation.
-var NotificationKinds = []string{NotifyRechargeSucceeded, NotifyRechargeFailed, NotifyBalanceZero}
+var NotificationKinds = []string{NotifyRechargeSucceeded, NotifyRechargeFailed, NotifyBalanceZero, NotifyLowBalance}
 
 // Notification is one message to an org's contacts.
 type Notification struct {
@@ -40,6 +41,9 @@ type Notification struct {
 	Currency string          `json:"currency"`
 	Purchase string          `json:"purchase,omitempty"`
 	Reason   string          `json:"reason,omitempty"`
+	// ZeroAt and the burn rate come with a low-balance warning.
+	ZeroAt     time.Time       `json:"zero_at,omitzero"`
+	BurnPerDay decimal.Decimal `json:"burn_per_day,omitzero"`
 	// Emailed and Posted record delivery by email and by webhook.
 	Emailed bool `json:"emailed,omitempty"`
 	Posted  bool `json:"posted,omitempty"`
@@ -175,4 +179,40 @@ func (l *Ledger) SetContacts(org string, c Contacts) (Org, error) {
 		return Org{}, err
 	}
 	return l.Org(org)
+}
+
+// OrgIDs lists the orgs.
+func (l *Ledger) OrgIDs() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ids := make([]string, 0, len(l.orgs))
+	for id := range l.orgs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// WarnLowBalance queues a low_balance notification for the org from advice
+// a, unless one was queued less than every ago; the time of the last one is
+// kept with the org, so restarts do not repeat it. It reports whether it
+// queued one.
+func (l *Ledger) WarnLowBalance(org string, a Advice, now time.Time, every time.Duration) (bool, error) {
+	warned := false
+	_, err := l.do(Op{Kind: "low_balance", Org: org}, now, func(t *txn) error {
+		os, ok := l.orgs[org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+		}
+		if !os.LowBalanceWarned.IsZero() && now.Sub(os.LowBalanceWarned) < every {
+			return nil
+		}
+		os.LowBalanceWarned = now.UTC()
+		t.put(keyOrg(org), os.Org)
+		l.notify(t, Notification{Org: org, Kind: NotifyLowBalance, Balance: os.Balance.Sub(os.Held), Currency: os.Currency,
+			ZeroAt: a.ZeroAfter(os.Balance.Sub(os.Held), now), BurnPerDay: a.BurnPerDay, Amount: a.Amount})
+		warned = true
+		return nil
+	})
+	return warned, err
 }

@@ -50,6 +50,8 @@ type Org struct {
 	// record, not in Balances, which every debit rewrites.
 	Contacts     Contacts     `json:"contacts"`
 	AutoRecharge AutoRecharge `json:"auto_recharge"`
+	// LowBalanceWarned is when the last low-balance warning was queued.
+	LowBalanceWarned time.Time `json:"low_balance_warned,omitzero"`
 	Balances
 }
 

@@ -202,7 +202,8 @@ func startWorkers(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config, l
 	}
 	m := cfg.Notify.SMTP
 	sender, err := notify.New(led, notify.Config{SMTP: notify.SMTP{Host: m.Host, Port: m.Port, Username: m.Username,
-		Password: pass, From: m.From, TLS: m.TLS}, Backoff: cfg.Notify.RetryBackoff, MaxBackoff: cfg.Notify.MaxBackoff},
+		Password: pass, From: m.From, TLS: m.TLS}, Backoff: cfg.Notify.RetryBackoff, MaxBackoff: cfg.Notify.MaxBackoff,
+		LowBalanceHorizon: cfg.Notify.LowBalanceHorizon, LowBalanceEvery: cfg.Notify.LowBalanceEvery},
 		clock.Real{}, reg, log.With("component", "notify"))
 	if err != nil {
 		return false, err

@@ -53,6 +53,13 @@ type Config struct {
 	Backoff    time.Duration
 	MaxBackoff time.Duration
 	Timeout    time.Duration // one SMTP conversation or webhook POST
+	// Low-balance warnings: every SweepEvery, each org whose forecast
+	// (ledger.Advise) reaches zero within LowBalanceHorizon, and that has
+	// no working auto-recharge, is warned — at most once per
+	// LowBalanceEvery.
+	SweepEvery        time.Duration
+	LowBalanceHorizon time.Duration
+	LowBalanceEvery   time.Duration
 }
 
 func (c *Config) defaults() {
@@ -64,6 +71,15 @@ func (c *Config) defaults() {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 30 * time.Second
+	}
+	if c.SweepEvery <= 0 {
+		c.SweepEvery = time.Hour
+	}
+	if c.LowBalanceHorizon <= 0 {
+		c.LowBalanceHorizon = 72 * time.Hour
+	}
+	if c.LowBalanceEvery <= 0 {
+		c.LowBalanceEvery = 24 * time.Hour
 	}
 	if c.SMTP.TLS == "" {
 		c.SMTP.TLS = "starttls"
@@ -154,8 +170,16 @@ func (s *Sender) Run(ctx context.Context) {
 			timer.Stop()
 		}
 	}()
+	nextSweep := s.clk.Now()
 	for {
+		if !s.clk.Now().Before(nextSweep) {
+			s.SweepLowBalance(s.clk.Now())
+			nextSweep = s.clk.Now().Add(s.cfg.SweepEvery)
+		}
 		next := s.DeliverDue(ctx)
+		if next.IsZero() || nextSweep.Before(next) {
+			next = nextSweep
+		}
 		if timer != nil {
 			timer.Stop()
 			timer = nil
@@ -175,6 +199,40 @@ func (s *Sender) Run(ctx context.Context) {
 		case <-s.wake:
 		}
 	}
+}
+
+// SweepLowBalance queues a low-balance warning for every org whose
+// balance the forecast says runs out within the horizon and that has no
+// working auto-recharge to prevent it. It returns how many it queued.
+func (s *Sender) SweepLowBalance(now time.Time) int {
+	n := 0
+	for _, id := range s.l.OrgIDs() {
+		o, err := s.l.Org(id)
+		if err != nil {
+			continue
+		}
+		if o.AutoRecharge.Enabled && o.AutoRecharge.Suspended == "" {
+			continue // a purchase will come before zero
+		}
+		a, err := s.l.Advise(id, now)
+		if err != nil {
+			s.log.Error("low-balance check failed", "org", id, "err", err)
+			continue
+		}
+		zero := a.ZeroAfter(o.Available(), now)
+		if zero.IsZero() || zero.Sub(now) > s.cfg.LowBalanceHorizon || !o.Available().IsPositive() {
+			continue // not spending, far from zero, or at zero (balance_zero said so)
+		}
+		warned, err := s.l.WarnLowBalance(id, a, now, s.cfg.LowBalanceEvery)
+		if err != nil {
+			s.log.Error("low-balance warning not queued", "org", id, "err", err)
+			continue
+		}
+		if warned {
+			n++
+		}
+	}
+	return n
 }
 
 // DeliverDue tries every notification whose backoff has passed and returns
@@ -293,6 +351,12 @@ func message(o ledger.Org, n ledger.Notification) (subject, body string) {
 		body = fmt.Sprintf("The Communications Credits balance of %s (%s) reached %s.\n\n"+
 			"Calls that no calling plan includes (international beyond the plan, premium numbers, toll-free inbound) are refused until the org is funded.\n"+
 			"Emergency calls still connect.\n", o.Name, o.ID, money(n.Balance))
+	case ledger.NotifyLowBalance:
+		left := n.ZeroAt.Sub(n.At)
+		subject = fmt.Sprintf("Communications Credits running low for %s: about %s left", o.Name, roughly(left))
+		body = fmt.Sprintf("At the last 30 days' average of %s a day, the Communications Credits of %s (%s) run out around %s.\n\n"+
+			"Available now: %s\n\nFund the org (POST /v1/orgs/%s/credits), or turn on auto-recharge; a recharge of %s covers about a week.\n",
+			money(n.BurnPerDay), o.Name, o.ID, n.ZeroAt.UTC().Format("2006-01-02 15:04 MST"), money(n.Balance), o.ID, money(n.Amount))
 	default:
 		subject = fmt.Sprintf("creditgate: %s for %s", n.Kind, o.Name)
 		body = fmt.Sprintf("%s for %s (%s).\n", n.Kind, o.Name, o.ID)
@@ -345,6 +409,18 @@ func (s *Sender) email(ctx context.Context, o ledger.Org, n ledger.Notification)
 	return c.DialAndSendWithContext(ctx, m)
 }
 
+// roughly says a duration the way a person would.
+func roughly(d time.Duration) string {
+	switch {
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%d days", int(d.Hours()/24))
+	case d >= 2*time.Hour:
+		return fmt.Sprintf("%d hours", int(d.Hours()))
+	default:
+		return fmt.Sprintf("%d minutes", max(int(d.Minutes()), 1))
+	}
+}
+
 // Webhook is the JSON body of a webhook delivery.
 type Webhook struct {
 	ID       string `json:"id"`
@@ -356,11 +432,16 @@ type Webhook struct {
 	Currency string `json:"currency"`
 	Purchase string `json:"purchase,omitempty"`
 	Reason   string `json:"reason,omitempty"`
+	ZeroAt   string `json:"zero_at,omitempty"` // low_balance
 }
 
 func (s *Sender) post(ctx context.Context, o ledger.Org, n ledger.Notification) error {
-	body, err := json.Marshal(Webhook{ID: n.ID, Kind: n.Kind, Org: n.Org, At: n.At.UTC().Format(time.RFC3339),
-		Amount: n.Amount.StringFixed(2), Balance: n.Balance.StringFixed(2), Currency: n.Currency, Purchase: n.Purchase, Reason: n.Reason})
+	w := Webhook{ID: n.ID, Kind: n.Kind, Org: n.Org, At: n.At.UTC().Format(time.RFC3339), Amount: n.Amount.StringFixed(2),
+		Balance: n.Balance.StringFixed(2), Currency: n.Currency, Purchase: n.Purchase, Reason: n.Reason}
+	if !n.ZeroAt.IsZero() {
+		w.ZeroAt = n.ZeroAt.UTC().Format(time.RFC3339)
+	}
+	body, err := json.Marshal(w)
 	if err != nil {
 		return err
 	}

@@ -433,3 +433,46 @@ func TestContactsRefused(t *testing.T) {
 		}
 	}
 }
+
+// An org spending 5.00 a day with 10.00 left, no auto-recharge: one
+// low-balance email, not repeated within a day, repeated after; an org
+// with working auto-recharge is not warned.
+func TestLowBalanceWarning(t *testing.T) {
+	ms := startMail(t)
+	now := t0
+	l, err := ledger.Open(t.TempDir(), ledger.Options{Now: func() time.Time { return now }, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}})
+	// 40.00 spent on the org's first day: burn 40/day over 1 day, 10.00 left.
+	spend(t, l, "c1", 40)
+	now = t0.Add(2 * time.Hour)
+	clk := clock.NewFake(now)
+	s := newSender(t, l, ms, clk)
+	if n := s.SweepLowBalance(now); n != 1 {
+		t.Fatalf("queued %d warnings, want 1", n)
+	}
+	if n := s.SweepLowBalance(now.Add(time.Hour)); n != 0 {
+		t.Fatalf("warned again within a day: %d", n)
+	}
+	s.DeliverDue(context.Background())
+	msgs, bodies, _ := ms.received()
+	if len(msgs) != 1 || !strings.Contains(msgs[0].Header.Get("Subject"), "running low") ||
+		!strings.Contains(bodies[0], "40.00 USD a day") || !strings.Contains(bodies[0], "Available now: 10.00 USD") {
+		t.Fatalf("%d emails: %v\n%v", len(msgs), msgs, bodies)
+	}
+	if n := s.SweepLowBalance(now.Add(25 * time.Hour)); n != 1 {
+		t.Fatalf("a day later: %d warnings, want 1", n)
+	}
+	// With auto-recharge working, a purchase will come: no warning.
+	now = now.Add(50 * time.Hour)
+	if _, err := l.SetAutoRecharge("acme", ledger.AutoRecharge{Enabled: true, Threshold: d("5"), Amount: d("50"),
+		PaymentMethod: "pm_card_visa", Customer: "cus_acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.SweepLowBalance(now); n != 0 {
+		t.Fatalf("warned an org whose auto-recharge works: %d", n)
+	}
+}

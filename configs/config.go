@@ -130,7 +130,8 @@ func Default() Config {
 		Funding: Funding{Minimum: "50.00"},
 		Payments: Payments{StripeBaseURL: "https://api.stripe.com", RetryBackoff: 2 * time.Second,
 			MaxBackoff: 10 * time.Minute, MaxAttempts: 12},
-		Notify:  Notify{SMTP: SMTP{TLS: "starttls"}, RetryBackoff: 5 * time.Second, MaxBackoff: 15 * time.Minute},
+		Notify: Notify{SMTP: SMTP{TLS: "starttls"}, RetryBackoff: 5 * time.Second, MaxBackoff: 15 * time.Minute,
+			LowBalanceHorizon: 72 * time.Hour, LowBalanceEvery: 24 * time.Hour},
 		Catalog: rating.DefaultCatalog(),
 		Log:     Log{Level: "info", Format: "text"},
 	}

@@ -78,7 +78,9 @@ func TestOpenAPIRoutesAnswer(t *testing.T) {
 		method, pattern, _ := strings.Cut(op, " ")
 		path := strings.ReplaceAll(pattern, "*", "acme")
 		r := h.do(method, path, "{}")
-		var e struct{ Error struct{ Code, Message string } }
+		var e struct {
+			Error struct{ Code, Message string }
+		}
 		_ = json.Unmarshal(r.body, &e)
 		if r.status == 405 || (r.status == 404 && e.Error.Message == errNotFound.Error()) {
 			t.Errorf("%s %s: %d %s — the router does not know it", method, path, r.status, r.body)

@@ -13,6 +13,7 @@ import (
 	"net/mail"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,6 +34,7 @@ type Config struct {
 	// Notify is how notifications reach orgs' contacts.
 	Notify Notify `yaml:"notify"`
 	Rating Rating `yaml:"rating"`
+	Fraud  Fraud  `yaml:"fraud"`
 	// Catalog is the plan catalogue (minute pools, zone A, inbound
 	// toll-free rates); keys given replace the built-in ones.
 	Catalog rating.Catalog `yaml:"catalog"`
@@ -109,6 +111,54 @@ type SMTP struct {
 	TLS          string `yaml:"tls"` // starttls (default), tls, none
 }
 
+// Fraud is the fraud guard's gateway-wide part; per-org limits are set
+// through the admin API.
+type Fraud struct {
+	// HighRiskPrefixes are destinations (E.164 digits, no +) known for
+	// international revenue share fraud; orgs call them only when their
+	// fraud guard allows high-risk destinations.
+	HighRiskPrefixes []string `yaml:"high_risk_prefixes"`
+}
+
+// DefaultHighRisk are ranges that carriers' fraud desks list again and again
+// for revenue-share fraud: small island and satellite networks with high
+// termination rates, and countries whose ranges are resold. A starting
+// point; an operator keeps it current from its carriers' fraud feeds.
+var DefaultHighRisk = []string{
+	"53",  // Cuba
+	"216", // Tunisia
+	"224", // Guinea
+	"231", // Liberia
+	"232", // Sierra Leone
+	"235", // Chad
+	"239", // São Tomé and Príncipe
+	"245", // Guinea-Bissau
+	"246", // Diego Garcia
+	"252", // Somalia
+	"269", // Comoros
+	"290", // Saint Helena
+	"370", // Lithuania
+	"371", // Latvia
+	"500", // Falkland Islands
+	"674", // Nauru
+	"675", // Papua New Guinea
+	"677", // Solomon Islands
+	"678", // Vanuatu
+	"682", // Cook Islands
+	"683", // Niue
+	"686", // Kiribati
+	"688", // Tuvalu
+	"690", // Tokelau
+	"691", // Micronesia
+	"692", // Marshall Islands
+	"870", // Inmarsat
+	"881", // global mobile satellite systems
+	"882", // international networks
+	"883", // international networks
+	"960", // Maldives
+	"979", // international premium rate
+}
+
 // Rating settings.
 type Rating struct {
 	DeckFile string `yaml:"deck_file"`
@@ -128,6 +178,7 @@ func Default() Config {
 			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second},
 		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
 		Funding: Funding{Minimum: "50.00"},
+		Fraud:   Fraud{HighRiskPrefixes: slices.Clone(DefaultHighRisk)},
 		Payments: Payments{StripeBaseURL: "https://api.stripe.com", RetryBackoff: 2 * time.Second,
 			MaxBackoff: 10 * time.Minute, MaxAttempts: 12},
 		Notify: Notify{SMTP: SMTP{TLS: "starttls"}, RetryBackoff: 5 * time.Second, MaxBackoff: 15 * time.Minute,
@@ -227,6 +278,14 @@ func (c Config) Validate() error {
 	m, err := decimal.NewFromString(c.Funding.Minimum)
 	if err != nil || !m.IsPositive() || m.Exponent() < -2 {
 		return bad("funding.minimum", "%q: want a positive amount like \"50.00\"", c.Funding.Minimum)
+	}
+	if len(c.Fraud.HighRiskPrefixes) > 10_000 {
+		return bad("fraud.high_risk_prefixes", "at most 10000")
+	}
+	for i, p := range c.Fraud.HighRiskPrefixes {
+		if p == "" || len(p) > 15 || strings.Trim(p, "0123456789") != "" {
+			return bad(fmt.Sprintf("fraud.high_risk_prefixes[%d]", i), "%q: want E.164 digits without +, like \"252\"", p)
+		}
 	}
 	if err := c.Payments.validate(bad); err != nil {
 		return err

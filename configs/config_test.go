@@ -44,6 +44,8 @@ func TestParseRefuses(t *testing.T) {
 		{"smtp port", "notify:\n  smtp:\n    host: mail.example\n    from: b@x.example\n    port: 70000\n", "notify.smtp.port"},
 		{"smtp password twice", "notify:\n  smtp:\n    password: a\n    password_file: b\n", "notify.smtp.password_file"},
 		{"notify backoff", "notify:\n  retry_backoff: 0s\n", "notify.retry_backoff"},
+		{"high-risk prefix with +", "fraud:\n  high_risk_prefixes: [\"+252\"]\n", "fraud.high_risk_prefixes[0]"},
+		{"high-risk prefix empty", "fraud:\n  high_risk_prefixes: [\"\"]\n", "fraud.high_risk_prefixes[0]"},
 		{"low balance horizon", "notify:\n  low_balance_horizon: 1m\n", "notify.low_balance_horizon"},
 		{"not yaml", "sip: [", "yaml"},
 		{"empty data dir", "data_dir: \"\"\n", "data_dir"},

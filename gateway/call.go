@@ -151,6 +151,13 @@ func (c *call) boundary() {
 		c.g.m.exhausted.Inc()
 	case errors.Is(err, ledger.ErrInsufficientCredit):
 		c.g.m.exhausted.Inc()
+	case errors.Is(err, ledger.ErrFraudGuard):
+		// A spend limit: the call ends at the end of what it paid.
+		reason = ledger.ReasonFraudGuard
+		c.mu.Unlock()
+		c.g.tripped(err)
+		c.end(reason, 200, true, true)
+		return
 	default:
 		// The ledger cannot take the debit durably: end the call rather
 		// than let it run on money nobody recorded (fail closed).

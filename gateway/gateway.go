@@ -51,6 +51,10 @@ type Config struct {
 	// Catalog is the plan catalogue calls are decided by; nil is the
 	// built-in one.
 	Catalog *rating.Catalog
+	// HighRisk are E.164 digit prefixes of destinations known for
+	// revenue-share fraud; an org calls them only if its fraud guard
+	// allows high-risk destinations.
+	HighRisk []string
 	// TLSListen, when set, is a host:port to accept SIP over TLS on, with
 	// TLS's certificates. TLS also verifies carriers reached over TLS.
 	TLSListen string
@@ -431,6 +435,7 @@ func (g *Gateway) forget(c *call, inID, outID string) {
 }
 
 func (g *Gateway) refuse(req *sip.Request, tx sip.ServerTransaction, err error) {
+	g.tripped(err)
 	r := refusalFor(err)
 	g.m.authorizations.WithLabelValues("refused", r.reason).Inc()
 	res := sip.NewResponseFromRequest(req, r.status, r.phrase, nil)
@@ -446,6 +451,32 @@ func (g *Gateway) refuse(req *sip.Request, tx sip.ServerTransaction, err error) 
 		g.log.Error("INVITE refused on internal error", "call_id", req.CallID().Value(), "error", err)
 	}
 	_ = tx.Respond(res)
+}
+
+// highRisk returns the configured high-risk prefix number starts with, if
+// any (the longest).
+func (g *Gateway) highRisk(number string) string {
+	best := ""
+	for _, p := range g.cfg.HighRisk {
+		if len(p) > len(best) && strings.HasPrefix(number, p) {
+			best = p
+		}
+	}
+	return best
+}
+
+// tripped counts a fraud-guard refusal and has the org's contacts told
+// (the ledger keeps that to once an hour per guard).
+func (g *Gateway) tripped(err error) {
+	var tr *ledger.Trip
+	if !errors.As(err, &tr) {
+		return
+	}
+	g.m.fraudTrips.WithLabelValues(tr.Guard).Inc()
+	g.log.Warn("fraud guard refused a call", "org", tr.Org, "user", tr.User, "guard", tr.Guard, "detail", tr.Detail)
+	if err := g.ledger.FraudTripped(tr, g.clock.Now()); err != nil {
+		g.log.Error("fraud-guard notification not queued", "org", tr.Org, "error", err)
+	}
 }
 
 // callerNumber is the caller's number as sent: the P-Asserted-Identity user
@@ -575,6 +606,10 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 		PoolsLeft: pools, Available: org.Available(), Now: now})
 	if err != nil {
 		return nil, err
+	}
+	if p := g.highRisk(dec.Number); p != "" && !org.FraudGuard.AllowHighRisk {
+		return nil, &ledger.Trip{Guard: ledger.GuardHighRisk, Org: org.ID, User: user.ID,
+			Detail: fmt.Sprintf("+%s is in the high-risk range +%s (%s) and the org does not allow high-risk destinations", dec.Number, p, dec.Rate.Destination)}
 	}
 	routes := g.routes.Load().carriers(dec.Number)
 	if len(routes) == 0 {

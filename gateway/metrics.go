@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -12,6 +13,7 @@ type metrics struct {
 	setup          prometheus.Histogram
 	exhausted      prometheus.Counter
 	leftCallByes   *prometheus.CounterVec
+	fraudTrips     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -28,6 +30,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		leftCallByes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_restart_byes_total",
 			Help: "BYEs sent on start to the legs of calls the last run left up, by leg (caller, carrier) and result (ok; gone: 481/408; failed)."},
 			[]string{"leg", "result"}),
+		fraudTrips: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_fraud_guard_trips_total",
+			Help: "Calls refused or ended by an org's fraud guard, by guard."}, []string{"guard"}),
+	}
+	for _, gd := range ledger.Guards {
+		m.fraudTrips.WithLabelValues(gd)
 	}
 	// Every label value exists from the start, at zero, so a rate() or an
 	// alert sees the series before its first increment.
@@ -45,7 +52,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes} {
+		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes, m.fraudTrips} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -40,6 +40,9 @@ var refusals = []struct {
 	{ErrAuthRequired, refusal{407, "Proxy Authentication Required", "auth_required", "this trunk needs digest credentials"}},
 	{ErrAuthFailed, refusal{403, "Forbidden", "auth_failed", "wrong digest credentials"}},
 	{ErrUnknownCaller, refusal{403, "Forbidden", "unknown_caller", "caller is not a known user"}},
+	// The warning does not say which limit: a caller with stolen
+	// credentials learns nothing from it.
+	{ledger.ErrFraudGuard, refusal{403, "Forbidden", "fraud_guard", "refused by the org's fraud guard"}},
 	{rating.ErrNoLicense, refusal{403, "Forbidden", "no_license", "no license covers this call"}},
 	{rating.ErrPremiumBlocked, refusal{403, "Forbidden", "premium_blocked", "premium-rate numbers are blocked for this org"}},
 	{ErrUnknownNumber, refusal{404, "Not Found", "unknown_number", "not a toll-free number served here"}},

@@ -57,11 +57,15 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 		if call.Free {
 			call.Hold = Increment{N: 1, Source: SourceFree}
 		} else {
+			if err := os.admitCall(&call); err != nil {
+				return err
+			}
 			inc, err := l.next(os, &call, 1, at)
 			if err != nil {
 				return err
 			}
 			l.hold(t, os, &call, inc)
+			os.countCall(&call, +1)
 		}
 		l.calls[call.ID] = &call
 		t.put(keyCall(call.ID), call)
@@ -305,6 +309,7 @@ func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
 	t.del(keyCall(c.ID))
 	t.del(keyCallState(c.ID))
 	delete(l.calls, c.ID)
+	os.countCall(c, -1)
 	l.ended.add(c.ID, string(key))
 	return cdr
 }
@@ -368,6 +373,9 @@ func (l *Ledger) next(os *orgState, c *Call, n int, at time.Time) (Increment, er
 	if os.Available().LessThan(credit) {
 		return Increment{}, fmt.Errorf("%w: %s available, increment %d costs %s", ErrInsufficientCredit, os.Available(), n, credit)
 	}
+	if err := os.checkSpend(c, credit, at); err != nil {
+		return Increment{}, err
+	}
 	return Increment{N: n, Source: SourceCredits, Seconds: secs, Credit: credit}, nil
 }
 
@@ -400,6 +408,7 @@ func (l *Ledger) hold(t *txn, os *orgState, c *Call, inc Increment) {
 	case SourceCredits:
 		os.Held = os.Held.Add(inc.Credit)
 		t.put(keyBalances(os.ID), os.Balances)
+		os.recordSpend(c, inc.Credit, t.at)
 	}
 	c.Hold = inc
 }

@@ -98,6 +98,9 @@ type orgState struct {
 	licensed []int // per plan: users holding one of its licenses
 	pools    map[poolKey]*Pool
 	purchase *Purchase // the org's pending auto-recharge purchase
+
+	guard         guardState           // what the fraud guard counts
+	guardNotified map[string]time.Time // guard → last fraud_guard notification
 }
 
 type poolKey struct {
@@ -273,6 +276,11 @@ func (l *Ledger) load() error {
 		return nil
 	}); err != nil {
 		return err
+	}
+	for _, c := range l.calls {
+		if os, ok := l.orgs[c.Org]; ok {
+			os.countCall(c, +1) // settleOpenCalls ends them, and counts them out
+		}
 	}
 	if err := l.loadDialogs(); err != nil {
 		return err

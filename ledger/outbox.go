@@ -25,10 +25,11 @@ const (
 	NotifyRechargeFailed    = "recharge_failed"
 	NotifyBalanceZero       = "balance_zero"
 	NotifyLowBalance        = "low_balance"
+	NotifyFraudGuard        = "fraud_guard"
 )
 
 // NotificationKinds lists every kind, for metrics and documentation.
-var NotificationKinds = []string{NotifyRechargeSucceeded, NotifyRechargeFailed, NotifyBalanceZero, NotifyLowBalance}
+var NotificationKinds = []string{NotifyRechargeSucceeded, NotifyRechargeFailed, NotifyBalanceZero, NotifyLowBalance, NotifyFraudGuard}
 
 // Notification is one message to an org's contacts.
 type Notification struct {

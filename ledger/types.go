@@ -50,6 +50,7 @@ type Org struct {
 	// record, not in Balances, which every debit rewrites.
 	Contacts     Contacts     `json:"contacts"`
 	AutoRecharge AutoRecharge `json:"auto_recharge"`
+	FraudGuard   FraudGuard   `json:"fraud_guard"`
 	// LowBalanceWarned is when the last low-balance warning was queued.
 	LowBalanceWarned time.Time `json:"low_balance_warned,omitzero"`
 	Balances
@@ -254,6 +255,7 @@ const (
 	ReasonAdmin           = "admin"
 	ReasonRestart         = "gateway_restart"
 	ReasonShutdown        = "gateway_shutdown"
+	ReasonFraudGuard      = "fraud_guard"
 )
 
 // CDR is one call's record in the PSTN usage details report (SPEC §5).

@@ -129,7 +129,7 @@ func serve(args []string) error {
 	}
 	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
 		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
-		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog,
+		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog, HighRisk: cfg.Fraud.HighRiskPrefixes,
 		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err

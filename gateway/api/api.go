@@ -186,6 +186,7 @@ var routes = []route{
 		return s.deleteTollFree(ctx, a[0], a[1])
 	}},
 	{"POST", "/v1/orgs/*/credits", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.fund(ctx, a[0]) }},
+	{"PUT", "/v1/orgs/*/fraud-guard", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putFraudGuard(ctx, a[0]) }},
 	{"PUT", "/v1/orgs/*/auto-recharge", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putAutoRecharge(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/usage", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.usage(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/transactions", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.transactions(ctx, a[0]) }},
@@ -333,6 +334,16 @@ type orgView struct {
 	AutoRecharge  autoRechargeView `json:"auto_recharge"`
 	Contacts      contactsView     `json:"contacts"`
 	Forecast      *forecastView    `json:"forecast,omitempty"`
+	FraudGuard    fraudGuardView   `json:"fraud_guard"`
+}
+
+// fraudGuardView is an org's fraud guard; 0 and "0.00" mean no limit.
+type fraudGuardView struct {
+	MaxCalls               int    `json:"max_calls"`
+	MaxCallsPerUser        int    `json:"max_calls_per_user"`
+	MaxSpendPerHour        string `json:"max_spend_per_hour"`
+	MaxSpendPerHourPerUser string `json:"max_spend_per_hour_per_user"`
+	AllowHighRisk          bool   `json:"allow_high_risk"`
 }
 
 // forecastView is the funding advisor's answer (ledger.Advise documents
@@ -395,7 +406,10 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 			Amount: money(o.AutoRecharge.Amount), PaymentMethod: o.AutoRecharge.PaymentMethod, Customer: o.AutoRecharge.Customer,
 			Incident: o.AutoRecharge.Incident, Suspended: o.AutoRecharge.Suspended, Pending: s.ledger.PendingPurchaseOf(o.ID)},
 		Contacts: contactsView{Emails: append([]string{}, o.Contacts.Emails...), Webhook: o.Contacts.Webhook,
-			WebhookSigned: o.Contacts.WebhookSecret != ""}}
+			WebhookSigned: o.Contacts.WebhookSecret != ""},
+		FraudGuard: fraudGuardView{MaxCalls: o.FraudGuard.MaxCalls, MaxCallsPerUser: o.FraudGuard.MaxCallsPerUser,
+			MaxSpendPerHour: money(o.FraudGuard.MaxSpendPerHour), MaxSpendPerHourPerUser: money(o.FraudGuard.MaxSpendPerHourPerUser),
+			AllowHighRisk: o.FraudGuard.AllowHighRisk}}
 	for _, tf := range s.ledger.TollFreeNumbers(o.ID) {
 		v.TollFree = append(v.TollFree, tollFree{Number: "+" + tf.Number, Trunk: tf.Trunk})
 	}
@@ -542,6 +556,38 @@ func (s *Server) putAutoRecharge(ctx *fasthttp.RequestCtx, org string) error {
 		return err
 	}
 	o, err := s.ledger.Org(org)
+	if err != nil {
+		return err
+	}
+	return s.writeOrg(ctx, 200, o, nil)
+}
+
+// putFraudGuard replaces the org's fraud-guard limits.
+func (s *Server) putFraudGuard(ctx *fasthttp.RequestCtx, org string) error {
+	var req struct {
+		MaxCalls               int             `json:"max_calls"`
+		MaxCallsPerUser        int             `json:"max_calls_per_user"`
+		MaxSpendPerHour        json.RawMessage `json:"max_spend_per_hour"`
+		MaxSpendPerHourPerUser json.RawMessage `json:"max_spend_per_hour_per_user"`
+		AllowHighRisk          bool            `json:"allow_high_risk"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	fg := ledger.FraudGuard{MaxCalls: req.MaxCalls, MaxCallsPerUser: req.MaxCallsPerUser, AllowHighRisk: req.AllowHighRisk,
+		MaxSpendPerHour: decimal.Zero, MaxSpendPerHourPerUser: decimal.Zero}
+	var err error
+	if len(req.MaxSpendPerHour) > 0 {
+		if fg.MaxSpendPerHour, err = parseAmountOrZero(req.MaxSpendPerHour); err != nil {
+			return fmt.Errorf("max_spend_per_hour: %w", err)
+		}
+	}
+	if len(req.MaxSpendPerHourPerUser) > 0 {
+		if fg.MaxSpendPerHourPerUser, err = parseAmountOrZero(req.MaxSpendPerHourPerUser); err != nil {
+			return fmt.Errorf("max_spend_per_hour_per_user: %w", err)
+		}
+	}
+	o, err := s.ledger.SetFraudGuard(org, fg)
 	if err != nil {
 		return err
 	}

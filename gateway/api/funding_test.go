@@ -138,3 +138,32 @@ func TestOrgForecast(t *testing.T) {
 		t.Fatalf("forecast %v", f)
 	}
 }
+
+func TestFraudGuardSettings(t *testing.T) {
+	h := setup(t)
+	before := h.org("acme")
+	for _, body := range []string{
+		`{"max_calls":-1}`,
+		`{"max_calls_per_user":"5"}`,
+		`{"max_spend_per_hour":20}`,
+		`{"max_spend_per_hour":"-5.00"}`,
+		`{"max_spend_per_hour_per_user":"1.001"}`,
+		`{"allow_everything":true}`,
+	} {
+		if r := h.do("PUT", "/v1/orgs/acme/fraud-guard", body); r.status/100 != 4 {
+			t.Fatalf("%s accepted: %d %s", body, r.status, r.body)
+		}
+		if after := h.org("acme"); !reflect.DeepEqual(after, before) {
+			t.Fatalf("%s changed the org", body)
+		}
+	}
+	h.mustDo("PUT", "/v1/orgs/acme/fraud-guard", `{"max_calls":20,"max_calls_per_user":2,"max_spend_per_hour":"100.00","max_spend_per_hour_per_user":"10.00"}`, 200)
+	fg := h.org("acme")["fraud_guard"].(map[string]any)
+	if fg["max_calls"] != float64(20) || fg["max_calls_per_user"] != float64(2) || fg["max_spend_per_hour"] != "100.00" ||
+		fg["max_spend_per_hour_per_user"] != "10.00" || fg["allow_high_risk"] != false {
+		t.Fatalf("fraud_guard %v", fg)
+	}
+	if r := h.do("PUT", "/v1/orgs/nope/fraud-guard", `{}`); r.status != 404 {
+		t.Fatalf("unknown org: %d", r.status)
+	}
+}

@@ -357,6 +357,12 @@ func message(o ledger.Org, n ledger.Notification) (subject, body string) {
 		body = fmt.Sprintf("At the last 30 days' average of %s a day, the Communications Credits of %s (%s) run out around %s.\n\n"+
 			"Available now: %s\n\nFund the org (POST /v1/orgs/%s/credits), or turn on auto-recharge; a recharge of %s covers about a week.\n",
 			money(n.BurnPerDay), o.Name, o.ID, n.ZeroAt.UTC().Format("2006-01-02 15:04 MST"), money(n.Balance), o.ID, money(n.Amount))
+	case ledger.NotifyFraudGuard:
+		subject = fmt.Sprintf("Fraud guard refused calls of %s", o.Name)
+		body = fmt.Sprintf("The fraud guard of %s (%s) refused or ended calls: %s.\n\n"+
+			"If these calls are not yours, the trunk's credentials or a user's phone may be in the wrong hands: change them and check the usage report.\n"+
+			"If they are, raise the limits (PUT /v1/orgs/%s/fraud-guard). Further trips of the same guard within the hour are not mailed.\n",
+			o.Name, o.ID, n.Reason, o.ID)
 	default:
 		subject = fmt.Sprintf("creditgate: %s for %s", n.Kind, o.Name)
 		body = fmt.Sprintf("%s for %s (%s).\n", n.Kind, o.Name, o.ID)

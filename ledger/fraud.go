@@ -1,0 +1,241 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/shopspring/decimal"
+)
+
+// The fraud guard limits what stolen credentials can spend before anyone
+// notices (international revenue share fraud: many calls at once to
+// expensive ranges, around the clock). Per org, set through the admin API:
+//
+//   - calls up at once, for the org and for each of its users;
+//   - money per hour, for the org and for each user: credit held in the
+//     last 60 minutes (holds, not debits, so a burst of calls is counted as
+//     it starts; a hang-up's unused part still counts, which errs on the
+//     side of stopping);
+//   - whether high-risk destinations may be called (the gateway decides
+//     which those are).
+//
+// The limits are enforced in the ledger, under its lock, where the money is
+// decided: a new call over a limit is refused, and a call up whose next
+// increment would cross a spend limit ends at the end of what it paid.
+// Emergency calls are never limited. The spend windows live in memory: a
+// restart starts them empty.
+
+// ErrFraudGuard is a refusal by the fraud guard; errors.As finds a *Trip.
+var ErrFraudGuard = errors.New("fraud guard")
+
+// Guards, the label values of creditgate_fraud_guard_trips_total.
+const (
+	GuardMaxCalls            = "max_calls"
+	GuardMaxCallsPerUser     = "max_calls_per_user"
+	GuardSpendPerHour        = "spend_per_hour"
+	GuardSpendPerHourPerUser = "spend_per_hour_per_user"
+	GuardHighRisk            = "high_risk_destination"
+)
+
+// Guards lists every guard.
+var Guards = []string{GuardMaxCalls, GuardMaxCallsPerUser, GuardSpendPerHour, GuardSpendPerHourPerUser, GuardHighRisk}
+
+// Trip is one refusal by a guard.
+type Trip struct {
+	Guard  string
+	Org    string
+	User   string
+	Detail string
+}
+
+func (t *Trip) Error() string { return fmt.Sprintf("%s: %s: %s", ErrFraudGuard, t.Guard, t.Detail) }
+func (t *Trip) Unwrap() error { return ErrFraudGuard }
+
+// FraudGuard is an org's limits; zero means no limit.
+type FraudGuard struct {
+	MaxCalls               int             `json:"max_calls"`
+	MaxCallsPerUser        int             `json:"max_calls_per_user"`
+	MaxSpendPerHour        decimal.Decimal `json:"max_spend_per_hour"`
+	MaxSpendPerHourPerUser decimal.Decimal `json:"max_spend_per_hour_per_user"`
+	AllowHighRisk          bool            `json:"allow_high_risk"`
+}
+
+// MaxGuardCalls bounds the concurrent-call limits.
+const MaxGuardCalls = 1_000_000
+
+// SetFraudGuard replaces the org's fraud guard.
+func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
+	switch {
+	case fg.MaxCalls < 0 || fg.MaxCalls > MaxGuardCalls:
+		return Org{}, invalidf("max_calls: want 0 (no limit) to %d", MaxGuardCalls)
+	case fg.MaxCallsPerUser < 0 || fg.MaxCallsPerUser > MaxGuardCalls:
+		return Org{}, invalidf("max_calls_per_user: want 0 (no limit) to %d", MaxGuardCalls)
+	case fg.MaxSpendPerHour.IsNegative() || fg.MaxSpendPerHourPerUser.IsNegative():
+		return Org{}, invalidf("spend limits: must not be negative (0: no limit)")
+	}
+	_, err := l.do(Op{Kind: "fraud_guard", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
+		os, ok := l.orgs[org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+		}
+		os.FraudGuard = fg
+		t.put(keyOrg(org), os.Org)
+		return nil
+	})
+	if err != nil {
+		return Org{}, err
+	}
+	return l.Org(org)
+}
+
+// spendWindow is credit held per minute over the last hour.
+type spendWindow struct {
+	minute [60]int64 // unix minute each slot holds
+	amount [60]decimal.Decimal
+}
+
+func (w *spendWindow) add(at time.Time, d decimal.Decimal) {
+	m := at.Unix() / 60
+	i := m % 60
+	if w.minute[i] != m {
+		w.minute[i], w.amount[i] = m, decimal.Zero
+	}
+	w.amount[i] = w.amount[i].Add(d)
+}
+
+// sum is what was held in the 60 minutes up to at.
+func (w *spendWindow) sum(at time.Time) decimal.Decimal {
+	if w == nil {
+		return decimal.Zero
+	}
+	m := at.Unix() / 60
+	s := decimal.Zero
+	for i := range w.minute {
+		if w.minute[i] > m-60 && w.minute[i] <= m && !w.amount[i].IsZero() {
+			s = s.Add(w.amount[i])
+		}
+	}
+	return s
+}
+
+// guardState is what the fraud guard counts for an org.
+type guardState struct {
+	calls     int
+	userCalls map[string]int
+	spend     *spendWindow // only while the org has a spend limit
+	userSpend map[string]*spendWindow
+	records   int
+}
+
+// admitCall checks the concurrent-call limits for a new call of c's user.
+func (os *orgState) admitCall(c *Call) error {
+	fg := os.FraudGuard
+	if fg.MaxCalls > 0 && os.guard.calls >= fg.MaxCalls {
+		return &Trip{Guard: GuardMaxCalls, Org: os.ID, User: c.User, Detail: fmt.Sprintf("%d calls up, the limit is %d", os.guard.calls, fg.MaxCalls)}
+	}
+	if n := os.guard.userCalls[c.User]; fg.MaxCallsPerUser > 0 && n >= fg.MaxCallsPerUser {
+		return &Trip{Guard: GuardMaxCallsPerUser, Org: os.ID, User: c.User, Detail: fmt.Sprintf("user %s has %d calls up, the limit is %d", c.User, n, fg.MaxCallsPerUser)}
+	}
+	return nil
+}
+
+// countCall adds (+1) or removes (-1) a call from the concurrent counts.
+func (os *orgState) countCall(c *Call, delta int) {
+	if c.Free {
+		return
+	}
+	os.guard.calls += delta
+	if os.guard.userCalls == nil {
+		os.guard.userCalls = map[string]int{}
+	}
+	if n := os.guard.userCalls[c.User] + delta; n > 0 {
+		os.guard.userCalls[c.User] = n
+	} else {
+		delete(os.guard.userCalls, c.User)
+	}
+}
+
+// checkSpend says whether holding credit for c at at keeps the org and the
+// user within their hourly spend.
+func (os *orgState) checkSpend(c *Call, credit decimal.Decimal, at time.Time) error {
+	fg := os.FraudGuard
+	if fg.MaxSpendPerHour.IsPositive() {
+		if s := os.guard.spend.sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHour) {
+			return &Trip{Guard: GuardSpendPerHour, Org: os.ID, User: c.User,
+				Detail: fmt.Sprintf("%s spent in the last hour, the limit is %s", s.StringFixed(2), fg.MaxSpendPerHour.StringFixed(2))}
+		}
+	}
+	if fg.MaxSpendPerHourPerUser.IsPositive() {
+		if s := os.guard.userSpend[c.User].sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHourPerUser) {
+			return &Trip{Guard: GuardSpendPerHourPerUser, Org: os.ID, User: c.User,
+				Detail: fmt.Sprintf("user %s spent %s in the last hour, the limit is %s", c.User, s.StringFixed(2), fg.MaxSpendPerHourPerUser.StringFixed(2))}
+		}
+	}
+	return nil
+}
+
+// recordSpend counts a credit hold in the windows of an org with a spend
+// limit (an org without one pays nothing for the guard; a limit set later
+// counts from then).
+func (os *orgState) recordSpend(c *Call, credit decimal.Decimal, at time.Time) {
+	if !os.FraudGuard.MaxSpendPerHour.IsPositive() && !os.FraudGuard.MaxSpendPerHourPerUser.IsPositive() {
+		os.guard.spend, os.guard.userSpend = nil, nil
+		return
+	}
+	if os.guard.spend == nil {
+		os.guard.spend = &spendWindow{}
+	}
+	os.guard.spend.add(at, credit)
+	if os.guard.userSpend == nil {
+		os.guard.userSpend = map[string]*spendWindow{}
+	}
+	w := os.guard.userSpend[c.User]
+	if w == nil {
+		w = &spendWindow{}
+		os.guard.userSpend[c.User] = w
+	}
+	w.add(at, credit)
+	// Users who stopped spending an hour ago are forgotten now and then,
+	// so the map stays about the size of the users spending now.
+	if os.guard.records++; os.guard.records%4096 == 0 {
+		for u, uw := range os.guard.userSpend {
+			if uw.sum(at).IsZero() {
+				delete(os.guard.userSpend, u)
+			}
+		}
+	}
+}
+
+// FraudTripped queues a fraud_guard notification for a trip, at most one
+// per org and guard an hour, so a flood of refused calls tells the
+// operator once, not a thousand times.
+func (l *Ledger) FraudTripped(tr *Trip, at time.Time) error {
+	// Most trips of a flood are within the hour: answer those without a
+	// durable operation, which would wait for the disk.
+	l.mu.Lock()
+	os, ok := l.orgs[tr.Org]
+	recent := ok && os.guardNotified != nil && !os.guardNotified[tr.Guard].IsZero() &&
+		at.Sub(os.guardNotified[tr.Guard]) < time.Hour && !at.Before(os.guardNotified[tr.Guard])
+	l.mu.Unlock()
+	if !ok || recent {
+		return nil
+	}
+	_, err := l.do(Op{Kind: "fraud_tripped", Org: tr.Org}, at, func(t *txn) error {
+		os, ok := l.orgs[tr.Org]
+		if !ok {
+			return nil
+		}
+		if os.guardNotified == nil {
+			os.guardNotified = map[string]time.Time{}
+		}
+		if last, ok := os.guardNotified[tr.Guard]; ok && at.Sub(last) < time.Hour && !at.Before(last) {
+			return nil
+		}
+		os.guardNotified[tr.Guard] = at
+		l.notify(t, Notification{Org: tr.Org, Kind: NotifyFraudGuard, Balance: os.Balance, Currency: os.Currency,
+			Reason: tr.Guard + ": " + tr.Detail})
+		return nil
+	})
+	return err
+}

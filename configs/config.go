@@ -62,6 +62,10 @@ type SIP struct {
 	TLSCert   string `yaml:"tls_cert"`
 	TLSKey    string `yaml:"tls_key"`
 	TLSCA     string `yaml:"tls_ca"`
+	// RatePerSource limits new calls per source IP address (calls a
+	// second; 0: no limit), with BurstPerSource at once.
+	RatePerSource  float64 `yaml:"rate_per_source"`
+	BurstPerSource int     `yaml:"burst_per_source"`
 }
 
 // HTTP is the admin API.
@@ -265,6 +269,12 @@ func (c Config) Validate() error {
 	}
 	if c.SIP.TransactionLinger < time.Second || c.SIP.TransactionLinger > 32*time.Second {
 		return bad("sip.transaction_linger", "want 1s to 32s, got %s", c.SIP.TransactionLinger)
+	}
+	if c.SIP.RatePerSource < 0 || c.SIP.RatePerSource > 1e6 {
+		return bad("sip.rate_per_source", "want 0 (no limit) to 1000000 calls a second, got %v", c.SIP.RatePerSource)
+	}
+	if c.SIP.BurstPerSource < 0 || c.SIP.BurstPerSource > 1e6 {
+		return bad("sip.burst_per_source", "want 0 (the rate) to 1000000, got %d", c.SIP.BurstPerSource)
 	}
 	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
 		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)

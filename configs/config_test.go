@@ -29,6 +29,7 @@ func TestParseRefuses(t *testing.T) {
 		{"ring timeout too long", "sip:\n  ring_timeout: 1h\n", "sip.ring_timeout"},
 		{"tls without a certificate", "sip:\n  tls_listen: 127.0.0.1:5061\n", "sip.tls_cert"},
 		{"tls listen not host:port", "sip:\n  tls_listen: 5061\n  tls_cert: c.pem\n  tls_key: k.pem\n", "sip.tls_listen"},
+		{"negative rate per source", "sip:\n  rate_per_source: -1\n", "sip.rate_per_source"},
 		{"zero max calls", "sip:\n  max_calls: 0\n", "sip.max_calls"},
 		{"short token", "http:\n  admin_token: abc\n", "http.admin_token"},
 		{"negative minimum", "funding:\n  minimum: \"-5\"\n", "funding.minimum"},

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,6 +56,11 @@ type Config struct {
 	// revenue-share fraud; an org calls them only if its fraud guard
 	// allows high-risk destinations.
 	HighRisk []string
+	// RatePerSource limits new calls per source IP address (calls a
+	// second, with BurstPerSource at once); 0 is no limit. Emergency calls
+	// are not limited.
+	RatePerSource  float64
+	BurstPerSource int
 	// TLSListen, when set, is a host:port to accept SIP over TLS on, with
 	// TLS's certificates. TLS also verifies carriers reached over TLS.
 	TLSListen string
@@ -93,6 +99,7 @@ type Gateway struct {
 	m      *metrics
 
 	digest *digestAuth
+	perSrc *sourceLimiter
 	deck   atomic.Pointer[rating.Deck]
 	routes atomic.Pointer[router]
 
@@ -144,6 +151,7 @@ func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg p
 		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
 	g.deck.Store(deck)
 	g.digest = newDigestAuth("creditgate", clk.Now)
+	g.perSrc = newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource)
 	g.ReloadTrunks()
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g, nil
@@ -588,6 +596,9 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	}
 	if err := g.admissible(overloaded); err != nil {
 		return nil, err
+	}
+	if src, err := netip.ParseAddrPort(req.Source()); err == nil && !g.perSrc.allow(src.Addr().Unmap(), g.clock.Now()) {
+		return nil, ErrRateLimited
 	}
 	user, from, ok := g.callerOf(req, org)
 	if !ok {

@@ -13,6 +13,7 @@ var (
 	ErrUnknownCaller = errors.New("caller is not a user of this trunk's org")
 	ErrNoRoute       = errors.New("no carrier route for this destination")
 	ErrOverloaded    = errors.New("gateway overloaded")
+	ErrRateLimited   = errors.New("too many new calls from this source")
 	ErrShuttingDown  = errors.New("gateway shutting down")
 	ErrTrunkFull     = errors.New("trunk at its concurrent-call limit")
 	ErrTooManyHops   = errors.New("too many hops")
@@ -55,6 +56,7 @@ var refusals = []struct {
 	{ledger.ErrUnknownOrg, refusal{403, "Forbidden", "unknown_org", "trunk's org does not exist"}},
 	{ErrTooManyHops, refusal{483, "Too Many Hops", "too_many_hops", "Max-Forwards reached zero"}},
 	{ErrOverloaded, refusal{503, "Service Unavailable", "overloaded", "gateway is overloaded"}},
+	{ErrRateLimited, refusal{503, "Service Unavailable", "rate_limited", "too many new calls from this address"}},
 	{ErrShuttingDown, refusal{503, "Service Unavailable", "shutting_down", "gateway is shutting down"}},
 	{ErrTrunkFull, refusal{503, "Service Unavailable", "trunk_full", "trunk at its concurrent-call limit"}},
 	{ledger.ErrUnavailable, refusal{503, "Service Unavailable", "ledger_unavailable", "ledger unavailable, failing closed"}},

@@ -130,6 +130,7 @@ func serve(args []string) error {
 	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
 		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
 		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog, HighRisk: cfg.Fraud.HighRiskPrefixes,
+		RatePerSource: cfg.SIP.RatePerSource, BurstPerSource: cfg.SIP.BurstPerSource,
 		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err

@@ -93,7 +93,7 @@ func (c *call) info(now time.Time) CallInfo {
 		ci.Answer = c.answered.UTC()
 		if !c.free {
 			ci.PaidUntil = c.paidUntil.UTC()
-			ci.RemainingS = c.paidUntil.Sub(now).Seconds()
+			ci.RemainingS = (c.paidUntil.Sub(c.answered) - c.g.clock.Since(c.answered)).Seconds()
 		}
 	}
 	return ci
@@ -138,9 +138,11 @@ func (c *call) boundary() {
 	if err == nil {
 		c.hold = inc
 		c.paidUntil = c.paidUntil.Add(time.Duration(inc.Seconds) * time.Second)
-		// Schedule from the clock's now, not paidUntil, so a late timer
-		// does not stack up; the ledger already holds up to paidUntil.
-		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.g.clock.Now()), c.boundary)
+		// Schedule by the time actually elapsed since answer, not by
+		// paidUntil − Now: a late timer does not stack up, and a step of
+		// the wall clock neither fires an hour of boundaries at once nor
+		// lets the call run unbilled for an hour.
+		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.answered)-c.g.clock.Since(c.answered), c.boundary)
 		c.mu.Unlock()
 		return
 	}
@@ -181,7 +183,13 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
-	at := c.g.clock.Now()
+	// The end in the answer's (or the start's) wall frame plus the time
+	// that really passed, so the CDR's duration is right even if the wall
+	// clock stepped during the call.
+	at := c.start.Add(c.g.clock.Since(c.start))
+	if wasAnswered {
+		at = c.answered.Add(c.g.clock.Since(c.answered))
+	}
 	if (reason == ledger.ReasonCreditExhausted || reason == ledger.ReasonPoolExhausted) && at.After(c.paidUntil) {
 		// The timer may fire a little late on a real clock; the call ended,
 		// for billing purposes, when its paid time did.
@@ -199,7 +207,15 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 				"billed_s", cdr.BilledS, "charge", cdr.Charge.String())
 		}
 	}
-	c.g.forget(c, inID, outID)
+	if !wasAnswered || !byeIn {
+		c.g.forget(c, inID, outID)
+	} else {
+		// The caller's leg stays findable until its BYE is done: an ACK
+		// of the 200 still on its way (a call ended within a round trip
+		// of its answer) must reach the session, which will not send
+		// the BYE before the dialog is confirmed.
+		c.g.forget(c, "", outID)
+	}
 	if !wasAnswered {
 		return
 	}
@@ -222,6 +238,9 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 			go func() { defer wg.Done(); c.g.bye(legs[i], c.id, bye) }()
 		}
 		wg.Wait()
+		if byeIn {
+			c.g.forgetIn(c, inID)
+		}
 		c.g.forgetDialog(c)
 	}()
 }

@@ -424,6 +424,15 @@ func (g *Gateway) EndCall(id string) error {
 	return nil
 }
 
+// forgetIn drops the caller leg's dialog of an ended call.
+func (g *Gateway) forgetIn(c *call, inID string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.byIn[inID] == c {
+		delete(g.byIn, inID)
+	}
+}
+
 func (g *Gateway) forget(c *call, inID, outID string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()

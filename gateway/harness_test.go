@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,6 +40,9 @@ type env struct {
 }
 
 func quietLog() *slog.Logger {
+	if os.Getenv("GW_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
 	return slog.New(slog.NewTextHandler(&strings.Builder{}, &slog.HandlerOptions{Level: slog.LevelError + 4}))
 }
 
@@ -56,12 +61,18 @@ func newEnvPlans(t testing.TB, deckCSV string, plans []ledger.Plan) *env {
 // what a fake one cannot, such as how late a teardown leaves.
 func newEnvClock(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock) *env {
 	t.Helper()
+	return newEnvFS(t, deckCSV, plans, clk, nil)
+}
+
+// newEnvFS is newEnvClock with the ledger on fs (nil: the real one).
+func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock, fs vfs.FS) *env {
+	t.Helper()
 	e := &env{t: t, reg: prometheus.NewRegistry()}
 	if f, ok := clk.(*clock.Fake); ok {
 		e.clock = f
 	}
 	var err error
-	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: clk.Now, Registerer: e.reg, Plans: plans})
+	e.ledger, err = ledger.Open(t.TempDir(), ledger.Options{Now: clk.Now, Registerer: e.reg, Plans: plans, FS: fs})
 	if err != nil {
 		t.Fatal(err)
 	}

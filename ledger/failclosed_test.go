@@ -2,64 +2,11 @@ package ledger
 
 import (
 	"errors"
-	"sync/atomic"
-	"syscall"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/creditgate/creditgate/ledger/faultfs"
 )
-
-// flakyFS is the real filesystem whose syncs fail on demand, as a full or
-// dying disk makes them fail.
-type flakyFS struct {
-	vfs.FS
-	fail *atomic.Bool
-}
-
-type flakyFile struct {
-	vfs.File
-	fail *atomic.Bool
-}
-
-func (f flakyFS) wrap(file vfs.File, err error) (vfs.File, error) {
-	if err != nil {
-		return nil, err
-	}
-	return flakyFile{file, f.fail}, nil
-}
-
-func (f flakyFS) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return f.wrap(f.FS.Create(name, c))
-}
-
-func (f flakyFS) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return f.wrap(f.FS.ReuseForWrite(oldname, newname, c))
-}
-
-func (f flakyFS) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
-	return f.wrap(f.FS.OpenReadWrite(name, c, opts...))
-}
-
-func (f flakyFile) Sync() error {
-	if f.fail.Load() {
-		return syscall.EIO
-	}
-	return f.File.Sync()
-}
-
-func (f flakyFile) SyncData() error {
-	if f.fail.Load() {
-		return syscall.EIO
-	}
-	return f.File.SyncData()
-}
-
-func (f flakyFile) SyncTo(n int64) (bool, error) {
-	if f.fail.Load() {
-		return false, syscall.EIO
-	}
-	return f.File.SyncTo(n)
-}
 
 // TestFailsClosed: once a write cannot be made durable, the operation that
 // needed it is not acknowledged, and the ledger refuses everything after it
@@ -67,18 +14,18 @@ func (f flakyFile) SyncTo(n int64) (bool, error) {
 // finds only what was acknowledged.
 func TestFailsClosed(t *testing.T) {
 	dir := t.TempDir()
-	var fail atomic.Bool
-	l := openWith(t, dir, Options{FS: flakyFS{vfs.Default, &fail}})
+	fs := faultfs.New(vfs.Default)
+	l := openWith(t, dir, Options{FS: fs})
 	newOrg(t, l, "acme", "50.00")
 	if _, err := l.OpenCall(creditCall("c1", "acme", "1.00"), t0); err != nil {
 		t.Fatal(err)
 	}
 	_ = l.Answer("c1", t0)
-	fail.Store(true)
+	fs.FailSyncs(true)
 	if _, err := l.Step("c1", 1, at(1)); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("step on a failing disk: %v, want ErrUnavailable", err)
 	}
-	fail.Store(false)
+	fs.FailSyncs(false)
 	if err := l.Err(); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Err() = %v after a failed sync", err)
 	}

@@ -11,6 +11,11 @@ import (
 // Clock is the time source of metering.
 type Clock interface {
 	Now() time.Time
+	// Since is the time elapsed since t, a time this clock gave: on the
+	// real clock it is measured on the monotonic clock, so a wall-clock
+	// step (NTP, an operator's date) changes Now but not Since. Metering
+	// measures with Since, never with differences of Now.
+	Since(t time.Time) time.Duration
 	// AfterFunc calls f in its own goroutine (Real) or in the goroutine that
 	// advances time (Fake) once d has passed.
 	AfterFunc(d time.Duration, f func()) Timer
@@ -27,6 +32,8 @@ type Timer interface {
 type Real struct{}
 
 func (Real) Now() time.Time { return time.Now() }
+
+func (Real) Since(t time.Time) time.Duration { return time.Since(t) }
 
 func (Real) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
@@ -70,6 +77,8 @@ func (c *Fake) Now() time.Time {
 	defer c.mu.Unlock()
 	return c.now
 }
+
+func (c *Fake) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
 
 func (c *Fake) AfterFunc(d time.Duration, f func()) Timer {
 	c.mu.Lock()

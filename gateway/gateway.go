@@ -118,6 +118,8 @@ type Gateway struct {
 	draining atomic.Bool  // Drain: take no new calls, let those up finish
 	pending  atomic.Int64 // INVITEs in authorization
 
+	lastDropLog atomic.Int64 // unix ns of the last "dropping" log line
+
 	// One lock over the call maps: each access is a map operation, far
 	// cheaper than the SIP and ledger work around it.
 	mu      sync.Mutex
@@ -203,7 +205,9 @@ func (g *Gateway) Start() error {
 	}
 	g.addr = netipAddr{host: host, port: port}
 
-	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host)}
+	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerReadFilter(g.readFilter),
+			sip.WithTransportLayerLogger(slog.New(sipgoLog{sip.DefaultLogger().Handler(), g})))}
 	if g.cfg.TLS != nil {
 		uaOpts = append(uaOpts, sipgo.WithUserAgenTLSConfig(g.cfg.TLS))
 	}

@@ -14,6 +14,7 @@ type metrics struct {
 	exhausted      prometheus.Counter
 	leftCallByes   *prometheus.CounterVec
 	fraudTrips     *prometheus.CounterVec
+	dropped        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -32,6 +33,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			[]string{"leg", "result"}),
 		fraudTrips: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_fraud_guard_trips_total",
 			Help: "Calls refused or ended by an org's fraud guard, by guard."}, []string{"guard"}),
+	}
+	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_sip_dropped_total",
+		Help: "SIP datagrams dropped unparsed, by reason: not_sip, oversized, malformed (did not parse)."}, []string{"reason"})
+	for _, r := range []string{dropNotSIP, dropOversized, dropMalformed} {
+		m.dropped.WithLabelValues(r)
 	}
 	for _, gd := range ledger.Guards {
 		m.fraudTrips.WithLabelValues(gd)
@@ -52,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes, m.fraudTrips} {
+		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes, m.fraudTrips, m.dropped} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -72,6 +72,10 @@ type SIP struct {
 type HTTP struct {
 	Listen     string `yaml:"listen"`
 	AdminToken string `yaml:"admin_token"`
+	// TLSCert and TLSKey (PEM files), when set, serve the admin API over
+	// HTTPS only.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
 }
 
 // Funding rules.
@@ -281,6 +285,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		return bad("http.listen", "%q is not host:port", c.HTTP.Listen)
+	}
+	if (c.HTTP.TLSCert == "") != (c.HTTP.TLSKey == "") {
+		return bad("http.tls_cert", "give both tls_cert and tls_key, or neither")
 	}
 	if c.HTTP.AdminToken != "" && len(c.HTTP.AdminToken) < 16 {
 		return bad("http.admin_token", "at least 16 characters, or leave empty to generate one")

@@ -31,6 +31,7 @@ func TestParseRefuses(t *testing.T) {
 		{"tls listen not host:port", "sip:\n  tls_listen: 5061\n  tls_cert: c.pem\n  tls_key: k.pem\n", "sip.tls_listen"},
 		{"negative rate per source", "sip:\n  rate_per_source: -1\n", "sip.rate_per_source"},
 		{"zero max calls", "sip:\n  max_calls: 0\n", "sip.max_calls"},
+		{"admin tls without key", "http:\n  tls_cert: c.pem\n", "http.tls_cert"},
 		{"short token", "http:\n  admin_token: abc\n", "http.admin_token"},
 		{"negative minimum", "funding:\n  minimum: \"-5\"\n", "funding.minimum"},
 		{"too precise minimum", "funding:\n  minimum: \"50.001\"\n", "funding.minimum"},

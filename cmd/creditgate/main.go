@@ -157,7 +157,17 @@ func serve(args []string) error {
 	srv := api.New(led, gw, token, reg, time.Now, log)
 	srv.SetPayments(payments)
 	apiDone := make(chan error, 1)
-	go func() { apiDone <- srv.Serve(ln) }()
+	if cfg.HTTP.TLSCert != "" {
+		// Load now, so a bad file stops the start instead of the API.
+		if _, err := tls.LoadX509KeyPair(cfg.HTTP.TLSCert, cfg.HTTP.TLSKey); err != nil {
+			ln.Close()
+			gw.Close()
+			return fmt.Errorf("http.tls_cert/http.tls_key: %w", err)
+		}
+		go func() { apiDone <- srv.ServeTLS(ln, cfg.HTTP.TLSCert, cfg.HTTP.TLSKey) }()
+	} else {
+		go func() { apiDone <- srv.Serve(ln) }()
+	}
 	attrs := []any{"sip", gw.Addr(), "http", ln.Addr().String(), "data_dir", cfg.DataDir}
 	if tokenFile != "" {
 		attrs = append(attrs, "admin_token_file", tokenFile)

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"crypto/tls"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/creditgate/creditgate/loadtest/testcert"
 
 	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/gateway/clock"
@@ -469,5 +472,37 @@ func TestTollFreeAndPremiumSettings(t *testing.T) {
 	_ = json.Unmarshal(h.mustDo("GET", "/v1/rates?number=999&org=split", "", 200).body, &rate)
 	if rate["emergency"] != true || rate["first_charge"] != "0.00" {
 		t.Fatalf("999 from a GB org: %v", rate)
+	}
+}
+
+// TestServeTLS: with a certificate the API answers over HTTPS, and a
+// plaintext request on the same port gets no answer.
+func TestServeTLS(t *testing.T) {
+	h := newHarness(t)
+	tlsCfg, certFile, keyFile := testcert.New(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = h.srv.ServeTLS(ln, certFile, keyFile) }()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: tlsCfg.RootCAs}}}
+	req, _ := http.NewRequest("GET", "https://"+ln.Addr().String()+"/v1/calls", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != 200 || res.TLS == nil || res.TLS.Version < tls.VersionTLS12 {
+		t.Fatalf("HTTPS: %d %+v", res.StatusCode, res.TLS)
+	}
+	if res, err := (&http.Client{Timeout: 2 * time.Second}).Get("http://" + ln.Addr().String() + "/healthz"); err == nil {
+		res.Body.Close()
+		if res.StatusCode == 200 {
+			t.Fatal("plain HTTP answered on the TLS port")
+		}
+	}
+	if err := h.srv.ServeTLS(ln, certFile, certFile); err == nil {
+		t.Fatal("a certificate as its own key was accepted")
 	}
 }

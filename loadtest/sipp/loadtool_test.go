@@ -2,20 +2,13 @@ package sipp_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/creditgate/creditgate/loadtest/testcert"
 
 	"github.com/creditgate/creditgate/loadtest"
 	"github.com/shopspring/decimal"
@@ -27,7 +20,7 @@ import (
 // are counted by their status and never reach the carrier side.
 func TestLoadToolThroughGateway(t *testing.T) {
 	bin := buildBinary(t)
-	tlsCfg, certFile, keyFile := selfSigned(t)
+	tlsCfg, certFile, keyFile := testcert.New(t)
 	for _, legs := range [][2]string{{"udp", "udp"}, {"tcp", "tcp"}, {"udp", "tcp"}, {"tcp", "udp"}, {"tls", "tls"}, {"udp", "tls"}} {
 		in, out := legs[0], legs[1]
 		t.Run(in+"-to-"+out, func(t *testing.T) {
@@ -104,32 +97,4 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-// selfSigned makes a certificate for 127.0.0.1, writes it and its key as
-// PEM files, and returns a TLS configuration that presents and trusts it.
-func selfSigned(t *testing.T) (*tls.Config, string, string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "creditgate test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, DNSNames: []string{"localhost"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true, IsCA: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	must(t, err)
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	must(t, err)
-	dir := t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	must(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	must(t, err)
-	pool := x509.NewCertPool()
-	parsed, err := x509.ParseCertificate(der)
-	must(t, err)
-	pool.AddCert(parsed)
-	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, certFile, keyFile
 }

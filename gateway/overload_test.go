@@ -11,21 +11,39 @@ import (
 
 // TestShedOverPendingBound: with the bound of INVITEs in authorization
 // reached, a new INVITE is answered 503 + Retry-After at once and costs
-// nothing; an emergency call still connects.
+// nothing; an emergency call still connects, and a call already up goes on
+// being metered.
 func TestShedOverPendingBound(t *testing.T) {
 	e := newEnv(t, testDeck)
 	e.gw.cfg.MaxPending = 2
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	up, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 200 {
+		t.Fatalf("call before the overload: %d", status)
+	}
+	eventually(t, "call answered", func() bool { return e.answeredCalls() == 1 })
 	e.gw.pending.Add(2) // two INVITEs waiting on the ledger
 	_, status, res := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
 	if status != 503 || res.GetHeader("Retry-After") == nil || !strings.Contains(warning(res), "overloaded") {
 		t.Fatalf("over the pending bound: %d %q, want 503 overloaded with Retry-After", status, warning(res))
 	}
-	if e.carrier.invites.Load() != 0 {
+	if e.carrier.invites.Load() != 1 {
 		t.Fatal("a shed INVITE reached the carrier")
 	}
 	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "911"); status != 200 {
 		t.Fatalf("911 over the pending bound: %d, want connected", status)
+	}
+	// Still overloaded: the call up is metered second by second.
+	for range 3 {
+		e.clock.Advance(time.Second)
+	}
+	e.clock.Advance(500 * time.Millisecond)
+	bye(t, up)
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) >= 1 })
+	for _, cdr := range e.cdrs("acme") {
+		if cdr.To == "442079460018" && (!cdr.Charge.Equal(d("0.04")) || cdr.BilledS != 4) {
+			t.Fatalf("call up during the overload: %+v, want 4 increments for 3.5 s, 0.04", cdr)
+		}
 	}
 	e.gw.pending.Add(-2)
 	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 200 {

@@ -380,7 +380,8 @@ func FuzzAdminJSON(f *testing.F) {
 	for _, s := range []string{`{"amount":"50.00","idempotency_key":"a"}`, `{"id":"o","country":"US","region":"r"}`,
 		`{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, `{"kind":"carrier","uri":"sip:1.2.3.4"}`, `{`, `null`,
 		`{"enabled":true,"threshold":"10.00","amount":"60.00","payment_method":"pm_card_visa","customer":"cus_a"}`,
-		`{"contacts":{"emails":["a@b.example"],"webhook":"https://h.example/x","webhook_secret":"0123456789abcdef"}}`} {
+		`{"contacts":{"emails":["a@b.example"],"webhook":"https://h.example/x","webhook_secret":"0123456789abcdef"}}`,
+		`{"max_calls":2,"max_spend_per_hour":"10.00","allow_high_risk":true}`, `{"trunk":"t"}`} {
 		f.Add(0, s)
 		f.Add(3, s)
 	}
@@ -399,6 +400,7 @@ func FuzzAdminJSON(f *testing.F) {
 	targets := []struct{ method, path string }{
 		{"POST", "/v1/orgs/acme/credits"}, {"POST", "/v1/orgs"}, {"PUT", "/v1/orgs/acme/users/u"},
 		{"PUT", "/v1/trunks/t"}, {"PUT", "/v1/rates"}, {"PUT", "/v1/orgs/acme/auto-recharge"}, {"PATCH", "/v1/orgs/acme"},
+		{"PUT", "/v1/orgs/acme/fraud-guard"}, {"PUT", "/v1/orgs/acme/toll-free/+18005550100"},
 	}
 	f.Fuzz(func(t *testing.T, which int, body string) {
 		tg := targets[(which%len(targets)+len(targets))%len(targets)]

@@ -149,6 +149,11 @@ func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg p
 	if err != nil {
 		return nil, fmt.Errorf("gateway metrics: %w", err)
 	}
+	if reg != nil {
+		if err := reg.Register(newOrgCollector(l)); err != nil {
+			return nil, fmt.Errorf("gateway metrics: %w", err)
+		}
+	}
 	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
 		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
 	g.deck.Store(deck)

@@ -26,7 +26,7 @@ func TestJunkIsDroppedAndCounted(t *testing.T) {
 	}
 	send([]byte("GET / HTTP/1.0\r\n\r\n"))
 	send([]byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01}) // a TLS hello on the UDP port
-	send([]byte("\r\n\r\n"))                          // a keep-alive: not junk
+	send([]byte("\r\n\r\n"))                         // a keep-alive: not junk
 	send([]byte("INVITE sip:x@127.0.0.1 SIP/2.0\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("a", 1000)+"\r\n", 20) + "\r\n"))
 	send([]byte("INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia SIP/2.0/UDP nowhere\r\n\r\n"))
 	count := func(r string) float64 { return testutil.ToFloat64(e.gw.m.dropped.WithLabelValues(r)) }

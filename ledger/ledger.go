@@ -186,7 +186,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
 	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{l.debits, l.commitHisto, newOrgCollector(l)} {
+		for _, c := range []prometheus.Collector{l.debits, l.commitHisto} {
 			if err := opts.Registerer.Register(c); err != nil {
 				_ = db.Close()
 				return nil, fmt.Errorf("register ledger metrics: %w", err)

@@ -25,11 +25,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/creditgate/creditgate/gateway/clock"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/backoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wneessen/go-mail"
 )
@@ -113,14 +113,7 @@ type Sender struct {
 
 	results *prometheus.CounterVec
 
-	mu    sync.Mutex
-	retry map[string]*retry
-	wake  chan struct{}
-}
-
-type retry struct {
-	attempts int
-	next     time.Time
+	retry *backoff.Schedule // notification → when to try again
 }
 
 // New builds a sender. reg receives creditgate_notifications_total; nil
@@ -147,7 +140,7 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_notifications_total",
 			Help: "Notification deliveries by kind and result: sent, failed (retried), no_recipient (the org has no contact)."},
 			[]string{"kind", "result"}),
-		retry: map[string]*retry{}, wake: make(chan struct{}, 1)}
+		retry: backoff.New(clk, cfg.Backoff, cfg.MaxBackoff)}
 	for _, k := range ledger.NotificationKinds {
 		for _, r := range []string{ResultSent, ResultFailed, ResultNoRecipient} {
 			s.results.WithLabelValues(k, r)
@@ -162,43 +155,19 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 }
 
 // Run delivers what is in the outbox now and whatever is queued later,
-// until ctx ends.
+// and sweeps for low balances every SweepEvery, until ctx ends.
 func (s *Sender) Run(ctx context.Context) {
-	var timer clock.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
 	nextSweep := s.clk.Now()
-	for {
+	backoff.Run(ctx, s.clk, s.l.OutboxWake(), func(ctx context.Context) time.Time {
 		if !s.clk.Now().Before(nextSweep) {
 			s.SweepLowBalance(s.clk.Now())
 			nextSweep = s.clk.Now().Add(s.cfg.SweepEvery)
 		}
-		next := s.DeliverDue(ctx)
-		if next.IsZero() || nextSweep.Before(next) {
-			next = nextSweep
+		if next := s.DeliverDue(ctx); !next.IsZero() && next.Before(nextSweep) {
+			return next
 		}
-		if timer != nil {
-			timer.Stop()
-			timer = nil
-		}
-		if !next.IsZero() {
-			timer = s.clk.AfterFunc(next.Sub(s.clk.Now()), func() {
-				select {
-				case s.wake <- struct{}{}:
-				default:
-				}
-			})
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.l.OutboxWake():
-		case <-s.wake:
-		}
-	}
+		return nextSweep
+	})
 }
 
 // SweepLowBalance queues a low-balance warning for every org whose
@@ -248,42 +217,21 @@ func (s *Sender) DeliverDue(ctx context.Context) time.Time {
 		if ctx.Err() != nil {
 			return time.Time{}
 		}
-		s.mu.Lock()
-		r := s.retry[n.ID]
-		s.mu.Unlock()
-		if r == nil || !s.clk.Now().Before(r.next) {
-			if err := s.deliver(ctx, n); err == nil {
-				s.mu.Lock()
-				delete(s.retry, n.ID)
-				s.mu.Unlock()
+		due, at := s.retry.Due(n.ID)
+		if due {
+			err := s.deliver(ctx, n)
+			if err == nil {
+				s.retry.Forget(n.ID)
 				continue
-			} else {
-				s.log.Warn("notification not delivered; will retry", "id", n.ID, "org", n.Org, "kind", n.Kind, "err", err)
-				r = s.later(n.ID)
 			}
+			s.log.Warn("notification not delivered; will retry", "id", n.ID, "org", n.Org, "kind", n.Kind, "err", err)
+			_, at = s.retry.Failed(n.ID)
 		}
-		if next.IsZero() || r.next.Before(next) {
-			next = r.next
+		if next.IsZero() || at.Before(next) {
+			next = at
 		}
 	}
 	return next
-}
-
-func (s *Sender) later(id string) *retry {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	r := s.retry[id]
-	if r == nil {
-		r = &retry{}
-		s.retry[id] = r
-	}
-	r.attempts++
-	d := s.cfg.Backoff << min(r.attempts-1, 30)
-	if d <= 0 || d > s.cfg.MaxBackoff {
-		d = s.cfg.MaxBackoff
-	}
-	r.next = s.clk.Now().Add(d)
-	return r
 }
 
 // deliver sends n on each channel it has not gone out on yet, recording

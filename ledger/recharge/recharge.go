@@ -15,11 +15,11 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/creditgate/creditgate/gateway/clock"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/backoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stripe/stripe-go/v85"
 )
@@ -78,18 +78,11 @@ type Payer struct {
 
 	results *prometheus.CounterVec
 
-	mu    sync.Mutex
-	retry map[string]*backoff // purchase → when to try again
-	wake  chan struct{}
+	retry *backoff.Schedule // purchase → when to try again
 
 	// beforeCredit, set by tests, runs between a successful payment and
 	// its credit; an error stops there, as a crash would.
 	beforeCredit func(ledger.Purchase, *stripe.PaymentIntent) error
-}
-
-type backoff struct {
-	attempts int
-	next     time.Time
 }
 
 // New builds a payer. reg receives creditgate_recharges_total; nil
@@ -118,7 +111,7 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_recharges_total",
 			Help: "Auto-recharge payment attempts by result: succeeded, declined (card), failed (other hard failure), retry (transient)."},
 			[]string{"result"}),
-		retry: map[string]*backoff{}, wake: make(chan struct{}, 1)}
+		retry: backoff.New(clk, cfg.Backoff, cfg.MaxBackoff)}
 	for _, r := range []string{ResultSucceeded, ResultDeclined, ResultFailed, ResultRetry} {
 		p.results.WithLabelValues(r)
 	}
@@ -132,35 +125,7 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 
 // Run pays what is pending now and whatever becomes pending, until ctx
 // ends.
-func (p *Payer) Run(ctx context.Context) {
-	var timer clock.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		next := p.PayDue(ctx)
-		if timer != nil {
-			timer.Stop()
-			timer = nil
-		}
-		if !next.IsZero() {
-			timer = p.clk.AfterFunc(next.Sub(p.clk.Now()), func() {
-				select {
-				case p.wake <- struct{}{}:
-				default:
-				}
-			})
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-p.l.PayerWake():
-		case <-p.wake:
-		}
-	}
-}
+func (p *Payer) Run(ctx context.Context) { backoff.Run(ctx, p.clk, p.l.PayerWake(), p.PayDue) }
 
 // PayDue tries every pending purchase whose backoff has passed and returns
 // when the earliest of the others is due (zero: none waits).
@@ -175,12 +140,9 @@ func (p *Payer) PayDue(ctx context.Context) time.Time {
 		if ctx.Err() != nil {
 			return time.Time{}
 		}
-		p.mu.Lock()
-		b := p.retry[pu.ID]
-		p.mu.Unlock()
-		if b != nil && p.clk.Now().Before(b.next) {
-			if next.IsZero() || b.next.Before(next) {
-				next = b.next
+		if due, at := p.retry.Due(pu.ID); !due {
+			if next.IsZero() || at.Before(next) {
+				next = at
 			}
 			continue
 		}
@@ -211,21 +173,21 @@ func (p *Payer) Pay(ctx context.Context, pu ledger.Purchase) time.Time {
 			log.Error("auto-recharge paid but not yet credited; will retry", "payment", pi.ID, "err", err)
 			return p.later(pu.ID)
 		}
-		p.forget(pu.ID)
+		p.retry.Forget(pu.ID)
 		log.Info("auto-recharge paid and credited", "payment", pi.ID)
 	case ResultDeclined, ResultFailed:
 		if err := p.l.FailPurchase(pu.ID, reason); err != nil {
 			log.Error("auto-recharge failed but not yet recorded; will retry", "reason", reason, "err", err)
 			return p.later(pu.ID)
 		}
-		p.forget(pu.ID)
+		p.retry.Forget(pu.ID)
 		log.Warn("auto-recharge failed; auto-recharge suspended until its settings are put again", "reason", reason)
 	case ResultRetry:
 		at := p.later(pu.ID)
 		if at.IsZero() {
 			reason = "payment provider unavailable: " + reason
 			if err := p.l.FailPurchase(pu.ID, reason); err == nil {
-				p.forget(pu.ID)
+				p.retry.Forget(pu.ID)
 				result = ResultFailed
 			}
 			log.Error("auto-recharge gave up after repeated transient failures", "attempts", p.cfg.MaxAttempts, "reason", reason)
@@ -303,27 +265,9 @@ func firstOf(a, b string) string {
 // later records one more failed attempt and returns when to try again, or
 // zero when the attempts are used up.
 func (p *Payer) later(id string) time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	b := p.retry[id]
-	if b == nil {
-		b = &backoff{}
-		p.retry[id] = b
-	}
-	b.attempts++
-	if b.attempts >= p.cfg.MaxAttempts {
+	failures, next := p.retry.Failed(id)
+	if failures >= p.cfg.MaxAttempts {
 		return time.Time{}
 	}
-	d := p.cfg.Backoff << min(b.attempts-1, 30)
-	if d <= 0 || d > p.cfg.MaxBackoff {
-		d = p.cfg.MaxBackoff
-	}
-	b.next = p.clk.Now().Add(d)
-	return b.next
-}
-
-func (p *Payer) forget(id string) {
-	p.mu.Lock()
-	delete(p.retry, id)
-	p.mu.Unlock()
+	return next
 }

@@ -198,7 +198,9 @@ func (s *Server) answer(r *http.Request, body []byte, mock *http.Client) (int, [
 		return res.StatusCode, out
 	}
 	var pi map[string]any
-	if err := json.Unmarshal(out, &pi); err != nil {
+	dec := json.NewDecoder(bytes.NewReader(out))
+	dec.UseNumber() // amounts stay integers of minor units
+	if err := dec.Decode(&pi); err != nil {
 		return 502, errorBody(map[string]any{"type": "api_error", "message": "stripe-mock answered no JSON"})
 	}
 	form, err := url.ParseQuery(string(body))
@@ -215,9 +217,9 @@ func (s *Server) answer(r *http.Request, body []byte, mock *http.Client) (int, [
 	}
 	pi["status"] = "succeeded"
 	pi["amount_received"] = pi["amount"]
-	amount, _ := pi["amount"].(float64)
+	amount, _ := pi["amount"].(json.Number).Int64()
 	s.mu.Lock()
-	s.charges[r.Header.Get("Idempotency-Key")] = int64(amount)
+	s.charges[r.Header.Get("Idempotency-Key")] = amount
 	s.mu.Unlock()
 	b, _ := json.Marshal(pi)
 	return 200, b

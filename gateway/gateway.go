@@ -841,7 +841,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 		if i == 0 {
 			g.m.setup.Observe(time.Since(received).Seconds())
 		}
-		sess, err = g.attempt(ctx, in, c, g.outboundInvite(req, c, target, i))
+		sess, err = g.attempt(ctx, in, c, g.outboundInvite(req, c, target, i), carrier)
 		if sess != nil {
 			defer sess.Close()
 		}
@@ -961,7 +961,11 @@ var errNoResponse = errors.New("no response from the carrier")
 // relaying provisional responses (with early-media SDP) to the caller. It
 // gives up on a carrier that has not answered at all within FailoverTimeout,
 // so the next can be tried while the caller still waits.
-func (g *Gateway) attempt(ctx context.Context, in *sipgo.DialogServerSession, c *call, out *sip.Request) (*sipgo.DialogClientSession, error) {
+// attempt sends the INVITE to one carrier and waits for its answer. A
+// carrier trunk with a username and password answers a 401/407 challenge
+// with digest credentials (sipgo resends the INVITE, retrying a stale
+// nonce once); without them a challenge is a failure like any other.
+func (g *Gateway) attempt(ctx context.Context, in *sipgo.DialogServerSession, c *call, out *sip.Request, carrier ledger.Trunk) (*sipgo.DialogClientSession, error) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// With nothing received there is nothing to CANCEL (RFC 3261 §9.1);
@@ -977,7 +981,7 @@ func (g *Gateway) attempt(ctx context.Context, in *sipgo.DialogServerSession, c 
 	if err != nil {
 		return nil, err
 	}
-	err = sess.WaitAnswer(actx, sipgo.AnswerOptions{OnResponse: func(res *sip.Response) error {
+	err = sess.WaitAnswer(actx, sipgo.AnswerOptions{Username: carrier.Username, Password: carrier.Password, OnResponse: func(res *sip.Response) error {
 		if !timer.Stop() && silent.Load() {
 			return errNoResponse
 		}

@@ -168,6 +168,10 @@ type carrier struct {
 	cancels   atomic.Int32 // INVITEs the caller side cancelled
 	reinvites atomic.Int32
 	byeAt     sync.Map // Call-ID → time.Time the BYE arrived
+	// auth, when set, makes the carrier demand digest credentials for this
+	// trunk (the gateway's own digest code plays the carrier's part).
+	auth       atomic.Pointer[ledger.Trunk]
+	challenged atomic.Int32
 }
 
 func listenUDP(t testing.TB) (net.PacketConn, string, int) {
@@ -215,6 +219,8 @@ func (p *peer) close() {
 	p.wg.Wait()
 }
 
+var carrierDigest = newDigestAuth("carrier.example", time.Now)
+
 func newCarrier(t testing.TB) *carrier {
 	c := &carrier{peer: newPeer(t, "carrier")}
 	c.dialogs = sipgo.NewDialogServerCache(c.cli, c.contact)
@@ -227,6 +233,20 @@ func newCarrier(t testing.TB) *carrier {
 			res.AppendHeader(&c.contact)
 			_ = tx.Respond(res)
 			return
+		}
+		if want := c.auth.Load(); want != nil {
+			var chal challengeError
+			switch err := carrierDigest.check(req, *want); {
+			case errors.As(err, &chal):
+				c.challenged.Add(1)
+				res := sip.NewResponseFromRequest(req, 407, "Proxy Authentication Required", nil)
+				res.AppendHeader(carrierDigest.challenge(chal.stale))
+				_ = tx.Respond(res)
+				return
+			case err != nil:
+				_ = tx.Respond(sip.NewResponseFromRequest(req, 403, "Forbidden", nil))
+				return
+			}
 		}
 		c.invites.Add(1)
 		c.lastURI.Store(req.Recipient.User)

@@ -12,8 +12,7 @@ import (
 // before answer hands the call to the next carrier for the number; a 486
 // goes back to the caller as is, and no other carrier is tried.
 func TestCarrierFailover(t *testing.T) {
-	e := newEnv(t, testDeck)
-	e.gw.cfg.FailoverTimeout = 200 * time.Millisecond
+	e := newEnvConfig(t, testDeck, func(c *Config) { c.FailoverTimeout = 200 * time.Millisecond })
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	busy := newCarrier(t)
 	defer busy.close()

@@ -17,7 +17,7 @@ import (
 // calls get 503, and an emergency call still connects.
 func TestDiskFailureFailsClosed(t *testing.T) {
 	fs := faultfs.New(vfs.Default)
-	e := newEnvFS(t, testDeck, nil, clock.NewFake(epoch), fs)
+	e := newEnvFS(t, testDeck, nil, clock.NewFake(epoch), fs, nil)
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 200 {
 		t.Fatalf("call before the failure: %d", status)

@@ -14,8 +14,7 @@ import (
 // contacts are to be told; once the org allows high-risk destinations the
 // same call goes through.
 func TestHighRiskDestinationRefused(t *testing.T) {
-	e := newEnv(t, testDeck+"252,SO,Somalia,mobile,1.20,,60,60\n")
-	e.gw.cfg.HighRisk = []string{"53", "252"}
+	e := newEnvConfig(t, testDeck+"252,SO,Somalia,mobile,1.20,,60,60\n", func(c *Config) { c.HighRisk = []string{"53", "252"} })
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 
 	_, status, res := e.caller.dial(e.gw.Addr(), "+12125550100", "+252612345678")

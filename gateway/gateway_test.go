@@ -271,8 +271,7 @@ func TestCancelBeforeAnswerCostsNothing(t *testing.T) {
 // TestEmergencyThroughOverload: at the call cap, ordinary calls get 503 with
 // Retry-After, emergency calls still connect.
 func TestEmergencyThroughOverload(t *testing.T) {
-	e := newEnv(t, testDeck)
-	e.gw.cfg.MaxCalls = 1
+	e := newEnvConfig(t, testDeck, func(c *Config) { c.MaxCalls = 1 })
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 200 {
 		t.Fatalf("first call: %d", status)

@@ -61,11 +61,19 @@ func newEnvPlans(t testing.TB, deckCSV string, plans []ledger.Plan) *env {
 // what a fake one cannot, such as how late a teardown leaves.
 func newEnvClock(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock) *env {
 	t.Helper()
-	return newEnvFS(t, deckCSV, plans, clk, nil)
+	return newEnvFS(t, deckCSV, plans, clk, nil, nil)
 }
 
-// newEnvFS is newEnvClock with the ledger on fs (nil: the real one).
-func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock, fs vfs.FS) *env {
+// newEnvConfig is newEnv with the gateway's configuration changed by set
+// before it starts (changing it after would race with its handlers).
+func newEnvConfig(t testing.TB, deckCSV string, set func(*Config)) *env {
+	t.Helper()
+	return newEnvFS(t, deckCSV, nil, clock.NewFake(epoch), nil, set)
+}
+
+// newEnvFS is newEnvClock with the ledger on fs (nil: the real one) and
+// the gateway's configuration changed by set (nil: none).
+func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock, fs vfs.FS, set func(*Config)) *env {
 	t.Helper()
 	e := &env{t: t, reg: prometheus.NewRegistry()}
 	if f, ok := clk.(*clock.Fake); ok {
@@ -83,7 +91,11 @@ func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock
 	e.carrier = newCarrier(t)
 	e.caller = newPhone(t)
 	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
-	e.gw, err = New(Config{Listen: "127.0.0.1:0"}, e.ledger, deck, clk, e.reg, quietLog())
+	cfg := Config{Listen: "127.0.0.1:0"}
+	if set != nil {
+		set(&cfg)
+	}
+	e.gw, err = New(cfg, e.ledger, deck, clk, e.reg, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

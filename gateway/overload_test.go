@@ -14,8 +14,7 @@ import (
 // nothing; an emergency call still connects, and a call already up goes on
 // being metered.
 func TestShedOverPendingBound(t *testing.T) {
-	e := newEnv(t, testDeck)
-	e.gw.cfg.MaxPending = 2
+	e := newEnvConfig(t, testDeck, func(c *Config) { c.MaxPending = 2 })
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	up, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
 	if status != 200 {

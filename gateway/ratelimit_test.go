@@ -39,8 +39,7 @@ func TestSourceLimiter(t *testing.T) {
 // TestRateLimitPerSourceOnTheWire: past its burst a source gets 503 with
 // Retry-After, and an emergency call from it still connects.
 func TestRateLimitPerSourceOnTheWire(t *testing.T) {
-	e := newEnv(t, testDeck)
-	e.gw.perSrc = newSourceLimiter(1, 2)
+	e := newEnvConfig(t, testDeck, func(c *Config) { c.RatePerSource, c.BurstPerSource = 1, 2 })
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	for i := range 2 {
 		if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 200 {

@@ -121,17 +121,33 @@ rss=$(awk '/VmHWM/ {print $2}' "/proc/$cg/status")
 python3 -c "print(f'creditgate  cpu={($t1-$t0)/$hz/($s1-$s0):.2f} cores  peak_rss={$rss/1024:.0f} MiB')"
 curl -sf "http://127.0.0.1:$http_port/metrics" | python3 -c '
 import sys
-m = {}
+m, buckets = {}, {}
 for line in sys.stdin:
     if line.startswith("#"):
         continue
     k, _, v = line.rpartition(" ")
     m[k] = float(v)
+    if "_bucket{" in k:
+        name, _, le = k.partition("_bucket{")
+        le = le.split("le=\"")[1].split("\"")[0]
+        buckets.setdefault(name, []).append((float(le), float(v)))
 def mean(name):
     c = m.get(name + "_count", 0)
     return m.get(name + "_sum", 0) / c * 1000 if c else float("nan")
-c, n, s = mean("creditgate_ledger_commit_seconds"), m.get("creditgate_ledger_commit_seconds_count", 0), mean("creditgate_call_setup_seconds")
-print(f"creditgate  ledger commit mean={c:.2f} ms ({n:.0f} commits)  INVITE in-to-out mean={s:.2f} ms")
+def q(name, p):
+    # The upper bound of the bucket the p-quantile falls in: an upper
+    # estimate, as coarse as the buckets.
+    bs = sorted(buckets.get(name, []))
+    if not bs or bs[-1][1] == 0:
+        return float("nan")
+    for le, n in bs:
+        if n >= p * bs[-1][1]:
+            return le * 1000
+    return float("inf")
+lc, su = "creditgate_ledger_commit_seconds", "creditgate_call_setup_seconds"
+n = m.get(lc + "_count", 0)
+print(f"creditgate  ledger commit mean={mean(lc):.2f} ms p99<={q(lc, .99):.1f} ms ({n:.0f} commits)  "
+      f"INVITE in-to-out mean={mean(su):.2f} ms p99<={q(su, .99):.1f} ms")
 '
 errors=$(grep -c 'level=ERROR' "$work/cg.log" || true)
 if [ "$errors" != 0 ]; then

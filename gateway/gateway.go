@@ -755,7 +755,7 @@ func (g *Gateway) open(c *call, dec rating.Decision, org ledger.Org) error {
 		Destination: dec.Rate.Destination, Country: dec.Rate.Country, Type: string(dec.Rate.Type), Direction: c.direction,
 		RatePerMinute: dec.Rate.PerMinute, Currency: org.Currency}, ConnectionFee: dec.Rate.ConnectionFee,
 		FirstIncrement: int(dec.Rate.FirstIncrement / time.Second), NextIncrement: int(dec.Rate.NextIncrement / time.Second),
-		Plan: dec.Plan, Spill: dec.Spill, Fresh: true}
+		Plan: dec.Plan, Spill: dec.Spill, Fresh: true, Unsynced: true}
 	inc, err := g.ledger.OpenCall(rec, c.start)
 	if err != nil {
 		return err
@@ -777,7 +777,7 @@ func (g *Gateway) emergency(req *sip.Request, org ledger.Org, dialled string, no
 	c.user = u.ID
 	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
 		Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
-		RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true, Fresh: true}
+		RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true, Fresh: true, Unsynced: true}
 	if _, err := g.ledger.OpenCall(rec, now); err == nil {
 		c.tracked = true
 	} else {

@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 
@@ -56,4 +57,77 @@ func TestFailsClosed(t *testing.T) {
 	if _, ok := l.fundKeys["acme/after"]; ok {
 		t.Fatal("a refused funding was applied")
 	}
+}
+
+// TestUnsyncedOpen: an open that did not wait for its fsync (what the
+// gateway does before the INVITE goes out) is charged nothing if a crash
+// loses it, and is on disk with the answer once Answer — which does wait —
+// has returned. On a failing disk the answer is what refuses.
+func TestUnsyncedOpen(t *testing.T) {
+	unsynced := func(id string) Call {
+		c := creditCall(id, "acme", "0.01")
+		c.Unsynced = true
+		return c
+	}
+	t.Run("lost before answer costs nothing", func(t *testing.T) {
+		mem := vfs.NewCrashableMem()
+		l := openWith(t, "data", Options{FS: mem})
+		newOrg(t, l, "acme", "50.00")
+		if _, err := l.OpenCall(unsynced("c1"), t0); err != nil {
+			t.Fatal(err)
+		}
+		if o := balance(t, l, "acme"); o.Held.IsZero() {
+			t.Fatalf("an unsynced open holds nothing in memory: %+v", o)
+		}
+		// The machine dies now: only what was synced survives (the open
+		// may or may not have been).
+		crashed := mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+		_ = l.Close()
+		l = openWith(t, "data", Options{FS: crashed})
+		defer l.Close()
+		check(t, l)
+		if o := balance(t, l, "acme"); !o.Balance.Equal(d("50")) || !o.Held.IsZero() || len(l.OpenCalls()) != 0 {
+			t.Fatalf("after the crash: %+v, %d calls open; want 50.00, nothing held or open", o, len(l.OpenCalls()))
+		}
+	})
+	t.Run("answered is durable with its open", func(t *testing.T) {
+		mem := vfs.NewCrashableMem()
+		l := openWith(t, "data", Options{FS: mem})
+		newOrg(t, l, "acme", "50.00")
+		if _, err := l.OpenCall(unsynced("c1"), t0); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.AnswerDialog("c1", t0, json.RawMessage(`{"leg":"c1"}`)); err != nil {
+			t.Fatal(err)
+		}
+		crashed := mem.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 0})
+		_ = l.Close()
+		l = openWith(t, "data", Options{FS: crashed})
+		defer l.Close()
+		check(t, l)
+		if ds := l.Dialogs(); len(ds) != 1 || ds[0].Call != "c1" {
+			t.Fatalf("dialogs after the crash: %v, want c1's", ds)
+		}
+		cs := cdrs(t, l, "acme")
+		if len(cs) != 1 || cs[0].Answer.IsZero() || !cs[0].Charge.IsPositive() {
+			t.Fatalf("CDRs after the crash: %+v, want c1 answered and charged its started increment", cs)
+		}
+	})
+	t.Run("failing disk refuses the answer", func(t *testing.T) {
+		fs := faultfs.New(vfs.Default)
+		l := openWith(t, t.TempDir(), Options{FS: fs})
+		newOrg(t, l, "acme", "50.00")
+		fs.FailSyncs(true)
+		_, openErr := l.OpenCall(unsynced("c1"), t0)
+		if err := l.AnswerDialog("c1", t0, json.RawMessage(`{}`)); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("answer on a failing disk: %v (open: %v), want ErrUnavailable", err, openErr)
+		}
+		if _, err := l.OpenCall(unsynced("c2"), t0); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("open after a failed sync: %v, want ErrUnavailable", err)
+		}
+		func() {
+			defer func() { _ = recover() }()
+			_ = l.Close()
+		}()
+	})
 }

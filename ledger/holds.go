@@ -71,6 +71,7 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 		t.put(keyCall(call.ID), call)
 		t.put(keyCallState(call.ID), call.CallState)
 		t.result = call.Hold
+		t.unsynced = c.Unsynced && !t.wakePayer && !t.wakeOutbox
 		return nil
 	})
 	return op.Result, err

@@ -403,6 +403,11 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 	// Encoding is most of an operation's CPU; done here, outside the lock,
 	// callers encode in parallel while the order stays the lock's.
 	enc.do(t.ws)
+	if t.unsynced {
+		// done is buffered: the committer's answer is dropped, and a
+		// failure it reports fails every later operation (l.c.err).
+		return op, t.after
+	}
 	if err := <-done; err != nil {
 		return op, err
 	}

@@ -137,6 +137,9 @@ type txn struct {
 	// wakePayer and wakeOutbox ask for the payer and the notification
 	// sender to look again once the operation is durable.
 	wakePayer, wakeOutbox bool
+	// unsynced: the caller takes the operation as done once it is queued
+	// for the disk (Call.Unsynced); it must not wake anyone.
+	unsynced bool
 }
 
 // put records v as key's new value. v must be a value: it is encoded later,

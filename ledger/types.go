@@ -220,6 +220,15 @@ type Call struct {
 	// of authorizing the call. Ids that come from outside leave it false.
 	Fresh bool `json:"-"`
 
+	// Unsynced lets OpenCall return once the call is held in memory and
+	// queued for the disk, without waiting for the fsync. Safe for a call
+	// that is not yet answered: it is charged nothing until Answer, a
+	// durable operation the WAL orders after the open, so a crash either
+	// keeps both or loses a call that cost nothing. The gateway sets it so
+	// the INVITE reaches the carrier without an fsync in between; a disk
+	// that fails meanwhile fails the answer (and every later operation).
+	Unsynced bool `json:"-"`
+
 	prices *[2]decimal.Decimal // first and next credit increment, once computed
 }
 

@@ -14,6 +14,8 @@
 #   PROFILE=1       save a CPU profile of creditgate over the middle of the
 #                   step to ./step-cpu.pprof, its goroutines to ./step-goroutines.txt
 #                   and what it allocated to ./step-allocs.pprof
+#   TRACE=1         save a 2 s execution trace from the middle of the step to
+#                   ./step.trace (go tool trace step.trace)
 set -euo pipefail
 rate=${1:?usage: step.sh RATE [SECS] [HOLD_MS]}
 secs=${2:-10}
@@ -108,6 +110,11 @@ if [ "${PROFILE:-}" = 1 ]; then
   pids+=("$!")
   (sleep $((secs / 2)); curl -sf -H "Authorization: Bearer $token" -o step-goroutines.txt \
     "http://127.0.0.1:$http_port/debug/pprof/goroutine?debug=1") &
+  pids+=("$!")
+fi
+if [ "${TRACE:-}" = 1 ]; then
+  (sleep $((secs / 2)); curl -sf -H "Authorization: Bearer $token" -o step.trace \
+    "http://127.0.0.1:$http_port/debug/pprof/trace?seconds=2") &
   pids+=("$!")
 fi
 step "$sip_port" creditgate

@@ -267,6 +267,7 @@ func TestRefusalsChangeNothing(t *testing.T) {
 		{"delete toll-free not assigned", "DELETE", "/v1/orgs/acme/toll-free/+18005550100", "", "", 404, "not_found"},
 		{"customer trunk with prefixes", "PUT", "/v1/trunks/t1", `{"kind":"customer","org":"acme","addresses":["10.0.0.1"],"prefixes":["44"]}`, "", 422, "invalid_trunk"},
 		{"customer trunk bad uri", "PUT", "/v1/trunks/t1", `{"kind":"customer","org":"acme","addresses":["10.0.0.1"],"uri":"pbx"}`, "", 422, "invalid_trunk"},
+		{"JSON body over the limit", "POST", "/v1/orgs/acme/credits", "{" + strings.Repeat(" ", MaxJSONBody) + `"amount":"60.00","idempotency_key":"x1"}`, "", 413, "body_too_large"},
 		{"wrong method", "DELETE", "/v1/orgs/acme", "", "", 405, "method_not_allowed"},
 		{"unknown path", "GET", "/v2/orgs", "", "", 404, "not_found"},
 	}
@@ -479,6 +480,26 @@ func TestTollFreeAndPremiumSettings(t *testing.T) {
 
 // TestServeTLS: with a certificate the API answers over HTTPS, and a
 // plaintext request on the same port gets no answer.
+// TestOversizedHeadersRefused: request headers past the 16 KiB read
+// buffer are refused before any handler runs (the token is not even
+// looked at), and the server goes on serving.
+func TestOversizedHeadersRefused(t *testing.T) {
+	h := setup(t)
+	req, _ := http.NewRequest("GET", h.base+"/v1/orgs/acme", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("X-Padding", strings.Repeat("a", 32<<10))
+	res, err := http.DefaultClient.Do(req)
+	if err == nil {
+		res.Body.Close()
+		if res.StatusCode < 400 {
+			t.Fatalf("a 32 KiB header got %d, want it refused", res.StatusCode)
+		}
+	}
+	if o := h.org("acme"); o["balance"] != "50.00" {
+		t.Fatalf("server after an oversized request: %v", o)
+	}
+}
+
 func TestServeTLS(t *testing.T) {
 	h := newHarness(t)
 	tlsCfg, certFile, keyFile := testcert.New(t)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/creditgate/creditgate/gateway/clock"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/ledgertest"
 	"github.com/creditgate/creditgate/ledger/recharge/stripetest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -47,23 +48,7 @@ func org(t *testing.T, l *ledger.Ledger, pm string) {
 
 // spend runs one answered call on credits costing n × 1.00.
 func spend(t *testing.T, l *ledger.Ledger, id string, n int) {
-	t.Helper()
-	c := ledger.Call{ID: id, Details: ledger.Details{Org: "acme", User: "u1", To: "442079460018",
-		RatePerMinute: d("60"), Currency: "USD"}, FirstIncrement: 1, NextIncrement: 1, Spill: true}
-	if _, err := l.OpenCall(c, t0); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Answer(id, t0); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i < n; i++ {
-		if _, err := l.Step(id, i, t0.Add(time.Duration(i)*time.Second)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := l.CloseCall(id, ledger.CallEnd{At: t0.Add(time.Duration(n) * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
-		t.Fatal(err)
-	}
+	ledgertest.Spend(t, l, "acme", id, n, t0)
 }
 
 func newPayer(t *testing.T, l *ledger.Ledger, url string, clk clock.Clock, reg prometheus.Registerer) *Payer {

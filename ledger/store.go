@@ -111,7 +111,7 @@ func encode(ws []write) {
 		if ws[i].v == nil {
 			continue
 		}
-		b, err := json.Marshal(ws[i].v)
+		b, err := marshalRecord(ws[i].v)
 		if err != nil {
 			// Every record is a plain struct we built; failing here is a bug.
 			panic(fmt.Sprintf("ledger: encode %s: %v", ws[i].key, err))

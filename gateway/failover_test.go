@@ -58,3 +58,31 @@ func TestCarrierFailover(t *testing.T) {
 	}
 	must(t, e.ledger.CheckInvariants())
 }
+
+// TestRouteLoopRefused: a carrier route that points back at the gateway
+// (here with the gateway's own address also inside a customer trunk's
+// range, so the returning INVITE would be taken as a new call) is cut at
+// the first pass with 482, which goes back to the caller; nothing is held,
+// charged or sent on to a carrier.
+func TestRouteLoopRefused(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "a-loop", Kind: KindCarrier, URI: "sip:" + e.gw.Addr(), Prefixes: []string{"44"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "lan", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.0/8"}}))
+	e.gw.ReloadTrunks()
+	_, status, res := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 482 {
+		t.Fatalf("call routed back at the gateway: %d %v, want 482", status, res)
+	}
+	if e.carrier.invites.Load() != 0 {
+		t.Fatal("a looping call reached a carrier")
+	}
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	if cdr := e.cdrs("acme")[0]; !cdr.Charge.IsZero() || cdr.SIPStatus != 482 {
+		t.Fatalf("CDR %+v, want one free call ended 482", cdr)
+	}
+	if o, _ := e.ledger.Org("acme"); !o.Balance.Equal(d("50")) || !o.Held.IsZero() {
+		t.Fatalf("after the loop: balance %s held %s", o.Balance, o.Held)
+	}
+	must(t, e.ledger.CheckInvariants())
+}

@@ -521,6 +521,25 @@ func callerNumber(req *sip.Request) string {
 	return ""
 }
 
+// looped reports an INVITE this gateway sent: its last hop's Via is one
+// of the gateway's own listening addresses (sipgo writes the listening
+// host and port into the Via of what it sends).
+func (g *Gateway) looped(req *sip.Request) bool {
+	v := req.Via()
+	if v == nil || v.Host != g.addr.host {
+		return false
+	}
+	if v.Port == g.addr.port {
+		return true
+	}
+	if g.tls != nil {
+		if _, p, err := net.SplitHostPort(g.tls.Addr().String()); err == nil && strconv.Itoa(v.Port) == p {
+			return true
+		}
+	}
+	return false
+}
+
 // missingHeader names the first header every request must carry that req
 // lacks, or is "".
 func missingHeader(req *sip.Request) string {
@@ -548,6 +567,14 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	if _, ok := req.To().Params.Get("tag"); ok {
 		g.onInDialog(req, tx)
+		return
+	}
+	if g.looped(req) {
+		// A carrier route pointing at the gateway itself (or at a peer
+		// that sends the call straight back) would otherwise make each
+		// pass a new call holding credit of its own, until Max-Forwards
+		// ran out 70 hops later.
+		g.refuse(req, tx, ErrLoop)
 		return
 	}
 	// A repeat of an INVITE whose transaction has been let go

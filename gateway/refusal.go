@@ -17,6 +17,7 @@ var (
 	ErrShuttingDown  = errors.New("gateway shutting down")
 	ErrTrunkFull     = errors.New("trunk at its concurrent-call limit")
 	ErrTooManyHops   = errors.New("too many hops")
+	ErrLoop          = errors.New("the gateway's own INVITE came back to it")
 	ErrUnknownNumber = errors.New("number is not a toll-free number of any org")
 	ErrNoDelivery    = errors.New("org has no trunk to deliver inbound calls to")
 )
@@ -55,6 +56,7 @@ var refusals = []struct {
 	{ledger.ErrPoolExhausted, refusal{402, "Payment Required", "minutes_used_up", "included minutes used up and no communications_credits license"}},
 	{ledger.ErrUnknownOrg, refusal{403, "Forbidden", "unknown_org", "trunk's org does not exist"}},
 	{ErrTooManyHops, refusal{483, "Too Many Hops", "too_many_hops", "Max-Forwards reached zero"}},
+	{ErrLoop, refusal{482, "Loop Detected", "loop", "this INVITE was sent by this gateway: a carrier route points back at it"}},
 	{ErrOverloaded, refusal{503, "Service Unavailable", "overloaded", "gateway is overloaded"}},
 	{ErrRateLimited, refusal{503, "Service Unavailable", "rate_limited", "too many new calls from this address"}},
 	{ErrShuttingDown, refusal{503, "Service Unavailable", "shutting_down", "gateway is shutting down"}},

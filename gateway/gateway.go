@@ -113,6 +113,7 @@ type Gateway struct {
 	tcp      net.Listener
 	tls      net.Listener
 	tlsUA    *sipgo.DialogUA
+	tlsPort  int // the TLS listener's port, 0 without TLS
 	addr     netipAddr
 	closing  atomic.Bool  // Close: end everything
 	draining atomic.Bool  // Drain: take no new calls, let those up finish
@@ -253,6 +254,7 @@ func (g *Gateway) Start() error {
 		}
 		tlsHost, tlsPortS, _ := net.SplitHostPort(g.tls.Addr().String())
 		tlsPort, _ := strconv.Atoi(tlsPortS)
+		g.tlsPort = tlsPort
 		tlsContact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "creditgate", Host: tlsHost, Port: tlsPort}}
 		tlsContact.Address.UriParams = sip.NewParams()
 		tlsContact.Address.UriParams.Add("transport", "tls")
@@ -529,15 +531,7 @@ func (g *Gateway) looped(req *sip.Request) bool {
 	if v == nil || v.Host != g.addr.host {
 		return false
 	}
-	if v.Port == g.addr.port {
-		return true
-	}
-	if g.tls != nil {
-		if _, p, err := net.SplitHostPort(g.tls.Addr().String()); err == nil && strconv.Itoa(v.Port) == p {
-			return true
-		}
-	}
-	return false
+	return v.Port == g.addr.port || (g.tlsPort != 0 && v.Port == g.tlsPort)
 }
 
 // missingHeader names the first header every request must carry that req

@@ -76,6 +76,13 @@ type HTTP struct {
 	// HTTPS only.
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// Limits for slow, stalled and idle clients (see api.Limits).
+	ReadTimeout   time.Duration `yaml:"read_timeout"`
+	WriteTimeout  time.Duration `yaml:"write_timeout"`
+	IdleTimeout   time.Duration `yaml:"idle_timeout"`
+	MaxConns      int           `yaml:"max_conns"`
+	MaxConnsPerIP int           `yaml:"max_conns_per_ip"`
+	MaxExports    int           `yaml:"max_exports"`
 }
 
 // Funding rules.
@@ -184,7 +191,8 @@ func Default() Config {
 		DataDir: "./creditgate-data",
 		SIP: SIP{Listen: "127.0.0.1:5060", TransactionLinger: 5 * time.Second, RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
 			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second},
-		HTTP:    HTTP{Listen: "127.0.0.1:8080"},
+		HTTP: HTTP{Listen: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16},
 		Funding: Funding{Minimum: "50.00"},
 		Fraud:   Fraud{HighRiskPrefixes: slices.Clone(DefaultHighRisk)},
 		Payments: Payments{StripeBaseURL: "https://api.stripe.com", RetryBackoff: 2 * time.Second,
@@ -288,6 +296,24 @@ func (c Config) Validate() error {
 	}
 	if (c.HTTP.TLSCert == "") != (c.HTTP.TLSKey == "") {
 		return bad("http.tls_cert", "give both tls_cert and tls_key, or neither")
+	}
+	if c.HTTP.ReadTimeout < time.Second || c.HTTP.ReadTimeout > time.Hour {
+		return bad("http.read_timeout", "want 1s to 1h, got %s", c.HTTP.ReadTimeout)
+	}
+	if c.HTTP.WriteTimeout < time.Second || c.HTTP.WriteTimeout > time.Hour {
+		return bad("http.write_timeout", "want 1s to 1h, got %s", c.HTTP.WriteTimeout)
+	}
+	if c.HTTP.IdleTimeout < time.Second || c.HTTP.IdleTimeout > time.Hour {
+		return bad("http.idle_timeout", "want 1s to 1h, got %s", c.HTTP.IdleTimeout)
+	}
+	if c.HTTP.MaxConns < 1 || c.HTTP.MaxConns > 1_000_000 {
+		return bad("http.max_conns", "want 1 to 1000000, got %d", c.HTTP.MaxConns)
+	}
+	if c.HTTP.MaxConnsPerIP < 0 || c.HTTP.MaxConnsPerIP > c.HTTP.MaxConns {
+		return bad("http.max_conns_per_ip", "want 0 (no limit) to max_conns (%d), got %d", c.HTTP.MaxConns, c.HTTP.MaxConnsPerIP)
+	}
+	if c.HTTP.MaxExports < 1 || c.HTTP.MaxExports > 10_000 {
+		return bad("http.max_exports", "want 1 to 10000, got %d", c.HTTP.MaxExports)
 	}
 	if c.HTTP.AdminToken != "" && len(c.HTTP.AdminToken) < 16 {
 		return bad("http.admin_token", "at least 16 characters, or leave empty to generate one")

@@ -12,6 +12,7 @@ import (
 
 	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/notify"
 	"github.com/creditgate/creditgate/ledger/recharge"
@@ -30,6 +31,7 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 	quiet := slog.New(slog.DiscardHandler)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	panics.Register(reg)
 	l, err := ledger.Open(t.TempDir(), ledger.Options{Registerer: reg, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)

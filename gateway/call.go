@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo"
@@ -127,12 +128,32 @@ func (c *call) answer() error {
 }
 
 // boundary runs when the paid increment ends: debit it, hold the next, or end
-// the call exactly now if the org cannot pay the next one.
+// the call exactly now if the org cannot pay the next one. It runs on a
+// timer goroutine of its own; a panic in it ends this call (failed, BYE to
+// both legs) and no other.
 func (c *call) boundary() {
-	c.mu.Lock()
-	if c.state != stateAnswered {
-		c.mu.Unlock()
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, true, true) },
+		"call_id", c.id, "org", c.org)
+	reason, err := c.step()
+	if reason == "" {
 		return
+	}
+	if reason == ledger.ReasonFraudGuard {
+		c.g.tripped(err)
+	}
+	c.end(reason, 200, true, true)
+}
+
+// step debits the increment that just ended and holds the next, and
+// schedules the next boundary. When the next cannot be held it returns the
+// reason the call ends for (and the ledger's refusal); "" means it goes on.
+// c.mu is released by defer, so a panic in the ledger cannot leave the call
+// locked for the clean-up that ends it.
+func (c *call) step() (reason string, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateAnswered {
+		return "", nil
 	}
 	inc, err := c.g.ledger.Step(c.id, c.hold.N, c.paidUntil)
 	if err == nil {
@@ -143,31 +164,24 @@ func (c *call) boundary() {
 		// the wall clock neither fires an hour of boundaries at once nor
 		// lets the call run unbilled for an hour.
 		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.answered)-c.g.clock.Since(c.answered), c.boundary)
-		c.mu.Unlock()
-		return
+		return "", nil
 	}
-	reason := ledger.ReasonCreditExhausted
 	switch {
 	case errors.Is(err, ledger.ErrPoolExhausted):
-		reason = ledger.ReasonPoolExhausted
 		c.g.m.exhausted.Inc()
+		return ledger.ReasonPoolExhausted, err
 	case errors.Is(err, ledger.ErrInsufficientCredit):
 		c.g.m.exhausted.Inc()
+		return ledger.ReasonCreditExhausted, err
 	case errors.Is(err, ledger.ErrFraudGuard):
 		// A spend limit: the call ends at the end of what it paid.
-		reason = ledger.ReasonFraudGuard
-		c.mu.Unlock()
-		c.g.tripped(err)
-		c.end(reason, 200, true, true)
-		return
+		return ledger.ReasonFraudGuard, err
 	default:
 		// The ledger cannot take the debit durably: end the call rather
 		// than let it run on money nobody recorded (fail closed).
 		c.g.log.Error("metering failed, ending call", "call_id", c.id, "org", c.org, "error", err)
-		reason = ledger.ReasonFailed
+		return ledger.ReasonFailed, err
 	}
-	c.mu.Unlock()
-	c.end(reason, 200, true, true)
 }
 
 // end finishes the call once: stops metering, settles it in the ledger,
@@ -232,6 +246,7 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 	c.g.wg.Add(1)
 	go func() {
 		defer c.g.wg.Done()
+		defer panics.Recover(c.g.log, panics.Call, nil, "call_id", c.id, "org", c.org)
 		var wg sync.WaitGroup
 		for i, bye := range byes {
 			wg.Add(1)
@@ -255,6 +270,7 @@ func (g *Gateway) goBye(leg, callID string, bye func(context.Context) error) {
 }
 
 func (g *Gateway) bye(leg, callID string, bye func(context.Context) error) {
+	defer panics.Recover(g.log, panics.Call, nil, "call_id", callID, "leg", leg)
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ByeTimeout)
 	defer cancel()
 	if err := bye(ctx); err != nil {

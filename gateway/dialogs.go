@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
@@ -169,6 +170,7 @@ func (g *Gateway) endLeftCalls() {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			defer panics.Recover(g.log, panics.Call, nil, "call_id", d.Call)
 			var st dialogState
 			if err := json.Unmarshal(d.Data, &st); err != nil {
 				g.log.Error("unreadable dialog record; dropping it", "call_id", d.Call, "error", err)
@@ -193,6 +195,7 @@ func (g *Gateway) byeBoth(callID string, st dialogState) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer panics.Recover(g.log, panics.Call, nil, "call_id", callID, "leg", leg.name)
 			err := g.byeLeg(leg.state)
 			g.m.leftCallByes.WithLabelValues(leg.name, byeResult(err)).Inc()
 			if err != nil {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo"
@@ -261,21 +262,21 @@ func (g *Gateway) Start() error {
 		g.tlsUA = &sipgo.DialogUA{Client: g.tcpCli, ContactHDR: tlsContact}
 	}
 
-	g.srv.OnInvite(g.onInvite)
-	g.srv.OnAck(g.onAck)
-	g.srv.OnBye(g.onBye)
-	g.srv.OnCancel(func(req *sip.Request, tx sip.ServerTransaction) {
+	g.srv.OnInvite(g.contain(g.onInvite))
+	g.srv.OnAck(g.contain(g.onAck))
+	g.srv.OnBye(g.contain(g.onBye))
+	g.srv.OnCancel(g.contain(func(req *sip.Request, tx sip.ServerTransaction) {
 		// A CANCEL that matched a pending INVITE was answered by the
 		// transaction layer; this one matched nothing.
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
-	})
-	g.srv.OnUpdate(g.onInDialog)
-	g.srv.OnInfo(g.onInDialog)
-	g.srv.OnOptions(func(req *sip.Request, tx sip.ServerTransaction) {
+	}))
+	g.srv.OnUpdate(g.contain(g.onInDialog))
+	g.srv.OnInfo(g.contain(g.onInDialog))
+	g.srv.OnOptions(g.contain(func(req *sip.Request, tx sip.ServerTransaction) {
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"))
 		_ = tx.Respond(res)
-	})
+	}))
 
 	g.wg.Add(2)
 	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
@@ -291,6 +292,30 @@ func (g *Gateway) Start() error {
 	go func() { defer g.wg.Done(); g.endLeftCalls() }()
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
 	return nil
+}
+
+// contain wraps a SIP request handler so that a panic in it costs that
+// request only: sipgo recovers nothing, and a panic in its handler
+// goroutine would end the process and every call with it. The request gets
+// 500 if its transaction can still answer (an ACK has none).
+func (g *Gateway) contain(h sipgo.RequestHandler) sipgo.RequestHandler {
+	return func(req *sip.Request, tx sip.ServerTransaction) {
+		defer panics.Recover(g.log, panics.SIP, func() {
+			g.log.Error("SIP request failed on a contained panic", "method", req.Method.String(), "sip_call_id", callIDOf(req))
+			if req.IsAck() || tx == nil {
+				return
+			}
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 500, "Server Internal Error", nil))
+		})
+		h(req, tx)
+	}
+}
+
+func callIDOf(req *sip.Request) string {
+	if id := req.CallID(); id != nil {
+		return id.Value()
+	}
+	return ""
 }
 
 // dialogUA is the dialog side for a leg on transport: the same user agent,
@@ -595,6 +620,12 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		g.refuse(req, tx, err)
 		return
 	}
+	// A panic while the call is set up or up must not leave it holding
+	// credit with nobody to end it: end it (failed), then answer 500.
+	defer panics.Recover(g.log, panics.SIP, func() {
+		c.end(ledger.ReasonFailed, 500, true, true)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 500, "Server Internal Error", nil))
+	}, "call_id", c.id, "org", c.org)
 	g.forward(req, tx, c, received)
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/gateway/api"
 	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/notify"
 	"github.com/creditgate/creditgate/ledger/recharge"
@@ -110,6 +111,7 @@ func serve(args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	panics.Register(reg)
 	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{
 		MinFunding: cfg.MinFunding(), Plans: ledger.PlansOf(&cfg.Catalog), Registerer: reg, Logger: log})
 	if err != nil {
@@ -156,6 +158,9 @@ func serve(args []string) error {
 
 	srv := api.New(led, gw, token, reg, time.Now, log)
 	srv.SetPayments(payments)
+	h := cfg.HTTP
+	srv.SetLimits(api.Limits{ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout, IdleTimeout: h.IdleTimeout,
+		MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxExports: h.MaxExports})
 	apiDone := make(chan error, 1)
 	if cfg.HTTP.TLSCert != "" {
 		// Load now, so a bad file stops the start instead of the API.

@@ -6,6 +6,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/subtle"
 	"crypto/tls"
 	_ "embed"
@@ -23,6 +24,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/gateway"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/prometheus/client_golang/prometheus"
@@ -57,6 +59,16 @@ type Server struct {
 	// payments says whether a payment provider is configured; without
 	// one, enabling auto-recharge is refused rather than left to wait.
 	payments bool
+
+	limits Limits
+	// exports holds a token per streamed export running (stream.go);
+	// nil: no limit.
+	exports chan struct{}
+	// streams counts the producers of streamed responses, which outlive
+	// their handlers; Shutdown cancels streamCtx and waits for them.
+	streams    sync.WaitGroup
+	streamCtx  context.Context
+	stopStream context.CancelFunc
 
 	// adviceCache keeps each org's funding advice for adviceTTL: it reads
 	// 30 days of CDRs, too much for every GET of a busy org.
@@ -97,21 +109,26 @@ func New(l *ledger.Ledger, gw *gateway.Gateway, token string, gatherer prometheu
 	}
 	s := &Server{ledger: l, gw: gw, token: []byte(token), log: log, now: now,
 		metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))}
+	s.streamCtx, s.stopStream = context.WithCancel(context.Background())
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
 		Name:               "creditgate",
 		MaxRequestBodySize: MaxDeckBody,
-		ReadTimeout:        30 * time.Second,
-		WriteTimeout:       60 * time.Second,
-		IdleTimeout:        120 * time.Second,
 		ReadBufferSize:     16 << 10,
-		Concurrency:        1024,
+		// A stalled client is cut per write (stallConn), not by one
+		// deadline for the whole response.
+		WriteTimeout: 0,
+		// fasthttp's own log line per accept error and per over-cap
+		// connection would be the one unstructured line in the log.
+		Logger: fasthttpLogger{log},
 	}
 	return s
 }
 
 // Serve serves on ln until Shutdown.
-func (s *Server) Serve(ln net.Listener) error { return s.srv.Serve(ln) }
+func (s *Server) Serve(ln net.Listener) error {
+	return s.srv.Serve(stallListener{Listener: ln, timeout: s.limits.WriteTimeout})
+}
 
 // ServeTLS serves HTTPS on ln with the certificate and key in the PEM
 // files, TLS 1.2 at least, until Shutdown. The bearer token then never
@@ -121,14 +138,27 @@ func (s *Server) ServeTLS(ln net.Listener, certFile, keyFile string) error {
 	if err != nil {
 		return fmt.Errorf("admin API TLS: %w", err)
 	}
-	return s.srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
+	return s.srv.Serve(tls.NewListener(stallListener{Listener: ln, timeout: s.limits.WriteTimeout},
+		&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}))
 }
 
-// Shutdown stops accepting and waits for requests in flight.
-func (s *Server) Shutdown() error { return s.srv.Shutdown() }
+// Shutdown stops accepting, ends the exports still streaming and waits for
+// requests in flight and for the exports' producers.
+func (s *Server) Shutdown() error {
+	s.stopStream()
+	err := s.srv.Shutdown()
+	s.streams.Wait()
+	return err
+}
 
-// Handle routes one request.
+// Handle routes one request. A panic in it is contained to this request:
+// counted, logged, answered 500 and the connection closed.
 func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
+	defer panics.Recover(s.log, panics.HTTP, func() {
+		ctx.Response.Reset()
+		ctx.SetConnectionClose()
+		s.fail(ctx, errInternal)
+	}, "method", string(ctx.Method()), "path", string(ctx.Path()))
 	path := string(ctx.Path())
 	switch path {
 	case "/metrics":

@@ -39,6 +39,12 @@ func quiet() *slog.Logger {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newLimitedHarness(t, Limits{})
+}
+
+// newLimitedHarness serves the API with limits (zero: none).
+func newLimitedHarness(t *testing.T, lim Limits) *harness {
+	t.Helper()
 	reg := prometheus.NewRegistry()
 	l, err := ledger.Open(t.TempDir(), ledger.Options{Registerer: reg})
 	if err != nil {
@@ -49,6 +55,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	srv := New(l, gw, testToken, reg, time.Now, quiet())
+	srv.SetLimits(lim)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

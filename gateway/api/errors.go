@@ -19,6 +19,8 @@ var (
 	errMethod       = errors.New("method not allowed")
 	errTooLarge     = errors.New("request body too large")
 	errNoPayments   = errors.New("payments not configured")
+	errBusy         = errors.New("too many exports at once")
+	errInternal     = errors.New("internal error")
 )
 
 type apiError struct {
@@ -55,6 +57,7 @@ var httpErrors = []struct {
 	{rating.ErrNotDialable, apiError{422, "not_dialable"}},
 	{rating.ErrNoRate, apiError{404, "no_rate"}},
 	{ledger.ErrUnavailable, apiError{503, "ledger_unavailable"}},
+	{errBusy, apiError{503, "busy"}},
 }
 
 func lookupError(err error) apiError {

@@ -2,7 +2,7 @@ package api
 
 import (
 	"archive/zip"
-	"bufio"
+	"context"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -256,16 +256,14 @@ func (s *Server) usage(ctx *fasthttp.RequestCtx, org string) error {
 	default:
 		return badRequest("format=%q: want csv, xlsx or json", format)
 	}
-	src := func(fn func(*ledger.CDR) error) error { return s.ledger.EachCDR(org, from, to, fn) }
-	ctx.SetBodyStreamWriter(func(bw *bufio.Writer) {
-		if err := write(bw, src); err != nil {
-			// The status line is gone already; cutting the chunked body
-			// short tells the client the report is incomplete.
-			s.log.Error("usage export cut short", "org", org, "err", err)
-			ctx.Conn().Close()
-			return
-		}
-		_ = bw.Flush()
+	return s.stream(ctx, "usage "+org, func(cctx context.Context, w io.Writer) error {
+		return write(w, func(fn func(*ledger.CDR) error) error {
+			return s.ledger.EachCDR(org, from, to, func(c *ledger.CDR) error {
+				if err := cctx.Err(); err != nil {
+					return fmt.Errorf("shutting down: %w", err)
+				}
+				return fn(c)
+			})
+		})
 	})
-	return nil
 }

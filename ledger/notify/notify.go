@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/backoff"
 	"github.com/prometheus/client_golang/prometheus"
@@ -160,7 +161,10 @@ func (s *Sender) Run(ctx context.Context) {
 	nextSweep := s.clk.Now()
 	backoff.Run(ctx, s.clk, s.l.OutboxWake(), func(ctx context.Context) time.Time {
 		if !s.clk.Now().Before(nextSweep) {
-			s.SweepLowBalance(s.clk.Now())
+			func() {
+				defer panics.Recover(s.log, panics.Notify, nil, "job", "low_balance_sweep")
+				s.SweepLowBalance(s.clk.Now())
+			}()
 			nextSweep = s.clk.Now().Add(s.cfg.SweepEvery)
 		}
 		if next := s.DeliverDue(ctx); !next.IsZero() && next.Before(nextSweep) {
@@ -219,7 +223,7 @@ func (s *Sender) DeliverDue(ctx context.Context) time.Time {
 		}
 		due, at := s.retry.Due(n.ID)
 		if due {
-			err := s.deliver(ctx, n)
+			err := s.deliverContained(ctx, n)
 			if err == nil {
 				s.retry.Forget(n.ID)
 				continue
@@ -232,6 +236,18 @@ func (s *Sender) DeliverDue(ctx context.Context) time.Time {
 		}
 	}
 	return next
+}
+
+// errPanicked is a delivery attempt that ended in a contained panic.
+var errPanicked = errors.New("internal error (panic contained, see the log)")
+
+// deliverContained is deliver with a panic turned into a failed attempt,
+// retried with backoff like any other: one bad notification must stop
+// neither the sender (and every org's notifications with it) nor the
+// process.
+func (s *Sender) deliverContained(ctx context.Context, n ledger.Notification) (err error) {
+	defer panics.Recover(s.log, panics.Notify, func() { err = errPanicked }, "id", n.ID, "org", n.Org, "kind", n.Kind)
+	return s.deliver(ctx, n)
 }
 
 // deliver sends n on each channel it has not gone out on yet, recording

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/backoff"
 	"github.com/prometheus/client_golang/prometheus"
@@ -146,11 +147,20 @@ func (p *Payer) PayDue(ctx context.Context) time.Time {
 			}
 			continue
 		}
-		if at := p.Pay(ctx, pu); !at.IsZero() && (next.IsZero() || at.Before(next)) {
+		if at := p.payContained(ctx, pu); !at.IsZero() && (next.IsZero() || at.Before(next)) {
 			next = at
 		}
 	}
 	return next
+}
+
+// payContained is Pay with a panic turned into a transient failure, retried
+// with backoff: one odd purchase must stop neither the payer (every org's
+// recharges) nor the process. The purchase stays pending in the ledger, so
+// nothing is lost or paid twice (the retry uses the same idempotency key).
+func (p *Payer) payContained(ctx context.Context, pu ledger.Purchase) (next time.Time) {
+	defer panics.Recover(p.log, panics.Payer, func() { _, next = p.retry.Failed(pu.ID) }, "org", pu.Org, "purchase", pu.ID)
+	return p.Pay(ctx, pu)
 }
 
 // Pay makes one attempt at purchase pu and settles it in the ledger when the

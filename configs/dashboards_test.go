@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/gateway"
+	"github.com/creditgate/creditgate/gateway/api"
 	"github.com/creditgate/creditgate/gateway/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
@@ -37,9 +38,11 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	if _, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet); err != nil {
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
+	if err != nil {
 		t.Fatal(err)
 	}
+	api.New(l, gw, "token-0123456789abcdef", reg, time.Now, quiet)
 	if _, err := recharge.New(l, recharge.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:9"}, clock.Real{}, reg, quiet); err != nil {
 		t.Fatal(err)
 	}

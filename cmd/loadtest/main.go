@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -53,6 +54,11 @@ func run(args []string) int {
 	fs.StringVar(&tlsCert, "tls-cert", "", "certificate (PEM) the carrier side presents on tls")
 	fs.StringVar(&tlsKey, "tls-key", "", "its key (PEM)")
 	fs.StringVar(&tlsCA, "tls-ca", "", "CA (PEM) the caller side trusts on tls (default: system roots)")
+	var slow loadtest.SlowReadConfig
+	fs.IntVar(&slow.Conns, "slow-readers", 0, "meanwhile, this many clients read -slow-url slowly (0: none)")
+	fs.StringVar(&slow.URL, "slow-url", "", "what the slow readers GET, e.g. http://127.0.0.1:8080/v1/orgs/load/usage?format=csv")
+	fs.StringVar(&slow.Token, "slow-token", "", "the admin API bearer token for -slow-url")
+	fs.IntVar(&slow.BytesPerSec, "slow-bps", 4, "bytes a second each slow reader reads")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	fs.BoolVar(&quiet, "quiet", false, "no progress line")
 	if err := fs.Parse(args); err != nil {
@@ -79,7 +85,32 @@ func run(args []string) int {
 	if quiet {
 		progress = nil
 	}
+	// The slow readers run for as long as the calls do.
+	slowCtx, stopSlow := context.WithCancel(ctx)
+	slowDone := make(chan struct{})
+	var slowRep loadtest.SlowReadReport
+	var slowErr error
+	if slow.Conns > 0 {
+		slow.For = 24 * time.Hour
+		go func() { defer close(slowDone); slowRep, slowErr = loadtest.SlowRead(slowCtx, slow) }()
+	} else {
+		close(slowDone)
+	}
 	rep, err := loadtest.Run(ctx, cfg, progress)
+	stopSlow()
+	<-slowDone
+	if slowErr != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", slowErr)
+		return 2
+	}
+	if slow.Conns > 0 {
+		if asJSON {
+			b, _ := json.Marshal(slowRep)
+			fmt.Fprintln(os.Stderr, string(b))
+		} else {
+			fmt.Print(slowRep.String())
+		}
+	}
 	if err != nil && rep.Attempted == 0 {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		return 2

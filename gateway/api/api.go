@@ -66,9 +66,10 @@ type Server struct {
 	exports chan struct{}
 	// streams counts the producers of streamed responses, which outlive
 	// their handlers; Shutdown cancels streamCtx and waits for them.
-	streams    sync.WaitGroup
-	streamCtx  context.Context
-	stopStream context.CancelFunc
+	streams     sync.WaitGroup
+	streamCtx   context.Context
+	stopStream  context.CancelFunc
+	exportsDone *prometheus.CounterVec
 
 	// adviceCache keeps each org's funding advice for adviceTTL: it reads
 	// 30 days of CDRs, too much for every GET of a busy org.
@@ -102,14 +103,24 @@ func (s *Server) advice(org string) (ledger.Advice, error) {
 // SetPayments tells the API whether auto-recharge can pay.
 func (s *Server) SetPayments(configured bool) { s.payments = configured }
 
-// New builds the API server. gatherer serves /metrics.
-func New(l *ledger.Ledger, gw *gateway.Gateway, token string, gatherer prometheus.Gatherer, now func() time.Time, log *slog.Logger) *Server {
+// New builds the API server. reg serves /metrics and takes the API's own
+// metrics.
+func New(l *ledger.Ledger, gw *gateway.Gateway, token string, reg *prometheus.Registry, now func() time.Time, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Server{ledger: l, gw: gw, token: []byte(token), log: log, now: now,
-		metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))}
+		metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))}
 	s.streamCtx, s.stopStream = context.WithCancel(context.Background())
+	s.exportsDone = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_http_exports_total",
+		Help: "Streamed exports (usage reports) by how they ended: completed, abandoned by the client, failed, refused busy."},
+		[]string{"result"})
+	for _, r := range []string{exportCompleted, exportAbandoned, exportFailed, exportBusy} {
+		s.exportsDone.WithLabelValues(r)
+	}
+	reg.MustRegister(s.exportsDone, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "creditgate_http_exports_active",
+		Help: "Streamed exports running now (at most http.max_exports)."},
+		func() float64 { return float64(len(s.exports)) }))
 	s.srv = &fasthttp.Server{
 		Handler:            s.Handle,
 		Name:               "creditgate",

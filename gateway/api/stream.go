@@ -33,6 +33,14 @@ import (
 // At most Limits.MaxExports producers run at once; past that a request gets
 // 503 busy (Retry-After) before anything is read from the store.
 
+// How a streamed export ended, for creditgate_http_exports_total{result}.
+const (
+	exportCompleted = "completed" // written to the end
+	exportAbandoned = "abandoned" // the client went away, or stopped reading and was cut
+	exportFailed    = "failed"    // an error or a contained panic on our side cut it short
+	exportBusy      = "busy"      // refused: max_exports were running
+)
+
 // errStreamPanicked is what the client's body stream ends with when the
 // producer panicked.
 var errStreamPanicked = errors.New("export failed: internal error")
@@ -44,6 +52,7 @@ func (s *Server) stream(ctx *fasthttp.RequestCtx, what string, produce func(cont
 		select {
 		case s.exports <- struct{}{}:
 		default:
+			s.exportsDone.WithLabelValues(exportBusy).Inc()
 			ctx.Response.Header.Set("Retry-After", "5")
 			return errBusy
 		}
@@ -57,7 +66,10 @@ func (s *Server) stream(ctx *fasthttp.RequestCtx, what string, produce func(cont
 				<-s.exports
 			}
 		}()
-		defer panics.Recover(s.log, panics.HTTPStream, func() { pw.CloseWithError(errStreamPanicked) }, "export", what)
+		defer panics.Recover(s.log, panics.HTTPStream, func() {
+			s.exportsDone.WithLabelValues(exportFailed).Inc()
+			pw.CloseWithError(errStreamPanicked)
+		}, "export", what)
 		// Rows are small: gather them so that a pipe hand-off (and a
 		// chunk on the wire) carries many.
 		bw := bufio.NewWriterSize(pw, 32<<10)
@@ -67,12 +79,17 @@ func (s *Server) stream(ctx *fasthttp.RequestCtx, what string, produce func(cont
 		}
 		switch {
 		case err == nil:
+			// Complete as far as this side knows; the last bytes may
+			// still be cut on their way.
+			s.exportsDone.WithLabelValues(exportCompleted).Inc()
 			_ = pw.Close()
 		case errors.Is(err, io.ErrClosedPipe):
 			// The client went away or stopped reading: nothing of ours
 			// failed.
+			s.exportsDone.WithLabelValues(exportAbandoned).Inc()
 			s.log.Debug("export abandoned by the client", "export", what)
 		default:
+			s.exportsDone.WithLabelValues(exportFailed).Inc()
 			s.log.Error("export cut short", "export", what, "error", err)
 			pw.CloseWithError(err)
 		}

@@ -29,10 +29,10 @@ type SlowReadConfig struct {
 
 // SlowReadReport counts what the server did with the slow readers.
 type SlowReadReport struct {
-	Requests  int64         `json:"requests"`   // connections made
-	ByStatus  map[int]int64 `json:"by_status"`  // responses by HTTP status
-	Cut       int64         `json:"cut"`        // responses the server ended early (reset or closed mid-body)
-	Completed int64         `json:"completed"`  // responses read to their end
+	Requests  int64         `json:"requests"`    // connections made
+	ByStatus  map[int]int64 `json:"by_status"`   // responses by HTTP status
+	Cut       int64         `json:"cut"`         // responses the server ended early (reset or closed mid-body)
+	Completed int64         `json:"completed"`   // responses read to their end
 	Open      int64         `json:"open_at_end"` // still reading when For ran out
 	Bytes     int64         `json:"bytes"`
 }

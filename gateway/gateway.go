@@ -272,6 +272,10 @@ func (g *Gateway) Start() error {
 	g.srv.OnUpdate(g.onInDialog)
 	g.srv.OnInfo(g.onInDialog)
 	g.srv.OnOptions(func(req *sip.Request, tx sip.ServerTransaction) {
+		if b := checkRequest(req); b != nil {
+			g.refuseBadRequest(req, tx, b)
+			return
+		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"))
 		_ = tx.Respond(res)
@@ -559,6 +563,14 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Missing "+h, nil))
 		return
 	}
+	b := checkRequest(req)
+	if b == nil {
+		b = checkInvite(req)
+	}
+	if b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return
+	}
 	if _, ok := req.To().Params.Get("tag"); ok {
 		g.onInDialog(req, tx)
 		return
@@ -838,7 +850,10 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	}
 	in, err := g.dialogUA(req.Transport()).ReadInvite(req, tx)
 	if err != nil {
+		// checkInvite let through only what a dialog can be made of; this
+		// is a bug, and the caller still gets a final answer.
 		g.failBeforeAnswer(c, err, 500)
+		g.refuse(req, tx, fmt.Errorf("caller leg: %w", err))
 		return
 	}
 	defer in.Close()
@@ -1089,6 +1104,10 @@ func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	if b := checkRequest(req); b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return
+	}
 	c, fromCaller := g.dialogOf(req)
 	if c == nil {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))

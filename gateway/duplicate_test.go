@@ -23,6 +23,7 @@ func TestRepeatedInviteIsNotASecondCall(t *testing.T) {
 	again := newInvite(e.gw.Addr(), "+12125550100", "+442079460018")
 	again.ReplaceHeader(sip.HeaderClone(sess.InviteRequest.From()))
 	again.AppendHeader(sip.HeaderClone(sess.InviteRequest.CallID()))
+	again.AppendHeader(sip.HeaderClone(sess.InviteRequest.Contact()))
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	tx, err := e.caller.cli.TransactionRequest(ctx, again)

@@ -273,8 +273,26 @@ func (g *Gateway) Start() error {
 	g.srv.OnUpdate(g.contain(g.onInDialog))
 	g.srv.OnInfo(g.contain(g.onInDialog))
 	g.srv.OnOptions(g.contain(func(req *sip.Request, tx sip.ServerTransaction) {
+		if b := checkRequest(req); b != nil {
+			g.refuseBadRequest(req, tx, b)
+			return
+		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
-		res.AppendHeader(sip.NewHeader("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"))
+		res.AppendHeader(sip.NewHeader("Allow", allowed))
+		_ = tx.Respond(res)
+	}))
+
+	// Any other method: RFC 3261 §8.2.1 wants 405 with Allow for a method
+	// the gateway knows and does not take (REGISTER: it is no registrar),
+	// 501 for one it does not know. sipgo's default answers 405 without
+	// Allow and logs a warning per request, a log flood for anyone who
+	// sends junk methods.
+	g.srv.OnNoRoute(g.contain(func(req *sip.Request, tx sip.ServerTransaction) {
+		res := sip.NewResponseFromRequest(req, 501, "Not Implemented", nil)
+		if knownMethods[req.Method] {
+			res = sip.NewResponseFromRequest(req, 405, "Method Not Allowed", nil)
+		}
+		res.AppendHeader(sip.NewHeader("Allow", allowed))
 		_ = tx.Respond(res)
 	}))
 
@@ -293,6 +311,14 @@ func (g *Gateway) Start() error {
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
 	return nil
 }
+
+// allowed is the methods the gateway takes, for Allow headers.
+const allowed = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO"
+
+// knownMethods are the SIP methods of the IETF's registry that the gateway
+// does not take: 405, not 501.
+var knownMethods = map[sip.RequestMethod]bool{"REGISTER": true, "MESSAGE": true, "SUBSCRIBE": true, "NOTIFY": true,
+	"REFER": true, "PRACK": true, "PUBLISH": true}
 
 // contain wraps a SIP request handler so that a panic in it costs that
 // request only: sipgo recovers nothing, and a panic in its handler
@@ -584,6 +610,14 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Missing "+h, nil))
 		return
 	}
+	b := checkRequest(req)
+	if b == nil {
+		b = checkInvite(req)
+	}
+	if b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return
+	}
 	if _, ok := req.To().Params.Get("tag"); ok {
 		g.onInDialog(req, tx)
 		return
@@ -869,7 +903,10 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	}
 	in, err := g.dialogUA(req.Transport()).ReadInvite(req, tx)
 	if err != nil {
+		// checkInvite let through only what a dialog can be made of; this
+		// is a bug, and the caller still gets a final answer.
 		g.failBeforeAnswer(c, err, 500)
+		g.refuse(req, tx, fmt.Errorf("caller leg: %w", err))
 		return
 	}
 	defer in.Close()
@@ -1120,6 +1157,10 @@ func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	if b := checkRequest(req); b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return
+	}
 	c, fromCaller := g.dialogOf(req)
 	if c == nil {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))

@@ -34,16 +34,30 @@ const (
 )
 
 // sipStart reports whether a datagram starts like a SIP message: a status
-// line, or a request line "METHOD uri".
+// line, or a request line "METHOD uri" whose method is an RFC 3261 token
+// of at most maxMethod characters. Methods are case-sensitive tokens, not
+// capital letters: RFC 4475 §3.1.1.2 and §3.1.1.5 send the well-formed
+// "!interesting-Method0123456789_*+`.%indeed'~" and "RE%47IST%45R", which
+// deserve a 405, not silence.
 func sipStart(b []byte) bool {
 	if bytes.HasPrefix(b, []byte("SIP/2.0 ")) {
 		return true
 	}
 	i := 0
-	for i < len(b) && i < 16 && b[i] >= 'A' && b[i] <= 'Z' {
+	for i < len(b) && i <= maxMethod && isTokenChar(b[i]) {
 		i++
 	}
-	return i >= 3 && i < len(b) && b[i] == ' '
+	return i >= 1 && i <= maxMethod && i < len(b) && b[i] == ' '
+}
+
+// maxMethod bounds a request method's length; the longest in RFC 4475
+// has 43 characters.
+const maxMethod = 64
+
+// isTokenChar: RFC 3261 §25.1 token = 1*(alphanum / "-" / "." / "!" /
+// "%" / "*" / "_" / "+" / "`" / "'" / "~").
+func isTokenChar(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.!%*_+`'~", c) >= 0
 }
 
 // readFilter runs on every UDP datagram before sipgo parses it.
@@ -61,6 +75,8 @@ func (g *Gateway) readFilter(info sip.TransportReadProps, data []byte) ([]byte, 
 		return nil, nil
 	case !sipStart(data):
 		g.dropped(dropNotSIP, info)
+		return nil, nil
+	case g.answerUnparsable(info, data):
 		return nil, nil
 	}
 	return data, nil

@@ -45,7 +45,8 @@ func TestJunkIsDroppedAndCounted(t *testing.T) {
 
 func TestSIPStart(t *testing.T) {
 	for s, want := range map[string]bool{"INVITE sip:a@b SIP/2.0": true, "SIP/2.0 200 OK": true, "ACK sip:x": true,
-		"GET / HTTP/1.1": true, "invite sip:a": false, "\x16\x03\x01": false, "": false, "OK": false, "ABCDEFGHIJKLMNOPQRS x": false} {
+		"GET / HTTP/1.1": true, "invite sip:a": true, "\x16\x03\x01": false, "": false, "OK": false, "ABCDEFGHIJKLMNOPQRS x": true,
+		"!interesting-Method0123456789_*+`.%indeed'~ sip:x": true, strings.Repeat("A", 65) + " x": false, "<html> x": false} {
 		if got := sipStart([]byte(s)); got != want {
 			t.Errorf("sipStart(%q) = %v, want %v", s, got, want)
 		}

@@ -17,6 +17,10 @@ var maxInDialogWait = 64 * sip.T1
 // leg and its final response back. Metering is untouched: a call is billed
 // from answer to BYE whatever its media does.
 func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
+	if b := checkRequest(req); b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return
+	}
 	c, fromCaller := g.dialogOf(req)
 	if c == nil {
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))

@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Calls refused or ended by an org's fraud guard, by guard."}, []string{"guard"}),
 	}
 	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_sip_dropped_total",
-		Help: "SIP datagrams dropped unparsed, by reason: not_sip, oversized, malformed (did not parse)."}, []string{"reason"})
+		Help: "SIP datagrams dropped unparsed, by reason: not_sip, oversized, malformed (did not parse; a UDP request that can be matched gets a stateless 400)."}, []string{"reason"})
 	for _, r := range []string{dropNotSIP, dropOversized, dropMalformed} {
 		m.dropped.WithLabelValues(r)
 	}

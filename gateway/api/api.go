@@ -32,7 +32,6 @@ import (
 	"github.com/shopspring/decimal"
 	"github.com/valyala/fasthttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
-	"github.com/valyala/fasthttp/pprofhandler"
 )
 
 // OpenAPI is the API's OpenAPI 3 document, served at /v1/openapi.yaml; a
@@ -200,10 +199,9 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	if strings.HasPrefix(path, "/debug/pprof/") {
-		// Go's profiler, for the operator holding the admin token: a CPU
-		// or heap profile of the live process is how a slow gateway is
-		// diagnosed in the field.
-		pprofhandler.PprofHandler(ctx)
+		if err := s.pprof(ctx); err != nil {
+			s.fail(ctx, err)
+		}
 		return
 	}
 	if err := s.route(ctx, path); err != nil {

@@ -92,6 +92,7 @@ func serve(args []string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := newLogger(cfg.Log)
+	raiseFileLimit(log)
 	// sipgo's transport and transaction layers log through this default;
 	// send them through our handler so they share its level and format.
 	sip.SetDefaultLogger(log.With("component", "sipgo"))
@@ -131,7 +132,9 @@ func serve(args []string) error {
 		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
 		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog, HighRisk: cfg.Fraud.HighRiskPrefixes,
 		RatePerSource: cfg.SIP.RatePerSource, BurstPerSource: cfg.SIP.BurstPerSource,
-		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg}, led, deck, clock.Real{}, reg, log)
+		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg, Conns: gateway.ConnLimits{MaxConns: cfg.SIP.MaxConnections,
+			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
+			ReservedFDs: cfg.SIP.ReservedFDs}}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err
 	}

@@ -146,6 +146,8 @@ func serve(args []string) error {
 		gw.Close()
 		return fmt.Errorf("http listen: %w", err)
 	}
+	// Out of descriptors for a moment, fasthttp's Serve would return.
+	ln = gw.KeepAccepting(ln, gateway.ListenerHTTP)
 	// The payer and the notification sender run until the gateway has
 	// stopped, and end before the ledger closes (defers run last first).
 	ctx, stopWorkers := context.WithCancel(context.Background())
@@ -180,15 +182,21 @@ func serve(args []string) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	select {
-	case sig := <-sigs:
-		drain(log, gw, sigs, sig, cfg.SIP.DrainTimeout)
-	case err := <-apiDone:
-		log.Error("admin API stopped", "error", err)
+	// Only a signal ends the process. The admin API stopping does not:
+	// calls are not ended because the API had a bad moment.
+	var sig os.Signal
+	for sig == nil {
+		select {
+		case sig = <-sigs:
+			drain(log, gw, sigs, sig, cfg.SIP.DrainTimeout)
+		case err := <-apiDone:
+			log.Error("admin API stopped; SIP and the calls up go on until a signal", "error", err)
+			apiDone = nil
+		}
 	}
 	err = gw.Close()
 	_ = srv.Shutdown()
-	log.Info("stopped")
+	log.Info("stopped", "reason", "signal "+sig.String())
 	return err
 }
 

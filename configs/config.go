@@ -66,6 +66,16 @@ type SIP struct {
 	// second; 0: no limit), with BurstPerSource at once.
 	RatePerSource  float64 `yaml:"rate_per_source"`
 	BurstPerSource int     `yaml:"burst_per_source"`
+	// SIP TCP/TLS connections (counted together) accepted at once, in all
+	// and per source IP address; past either, a new connection is closed
+	// as soon as accepted. ReservedFDs lowers MaxConnections to the
+	// process's NOFILE limit minus that many, so the admin API and the
+	// store always have descriptors. A connection that has sent nothing
+	// for ConnectionIdleTimeout and carries no call up is closed.
+	MaxConnections          int           `yaml:"max_connections"`
+	MaxConnectionsPerSource int           `yaml:"max_connections_per_source"`
+	ReservedFDs             int           `yaml:"reserved_fds"`
+	ConnectionIdleTimeout   time.Duration `yaml:"connection_idle_timeout"`
 }
 
 // HTTP is the admin API.
@@ -190,7 +200,8 @@ func Default() Config {
 	return Config{
 		DataDir: "./creditgate-data",
 		SIP: SIP{Listen: "127.0.0.1:5060", TransactionLinger: 5 * time.Second, RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
-			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second},
+			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second,
+			MaxConnections: 2048, MaxConnectionsPerSource: 128, ReservedFDs: 256, ConnectionIdleTimeout: 120 * time.Second},
 		HTTP: HTTP{Listen: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16},
 		Funding: Funding{Minimum: "50.00"},
@@ -290,6 +301,18 @@ func (c Config) Validate() error {
 	}
 	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
 		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)
+	}
+	if c.SIP.MaxConnections < 1 || c.SIP.MaxConnections > 1_000_000 {
+		return bad("sip.max_connections", "want 1 to 1000000, got %d", c.SIP.MaxConnections)
+	}
+	if c.SIP.MaxConnectionsPerSource < 1 || c.SIP.MaxConnectionsPerSource > c.SIP.MaxConnections {
+		return bad("sip.max_connections_per_source", "want 1 to sip.max_connections (%d), got %d", c.SIP.MaxConnections, c.SIP.MaxConnectionsPerSource)
+	}
+	if c.SIP.ReservedFDs < 16 || c.SIP.ReservedFDs > 1_000_000 {
+		return bad("sip.reserved_fds", "want 16 to 1000000, got %d", c.SIP.ReservedFDs)
+	}
+	if c.SIP.ConnectionIdleTimeout < time.Second || c.SIP.ConnectionIdleTimeout > 24*time.Hour {
+		return bad("sip.connection_idle_timeout", "want 1s to 24h, got %s", c.SIP.ConnectionIdleTimeout)
 	}
 	if _, _, err := net.SplitHostPort(c.HTTP.Listen); err != nil {
 		return bad("http.listen", "%q is not host:port", c.HTTP.Listen)

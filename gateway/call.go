@@ -43,6 +43,7 @@ type call struct {
 	direction string         // outbound, or inbound to a toll-free number
 	routes    []ledger.Trunk // the trunks the call may go out on, in failover order
 	trunk     string         // the source trunk it counts against (guarded by g.mu)
+	streamSrc string         // TCP/TLS: the remote address its INVITE came from (guarded by g.mu)
 	free      bool           // emergency: never metered
 	tracked   bool           // the ledger has a record of this call
 	start     time.Time

@@ -66,6 +66,9 @@ type Config struct {
 	// TLS's certificates. TLS also verifies carriers reached over TLS.
 	TLSListen string
 	TLS       *tls.Config
+	// Conns bounds the SIP TCP/TLS connections accepted (see ConnLimits);
+	// the zero value bounds nothing.
+	Conns ConnLimits
 }
 
 func (c *Config) defaults() {
@@ -130,6 +133,11 @@ type Gateway struct {
 	inCalls map[string]struct{} // inbound Call-IDs of the calls registered
 	byOut   map[string]*call
 	byTrunk map[string]int // calls up per source trunk, for its max_calls
+	// Calls up per remote address of the TCP/TLS connection their INVITE
+	// came in on: those connections are never closed as idle.
+	bySource map[string]int
+
+	conns *connGuard // SIP TCP/TLS connection caps and idle sweep
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -157,7 +165,8 @@ func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg p
 		}
 	}
 	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
-		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{}}
+		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{},
+		bySource: map[string]int{}}
 	g.deck.Store(deck)
 	g.digest = newDigestAuth("creditgate", clk.Now)
 	g.perSrc = newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource)
@@ -205,11 +214,17 @@ func (g *Gateway) Start() error {
 		_ = uc.SetReadBuffer(udpBuffer)
 		_ = uc.SetWriteBuffer(udpBuffer)
 	}
-	g.tcp, err = net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	nofile := fileLimit()
+	if g.conns, err = newConnGuard(g.cfg.Conns, nofile, g.clock, g.m, g.log, g.carriesCall); err != nil {
+		g.udp.Close()
+		return err
+	}
+	tcp, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
 	if err != nil {
 		g.udp.Close()
 		return fmt.Errorf("sip listen tcp: %w", err)
 	}
+	g.tcp = g.streamListener(tcp, ListenerSIPTCP)
 	g.addr = netipAddr{host: host, port: port}
 
 	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host),
@@ -249,10 +264,13 @@ func (g *Gateway) Start() error {
 		if g.cfg.TLS == nil {
 			return errors.New("sip: TLS listen address without a TLS configuration")
 		}
-		g.tls, err = tls.Listen("tcp", g.cfg.TLSListen, g.cfg.TLS)
+		raw, err := net.Listen("tcp", g.cfg.TLSListen)
 		if err != nil {
 			return fmt.Errorf("sip listen tls: %w", err)
 		}
+		// The caps count TCP connections, handshaken or not: one that
+		// never finishes its handshake is idle like any other.
+		g.tls = tls.NewListener(g.streamListener(raw, ListenerSIPTLS), g.cfg.TLS)
 		tlsHost, tlsPortS, _ := net.SplitHostPort(g.tls.Addr().String())
 		tlsPort, _ := strconv.Atoi(tlsPortS)
 		g.tlsPort = tlsPort
@@ -296,6 +314,7 @@ func (g *Gateway) Start() error {
 		_ = tx.Respond(res)
 	}))
 
+	g.conns.start()
 	g.wg.Add(2)
 	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
 	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
@@ -308,7 +327,9 @@ func (g *Gateway) Start() error {
 	}
 	g.wg.Add(1)
 	go func() { defer g.wg.Done(); g.endLeftCalls() }()
-	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String())
+	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String(),
+		"max_connections", g.conns.maxConns, "capped_by", g.conns.capBy, "max_connections_per_source", g.cfg.Conns.MaxPerSource,
+		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs)
 	return nil
 }
 
@@ -432,6 +453,9 @@ func (g *Gateway) Close() error {
 	if g.tls != nil {
 		g.tls.Close()
 	}
+	if g.conns != nil {
+		g.conns.stop()
+	}
 	g.wg.Wait()
 	return err
 }
@@ -504,6 +528,11 @@ func (g *Gateway) forget(c *call, inID, outID string) {
 	}
 	delete(g.byID, c.id)
 	delete(g.inCalls, c.inCallID)
+	if c.streamSrc != "" {
+		if g.bySource[c.streamSrc]--; g.bySource[c.streamSrc] <= 0 {
+			delete(g.bySource, c.streamSrc)
+		}
+	}
 	if inID != "" {
 		delete(g.byIn, inID)
 	}
@@ -997,7 +1026,19 @@ func (g *Gateway) register(c *call, inID string) {
 	g.byID[c.id] = c
 	g.byIn[inID] = c
 	g.inCalls[c.inCallID] = struct{}{}
+	if req := c.in.InviteRequest; req != nil && !strings.EqualFold(req.Transport(), "udp") {
+		c.streamSrc = req.Source()
+		g.bySource[c.streamSrc]++
+	}
 	g.m.active.Inc()
+}
+
+// carriesCall reports whether a call up came in over the TCP/TLS
+// connection from remote (host:port).
+func (g *Gateway) carriesCall(remote string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.bySource[remote] > 0
 }
 
 // failBeforeAnswer settles a call that never left the gateway.

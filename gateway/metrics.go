@@ -15,6 +15,11 @@ type metrics struct {
 	leftCallByes   *prometheus.CounterVec
 	fraudTrips     *prometheus.CounterVec
 	dropped        *prometheus.CounterVec
+
+	connsOpen       *prometheus.GaugeVec   // by listener: sip_tcp, sip_tls
+	connsRefused    *prometheus.CounterVec // by reason: max_connections, fd_limit, per_source
+	connsIdleClosed prometheus.Counter
+	acceptErrors    *prometheus.CounterVec // by listener: http, sip_tcp, sip_tls
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +44,25 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, r := range []string{dropNotSIP, dropOversized, dropMalformed} {
 		m.dropped.WithLabelValues(r)
 	}
+	m.connsOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "creditgate_sip_connections_open",
+		Help: "SIP TCP/TLS connections accepted and open now, by listener (sip_tcp, sip_tls)."}, []string{"listener"})
+	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_sip_connections_refused_total",
+		Help: "SIP TCP/TLS connections closed as soon as accepted, by reason: max_connections, fd_limit (the cap derived from NOFILE), per_source."},
+		[]string{"reason"})
+	m.connsIdleClosed = prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_sip_connections_idle_closed_total",
+		Help: "SIP TCP/TLS connections closed after sip.connection_idle_timeout without a byte, carrying no call."})
+	m.acceptErrors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_accept_errors_total",
+		Help: "Temporary Accept errors (EMFILE, ENFILE, ECONNABORTED, …) retried with backoff, by listener: http, sip_tcp, sip_tls."},
+		[]string{"listener"})
+	for _, l := range []string{ListenerSIPTCP, ListenerSIPTLS} {
+		m.connsOpen.WithLabelValues(l)
+	}
+	for _, r := range []string{refusedMaxConns, refusedFDLimit, refusedPerSource} {
+		m.connsRefused.WithLabelValues(r)
+	}
+	for _, l := range []string{ListenerHTTP, ListenerSIPTCP, ListenerSIPTLS} {
+		m.acceptErrors.WithLabelValues(l)
+	}
 	for _, gd := range ledger.Guards {
 		m.fraudTrips.WithLabelValues(gd)
 	}
@@ -58,7 +82,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes, m.fraudTrips, m.dropped} {
+		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes, m.fraudTrips, m.dropped,
+			m.connsOpen, m.connsRefused, m.connsIdleClosed, m.acceptErrors} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -93,6 +93,7 @@ func serve(args []string) error {
 		return fmt.Errorf("config: %w", err)
 	}
 	log := newLogger(cfg.Log)
+	raiseFileLimit(log)
 	// sipgo's transport and transaction layers log through this default;
 	// send them through our handler so they share its level and format.
 	sip.SetDefaultLogger(log.With("component", "sipgo"))
@@ -133,7 +134,9 @@ func serve(args []string) error {
 		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
 		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog, HighRisk: cfg.Fraud.HighRiskPrefixes,
 		RatePerSource: cfg.SIP.RatePerSource, BurstPerSource: cfg.SIP.BurstPerSource,
-		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg}, led, deck, clock.Real{}, reg, log)
+		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg, Conns: gateway.ConnLimits{MaxConns: cfg.SIP.MaxConnections,
+			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
+			ReservedFDs: cfg.SIP.ReservedFDs}}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return err
 	}
@@ -145,6 +148,8 @@ func serve(args []string) error {
 		gw.Close()
 		return fmt.Errorf("http listen: %w", err)
 	}
+	// Out of descriptors for a moment, fasthttp's Serve would return.
+	ln = gw.KeepAccepting(ln, gateway.ListenerHTTP)
 	// The payer and the notification sender run until the gateway has
 	// stopped, and end before the ledger closes (defers run last first).
 	ctx, stopWorkers := context.WithCancel(context.Background())
@@ -182,15 +187,21 @@ func serve(args []string) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	select {
-	case sig := <-sigs:
-		drain(log, gw, sigs, sig, cfg.SIP.DrainTimeout)
-	case err := <-apiDone:
-		log.Error("admin API stopped", "error", err)
+	// Only a signal ends the process. The admin API stopping does not:
+	// calls are not ended because the API had a bad moment.
+	var sig os.Signal
+	for sig == nil {
+		select {
+		case sig = <-sigs:
+			drain(log, gw, sigs, sig, cfg.SIP.DrainTimeout)
+		case err := <-apiDone:
+			log.Error("admin API stopped; SIP and the calls up go on until a signal", "error", err)
+			apiDone = nil
+		}
 	}
 	err = gw.Close()
 	_ = srv.Shutdown()
-	log.Info("stopped")
+	log.Info("stopped", "reason", "signal "+sig.String())
 	return err
 }
 

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 
@@ -195,15 +196,41 @@ func (g *Gateway) TLSAddr() string {
 // Addr is the host:port the gateway listens on (UDP and TCP).
 func (g *Gateway) Addr() string { return net.JoinHostPort(g.addr.host, strconv.Itoa(g.addr.port)) }
 
+// listenPair binds UDP and TCP on the same port. With port 0 the kernel
+// picks the UDP port, which some other program may hold on TCP (an
+// outgoing connection's ephemeral port, say): then it tries another.
+func listenPair(listen string) (net.PacketConn, net.Listener, error) {
+	host, portS, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sip listen address %q: %w", listen, err)
+	}
+	for try := 0; ; try++ {
+		udp, err := net.ListenPacket("udp", listen)
+		if err != nil {
+			return nil, nil, fmt.Errorf("sip listen udp: %w", err)
+		}
+		port := udp.LocalAddr().(*net.UDPAddr).Port
+		tcp, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err == nil {
+			return udp, tcp, nil
+		}
+		udp.Close()
+		if portS != "0" || !errors.Is(err, syscall.EADDRINUSE) || try == 20 {
+			return nil, nil, fmt.Errorf("sip listen tcp: %w", err)
+		}
+	}
+}
+
 // Start listens on UDP and TCP and serves until Close.
 func (g *Gateway) Start() error {
 	host, _, err := net.SplitHostPort(g.cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("sip listen address %q: %w", g.cfg.Listen, err)
 	}
-	g.udp, err = net.ListenPacket("udp", g.cfg.Listen)
+	var tcp net.Listener
+	g.udp, tcp, err = listenPair(g.cfg.Listen)
 	if err != nil {
-		return fmt.Errorf("sip listen udp: %w", err)
+		return err
 	}
 	port := g.udp.LocalAddr().(*net.UDPAddr).Port
 	// At a few thousand calls/s the kernel's default receive buffer
@@ -217,12 +244,8 @@ func (g *Gateway) Start() error {
 	nofile := fileLimit()
 	if g.conns, err = newConnGuard(g.cfg.Conns, nofile, g.clock, g.m, g.log, g.carriesCall); err != nil {
 		g.udp.Close()
+		tcp.Close()
 		return err
-	}
-	tcp, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		g.udp.Close()
-		return fmt.Errorf("sip listen tcp: %w", err)
 	}
 	g.tcp = g.streamListener(tcp, ListenerSIPTCP)
 	g.addr = netipAddr{host: host, port: port}

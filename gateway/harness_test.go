@@ -219,10 +219,21 @@ func newPeer(t testing.TB, name string) *peer {
 		contact: sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: name, Host: "127.0.0.1", Port: port}}}
 }
 
-// serve starts answering; call it after registering handlers.
+// serve starts answering; call it after registering handlers. It returns
+// once sipgo's transport layer holds the socket: until then the client,
+// asked to send from addr, would try to bind addr itself and fail with
+// "address already in use" (a flake of any test that dials at once).
 func (p *peer) serve() {
 	p.wg.Add(1)
 	go func() { defer p.wg.Done(); _ = p.srv.ServeUDP(p.conn) }()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		if c, err := p.ua.TransportLayer().GetConnection("udp", p.addr); err == nil && c != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("peer %s: the transport layer never took its socket", p.addr)
+		}
+	}
 }
 
 func (p *peer) close() {

@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"regexp"
 	"slices"
 	"sort"
@@ -948,6 +949,11 @@ func (l *Ledger) EachCDR(org string, from, to time.Time, fn func(*CDR) error) er
 // Transactions returns up to limit of an org's balance movements with a
 // sequence number above after, oldest first.
 func (l *Ledger) Transactions(org string, after uint64, limit int) ([]Entry, error) {
+	if after == math.MaxUint64 {
+		// Nothing comes after the last sequence number; after+1 would wrap
+		// to 0 and page from the first entry again.
+		return nil, nil
+	}
 	lo := keyEntry(org, after+1)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: upperBound(keyEntries(org))})
 	if err != nil {

@@ -186,12 +186,13 @@ func (c *call) step() (reason string, err error) {
 }
 
 // end finishes the call once: stops metering, settles it in the ledger,
-// forgets it, and sends BYE to the legs that are still up.
-func (c *call) end(reason string, status int, byeIn, byeOut bool) {
+// forgets it, and sends BYE to the legs that are still up. It reports
+// whether this was the end that finished it; a later one does nothing.
+func (c *call) end(reason string, status int, byeIn, byeOut bool) (finished bool) {
 	c.mu.Lock()
 	if c.state == stateEnded {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	wasAnswered := c.state == stateAnswered
 	c.state = stateEnded
@@ -232,7 +233,7 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 		c.g.forget(c, "", outID)
 	}
 	if !wasAnswered {
-		return
+		return true
 	}
 	// The dialog record goes once the BYEs are done, so a crash before
 	// then still leaves it for the next start to act on.
@@ -259,6 +260,7 @@ func (c *call) end(reason string, status int, byeIn, byeOut bool) {
 		}
 		c.g.forgetDialog(c)
 	}()
+	return true
 }
 
 // goBye sends one BYE in the background.

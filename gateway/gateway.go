@@ -526,10 +526,12 @@ func (g *Gateway) EndCall(id string) error {
 	g.mu.Lock()
 	c, ok := g.byID[id]
 	g.mu.Unlock()
-	if !ok {
-		return ErrNoSuchCall
+	// Two requests to end one call may both find it: the one whose end
+	// finishes it succeeds, the other finds no call, as it would a moment
+	// later.
+	if !ok || !c.end(ledger.ReasonAdmin, 200, true, true) {
+		return fmt.Errorf("%w: %s", ErrNoSuchCall, id)
 	}
-	c.end(ledger.ReasonAdmin, 200, true, true)
 	return nil
 }
 

@@ -96,8 +96,11 @@ type spendWindow struct {
 }
 
 func (w *spendWindow) add(at time.Time, d decimal.Decimal) {
-	m := at.Unix() / 60
+	m := unixMinute(at)
 	i := m % 60
+	if i < 0 {
+		i += 60
+	}
 	if w.minute[i] != m {
 		w.minute[i], w.amount[i] = m, decimal.Zero
 	}
@@ -109,7 +112,7 @@ func (w *spendWindow) sum(at time.Time) decimal.Decimal {
 	if w == nil {
 		return decimal.Zero
 	}
-	m := at.Unix() / 60
+	m := unixMinute(at)
 	s := decimal.Zero
 	for i := range w.minute {
 		if w.minute[i] > m-60 && w.minute[i] <= m && !w.amount[i].IsZero() {

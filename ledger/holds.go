@@ -33,6 +33,11 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 	if !c.Fresh && l.endedOnDisk(c.ID) {
 		return Increment{}, fmt.Errorf("%w: %s", ErrCallEnded, c.ID)
 	}
+	if _, err := timeKey(at); err != nil {
+		// Its CDR could not be filed by start; the gateway connects an
+		// emergency call without a record all the same.
+		return Increment{}, fmt.Errorf("%w: open call %s: %w", ErrUnavailable, c.ID, err)
+	}
 	c.Start = at
 	c.CallState = CallState{LastAt: at, Charge: decimal.Zero}
 	if !c.Free {

@@ -15,6 +15,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"log/slog"
+	"math"
 	"regexp"
 	"slices"
 	"sort"
@@ -910,14 +911,23 @@ func (l *Ledger) CDRs(org string, from, to time.Time) ([]CDR, error) {
 	return out, err
 }
 
-// EachCDR streams an org's CDRs in [from, to) in start order.
+// EachCDR streams an org's CDRs in [from, to) in start order. A bound
+// outside what CheckTime accepts is refused with ErrTimeRange.
 func (l *Ledger) EachCDR(org string, from, to time.Time, fn func(*CDR) error) error {
 	lo, hi := keyCDRs(org), upperBound(keyCDRs(org))
 	if !from.IsZero() {
-		lo = binary.BigEndian.AppendUint64(keyCDRs(org), uint64(from.UnixNano()))
+		k, err := boundKey(from)
+		if err != nil {
+			return fmt.Errorf("CDRs of %s from: %w", org, err)
+		}
+		lo = appendTimeKey(keyCDRs(org), k)
 	}
 	if !to.IsZero() {
-		hi = binary.BigEndian.AppendUint64(keyCDRs(org), uint64(to.UnixNano()))
+		k, err := boundKey(to)
+		if err != nil {
+			return fmt.Errorf("CDRs of %s to: %w", org, err)
+		}
+		hi = appendTimeKey(keyCDRs(org), k)
 	}
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
@@ -939,6 +949,11 @@ func (l *Ledger) EachCDR(org string, from, to time.Time, fn func(*CDR) error) er
 // Transactions returns up to limit of an org's balance movements with a
 // sequence number above after, oldest first.
 func (l *Ledger) Transactions(org string, after uint64, limit int) ([]Entry, error) {
+	if after == math.MaxUint64 {
+		// Nothing comes after the last sequence number; after+1 would wrap
+		// to 0 and page from the first entry again.
+		return nil, nil
+	}
 	lo := keyEntry(org, after+1)
 	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: upperBound(keyEntries(org))})
 	if err != nil {

@@ -59,8 +59,19 @@ func keyEntry(org string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(keyEntries(org), seq)
 }
 
+// keyCDR files a CDR by its call's start. OpenCall refuses a start without
+// a key; a call opened before that check, on a host whose clock read a
+// time outside the keys' range, is filed at the nearer end of it — first
+// or last, never wrapped into the middle.
 func keyCDR(org string, start time.Time, call string) []byte {
-	k := binary.BigEndian.AppendUint64(keyCDRs(org), uint64(start.UnixNano()))
+	ts, err := timeKey(start)
+	if err != nil {
+		ts = 0
+		if start.After(TimeMax) {
+			ts, _ = timeKey(TimeMax)
+		}
+	}
+	k := appendTimeKey(keyCDRs(org), ts)
 	return append(append(k, '/'), call...)
 }
 

@@ -24,6 +24,7 @@ var (
 	ErrCallEnded          = errors.New("call already ended")
 	ErrInvalid            = errors.New("invalid")
 	ErrUnavailable        = errors.New("ledger unavailable")
+	ErrTimeRange          = errors.New("time out of range") // timekey.go
 )
 
 // invalidf wraps ErrInvalid with what exactly is wrong.

@@ -122,6 +122,10 @@ var optionalColumns = []string{"connection_fee", "first_increment", "next_increm
 // refuses the whole deck, naming every bad line, if any row is bad.
 func ParseDeck(r io.Reader) (*Deck, error) {
 	cr := csv.NewReader(r)
+	// Every row must have as many fields as the header: a row with one
+	// more (a decimal comma left unquoted: 0,018) or one fewer would price
+	// its columns from the wrong places. The count is checked below rather
+	// than by csv (FieldsPerRecord = 0) so the refusal names both counts.
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
 	header, err := cr.Read()
@@ -131,6 +135,7 @@ func ParseDeck(r io.Reader) (*Deck, error) {
 		}
 		return nil, &DeckError{Lines: []LineError{{Line: 1, Err: err.Error()}}}
 	}
+	fields := len(header)
 	col := map[string]int{}
 	for i, h := range header {
 		name := strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
@@ -177,6 +182,13 @@ func ParseDeck(r io.Reader) (*Deck, error) {
 			continue
 		}
 		line, _ := cr.FieldPos(0)
+		if len(rec) != fields {
+			bad = append(bad, LineError{Line: line, Err: fmt.Sprintf("%d fields, the header has %d (a comma in a value must be quoted)", len(rec), fields)})
+			if len(bad) > 1000 {
+				break
+			}
+			continue
+		}
 		if rows >= MaxDeckRows {
 			bad = append(bad, LineError{Line: line, Err: fmt.Sprintf("more than %d rows", MaxDeckRows)})
 			break

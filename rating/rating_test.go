@@ -1,6 +1,7 @@
 package rating
 
 import (
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"strings"
@@ -71,7 +72,11 @@ func TestParseDeckRefuses(t *testing.T) {
 		{"bad date", header + "44,GB,UK,geographic,0.01,,60,60,yesterday\n", "line 2: effective_from"},
 		{"every bad line named", header + "44,GB,UK,geographic,0.01,,,,\nx,GB,UK,geographic,0.01,,,,\n33,FR,FR,geographic,abc,,,,\n", "line 3: prefix"},
 		{"duplicate prefix and time", header + "44,GB,UK,geographic,0.01,,,,\n44,GB,UK,geographic,0.02,,,,\n", "line 3: prefix 44 has two rows"},
-		{"wrong field count", header + "44,GB,UK\n", "line 2"},
+		{"wrong field count", header + "44,GB,UK\n", "line 2: 3 fields, the header has 9"},
+		{"decimal comma unquoted", "prefix,country,destination,type,rate_per_minute\n44,GB,UK,geographic,0.02\n4420,GB,United Kingdom - London,geographic,0,018\n",
+			"line 3: 6 fields, the header has 5"},
+		{"one field short after a quoted newline", header + "44,GB,\"United\nKingdom\",geographic,0.01,,,,\n33,FR,France,geographic,0.01,,,\n",
+			"line 4: 8 fields, the header has 9"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -292,8 +297,9 @@ func FuzzParseDeck(f *testing.F) {
 	f.Add(string(SampleDeckCSV[:600]))
 	f.Add(header + "44,GB,UK,geographic,0.01,,,,\n")
 	f.Add("prefix,country\n\"1,2\n")
-	f.Fuzz(func(t *testing.T, csv string) {
-		d, err := ParseDeck(strings.NewReader(csv))
+	f.Add("prefix,country,destination,type,rate_per_minute\n4420,GB,United Kingdom - London,geographic,0,018\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		d, err := ParseDeck(strings.NewReader(in))
 		if err != nil {
 			if d != nil || !errors.Is(err, ErrDeck) {
 				t.Fatalf("refusal must return no deck and ErrDeck: %v", err)
@@ -313,6 +319,14 @@ func FuzzParseDeck(f *testing.F) {
 		})
 		if n != d.Rows() {
 			t.Fatalf("deck says %d rows, holds %d", d.Rows(), n)
+		}
+		// An accepted deck has no row whose field count differs from the
+		// header's: encoding/csv holding every record to the first one's
+		// count must read it without complaint.
+		cr := csv.NewReader(strings.NewReader(in))
+		cr.FieldsPerRecord = 0
+		if _, err := cr.ReadAll(); err != nil {
+			t.Fatalf("accepted a deck encoding/csv refuses: %v", err)
 		}
 	})
 }

@@ -945,16 +945,21 @@ func uintArg(ctx *fasthttp.RequestCtx, name string, def, maxv uint64) (uint64, e
 	return n, nil
 }
 
+// parseTimeArg reads a time bound of the query; a time the ledger's keys
+// cannot be compared with (ledger.CheckTime) is refused, naming the range.
 func parseTimeArg(ctx *fasthttp.RequestCtx, name string) (time.Time, error) {
 	v := string(ctx.QueryArgs().Peek(name))
 	if v == "" {
 		return time.Time{}, nil
 	}
-	if t, err := time.Parse(time.RFC3339, v); err == nil {
-		return t, nil
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		if t, err = time.Parse(time.DateOnly, v); err != nil {
+			return time.Time{}, badRequest("%s=%q: want RFC 3339 or YYYY-MM-DD", name, v)
+		}
 	}
-	if t, err := time.Parse(time.DateOnly, v); err == nil {
-		return t, nil
+	if err := ledger.CheckTime(t); err != nil {
+		return time.Time{}, fmt.Errorf("%s=%q: %w", name, v, err)
 	}
-	return time.Time{}, badRequest("%s=%q: want RFC 3339 or YYYY-MM-DD", name, v)
+	return t, nil
 }

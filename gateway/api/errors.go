@@ -36,6 +36,7 @@ var httpErrors = []struct {
 }{
 	{errUnauthorized, apiError{401, "unauthorized"}},
 	{errBadJSON, apiError{400, "bad_json"}},
+	{ledger.ErrTimeRange, apiError{400, "time_out_of_range"}},
 	{errTooLarge, apiError{413, "body_too_large"}},
 	{errBadAmount, apiError{422, "invalid_amount"}},
 	{errBadRequest, apiError{422, "invalid_request"}},

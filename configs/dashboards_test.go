@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creditgate/creditgate/api"
 	"github.com/creditgate/creditgate/gateway"
-	"github.com/creditgate/creditgate/gateway/api"
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
-	"github.com/creditgate/creditgate/ledger/notify"
-	"github.com/creditgate/creditgate/ledger/recharge"
+	"github.com/creditgate/creditgate/notify"
+	"github.com/creditgate/creditgate/payments"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -43,7 +43,7 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	api.New(l, gw, "token-0123456789abcdef", reg, time.Now, quiet)
-	if _, err := recharge.New(l, recharge.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:9"}, clock.Real{}, reg, quiet); err != nil {
+	if _, err := payments.New(l, payments.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:9"}, clock.Real{}, reg, quiet); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := notify.New(l, notify.Config{}, clock.Real{}, reg, quiet); err != nil {
@@ -144,7 +144,7 @@ func keys(m map[string]bool) []string {
 
 func TestAlertRulesUseRealMetrics(t *testing.T) {
 	fams := exposed(t)
-	b, err := os.ReadFile("prometheus/alerts.yaml")
+	b, err := os.ReadFile("../deploy/prometheus/alerts.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestAlertRulesUseRealMetrics(t *testing.T) {
 
 func TestDashboardUsesRealMetrics(t *testing.T) {
 	fams := exposed(t)
-	b, err := os.ReadFile("grafana/creditgate-dashboard.json")
+	b, err := os.ReadFile("../deploy/grafana/creditgate-dashboard.json")
 	if err != nil {
 		t.Fatal(err)
 	}

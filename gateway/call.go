@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"

@@ -7,8 +7,8 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/creditgate/creditgate/gateway/clock"
-	"github.com/creditgate/creditgate/ledger/faultfs"
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/internal/faultfs"
 )
 
 // TestDiskFailureFailsClosed: the disk under the ledger stops taking

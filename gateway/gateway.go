@@ -17,11 +17,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"

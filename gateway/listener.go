@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 )
 
 // BenchmarkTeardownLateness measures, on the real clock, how long after the
@@ -16,7 +16,7 @@ import (
 // (50.00 at 3000.00 a minute). The fake-clock tests prove the BYE is
 // scheduled at exactly the paid end; this is what a real timer, the ledger
 // refusing the next hold and the BYE transaction add on top. Reported as
-// p50/p99/max milliseconds; SPEC target 50 ms (cnxcc: up to one 1 s check
+// p50/p99/max milliseconds; target 50 ms (README, teardown precision) (cnxcc: up to one 1 s check
 // period).
 func BenchmarkTeardownLateness(b *testing.B) {
 	const calls = 20

@@ -13,7 +13,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 )
 
-// Trunk kinds (SPEC §5).
+// Trunk kinds (README, Admin API: PUT /v1/trunks).
 const (
 	KindCustomer     = "customer"
 	KindConferencing = "conferencing"

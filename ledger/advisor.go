@@ -7,8 +7,8 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// The funding advisor (beyond the seed, which only tells the operator to
-// size funding from the usage report): from the org's spend on credits over
+// The funding advisor (README, Funding; an addition to the original
+// brief, which only told the operator to size funding from the usage report): from the org's spend on credits over
 // the last 30 days it forecasts when the balance runs out and suggests an
 // auto-recharge threshold and amount.
 //

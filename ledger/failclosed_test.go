@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/creditgate/creditgate/ledger/faultfs"
+	"github.com/creditgate/creditgate/internal/faultfs"
 )
 
 // TestFailsClosed: once a write cannot be made durable, the operation that

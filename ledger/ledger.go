@@ -7,7 +7,7 @@
 // change is acknowledged: each operation's records go into a synced batch
 // shared with every other operation queued at the same time (group commit).
 // Open reads the live records back, then settles every call that was up when
-// the process stopped (SPEC §3: the started increment counts, the rest of its
+// the process stopped (README, Durability: the started increment counts, the rest of its
 // hold is released).
 package ledger
 
@@ -30,7 +30,7 @@ import (
 
 // Options configure a Ledger. Zero values mean the defaults.
 type Options struct {
-	// MinFunding is the smallest one-time funding accepted (SPEC: 50.00).
+	// MinFunding is the smallest one-time funding accepted (funding.minimum, 50.00 by default).
 	MinFunding decimal.Decimal
 	// Plans are the minute pools and their allotments; nil is DefaultPlans.
 	Plans []Plan
@@ -586,7 +586,7 @@ func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, 
 
 // FundAcrossRegions is Fund that, when incident names a support incident,
 // accepts a funding for an org whose region differs from its billing region
-// (SPEC §2: such purchases are refused until support resolves it). The
+// (README, Funding: such purchases are refused until support resolves it). The
 // incident is kept in the entry and logged.
 func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, incident string) (Entry, error) {
 	if key == "" || len(key) > MaxFundingKey {

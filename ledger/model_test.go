@@ -17,7 +17,7 @@ import (
 // commits, releases, steps, closes, fundings and retries of all of them, on
 // a few orgs whose money and minutes run out. Every operation the ledger
 // linearizes is replayed, in that same order, into model — a deliberately
-// plain sequential reference written from SPEC §2–3 — and the two must agree
+// plain sequential reference written from the README's billing and ledger rules — and the two must agree
 // on the outcome, on the increment held and on the org's balance, holds and
 // pool; the ledger's invariants are checked after every single step.
 

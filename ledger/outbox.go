@@ -12,8 +12,8 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// The outbox holds the notifications an operator's contacts must get (SPEC
-// §2: recharge succeeded, recharge failed and why, balance reached zero).
+// The outbox holds the notifications an operator's contacts must get (README,
+// Funding: recharge succeeded, recharge failed and why, balance reached zero).
 // A notification is written in the same durable operation as the event it
 // reports, so it cannot be lost, and stays until a sender (package notify)
 // has delivered it on every channel; each channel's delivery is recorded

@@ -9,7 +9,7 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// Auto-recharge (SPEC §2, the seed's recommended way to fund): when a debit
+// Auto-recharge (README, Funding): when a debit
 // takes an org's balance below its threshold, the org buys a fixed amount.
 //
 // The ledger owns the purchase's state, so that a purchase is started once

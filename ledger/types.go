@@ -106,7 +106,7 @@ type Details struct {
 	Currency      string          `json:"currency"`
 }
 
-// Plan names: the minute pools of SPEC §2. rating decides which pool a call
+// Plan names: the minute pools of the README's step 4 (How a call is decided). rating decides which pool a call
 // draws; the ledger keeps the minutes.
 const (
 	PlanDomestic      = rating.PlanDomestic
@@ -122,7 +122,7 @@ type Plan struct {
 	Licenses []string
 }
 
-// DefaultPlans are the pools of rating's built-in catalogue (SPEC §2).
+// DefaultPlans are the pools of rating's built-in catalogue (README, How a call is decided).
 func DefaultPlans() []Plan {
 	c := rating.DefaultCatalog()
 	return PlansOf(&c)
@@ -268,7 +268,7 @@ const (
 	ReasonFraudGuard      = "fraud_guard"
 )
 
-// CDR is one call's record in the PSTN usage details report (SPEC §5).
+// CDR is one call's record in the PSTN usage details report (README, Admin API: usage).
 type CDR struct {
 	CallID string `json:"call_id"`
 	Details

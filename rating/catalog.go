@@ -14,7 +14,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Trunk kinds a call can arrive on (SPEC §5).
+// Trunk kinds a call can arrive on (README, Admin API: PUT /v1/trunks).
 const (
 	TrunkCustomer     = "customer"
 	TrunkConferencing = "conferencing"

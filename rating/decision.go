@@ -9,7 +9,7 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// License is what a user may be assigned (SPEC §2).
+// License is what a user may be assigned (README, How a call is decided and billed).
 type License string
 
 const (
@@ -42,8 +42,8 @@ var (
 	ErrTollFreeNoCredit = errors.New("the toll-free number's org has no credit")
 )
 
-// Plans: the default catalogue's minute pools (SPEC §2). A catalogue may
-// name others; these are the ones the seed describes.
+// Plans: the default catalogue's minute pools (README, How a call is decided and billed). A catalogue may
+// name others; these are the built-in catalogue's.
 const (
 	PlanDomestic      = "domestic"
 	PlanInternational = "international"

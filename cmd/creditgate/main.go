@@ -27,14 +27,14 @@ import (
 	"time"
 	_ "time/tzdata"
 
+	"github.com/creditgate/creditgate/api"
 	"github.com/creditgate/creditgate/configs"
 	"github.com/creditgate/creditgate/gateway"
-	"github.com/creditgate/creditgate/gateway/api"
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
-	"github.com/creditgate/creditgate/ledger/notify"
-	"github.com/creditgate/creditgate/ledger/recharge"
+	"github.com/creditgate/creditgate/notify"
+	"github.com/creditgate/creditgate/payments"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo/sip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -214,7 +214,7 @@ func startWorkers(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config, l
 	}
 	if key != "" {
 		p := cfg.Payments
-		payer, err := recharge.New(led, recharge.Config{APIKey: key, BaseURL: p.StripeBaseURL, Backoff: p.RetryBackoff,
+		payer, err := payments.New(led, payments.Config{APIKey: key, BaseURL: p.StripeBaseURL, Backoff: p.RetryBackoff,
 			MaxBackoff: p.MaxBackoff, MaxAttempts: p.MaxAttempts}, clock.Real{}, reg, log.With("component", "recharge"))
 		if err != nil {
 			return false, err

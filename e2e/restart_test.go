@@ -1,4 +1,4 @@
-package sipp_test
+package e2e_test
 
 import (
 	"context"

@@ -228,7 +228,7 @@ func peakHeap(fn func()) (live, total uint64) {
 // BenchmarkUsageExport exports 1,000,000 (with -short 20,000) generated
 // CDRs as CSV and as XLSX, reporting rows/s, the output size and the peak
 // heap during the export (live, and live plus uncollected garbage). Run: go test -run XXX -bench UsageExport
-// -benchtime 1x ./gateway/api/
+// -benchtime 1x ./api/
 func BenchmarkUsageExport(b *testing.B) {
 	n := 1_000_000
 	if testing.Short() {

@@ -1,7 +1,7 @@
 // Package sipp_test drives the built creditgate binary with SIPp, the tool
 // operators load-test SIP with: a SIPp caller on a customer trunk, a SIPp
 // carrier behind the gateway, the admin API to set up and check the money.
-package sipp_test
+package e2e_test
 
 import (
 	"bytes"
@@ -205,18 +205,29 @@ func sipp(ctx context.Context, t *testing.T, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// startSIPp starts one bounded SIPp instance on a scenario of this
-// directory (or an absolute path) bound to port, one call (-m 1) unless
-// args say otherwise; its output is kept for failure messages.
-func startSIPp(ctx context.Context, t *testing.T, scenario string, port int, args ...string) (*exec.Cmd, *logBuffer) {
+// scenarios is where the SIPp scenarios live: beside the load scripts,
+// which use them too.
+const scenarios = "../loadtest/sipp"
+
+// scenario is the absolute path of a scenario of loadtest/sipp.
+func scenario(t *testing.T, name string) string {
 	t.Helper()
-	if !filepath.IsAbs(scenario) {
-		dir, err := os.Getwd()
-		if err != nil {
-			t.Fatal(err)
-		}
-		scenario = filepath.Join(dir, scenario)
+	p, err := filepath.Abs(filepath.Join(scenarios, name))
+	if err != nil {
+		t.Fatal(err)
 	}
+	return p
+}
+
+// startSIPp starts one bounded SIPp instance on a scenario of
+// loadtest/sipp (or an absolute path) bound to port, one call (-m 1) unless
+// args say otherwise; its output is kept for failure messages.
+func startSIPp(ctx context.Context, t *testing.T, name string, port int, args ...string) (*exec.Cmd, *logBuffer) {
+	t.Helper()
+	if !filepath.IsAbs(name) {
+		name = scenario(t, name)
+	}
+	scenario := name
 	cmd := sipp(ctx, t, append([]string{"-sf", scenario, "-p", fmt.Sprint(port), "-m", "1"}, args...)...)
 	out := &logBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
@@ -229,7 +240,7 @@ func startSIPp(ctx context.Context, t *testing.T, scenario string, port int, arg
 // expectStatus writes uac_refused.xml expecting status and returns its path.
 func expectStatus(t *testing.T, status int) string {
 	t.Helper()
-	b, err := os.ReadFile("uac_refused.xml")
+	b, err := os.ReadFile(scenario(t, "uac_refused.xml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,12 +267,11 @@ func TestSIPpCreditRunsOutAndZeroIsRefused(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir, _ := os.Getwd()
 	uas, uasOut := startSIPp(ctx, t, "uas_answer.xml", uasPort)
 	time.Sleep(300 * time.Millisecond) // let the UAS bind before the call reaches it
 
 	start := time.Now()
-	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_until_bye.xml"), "-p", fmt.Sprint(uacPort), "-m", "1",
+	uac := sipp(ctx, t, "-sf", scenario(t, "uac_until_bye.xml"), "-p", fmt.Sprint(uacPort), "-m", "1",
 		"-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
 	if out, err := uac.CombinedOutput(); err != nil {
 		t.Fatalf("SIPp caller did not get its call ended by the gateway: %v\n%s\ngateway log:\n%s", err, out, g.log)

@@ -17,14 +17,14 @@ import (
 	"github.com/xuri/excelize/v2"
 )
 
-// The PSTN usage details report (SPEC §5): every CDR of an org in a time
+// The PSTN usage details report (README, Admin API: usage): every CDR of an org in a time
 // range, as CSV that Excel opens, XLSX with typed cells, or JSON. All three
 // are streamed from a Pebble iteration straight to the connection, so a
 // million-row export holds one row in memory at a time (XLSX: excelize's
 // stream writer keeps up to 16 MiB of sheet in memory and spills the rest
 // to a temporary file, which is then zipped straight to the connection).
 
-// CDRColumns are the usage report's columns, in order (SPEC §5).
+// CDRColumns are the usage report's columns, in order (the README's CDR columns).
 var CDRColumns = []string{"call_id", "org", "user", "from", "to", "destination", "country", "type", "direction",
 	"start", "answer", "end", "duration_s", "billed_s", "pool", "pool_minutes", "rate_per_minute", "charge",
 	"currency", "disconnect_reason", "sip_status"}

@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/ledgertest"
-	"github.com/creditgate/creditgate/ledger/recharge"
-	"github.com/creditgate/creditgate/ledger/recharge/stripetest"
+	"github.com/creditgate/creditgate/payments"
+	"github.com/creditgate/creditgate/payments/stripetest"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -192,7 +192,7 @@ func TestExpiredCardSendsOneEmailAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk := clock.NewFake(t0)
-	payer, err := recharge.New(l, recharge.Config{APIKey: "sk_test_x", BaseURL: srv.URL}, clk, nil, quiet)
+	payer, err := payments.New(l, payments.Config{APIKey: "sk_test_x", BaseURL: srv.URL}, clk, nil, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

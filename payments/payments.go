@@ -6,7 +6,7 @@
 // ledger.CompletePurchase); a hard decline closes it and suspends the org's
 // auto-recharge; anything transient is retried with capped exponential
 // backoff.
-package recharge
+package payments
 
 import (
 	"context"
@@ -17,10 +17,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/backoff"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
-	"github.com/creditgate/creditgate/ledger/backoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stripe/stripe-go/v85"
 )

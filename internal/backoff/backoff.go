@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 )
 
 // Schedule remembers, per item, how many attempts failed and when the next

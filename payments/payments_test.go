@@ -1,4 +1,4 @@
-package recharge
+package payments
 
 import (
 	"context"
@@ -8,10 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/ledgertest"
-	"github.com/creditgate/creditgate/ledger/recharge/stripetest"
+	"github.com/creditgate/creditgate/payments/stripetest"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/shopspring/decimal"

@@ -27,10 +27,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/backoff"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
 	"github.com/creditgate/creditgate/ledger"
-	"github.com/creditgate/creditgate/ledger/backoff"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wneessen/go-mail"
 )

@@ -1,10 +1,8 @@
-package sipp_test
+package e2e_test
 
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -23,11 +21,10 @@ func TestSIPpCarrierFailoverOn503(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dir, _ := os.Getwd()
 	down, downOut := startSIPp(ctx, t, "uas_unavailable.xml", downPort)
 	up, upOut := startSIPp(ctx, t, "uas_answer.xml", upPort)
 	time.Sleep(300 * time.Millisecond)
-	uac := sipp(ctx, t, "-sf", filepath.Join(dir, "uac_call.xml"), "-p", fmt.Sprint(freePort(t)), "-m", "1", "-d", "2000",
+	uac := sipp(ctx, t, "-sf", scenario(t, "uac_call.xml"), "-p", fmt.Sprint(freePort(t)), "-m", "1", "-d", "2000",
 		"-default_behaviors", "all,-abortunexp", "-s", "+33142278186", "-key", "caller", "+12125550100", fmt.Sprintf("127.0.0.1:%d", g.sipPort))
 	if out, err := uac.CombinedOutput(); err != nil {
 		t.Fatalf("call through failover: %v\n%s\ngateway log:\n%s", err, out, g.log)

@@ -1,4 +1,4 @@
-// Package api is creditgate's admin HTTP API (SPEC §5) on fasthttp: JSON in
+// Package api is creditgate's admin HTTP API (README, Admin API) on fasthttp: JSON in
 // and out, a bearer token on everything but /metrics, /healthz and /readyz,
 // money as decimal strings, and every refusal a JSON error that changed
 // nothing.

@@ -17,7 +17,7 @@ import (
 	"github.com/creditgate/creditgate/loadtest/testcert"
 
 	"github.com/creditgate/creditgate/gateway"
-	"github.com/creditgate/creditgate/gateway/clock"
+	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/prometheus/client_golang/prometheus"

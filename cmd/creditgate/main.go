@@ -2,6 +2,8 @@
 //
 //	creditgate serve [--config FILE] [--sip-listen ADDR] [--http-listen ADDR]
 //	                 [--data-dir DIR] [--admin-token TOKEN]
+//	creditgate demo [--api URL] [--sip ADDR] [--data-dir DIR]
+//	creditgate version | help [command]
 package main
 
 import (
@@ -41,53 +43,37 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-const usage = `usage: creditgate serve [--config FILE] [--sip-listen ADDR] [--http-listen ADDR] [--data-dir DIR] [--admin-token TOKEN]
+func main() { os.Exit(run(os.Args[1:])) }
 
-Runs the gateway. With no flags: SIP on 127.0.0.1:5060 (UDP and TCP), the
-admin API on 127.0.0.1:8080, data in ./creditgate-data, the built-in sample
-rate deck. See configs/creditgate.example.yaml for every setting.
-`
-
-func main() {
-	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
-	}
-	if err := serve(os.Args[2:]); err != nil {
-		fmt.Fprintln(os.Stderr, "creditgate:", err)
-		os.Exit(1)
-	}
+func serveFlags(fs *flag.FlagSet) func([]string) error {
+	def := configs.Default()
+	configPath := fs.String("config", "", "YAML config file (configs/creditgate.example.yaml documents every key); flags override it")
+	sipListen := fs.String("sip-listen", "", "SIP host:port, UDP and TCP (sip.listen; default "+def.SIP.Listen+")")
+	httpListen := fs.String("http-listen", "", "admin API host:port (http.listen; default "+def.HTTP.Listen+")")
+	dataDir := fs.String("data-dir", "", "data directory: the ledger and the admin token (data_dir; default "+def.DataDir+")")
+	adminToken := fs.String("admin-token", "", "admin API bearer token, at least 16 characters (http.admin_token; default: CREDITGATE_ADMIN_TOKEN, else DATA_DIR/admin-token, generated on first start)")
+	return func([]string) error { return serve(*configPath, *sipListen, *httpListen, *dataDir, *adminToken) }
 }
 
-func serve(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.Usage = func() { fmt.Fprint(os.Stderr, usage) }
-	configPath := fs.String("config", "", "YAML config file")
-	sipListen := fs.String("sip-listen", "", "SIP host:port (UDP and TCP)")
-	httpListen := fs.String("http-listen", "", "admin API host:port")
-	dataDir := fs.String("data-dir", "", "data directory")
-	adminToken := fs.String("admin-token", "", "admin API bearer token")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
+func serve(configPath, sipListen, httpListen, dataDir, adminToken string) error {
 	cfg := configs.Default()
-	if *configPath != "" {
+	if configPath != "" {
 		var err error
-		if cfg, err = configs.Load(*configPath); err != nil {
+		if cfg, err = configs.Load(configPath); err != nil {
 			return err
 		}
 	}
-	if *sipListen != "" {
-		cfg.SIP.Listen = *sipListen
+	if sipListen != "" {
+		cfg.SIP.Listen = sipListen
 	}
-	if *httpListen != "" {
-		cfg.HTTP.Listen = *httpListen
+	if httpListen != "" {
+		cfg.HTTP.Listen = httpListen
 	}
-	if *dataDir != "" {
-		cfg.DataDir = *dataDir
+	if dataDir != "" {
+		cfg.DataDir = dataDir
 	}
-	if *adminToken != "" {
-		cfg.HTTP.AdminToken = *adminToken
+	if adminToken != "" {
+		cfg.HTTP.AdminToken = adminToken
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
@@ -116,9 +102,10 @@ func serve(args []string) error {
 	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{
 		MinFunding: cfg.MinFunding(), Plans: ledger.PlansOf(&cfg.Catalog), Registerer: reg, Logger: log})
 	if err != nil {
-		return err
+		return storeLocked(cfg.DataDir, err)
 	}
 	defer led.Close()
+	defer writePID(cfg.DataDir)()
 
 	deck, source, err := loadDeck(led, cfg.Rating.DeckFile)
 	if err != nil {
@@ -141,12 +128,15 @@ func serve(args []string) error {
 		return err
 	}
 	if err := gw.Start(); err != nil {
-		return err
+		if cfg.SIP.TLSListen != "" && strings.Contains(err.Error(), cfg.SIP.TLSListen) {
+			return addrInUse("SIP TLS", cfg.SIP.TLSListen, "", "sip.tls_listen", err)
+		}
+		return addrInUse("SIP", cfg.SIP.Listen, "sip-listen", "sip.listen", err)
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		gw.Close()
-		return fmt.Errorf("http listen: %w", err)
+		return addrInUse("admin API", cfg.HTTP.Listen, "http-listen", "http.listen", fmt.Errorf("http listen: %w", err))
 	}
 	// Out of descriptors for a moment, fasthttp's Serve would return.
 	ln = gw.KeepAccepting(ln, gateway.ListenerHTTP)

@@ -1,3 +1,5 @@
+// Money on the wire: amounts out as decimal strings, amounts in parsed strictly.
+
 package api
 
 import (
@@ -43,4 +45,17 @@ func parseAmountOrZero(raw json.RawMessage) (decimal.Decimal, error) {
 		return decimal.Zero, nil
 	}
 	return parseAmount(raw)
+}
+
+// optionalAmount is parseAmountOrZero for a field that may be left out
+// (then zero); an error names the field.
+func optionalAmount(field string, raw json.RawMessage) (decimal.Decimal, error) {
+	if len(raw) == 0 {
+		return decimal.Zero, nil
+	}
+	d, err := parseAmountOrZero(raw)
+	if err != nil {
+		return decimal.Zero, fmt.Errorf("%s: %w", field, err)
+	}
+	return d, nil
 }

@@ -219,17 +219,8 @@ var routes = []route{
 	{"PUT", "/v1/trunks/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putTrunk(ctx, a[0]) }},
 	{"PUT", "/v1/rates", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.putRates(ctx) }},
 	{"GET", "/v1/rates", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.getRate(ctx) }},
-	{"GET", "/v1/calls", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error {
-		writeJSON(ctx, 200, map[string]any{"calls": s.gw.Calls()})
-		return nil
-	}},
-	{"DELETE", "/v1/calls/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error {
-		if err := s.gw.EndCall(a[0]); err != nil {
-			return err
-		}
-		ctx.SetStatusCode(204)
-		return nil
-	}},
+	{"GET", "/v1/calls", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.listCalls(ctx) }},
+	{"DELETE", "/v1/calls/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.endCall(ctx, a[0]) }},
 }
 
 // match reports whether path fits pattern, and the "*" segments.

@@ -1,3 +1,6 @@
+// Money in and its history: one-time funding, auto-recharge settings, the
+// funding advisor's cache, and the paged transactions.
+
 package api
 
 import (
@@ -65,11 +68,7 @@ func (s *Server) putAutoRecharge(ctx *fasthttp.RequestCtx, org string) error {
 	if _, err := s.ledger.SetAutoRecharge(org, ar); err != nil {
 		return err
 	}
-	o, err := s.ledger.Org(org)
-	if err != nil {
-		return err
-	}
-	return s.writeOrg(ctx, 200, o, nil)
+	return s.writeOrgByID(ctx, 200, org, nil)
 }
 
 func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
@@ -94,17 +93,13 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
 	if err != nil {
 		return err
 	}
-	o, err := s.ledger.Org(org)
-	if err != nil {
-		return err
-	}
 	// A retry gets the first answer's transaction, as 200, not 201: the
 	// client can tell it created nothing.
 	status := 201
 	if en.Replayed {
 		status = 200
 	}
-	return s.writeOrg(ctx, status, o, map[string]any{"transaction": viewEntry(en), "replayed": en.Replayed})
+	return s.writeOrgByID(ctx, status, org, map[string]any{"transaction": viewEntry(en), "replayed": en.Replayed})
 }
 
 // transactions pages through an org's ledger entries, oldest first:

@@ -1,8 +1,9 @@
+// The org resource: create, read and change an org, and its fraud guard.
+
 package api
 
 import (
 	"encoding/json"
-	"fmt"
 
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
@@ -76,11 +77,7 @@ func (s *Server) patchOrg(ctx *fasthttp.RequestCtx, id string) error {
 			return err
 		}
 	}
-	o, err := s.ledger.Org(id)
-	if err != nil {
-		return err
-	}
-	return s.writeOrg(ctx, 200, o, nil)
+	return s.writeOrgByID(ctx, 200, id, nil)
 }
 
 // putFraudGuard replaces the org's fraud-guard limits.
@@ -98,15 +95,11 @@ func (s *Server) putFraudGuard(ctx *fasthttp.RequestCtx, org string) error {
 	fg := ledger.FraudGuard{MaxCalls: req.MaxCalls, MaxCallsPerUser: req.MaxCallsPerUser, AllowHighRisk: req.AllowHighRisk,
 		MaxSpendPerHour: decimal.Zero, MaxSpendPerHourPerUser: decimal.Zero}
 	var err error
-	if len(req.MaxSpendPerHour) > 0 {
-		if fg.MaxSpendPerHour, err = parseAmountOrZero(req.MaxSpendPerHour); err != nil {
-			return fmt.Errorf("max_spend_per_hour: %w", err)
-		}
+	if fg.MaxSpendPerHour, err = optionalAmount("max_spend_per_hour", req.MaxSpendPerHour); err != nil {
+		return err
 	}
-	if len(req.MaxSpendPerHourPerUser) > 0 {
-		if fg.MaxSpendPerHourPerUser, err = parseAmountOrZero(req.MaxSpendPerHourPerUser); err != nil {
-			return fmt.Errorf("max_spend_per_hour_per_user: %w", err)
-		}
+	if fg.MaxSpendPerHourPerUser, err = optionalAmount("max_spend_per_hour_per_user", req.MaxSpendPerHourPerUser); err != nil {
+		return err
 	}
 	o, err := s.ledger.SetFraudGuard(org, fg)
 	if err != nil {
@@ -116,9 +109,5 @@ func (s *Server) putFraudGuard(ctx *fasthttp.RequestCtx, org string) error {
 }
 
 func (s *Server) getOrg(ctx *fasthttp.RequestCtx, id string) error {
-	o, err := s.ledger.Org(id)
-	if err != nil {
-		return err
-	}
-	return s.writeOrg(ctx, 200, o, nil)
+	return s.writeOrgByID(ctx, 200, id, nil)
 }

@@ -1,3 +1,5 @@
+// The rate deck: replace it, and preview what a number would be priced at.
+
 package api
 
 import (

@@ -1,3 +1,6 @@
+// An org's toll-free numbers: assign one (and the trunk that takes its
+// calls) or take it away.
+
 package api
 
 import (

@@ -1,3 +1,5 @@
+// Trunks: where calls come from and go to.
+
 package api
 
 import (

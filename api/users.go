@@ -1,3 +1,5 @@
+// An org's users: their numbers and licenses.
+
 package api
 
 import (

@@ -1,3 +1,5 @@
+// The JSON views: what the API answers for an org and a ledger entry.
+
 package api
 
 import (
@@ -128,6 +130,18 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 	return v, nil
 }
 
+// writeOrgByID answers with the org as the ledger has it now, after
+// whatever the handler changed (extra as in writeOrg).
+func (s *Server) writeOrgByID(ctx *fasthttp.RequestCtx, status int, id string, extra map[string]any) error {
+	o, err := s.ledger.Org(id)
+	if err != nil {
+		return err
+	}
+	return s.writeOrg(ctx, status, o, extra)
+}
+
+// writeOrg answers with the org's view; with extra, the view is extra's
+// "org" member and extra the body.
 func (s *Server) writeOrg(ctx *fasthttp.RequestCtx, status int, o ledger.Org, extra map[string]any) error {
 	v, err := s.viewOrg(o)
 	if err != nil {

@@ -4,11 +4,9 @@ package api
 
 import (
 	"bytes"
-	"fmt"
 	"strings"
 	"time"
 
-	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
 	"github.com/valyala/fasthttp"
 )
@@ -28,46 +26,41 @@ func (s *Server) putRates(ctx *fasthttp.RequestCtx) error {
 	return nil
 }
 
+// getRate is the rate preview: what a number would be priced at
+// (rating.Preview decides; this reads the query and writes the answer).
 func (s *Server) getRate(ctx *fasthttp.RequestCtx) error {
 	args := ctx.QueryArgs()
 	number := string(args.Peek("number"))
 	orgID := string(args.Peek("org"))
-	country := ""
-	var org ledger.Org
+	var terms *rating.OrgTerms
 	if orgID != "" {
-		var err error
-		if org, err = s.ledger.Org(orgID); err != nil {
+		org, err := s.ledger.Org(orgID)
+		if err != nil {
 			return err
 		}
-		country = org.Country
+		terms = &rating.OrgTerms{Country: org.Country, BlockPremium: org.BlockPremium}
 	} else if !strings.HasPrefix(number, "+") {
 		return badRequest("number %q: without org=, give E.164 with a leading +", number)
 	}
-	if orgID != "" && rating.IsEmergency(number, country) {
+	q, err := rating.Preview(s.gw.Deck(), number, terms, s.now())
+	if err != nil {
+		return err
+	}
+	if q.Emergency {
 		// What the gateway would do: connect it free, before any rating.
 		writeJSON(ctx, 200, map[string]any{"number": number, "emergency": true, "first_charge": "0.00"})
 		return nil
 	}
-	e164, err := rating.Normalize(number, country)
-	if err != nil {
-		return err
-	}
-	r, ok := s.gw.Deck().Lookup(e164, s.now())
-	if !ok {
-		return fmt.Errorf("%w: +%s", rating.ErrNoRate, e164)
-	}
+	r := q.Rate
 	out := map[string]any{
-		"number": "+" + e164, "prefix": r.Prefix, "country": r.Country, "destination": r.Destination, "type": r.Type,
+		"number": "+" + q.Number, "prefix": r.Prefix, "country": r.Country, "destination": r.Destination, "type": r.Type,
 		"rate_per_minute": r.PerMinute.String(), "connection_fee": money(r.ConnectionFee),
 		"first_increment": int(r.FirstIncrement / time.Second), "next_increment": int(r.NextIncrement / time.Second),
 		"effective_from": r.EffectiveFrom, "first_charge": money(r.FirstCharge()),
 	}
-	if orgID != "" {
-		out["domestic"] = r.Country == org.Country
-		out["scope"] = "international"
-		if r.Country == org.Country {
-			out["scope"] = "domestic"
-		}
+	if q.Scope != rating.ScopeNone {
+		out["domestic"] = q.Scope == rating.ScopeDomestic
+		out["scope"] = string(q.Scope)
 	}
 	writeJSON(ctx, 200, out)
 	return nil

@@ -115,8 +115,7 @@ type Decision struct {
 // catalogue pool that includes the call is drawn while it has minutes, and
 // credits pay for the rest if the caller holds communications_credits.
 func Decide(deck *Deck, cat *Catalog, c Call) (Decision, error) {
-	if c.Trunk != TrunkCarrier && IsEmergency(c.Dialled, c.Org.Country) {
-		d, _ := cleanDialled(c.Dialled)
+	if d, ok := emergencyFirst(c.Trunk, c.Dialled, c.Org); ok {
 		return Decision{Number: d, Emergency: true, Domestic: true, Source: SourceFree}, nil
 	}
 	num, err := Normalize(c.Dialled, c.Org.Country)
@@ -126,11 +125,11 @@ func Decide(deck *Deck, cat *Catalog, c Call) (Decision, error) {
 	if c.Trunk == TrunkCarrier {
 		return decideTollFree(cat, c, num)
 	}
-	rate, ok := deck.Lookup(num, c.Now)
-	if !ok {
-		return Decision{Number: num}, fmt.Errorf("%w: +%s", ErrNoRate, num)
+	rate, err := deck.price(num, c.Now)
+	if err != nil {
+		return Decision{Number: num}, err
 	}
-	dec := Decision{Number: num, Domestic: rate.Country == c.Org.Country, Rate: rate,
+	dec := Decision{Number: num, Domestic: c.Org.domestic(rate), Rate: rate,
 		Spill: slices.Contains(c.Licenses, CommunicationsCredits)}
 	if rate.Type == Premium && c.Org.BlockPremium {
 		return dec, fmt.Errorf("%w: +%s is %s", ErrPremiumBlocked, num, rate.Destination)
@@ -157,6 +156,32 @@ func Decide(deck *Deck, cat *Catalog, c Call) (Decision, error) {
 	}
 	return dec, nil
 }
+
+// emergencyFirst reports whether a call connects as an emergency call,
+// free, before anything else is looked at, and the number as dialled
+// (cleaned of spaces and dashes). Only calls out (from a PBX or a meeting)
+// are emergency calls; a carrier's call in is a call to a toll-free number.
+func emergencyFirst(trunk, dialled string, org OrgTerms) (string, bool) {
+	if trunk == TrunkCarrier || !IsEmergency(dialled, org.Country) {
+		return "", false
+	}
+	d, _ := cleanDialled(dialled)
+	return d, true
+}
+
+// price is the deck's rate in effect for E.164 digits num at now: its
+// longest prefix with a row in effect, or ErrNoRate.
+func (d *Deck) price(num string, now time.Time) (Rate, error) {
+	rate, ok := d.Lookup(num, now)
+	if !ok {
+		return Rate{}, fmt.Errorf("%w: +%s", ErrNoRate, num)
+	}
+	return rate, nil
+}
+
+// domestic says whether a call priced at rate stays in the org's country:
+// the deck row's country against the org's.
+func (o OrgTerms) domestic(rate Rate) bool { return rate.Country == o.Country }
 
 // decideTollFree prices an inbound call to an org's toll-free number: the
 // org pays per minute at its country's inbound rate, and only while its

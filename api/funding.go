@@ -1,0 +1,139 @@
+// Money in and its history: one-time funding, auto-recharge settings, the
+// funding advisor's cache, and the paged transactions.
+
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/shopspring/decimal"
+	"github.com/valyala/fasthttp"
+)
+
+const adviceTTL = 5 * time.Minute
+
+func (s *Server) advice(org string) (ledger.Advice, error) {
+	now := s.now()
+	s.adviceMu.Lock()
+	a, ok := s.adviceCache[org]
+	s.adviceMu.Unlock()
+	if ok && now.Sub(a.ComputedAt) < adviceTTL && !now.Before(a.ComputedAt) {
+		return a, nil
+	}
+	a, err := s.ledger.Advise(org, now)
+	if err != nil {
+		return a, err
+	}
+	s.adviceMu.Lock()
+	if s.adviceCache == nil || len(s.adviceCache) > 100_000 {
+		s.adviceCache = map[string]ledger.Advice{}
+	}
+	s.adviceCache[org] = a
+	s.adviceMu.Unlock()
+	return a, nil
+}
+
+// putAutoRecharge replaces the org's auto-recharge setting (and lifts a
+// suspension after a declined card).
+func (s *Server) putAutoRecharge(ctx *fasthttp.RequestCtx, org string) error {
+	var req struct {
+		Enabled       bool            `json:"enabled"`
+		Threshold     json.RawMessage `json:"threshold"`
+		Amount        json.RawMessage `json:"amount"`
+		PaymentMethod string          `json:"payment_method"`
+		Customer      string          `json:"customer"`
+		Incident      string          `json:"incident"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	ar := ledger.AutoRecharge{Enabled: req.Enabled, PaymentMethod: req.PaymentMethod, Customer: req.Customer,
+		Incident: req.Incident, Threshold: decimal.Zero, Amount: decimal.Zero}
+	if req.Enabled || len(req.Threshold) > 0 || len(req.Amount) > 0 {
+		var err error
+		if ar.Threshold, err = parseAmountOrZero(req.Threshold); err != nil {
+			return fmt.Errorf("threshold: %w", err)
+		}
+		if ar.Amount, err = parseAmount(req.Amount); err != nil {
+			return fmt.Errorf("amount: %w", err)
+		}
+	}
+	if req.Enabled && !s.payments {
+		return fmt.Errorf("%w: no payment provider is configured (payments.stripe_api_key), so auto-recharge could not pay", errNoPayments)
+	}
+	if _, err := s.ledger.SetAutoRecharge(org, ar); err != nil {
+		return err
+	}
+	return s.writeOrgByID(ctx, 200, org, nil)
+}
+
+func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
+	var req struct {
+		Amount         json.RawMessage `json:"amount"`
+		IdempotencyKey string          `json:"idempotency_key"`
+		// Incident is the support incident that allows funding an org
+		// whose region differs from its billing region.
+		Incident string `json:"incident"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	amount, err := parseAmount(req.Amount)
+	if err != nil {
+		return err
+	}
+	if req.IdempotencyKey == "" {
+		return badRequest("idempotency_key is required, so a retried request funds once")
+	}
+	en, err := s.ledger.FundAcrossRegions(org, amount, req.IdempotencyKey, req.Incident)
+	if err != nil {
+		return err
+	}
+	// A retry gets the first answer's transaction, as 200, not 201: the
+	// client can tell it created nothing.
+	status := 201
+	if en.Replayed {
+		status = 200
+	}
+	return s.writeOrgByID(ctx, status, org, map[string]any{"transaction": viewEntry(en), "replayed": en.Replayed})
+}
+
+// transactions pages through an org's ledger entries, oldest first:
+// ?after=SEQ&limit=N (default 1000, at most 10000); next_after is the
+// cursor of the next page, absent on the last one.
+func (s *Server) transactions(ctx *fasthttp.RequestCtx, org string) error {
+	if _, err := s.ledger.Org(org); err != nil {
+		return err
+	}
+	after, err := uintArg(ctx, "after", 0, math.MaxUint64)
+	if err != nil {
+		return err
+	}
+	limit, err := uintArg(ctx, "limit", 1000, 10000)
+	if err != nil {
+		return err
+	}
+	if limit == 0 {
+		return badRequest("limit=0: want 1 to 10000")
+	}
+	es, err := s.ledger.Transactions(org, after, int(limit)+1)
+	if err != nil {
+		return err
+	}
+	resp := map[string]any{}
+	if len(es) > int(limit) {
+		es = es[:limit]
+		resp["next_after"] = es[len(es)-1].Seq
+	}
+	out := make([]entryView, 0, len(es))
+	for _, e := range es {
+		out = append(out, viewEntry(e))
+	}
+	resp["transactions"] = out
+	writeJSON(ctx, 200, resp)
+	return nil
+}

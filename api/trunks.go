@@ -1,0 +1,42 @@
+// Trunks: where calls come from and go to.
+
+package api
+
+import (
+	"github.com/creditgate/creditgate/gateway"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/valyala/fasthttp"
+)
+
+func (s *Server) putTrunk(ctx *fasthttp.RequestCtx, id string) error {
+	var req struct {
+		Kind      string   `json:"kind"`
+		Org       string   `json:"org"`
+		Addresses []string `json:"addresses"`
+		URI       string   `json:"uri"`
+		Prefixes  []string `json:"prefixes"`
+		MaxCalls  int      `json:"max_calls"`
+		Username  string   `json:"username"`
+		Password  string   `json:"password"`
+	}
+	if err := decode(ctx, &req); err != nil {
+		return err
+	}
+	t := ledger.Trunk{ID: id, Kind: req.Kind, Org: req.Org, Addresses: req.Addresses, URI: req.URI,
+		Prefixes: req.Prefixes, MaxCalls: req.MaxCalls, Username: req.Username, Password: req.Password}
+	if err := gateway.ValidateTrunk(t); err != nil {
+		return err
+	}
+	if t.Org != "" {
+		if _, err := s.ledger.Org(t.Org); err != nil {
+			return badRequest("trunk org %q does not exist", t.Org)
+		}
+	}
+	if err := s.ledger.PutTrunk(t); err != nil {
+		return err
+	}
+	s.gw.ReloadTrunks()
+	t.Password = ""
+	writeJSON(ctx, 200, t)
+	return nil
+}

@@ -5,7 +5,12 @@ package api
 import "github.com/valyala/fasthttp"
 
 func (s *Server) listCalls(ctx *fasthttp.RequestCtx) error {
-	writeJSON(ctx, 200, map[string]any{"calls": s.gw.Calls()})
+	calls := s.gw.Calls()
+	for i := range calls {
+		// The gateway keeps numbers as digits; the API speaks E.164.
+		calls[i].From, calls[i].To = e164(calls[i].From), e164(calls[i].To)
+	}
+	writeJSON(ctx, 200, map[string]any{"calls": calls})
 	return nil
 }
 

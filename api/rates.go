@@ -31,6 +31,12 @@ func (s *Server) putRates(ctx *fasthttp.RequestCtx) error {
 func (s *Server) getRate(ctx *fasthttp.RequestCtx) error {
 	args := ctx.QueryArgs()
 	number := string(args.Peek("number"))
+	// An unencoded + in a query string arrives as a space (form
+	// encoding): "?number=+44…" typed into curl. A space before digits can
+	// only have been the number's +.
+	if len(number) > 1 && number[0] == ' ' && number[1] >= '0' && number[1] <= '9' {
+		number = "+" + number[1:]
+	}
 	orgID := string(args.Peek("org"))
 	var terms *rating.OrgTerms
 	if orgID != "" {

@@ -55,3 +55,17 @@ func TestDeckWithExtraFieldRefused(t *testing.T) {
 		t.Fatalf("stored deck changed by a refused upload:\n%s", got)
 	}
 }
+// "?number=+44…" as typed: the + arrives as a space and is read as the
+// number's +; %2B works as ever; a space elsewhere is still no number.
+func TestRatePreviewTakesAnUnencodedPlus(t *testing.T) {
+	h := setup(t)
+	for _, q := range []string{"number=+442079460018", "number=%2B442079460018"} {
+		r := h.mustDo("GET", "/v1/rates?"+q, "", 200)
+		if !strings.Contains(string(r.body), `"number":"+442079460018"`) || !strings.Contains(string(r.body), `"rate_per_minute":"0.018"`) {
+			t.Fatalf("%s: %s", q, r.body)
+		}
+	}
+	if r := h.do("GET", "/v1/rates?number=+xyz", ""); r.status != 422 {
+		t.Fatalf("+xyz: %d %s", r.status, r.body)
+	}
+}

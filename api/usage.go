@@ -97,16 +97,24 @@ func writeUsageCSV(w io.Writer, src cdrSource) error {
 	return cw.Error()
 }
 
+// intColumns are the usage report's integer columns: JSON numbers in the
+// JSON report (money stays a decimal string, as everywhere in the API).
+var intColumns = map[int]bool{12: true, 13: true, 15: true, 20: true}
+
 // writeUsageJSON writes {"cdrs":[{column: value, …}, …]}.
 func writeUsageJSON(w io.Writer, src cdrSource) error {
 	if _, err := io.WriteString(w, `{"cdrs":[`); err != nil {
 		return err
 	}
 	first := true
-	row := make(map[string]string, len(CDRColumns))
+	row := make(map[string]any, len(CDRColumns))
 	err := src(func(c *ledger.CDR) error {
 		for i, v := range cdrRow(c) {
-			row[CDRColumns[i]] = v
+			if intColumns[i] {
+				row[CDRColumns[i]] = json.RawMessage(v) // strconv.Itoa's digits
+			} else {
+				row[CDRColumns[i]] = v
+			}
 		}
 		b, err := json.Marshal(row)
 		if err != nil {

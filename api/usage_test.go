@@ -82,10 +82,15 @@ func TestUsageExportFormats(t *testing.T) {
 		t.Fatalf("start %q: want RFC 3339 UTC", first[col["start"]])
 	}
 
-	var js struct{ CDRs []map[string]string }
+	var js struct{ CDRs []map[string]any }
 	if err := json.Unmarshal(h.mustDo("GET", "/v1/orgs/acme/usage", "", 200).body, &js); err != nil || len(js.CDRs) != 3 ||
 		js.CDRs[2]["charge"] != "0.123456" || js.CDRs[0]["destination"] != `=HYPERLINK("http://evil.example","x")` {
 		t.Fatalf("JSON %+v %v", js, err)
+	}
+	// Integers are JSON numbers, money a decimal string, numbers E.164.
+	if c := js.CDRs[0]; c["billed_s"] != float64(60) || c["duration_s"] != float64(30) || c["sip_status"] != float64(200) ||
+		c["pool_minutes"] != float64(0) || c["charge"] != "0.12" || c["to"] != "+442079460018" {
+		t.Fatalf("JSON CDR types: %#v", c)
 	}
 
 	r = h.mustDo("GET", "/v1/orgs/acme/usage?format=xlsx", "", 200)

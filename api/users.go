@@ -43,6 +43,19 @@ func (s *Server) putUser(ctx *fasthttp.RequestCtx, org, user string) error {
 		return err
 	}
 	stored, _ := s.ledger.User(org, user)
-	writeJSON(ctx, 200, stored)
+	writeJSON(ctx, 200, viewUser(stored))
 	return nil
+}
+
+// viewUser is a user as the API shows it: numbers in E.164 with +.
+func viewUser(u ledger.User) ledger.User {
+	nums := make([]string, len(u.Numbers))
+	for i, n := range u.Numbers {
+		nums[i] = e164(n)
+	}
+	u.Numbers = nums
+	if u.Licenses == nil {
+		u.Licenses = []string{}
+	}
+	return u
 }

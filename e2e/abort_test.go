@@ -113,7 +113,7 @@ func TestSIPpAbortedDownloadsLeaveCallsUp(t *testing.T) {
 			t.Fatalf("SIPp %s side did not get its BYE: %v\n%s\ngateway log:\n%s", name, err, p.out, g.log)
 		}
 	}
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	g.api("GET", "/v1/orgs/long/usage", "", "", 200, &usage)
 	var org struct{ Balance, Held string }
 	g.api("GET", "/v1/orgs/long", "", "", 200, &org)

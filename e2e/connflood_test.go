@@ -146,7 +146,7 @@ func TestIdleConnectionFlood(t *testing.T) {
 	if acme["disconnect_reason"] != "credit_exhausted" || acme["billed_s"] != "8" || acme["charge"] != "50.00" {
 		t.Fatalf("acme's CDR %v; want credit_exhausted, billed_s 8, charge 50.00", acme)
 	}
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	for deadline := time.Now().Add(10 * time.Second); len(usage.CDRs) == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		g.api("GET", "/v1/orgs/beta/usage", "", "", 200, &usage)
 	}

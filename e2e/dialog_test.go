@@ -31,7 +31,7 @@ func (g *gateway) call(uas, uac string, uacArgs ...string) {
 }
 
 // onlyCDR is the org's one CDR, and its balance and held amount.
-func (g *gateway) onlyCDR() (cdr map[string]string, balance, held string) {
+func (g *gateway) onlyCDR() (c cdr, balance, held string) {
 	g.t.Helper()
 	cdrs := g.cdrs(1)
 	if len(cdrs) != 1 {

@@ -90,7 +90,7 @@ func TestSIPpSIGTERMDrains(t *testing.T) {
 	}
 
 	g2 := startGateway(t, bin, g.dataDir)
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	g2.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
 	if len(usage.CDRs) != 1 || usage.CDRs[0]["disconnect_reason"] != "caller_hangup" {
 		t.Fatalf("CDRs after the drain: %v", usage.CDRs)

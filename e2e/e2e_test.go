@@ -171,12 +171,33 @@ func (g *gateway) api(method, path, contentType, body string, wantStatus int, ou
 // (+12125550100, communications_credits), a customer trunk from pbxAddress
 // (an IP, or IP:port), and a one-row deck pricing France at perMinute in
 // 1-second increments.
+// cdr is one row of the JSON usage report, every value as its text
+// (integers are JSON numbers there, money decimal strings), so tests
+// compare it with the CSV's cells and with literals alike.
+type cdr map[string]string
+
+func (c *cdr) UnmarshalJSON(b []byte) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	*c = cdr{}
+	for k, v := range m {
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			s = string(v) // a number
+		}
+		(*c)[k] = s
+	}
+	return nil
+}
+
 // cdrs is acme's CDRs once there are at least n. The gateway settles a call
 // after it has answered the SIP side, so a caller's SIPp or the load tool
 // can be done first; this bounds the wait, it times nothing.
-func (g *gateway) cdrs(n int) []map[string]string {
+func (g *gateway) cdrs(n int) []cdr {
 	g.t.Helper()
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
 		if len(usage.CDRs) >= n || time.Now().After(deadline) {
@@ -289,7 +310,7 @@ func TestSIPpCreditRunsOutAndZeroIsRefused(t *testing.T) {
 	if org.Balance != "0.00" || org.Held != "0.00" || org.Available != "0.00" {
 		t.Fatalf("org after the call: %+v, want everything 0.00", org)
 	}
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
 	if len(usage.CDRs) != 1 {
 		t.Fatalf("%d CDRs, want 1", len(usage.CDRs))

@@ -35,7 +35,7 @@ func TestSIPpCarrierFailoverOn503(t *testing.T) {
 	if err := up.Wait(); err != nil {
 		t.Fatalf("the next carrier did not take the call to its end: %v\n%s", err, upOut.String())
 	}
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
 	if len(usage.CDRs) != 1 || usage.CDRs[0]["disconnect_reason"] != "caller_hangup" || usage.CDRs[0]["billed_s"] < "2" {
 		t.Fatalf("CDRs: %v", usage.CDRs)

@@ -74,7 +74,7 @@ func TestSIPpKill9MidCallByesBothLegs(t *testing.T) {
 	}
 	t.Logf("both legs of %d calls got BYE %v after the restart began", calls, took.Round(time.Millisecond))
 
-	var usage struct{ CDRs []map[string]string }
+	var usage struct{ CDRs []cdr }
 	g2.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
 	if len(usage.CDRs) != calls {
 		t.Fatalf("%d CDRs, want %d: %v", len(usage.CDRs), calls, usage.CDRs)

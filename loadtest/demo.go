@@ -113,10 +113,10 @@ func Demo(ctx context.Context, cfg DemoConfig) error {
 	}
 	say("answered %.0f ms after the INVITE; the caller hung up after %s", r.rep.SetupMS.Max, cfg.Hold)
 
-	var cdr map[string]string
+	var cdr map[string]any
 	for deadline := time.Now().Add(5 * time.Second); cdr == nil && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		var usage struct {
-			CDRs []map[string]string `json:"cdrs"`
+			CDRs []map[string]any `json:"cdrs"`
 		}
 		if b, err := c.do(ctx, "GET", "/v1/orgs/demo/usage", "", 200); err == nil && json.Unmarshal(b, &usage) == nil {
 			for _, u := range usage.CDRs {
@@ -129,7 +129,7 @@ func Demo(ctx context.Context, cfg DemoConfig) error {
 	if cdr == nil {
 		return errors.New("demo: the call's CDR did not appear")
 	}
-	say("CDR: call_id=%s from=%s to=%s (%s) billed_s=%s rate_per_minute=%s charge=%s %s disconnect_reason=%s",
+	say("CDR: call_id=%v from=%v to=%v (%v) billed_s=%v rate_per_minute=%v charge=%v %v disconnect_reason=%v",
 		cdr["call_id"], cdr["from"], cdr["to"], cdr["destination"], cdr["billed_s"], cdr["rate_per_minute"], cdr["charge"], cdr["currency"], cdr["disconnect_reason"])
 	var org struct{ Balance, Available, Held string }
 	b, err := c.do(ctx, "GET", "/v1/orgs/demo", "", 200)

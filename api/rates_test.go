@@ -55,6 +55,7 @@ func TestDeckWithExtraFieldRefused(t *testing.T) {
 		t.Fatalf("stored deck changed by a refused upload:\n%s", got)
 	}
 }
+
 // "?number=+44…" as typed: the + arrives as a space and is read as the
 // number's +; %2B works as ever; a space elsewhere is still no number.
 func TestRatePreviewTakesAnUnencodedPlus(t *testing.T) {

@@ -465,3 +465,28 @@ func fits(a Amount, h Increment) error {
 	}
 	return nil
 }
+
+// endedCalls remembers the ids of recently ended calls, so a retried close
+// or increment of a call that has just ended is answered as such and a
+// reused id is refused. Two generations bound its memory; older ids are
+// found on disk (z/ records).
+type endedCalls struct {
+	cur, prev map[string]string // call id → CDR key
+}
+
+const endedGeneration = 1 << 16
+
+func (e *endedCalls) add(id, cdrKey string) {
+	if e.cur == nil || len(e.cur) >= endedGeneration {
+		e.prev, e.cur = e.cur, make(map[string]string, 1024)
+	}
+	e.cur[id] = cdrKey
+}
+
+func (e *endedCalls) get(id string) (string, bool) {
+	if k, ok := e.cur[id]; ok {
+		return k, true
+	}
+	k, ok := e.prev[id]
+	return k, ok
+}

@@ -1,0 +1,113 @@
+package ledger
+
+import (
+	"fmt"
+	"time"
+)
+
+type poolKey struct {
+	plan  int
+	month string
+}
+
+func (os *orgState) setPool(plan int, p *Pool) {
+	if os.pools == nil {
+		os.pools = map[poolKey]*Pool{}
+	}
+	os.pools[poolKey{plan, p.Month}] = p
+}
+
+func (l *Ledger) planIndex(name string) int {
+	for i, p := range l.plans {
+		if p.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+// Pools returns the org's minute pools for the month that contains at (in
+// the org's time zone), one per plan, including plans nobody has drawn yet.
+func (l *Ledger) Pools(org string, at time.Time) ([]Pool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	os, ok := l.orgs[org]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+	}
+	month := at.In(os.loc).Format("2006-01")
+	out := make([]Pool, 0, len(l.plans))
+	for i := range l.plans {
+		out = append(out, l.peekPool(os, i, month))
+	}
+	return out, nil
+}
+
+// PoolsLeft is the minutes each of the org's pools has left in the month
+// that contains at — a snapshot for rating's decision; the ledger decides
+// again when it holds.
+func (l *Ledger) PoolsLeft(org string, at time.Time) (map[string]int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	os, ok := l.orgs[org]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+	}
+	month := at.In(os.loc).Format("2006-01")
+	out := make(map[string]int, len(l.plans))
+	for i := range l.plans {
+		out[l.plans[i].Name] = l.peekPool(os, i, month).Available()
+	}
+	return out, nil
+}
+
+// peekPool is the pool of a plan and month as it is or, if no call has drawn
+// it yet, as it would be created.
+func (l *Ledger) peekPool(os *orgState, plan int, month string) Pool {
+	if p, ok := os.pools[poolKey{plan, month}]; ok {
+		return *p
+	}
+	if l.forgettable(month) {
+		if p, ok := l.storedPool(os.ID, l.plans[plan].Name, month); ok {
+			return p
+		}
+	}
+	n := os.licensed[plan] * l.plans[plan].Minutes
+	return Pool{Org: os.ID, Plan: l.plans[plan].Name, Month: month, Licensed: n, Total: n}
+}
+
+// forgettable reports whether memory may have dropped a month's pools. It
+// keeps every month from the previous one on (load and pool see to that),
+// so deciding a hold in the current month never reads the disk under the
+// lock; two months of margin cover org time zones against UTC.
+func (l *Ledger) forgettable(month string) bool {
+	return month < l.opts.Now().UTC().AddDate(0, -2, 0).Format("2006-01")
+}
+
+// storedPool reads a month memory no longer keeps. Memory drops a month
+// only two months after it ended and once nothing holds its minutes, so its
+// record on disk is final.
+func (l *Ledger) storedPool(org, plan, month string) (Pool, bool) {
+	var p Pool
+	found, err := getRecord(l.db, keyPool(&Pool{Org: org, Plan: plan, Month: month}), &p)
+	return p, found && err == nil
+}
+
+// pool returns the pool, creating it if this is its month's first use and
+// forgetting months before the previous one that nobody holds minutes of.
+func (l *Ledger) pool(os *orgState, plan int, month string) *Pool {
+	if p, ok := os.pools[poolKey{plan, month}]; ok {
+		return p
+	}
+	p := l.peekPool(os, plan, month)
+	if m, err := time.Parse("2006-01", month); err == nil {
+		keep := m.AddDate(0, -1, 0).Format("2006-01")
+		for k, old := range os.pools {
+			if k.plan == plan && k.month < keep && old.Held == 0 {
+				delete(os.pools, k)
+			}
+		}
+	}
+	os.setPool(plan, &p)
+	return &p
+}

@@ -22,7 +22,7 @@ func (l *Ledger) PutUser(u User) error {
 	u.Licenses = slices.Compact(slices.Sorted(slices.Values(u.Licenses)))
 	at := l.opts.Now().UTC()
 	_, err := l.do(Op{Kind: "put_user", Org: u.Org, Key: u.ID}, at, func(t *txn) error {
-		os, ok := l.orgs[u.Org]
+		st, ok := l.orgs[u.Org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, u.Org)
 		}
@@ -35,15 +35,15 @@ func (l *Ledger) PutUser(u User) error {
 				return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, n, tf.Org)
 			}
 		}
-		before := slices.Clone(os.licensed)
+		before := slices.Clone(st.licensed)
 		l.setUser(&u)
 		t.put(keyUser(u.Org, u.ID), u)
-		month := at.In(os.loc).Format("2006-01")
-		for i, n := range os.licensed {
+		month := at.In(st.loc).Format("2006-01")
+		for i, n := range st.licensed {
 			if n == before[i] {
 				continue
 			}
-			p := l.pool(os, i, month)
+			p := l.pool(st, i, month)
 			p.Licensed = n * l.plans[i].Minutes
 			p.Total = max(p.Licensed, p.Used+p.Held)
 			t.put(keyPool(p), *p)
@@ -56,29 +56,29 @@ func (l *Ledger) PutUser(u User) error {
 // setUser replaces a user in memory: its numbers and its org's license counts.
 func (l *Ledger) setUser(u *User) {
 	key := u.Org + "/" + u.ID
-	os := l.orgs[u.Org]
+	st := l.orgs[u.Org]
 	if old, ok := l.users[key]; ok {
 		for _, n := range old.Numbers {
 			delete(l.numbers, n)
 		}
-		if os != nil {
-			l.countLicenses(os, old, -1)
+		if st != nil {
+			l.countLicenses(st, old, -1)
 		}
 	}
 	for _, n := range u.Numbers {
 		l.numbers[n] = key
 	}
-	if os != nil {
-		l.countLicenses(os, u, +1)
+	if st != nil {
+		l.countLicenses(st, u, +1)
 	}
 	l.users[key] = u
 }
 
-func (l *Ledger) countLicenses(os *orgState, u *User, delta int) {
+func (l *Ledger) countLicenses(st *orgState, u *User, delta int) {
 	for i, p := range l.plans {
 		for _, lic := range p.Licenses {
 			if slices.Contains(u.Licenses, lic) {
-				os.licensed[i] += delta
+				st.licensed[i] += delta
 				break
 			}
 		}

@@ -179,18 +179,18 @@ func (l *Ledger) load() error {
 		l.seq = binary.BigEndian.Uint64(v)
 	}
 	if err := scan(l.db, []byte("o/"), func(_ []byte, o *Org) error {
-		os, err := l.newOrgState(*o)
+		st, err := l.newOrgState(*o)
 		if err != nil {
 			return err
 		}
-		l.orgs[o.ID] = os
+		l.orgs[o.ID] = st
 		return nil
 	}); err != nil {
 		return err
 	}
 	if err := scan(l.db, []byte("b/"), func(k []byte, b *Balances) error {
-		if os, ok := l.orgs[string(k[2:])]; ok {
-			os.Balances = *b
+		if st, ok := l.orgs[string(k[2:])]; ok {
+			st.Balances = *b
 		}
 		return nil
 	}); err != nil {
@@ -235,8 +235,8 @@ func (l *Ledger) load() error {
 		return err
 	}
 	for _, c := range l.calls {
-		if os, ok := l.orgs[c.Org]; ok {
-			os.countCall(c, +1) // settleOpenCalls ends them, and counts them out
+		if st, ok := l.orgs[c.Org]; ok {
+			st.countCall(c, +1) // settleOpenCalls ends them, and counts them out
 		}
 	}
 	if err := l.loadDialogs(); err != nil {
@@ -250,7 +250,7 @@ func (l *Ledger) load() error {
 	}
 	lastMonth := l.opts.Now().UTC().AddDate(0, -1, 0).Format("2006-01")
 	if err := scan(l.db, []byte("p/"), func(_ []byte, p *Pool) error {
-		os, ok := l.orgs[p.Org]
+		st, ok := l.orgs[p.Org]
 		i := l.planIndex(p.Plan)
 		if !ok || i < 0 {
 			return nil // a plan no longer configured keeps its record on disk
@@ -258,7 +258,7 @@ func (l *Ledger) load() error {
 		// Months before last one stay on disk only, unless calls still
 		// hold their minutes.
 		if p.Month >= lastMonth || p.Held > 0 {
-			os.setPool(i, p)
+			st.setPool(i, p)
 		}
 		return nil
 	}); err != nil {

@@ -55,7 +55,7 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 	}
 	o.CreatedAt = l.opts.Now().UTC()
 	o.Balances = Balances{Balance: decimal.Zero, Held: decimal.Zero, Funded: decimal.Zero, Debited: decimal.Zero}
-	os, err := l.newOrgState(o)
+	st, err := l.newOrgState(o)
 	if err != nil {
 		return Org{}, err
 	}
@@ -63,9 +63,9 @@ func (l *Ledger) CreateOrg(o Org) (Org, error) {
 		if _, ok := l.orgs[o.ID]; ok {
 			return fmt.Errorf("%w: %s", ErrOrgExists, o.ID)
 		}
-		l.orgs[o.ID] = os
-		t.put(keyOrg(o.ID), os.Org)
-		t.put(keyBalances(o.ID), os.Balances)
+		l.orgs[o.ID] = st
+		t.put(keyOrg(o.ID), st.Org)
+		t.put(keyBalances(o.ID), st.Balances)
 		return nil
 	})
 	if err != nil {
@@ -87,11 +87,11 @@ func isUpper(s string) bool {
 func (l *Ledger) Org(id string) (Org, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	os, ok := l.orgs[id]
+	st, ok := l.orgs[id]
 	if !ok {
 		return Org{}, fmt.Errorf("%w: %s", ErrUnknownOrg, id)
 	}
-	return os.Org, nil
+	return st.Org, nil
 }
 
 // Fund adds a one-time funding. The idempotency key applies once per org: a
@@ -119,7 +119,7 @@ func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, in
 	var en Entry
 	at := l.opts.Now().UTC()
 	_, err := l.do(Op{Kind: "fund", Org: orgID, Key: key, Amount: amount}, at, func(t *txn) error {
-		os, ok := l.orgs[orgID]
+		st, ok := l.orgs[orgID]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, orgID)
 		}
@@ -132,20 +132,20 @@ func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, in
 			}
 			return fmt.Errorf("%w: %q funded %s at %s already; nothing changed", ErrDuplicateFunding, key, prev.Amount, prev.At.Format(time.RFC3339))
 		}
-		if os.Region != os.BillingRegion {
+		if st.Region != st.BillingRegion {
 			if incident == "" {
-				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, os.ID, os.Region, os.BillingRegion)
+				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, st.ID, st.Region, st.BillingRegion)
 			}
-			l.log.Warn("funding allowed across regions by a support incident", "org", orgID, "region", os.Region,
-				"billing_region", os.BillingRegion, "incident", incident, "amount", amount.String(), "idempotency_key", key)
+			l.log.Warn("funding allowed across regions by a support incident", "org", orgID, "region", st.Region,
+				"billing_region", st.BillingRegion, "incident", incident, "amount", amount.String(), "idempotency_key", key)
 		} else {
 			incident = ""
 		}
-		os.Balance = os.Balance.Add(amount)
-		os.Funded = os.Funded.Add(amount)
-		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryFunding, Amount: amount, Balance: os.Balance, Key: key, Incident: incident}
+		st.Balance = st.Balance.Add(amount)
+		st.Funded = st.Funded.Add(amount)
+		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryFunding, Amount: amount, Balance: st.Balance, Key: key, Incident: incident}
 		l.fundKeys[fk] = en
-		t.put(keyBalances(orgID), os.Balances)
+		t.put(keyBalances(orgID), st.Balances)
 		t.put(keyEntry(orgID, en.Seq), en)
 		t.put(keyFunding(orgID, key), en)
 		return nil
@@ -156,12 +156,12 @@ func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, in
 // SetBlockPremium sets whether the org refuses calls to premium-rate numbers.
 func (l *Ledger) SetBlockPremium(org string, block bool) (Org, error) {
 	_, err := l.do(Op{Kind: "org_settings", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
-		os, ok := l.orgs[org]
+		st, ok := l.orgs[org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 		}
-		os.BlockPremium = block
-		t.put(keyOrg(org), os.Org)
+		st.BlockPremium = block
+		t.put(keyOrg(org), st.Org)
 		return nil
 	})
 	if err != nil {

@@ -10,11 +10,11 @@ type poolKey struct {
 	month string
 }
 
-func (os *orgState) setPool(plan int, p *Pool) {
-	if os.pools == nil {
-		os.pools = map[poolKey]*Pool{}
+func (st *orgState) setPool(plan int, p *Pool) {
+	if st.pools == nil {
+		st.pools = map[poolKey]*Pool{}
 	}
-	os.pools[poolKey{plan, p.Month}] = p
+	st.pools[poolKey{plan, p.Month}] = p
 }
 
 func (l *Ledger) planIndex(name string) int {
@@ -31,14 +31,14 @@ func (l *Ledger) planIndex(name string) int {
 func (l *Ledger) Pools(org string, at time.Time) ([]Pool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	os, ok := l.orgs[org]
+	st, ok := l.orgs[org]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 	}
-	month := at.In(os.loc).Format("2006-01")
+	month := at.In(st.loc).Format("2006-01")
 	out := make([]Pool, 0, len(l.plans))
 	for i := range l.plans {
-		out = append(out, l.peekPool(os, i, month))
+		out = append(out, l.peekPool(st, i, month))
 	}
 	return out, nil
 }
@@ -49,31 +49,31 @@ func (l *Ledger) Pools(org string, at time.Time) ([]Pool, error) {
 func (l *Ledger) PoolsLeft(org string, at time.Time) (map[string]int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	os, ok := l.orgs[org]
+	st, ok := l.orgs[org]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 	}
-	month := at.In(os.loc).Format("2006-01")
+	month := at.In(st.loc).Format("2006-01")
 	out := make(map[string]int, len(l.plans))
 	for i := range l.plans {
-		out[l.plans[i].Name] = l.peekPool(os, i, month).Available()
+		out[l.plans[i].Name] = l.peekPool(st, i, month).Available()
 	}
 	return out, nil
 }
 
 // peekPool is the pool of a plan and month as it is or, if no call has drawn
 // it yet, as it would be created.
-func (l *Ledger) peekPool(os *orgState, plan int, month string) Pool {
-	if p, ok := os.pools[poolKey{plan, month}]; ok {
+func (l *Ledger) peekPool(st *orgState, plan int, month string) Pool {
+	if p, ok := st.pools[poolKey{plan, month}]; ok {
 		return *p
 	}
 	if l.forgettable(month) {
-		if p, ok := l.storedPool(os.ID, l.plans[plan].Name, month); ok {
+		if p, ok := l.storedPool(st.ID, l.plans[plan].Name, month); ok {
 			return p
 		}
 	}
-	n := os.licensed[plan] * l.plans[plan].Minutes
-	return Pool{Org: os.ID, Plan: l.plans[plan].Name, Month: month, Licensed: n, Total: n}
+	n := st.licensed[plan] * l.plans[plan].Minutes
+	return Pool{Org: st.ID, Plan: l.plans[plan].Name, Month: month, Licensed: n, Total: n}
 }
 
 // forgettable reports whether memory may have dropped a month's pools. It
@@ -95,19 +95,19 @@ func (l *Ledger) storedPool(org, plan, month string) (Pool, bool) {
 
 // pool returns the pool, creating it if this is its month's first use and
 // forgetting months before the previous one that nobody holds minutes of.
-func (l *Ledger) pool(os *orgState, plan int, month string) *Pool {
-	if p, ok := os.pools[poolKey{plan, month}]; ok {
+func (l *Ledger) pool(st *orgState, plan int, month string) *Pool {
+	if p, ok := st.pools[poolKey{plan, month}]; ok {
 		return p
 	}
-	p := l.peekPool(os, plan, month)
+	p := l.peekPool(st, plan, month)
 	if m, err := time.Parse("2006-01", month); err == nil {
 		keep := m.AddDate(0, -1, 0).Format("2006-01")
-		for k, old := range os.pools {
+		for k, old := range st.pools {
 			if k.plan == plan && k.month < keep && old.Held == 0 {
-				delete(os.pools, k)
+				delete(st.pools, k)
 			}
 		}
 	}
-	os.setPool(plan, &p)
+	st.setPool(plan, &p)
 	return &p
 }

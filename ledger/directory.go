@@ -6,6 +6,27 @@ import (
 	"sort"
 )
 
+// loadDirectory reads the users (u/; the orgs must be loaded, users count
+// into their licenses), trunks (t/) and toll-free numbers (f/).
+func (l *Ledger) loadDirectory() error {
+	if err := scan(l.db, []byte("u/"), func(_ []byte, u *User) error {
+		l.setUser(u)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("t/"), func(_ []byte, t *Trunk) error {
+		l.trunks[t.ID] = *t
+		return nil
+	}); err != nil {
+		return err
+	}
+	return scan(l.db, []byte("f/"), func(_ []byte, tf *TollFree) error {
+		l.tollFree[tf.Number] = *tf
+		return nil
+	})
+}
+
 // PutUser creates or replaces a user. Numbers are E.164 digits without '+'.
 // The org's minute pools of this month follow its licenses.
 func (l *Ledger) PutUser(u User) error {

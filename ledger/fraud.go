@@ -74,19 +74,7 @@ func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
 	case fg.MaxSpendPerHour.IsNegative() || fg.MaxSpendPerHourPerUser.IsNegative():
 		return Org{}, invalidf("spend limits: must not be negative (0: no limit)")
 	}
-	_, err := l.do(Op{Kind: "fraud_guard", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
-		st, ok := l.orgs[org]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
-		}
-		st.FraudGuard = fg
-		t.put(keyOrg(org), st.Org)
-		return nil
-	})
-	if err != nil {
-		return Org{}, err
-	}
-	return l.Org(org)
+	return l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
 }
 
 // spendWindow is credit held per minute over the last hour.

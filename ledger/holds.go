@@ -107,6 +107,27 @@ func (l *Ledger) endedOnDisk(id string) bool {
 	return found
 }
 
+// loadCalls reads the calls that were up (a/) and their state (s/), and
+// counts them into their orgs' fraud guard; settleOpenCalls ends them, and
+// counts them out.
+func (l *Ledger) loadCalls() error {
+	if err := scan(l.db, []byte("a/"), func(_ []byte, c *Call) error {
+		l.calls[c.ID] = c
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scanOnto(l.db, []byte("s/"), l.calls, func(c *Call, cs *CallState) { c.CallState = *cs }); err != nil {
+		return err
+	}
+	for _, c := range l.calls {
+		if st, ok := l.orgs[c.Org]; ok {
+			st.countCall(c, +1)
+		}
+	}
+	return nil
+}
+
 // Answer marks the call answered: from here its increments are charged.
 func (l *Ledger) Answer(callID string, at time.Time) error {
 	return l.AnswerDialog(callID, at, nil)

@@ -169,7 +169,10 @@ func (l *Ledger) Close() error {
 	return l.db.Close()
 }
 
-// load reads the live records back into memory.
+// load reads the live records back into memory, each kind of record after
+// those it refers to: orgs first (everything else belongs to one), users
+// after them (they count into their org's licenses), a call's state after
+// the call.
 func (l *Ledger) load() error {
 	v, found, err := get(l.db, keySeq)
 	if err != nil {
@@ -178,91 +181,13 @@ func (l *Ledger) load() error {
 	if found {
 		l.seq = binary.BigEndian.Uint64(v)
 	}
-	if err := scan(l.db, []byte("o/"), func(_ []byte, o *Org) error {
-		st, err := l.newOrgState(*o)
-		if err != nil {
+	for _, load := range []func() error{
+		l.loadOrgs, l.loadDirectory, l.loadFundKeys, l.loadCalls,
+		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools,
+	} {
+		if err := load(); err != nil {
 			return err
 		}
-		l.orgs[o.ID] = st
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("b/"), func(k []byte, b *Balances) error {
-		if st, ok := l.orgs[string(k[2:])]; ok {
-			st.Balances = *b
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("u/"), func(_ []byte, u *User) error {
-		l.setUser(u)
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("t/"), func(_ []byte, t *Trunk) error {
-		l.trunks[t.ID] = *t
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("f/"), func(_ []byte, tf *TollFree) error {
-		l.tollFree[tf.Number] = *tf
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("k/"), func(k []byte, e *Entry) error {
-		l.fundKeys[string(k[2:])] = *e
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("a/"), func(_ []byte, c *Call) error {
-		l.calls[c.ID] = c
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := scan(l.db, []byte("s/"), func(k []byte, st *CallState) error {
-		if c, ok := l.calls[string(k[2:])]; ok {
-			c.CallState = *st
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	for _, c := range l.calls {
-		if st, ok := l.orgs[c.Org]; ok {
-			st.countCall(c, +1) // settleOpenCalls ends them, and counts them out
-		}
-	}
-	if err := l.loadDialogs(); err != nil {
-		return err
-	}
-	if err := l.loadPurchases(); err != nil {
-		return err
-	}
-	if err := l.loadOutbox(); err != nil {
-		return err
-	}
-	lastMonth := l.opts.Now().UTC().AddDate(0, -1, 0).Format("2006-01")
-	if err := scan(l.db, []byte("p/"), func(_ []byte, p *Pool) error {
-		st, ok := l.orgs[p.Org]
-		i := l.planIndex(p.Plan)
-		if !ok || i < 0 {
-			return nil // a plan no longer configured keeps its record on disk
-		}
-		// Months before last one stay on disk only, unless calls still
-		// hold their minutes.
-		if p.Month >= lastMonth || p.Held > 0 {
-			st.setPool(i, p)
-		}
-		return nil
-	}); err != nil {
-		return err
 	}
 	l.deck, _, err = get(l.db, keyDeck)
 	return err

@@ -30,6 +30,29 @@ func (l *Ledger) newOrgState(o Org) (*orgState, error) {
 	return &orgState{Org: o, loc: loc, licensed: make([]int, len(l.plans))}, nil
 }
 
+// loadOrgs reads the orgs and their balances (o/, b/).
+func (l *Ledger) loadOrgs() error {
+	if err := scan(l.db, []byte("o/"), func(_ []byte, o *Org) error {
+		st, err := l.newOrgState(*o)
+		if err != nil {
+			return err
+		}
+		l.orgs[o.ID] = st
+		return nil
+	}); err != nil {
+		return err
+	}
+	return scanOnto(l.db, []byte("b/"), l.orgs, func(st *orgState, b *Balances) { st.Balances = *b })
+}
+
+// loadFundKeys reads the fundings' idempotency keys (k/).
+func (l *Ledger) loadFundKeys() error {
+	return scan(l.db, []byte("k/"), func(k []byte, e *Entry) error {
+		l.fundKeys[string(k[2:])] = *e
+		return nil
+	})
+}
+
 // CreateOrg adds an org with a zero balance.
 func (l *Ledger) CreateOrg(o Org) (Org, error) {
 	if !ValidID(o.ID) {
@@ -155,12 +178,20 @@ func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, in
 
 // SetBlockPremium sets whether the org refuses calls to premium-rate numbers.
 func (l *Ledger) SetBlockPremium(org string, block bool) (Org, error) {
-	_, err := l.do(Op{Kind: "org_settings", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
+	return l.setOrg("org_settings", org, func(o *Org) { o.BlockPremium = block })
+}
+
+// setOrg changes an org's settings in one durable operation: set edits the
+// org under the lock, and the org's record is written with the change. It
+// answers the org as it is once the change is durable. Kind names the
+// operation for tracing.
+func (l *Ledger) setOrg(kind, org string, set func(o *Org)) (Org, error) {
+	_, err := l.do(Op{Kind: kind, Org: org}, l.opts.Now().UTC(), func(t *txn) error {
 		st, ok := l.orgs[org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 		}
-		st.BlockPremium = block
+		set(&st.Org)
 		t.put(keyOrg(org), st.Org)
 		return nil
 	})

@@ -167,19 +167,7 @@ func (l *Ledger) SetContacts(org string, c Contacts) (Org, error) {
 	if err := c.validate(); err != nil {
 		return Org{}, err
 	}
-	_, err := l.do(Op{Kind: "contacts", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
-		st, ok := l.orgs[org]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
-		}
-		st.Contacts = c
-		t.put(keyOrg(org), st.Org)
-		return nil
-	})
-	if err != nil {
-		return Org{}, err
-	}
-	return l.Org(org)
+	return l.setOrg("contacts", org, func(o *Org) { o.Contacts = c })
 }
 
 // OrgIDs lists the orgs.

@@ -26,19 +26,31 @@ func (l *Ledger) planIndex(name string) int {
 	return -1
 }
 
+// loadPools reads the minute pools (p/) from last month on, and older ones
+// calls still hold minutes of; the orgs must be loaded.
+func (l *Ledger) loadPools() error {
+	lastMonth := l.opts.Now().UTC().AddDate(0, -1, 0).Format("2006-01")
+	return scan(l.db, []byte("p/"), func(_ []byte, p *Pool) error {
+		st, ok := l.orgs[p.Org]
+		i := l.planIndex(p.Plan)
+		if !ok || i < 0 {
+			return nil // a plan no longer configured keeps its record on disk
+		}
+		// Months before last one stay on disk only, unless calls still
+		// hold their minutes.
+		if p.Month >= lastMonth || p.Held > 0 {
+			st.setPool(i, p)
+		}
+		return nil
+	})
+}
+
 // Pools returns the org's minute pools for the month that contains at (in
 // the org's time zone), one per plan, including plans nobody has drawn yet.
 func (l *Ledger) Pools(org string, at time.Time) ([]Pool, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	st, ok := l.orgs[org]
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
-	}
-	month := at.In(st.loc).Format("2006-01")
 	out := make([]Pool, 0, len(l.plans))
-	for i := range l.plans {
-		out = append(out, l.peekPool(st, i, month))
+	if err := l.eachPool(org, at, func(_ int, p Pool) { out = append(out, p) }); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -47,18 +59,27 @@ func (l *Ledger) Pools(org string, at time.Time) ([]Pool, error) {
 // that contains at — a snapshot for rating's decision; the ledger decides
 // again when it holds.
 func (l *Ledger) PoolsLeft(org string, at time.Time) (map[string]int, error) {
+	out := make(map[string]int, len(l.plans))
+	if err := l.eachPool(org, at, func(i int, p Pool) { out[l.plans[i].Name] = p.Available() }); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// eachPool calls fn, under the lock, with each plan's pool (by the plan's
+// index) for the month that contains at in the org's time zone.
+func (l *Ledger) eachPool(org string, at time.Time, fn func(plan int, p Pool)) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	st, ok := l.orgs[org]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+		return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 	}
 	month := at.In(st.loc).Format("2006-01")
-	out := make(map[string]int, len(l.plans))
 	for i := range l.plans {
-		out[l.plans[i].Name] = l.peekPool(st, i, month).Available()
+		fn(i, l.peekPool(st, i, month))
 	}
-	return out, nil
+	return nil
 }
 
 // peekPool is the pool of a plan and month as it is or, if no call has drawn

@@ -425,6 +425,18 @@ func scan[T any](db pebble.Reader, prefix []byte, fn func(key []byte, v *T) erro
 	return it.Error()
 }
 
+// scanOnto decodes every record under prefix onto the owner named by the
+// rest of its key (an org's balances, a call's state) with set; a record
+// whose owner is not in owners is skipped.
+func scanOnto[T, O any](db pebble.Reader, prefix []byte, owners map[string]O, set func(O, *T)) error {
+	return scan(db, prefix, func(k []byte, v *T) error {
+		if o, ok := owners[string(k[len(prefix):])]; ok {
+			set(o, v)
+		}
+		return nil
+	})
+}
+
 // get reads a copy of key's value; found is false when the key is absent.
 func get(db *pebble.DB, key []byte) (val []byte, found bool, err error) {
 	v, closer, err := db.Get(key)

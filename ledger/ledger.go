@@ -52,11 +52,48 @@ const (
 
 // Ledger is safe for concurrent use.
 //
-// One mutex guards all in-memory state. Every operation under it is a few map
-// lookups, decimal additions and the encoding of the records it changes; the
-// slow part, the fsync, happens in the committer without the lock, so one
-// lock is enough for the call rates a single gateway handles (see the ledger
-// benchmarks).
+// One mutex, mu, guards all in-memory state: every field from mu down to
+// outbox, and all of each org's orgState (balances, pools, license counts,
+// fraud guard counts, its pending purchase). Every operation under it is a
+// few map lookups, decimal additions and the encoding of the records it
+// changes; the slow part, the fsync, happens in the committer without the
+// lock, so one lock is enough for the call rates a single gateway handles
+// (see the ledger benchmarks).
+//
+// Lock order: Ledger.mu, then committer.mu (store.go). do queues an
+// operation's writes while it holds Ledger.mu, which is what keeps the
+// commit queue in the order operations were applied; the committer never
+// takes Ledger.mu. Under either, the ledger calls back into nothing of its
+// callers' (it imports no package above it; only the logger, its metrics
+// and, in tests, trace run under mu), so a caller may hold its own locks
+// across a ledger call — the gateway holds a call's mutex across Step.
+// The function an operation runs inside do holds Ledger.mu: it must not
+// call the exported methods, which take it again.
+//
+// No ledger lock is held across a Pebble write or sync: do releases
+// Ledger.mu before it waits for its batch; the committer writes the WAL and
+// waits for each sync holding no lock (committer.mu only while it takes the
+// queue); ForgetDialog deletes before it takes Ledger.mu. Two rare cases
+// read the store under Ledger.mu, where memory no longer has the answer:
+// a minute pool of a month more than two months back (storedPool, see
+// forgettable; never the current month) and a retried close of a purchase
+// already closed (closedPurchase).
+//
+// Invariants, besides those of Org, Pool and Call (types.go) that
+// CheckInvariants asserts:
+//   - memory is at or ahead of the disk (ForgetDialog aside, which deletes
+//     on disk first): an operation is
+//     applied in memory, then queued, then acknowledged once durable, so a
+//     read under mu may see a change whose operation has not returned yet
+//     (PendingPurchases and Outbox are barriers for that reason). Only
+//     OpenCall with Call.Unsynced and ForgetDialog return before the disk;
+//   - seq is the last number an applied operation took; the store's keySeq
+//     is the last durable one;
+//   - a call id is in calls while the call is up and in ended (or on disk,
+//     z/) once it has a CDR, never both;
+//   - once a commit has failed (c.err), every operation through do (every
+//     change, and the barriers) is refused with ErrUnavailable until a
+//     restart rebuilds memory from the disk.
 type Ledger struct {
 	opts  Options
 	db    *pebble.DB

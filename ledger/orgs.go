@@ -7,7 +7,19 @@ import (
 	"github.com/shopspring/decimal"
 )
 
-// orgState is an org with what the ledger derives for it.
+// orgState is an org with what the ledger derives for it. It has no lock of
+// its own: Ledger.mu guards all of it.
+//
+// Invariants (besides Org's, types.go):
+//   - licensed[i] is the number of the org's users holding one of plan i's
+//     licenses (setUser keeps it);
+//   - pools holds every month from the previous one on that anything
+//     touched, and older months only while calls hold their minutes (pool,
+//     loadPools); older months are on disk (storedPool);
+//   - purchase is the org's one pending auto-recharge purchase, the same
+//     one as in Ledger.purchases, or nil;
+//   - guard.calls and guard.userCalls count the org's calls up that are not
+//     free (countCall), which is what the concurrent-call limits compare.
 type orgState struct {
 	Org
 	loc      *time.Location

@@ -210,6 +210,12 @@ type pending struct {
 // still the one the ledger applied. An operation with no writes (a barrier)
 // travels the same way, so it is acknowledged only once everything before it
 // is durable.
+//
+// Locks: mu guards queue and nothing else. enqueue takes it while its caller
+// holds Ledger.mu (Ledger.mu before committer.mu); the committer goroutine
+// takes it only to swap the queue out, and neither it nor the waiter holds
+// any lock while Pebble writes the WAL or syncs. failed is atomic, read by
+// every operation without mu.
 type committer struct {
 	db      *pebble.DB
 	observe func(time.Duration)

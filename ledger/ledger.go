@@ -50,7 +50,8 @@ const (
 	MaxFundingKey      = 128
 )
 
-// Ledger is safe for concurrent use.
+// Ledger is safe for concurrent use. It is the one implementation of Books
+// (seam.go), on Pebble.
 //
 // One mutex, mu, guards all in-memory state: every field from mu down to
 // outbox, and all of each org's orgState (balances, pools, license counts,

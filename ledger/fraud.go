@@ -74,19 +74,7 @@ func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
 	case fg.MaxSpendPerHour.IsNegative() || fg.MaxSpendPerHourPerUser.IsNegative():
 		return Org{}, invalidf("spend limits: must not be negative (0: no limit)")
 	}
-	_, err := l.do(Op{Kind: "fraud_guard", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
-		os, ok := l.orgs[org]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
-		}
-		os.FraudGuard = fg
-		t.put(keyOrg(org), os.Org)
-		return nil
-	})
-	if err != nil {
-		return Org{}, err
-	}
-	return l.Org(org)
+	return l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
 }
 
 // spendWindow is credit held per minute over the last hour.
@@ -132,46 +120,46 @@ type guardState struct {
 }
 
 // admitCall checks the concurrent-call limits for a new call of c's user.
-func (os *orgState) admitCall(c *Call) error {
-	fg := os.FraudGuard
-	if fg.MaxCalls > 0 && os.guard.calls >= fg.MaxCalls {
-		return &Trip{Guard: GuardMaxCalls, Org: os.ID, User: c.User, Detail: fmt.Sprintf("%d calls up, the limit is %d", os.guard.calls, fg.MaxCalls)}
+func (st *orgState) admitCall(c *Call) error {
+	fg := st.FraudGuard
+	if fg.MaxCalls > 0 && st.guard.calls >= fg.MaxCalls {
+		return &Trip{Guard: GuardMaxCalls, Org: st.ID, User: c.User, Detail: fmt.Sprintf("%d calls up, the limit is %d", st.guard.calls, fg.MaxCalls)}
 	}
-	if n := os.guard.userCalls[c.User]; fg.MaxCallsPerUser > 0 && n >= fg.MaxCallsPerUser {
-		return &Trip{Guard: GuardMaxCallsPerUser, Org: os.ID, User: c.User, Detail: fmt.Sprintf("user %s has %d calls up, the limit is %d", c.User, n, fg.MaxCallsPerUser)}
+	if n := st.guard.userCalls[c.User]; fg.MaxCallsPerUser > 0 && n >= fg.MaxCallsPerUser {
+		return &Trip{Guard: GuardMaxCallsPerUser, Org: st.ID, User: c.User, Detail: fmt.Sprintf("user %s has %d calls up, the limit is %d", c.User, n, fg.MaxCallsPerUser)}
 	}
 	return nil
 }
 
 // countCall adds (+1) or removes (-1) a call from the concurrent counts.
-func (os *orgState) countCall(c *Call, delta int) {
+func (st *orgState) countCall(c *Call, delta int) {
 	if c.Free {
 		return
 	}
-	os.guard.calls += delta
-	if os.guard.userCalls == nil {
-		os.guard.userCalls = map[string]int{}
+	st.guard.calls += delta
+	if st.guard.userCalls == nil {
+		st.guard.userCalls = map[string]int{}
 	}
-	if n := os.guard.userCalls[c.User] + delta; n > 0 {
-		os.guard.userCalls[c.User] = n
+	if n := st.guard.userCalls[c.User] + delta; n > 0 {
+		st.guard.userCalls[c.User] = n
 	} else {
-		delete(os.guard.userCalls, c.User)
+		delete(st.guard.userCalls, c.User)
 	}
 }
 
 // checkSpend says whether holding credit for c at at keeps the org and the
 // user within their hourly spend.
-func (os *orgState) checkSpend(c *Call, credit decimal.Decimal, at time.Time) error {
-	fg := os.FraudGuard
+func (st *orgState) checkSpend(c *Call, credit decimal.Decimal, at time.Time) error {
+	fg := st.FraudGuard
 	if fg.MaxSpendPerHour.IsPositive() {
-		if s := os.guard.spend.sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHour) {
-			return &Trip{Guard: GuardSpendPerHour, Org: os.ID, User: c.User,
+		if s := st.guard.spend.sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHour) {
+			return &Trip{Guard: GuardSpendPerHour, Org: st.ID, User: c.User,
 				Detail: fmt.Sprintf("%s spent in the last hour, the limit is %s", s.StringFixed(2), fg.MaxSpendPerHour.StringFixed(2))}
 		}
 	}
 	if fg.MaxSpendPerHourPerUser.IsPositive() {
-		if s := os.guard.userSpend[c.User].sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHourPerUser) {
-			return &Trip{Guard: GuardSpendPerHourPerUser, Org: os.ID, User: c.User,
+		if s := st.guard.userSpend[c.User].sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHourPerUser) {
+			return &Trip{Guard: GuardSpendPerHourPerUser, Org: st.ID, User: c.User,
 				Detail: fmt.Sprintf("user %s spent %s in the last hour, the limit is %s", c.User, s.StringFixed(2), fg.MaxSpendPerHourPerUser.StringFixed(2))}
 		}
 	}
@@ -181,30 +169,30 @@ func (os *orgState) checkSpend(c *Call, credit decimal.Decimal, at time.Time) er
 // recordSpend counts a credit hold in the windows of an org with a spend
 // limit (an org without one pays nothing for the guard; a limit set later
 // counts from then).
-func (os *orgState) recordSpend(c *Call, credit decimal.Decimal, at time.Time) {
-	if !os.FraudGuard.MaxSpendPerHour.IsPositive() && !os.FraudGuard.MaxSpendPerHourPerUser.IsPositive() {
-		os.guard.spend, os.guard.userSpend = nil, nil
+func (st *orgState) recordSpend(c *Call, credit decimal.Decimal, at time.Time) {
+	if !st.FraudGuard.MaxSpendPerHour.IsPositive() && !st.FraudGuard.MaxSpendPerHourPerUser.IsPositive() {
+		st.guard.spend, st.guard.userSpend = nil, nil
 		return
 	}
-	if os.guard.spend == nil {
-		os.guard.spend = &spendWindow{}
+	if st.guard.spend == nil {
+		st.guard.spend = &spendWindow{}
 	}
-	os.guard.spend.add(at, credit)
-	if os.guard.userSpend == nil {
-		os.guard.userSpend = map[string]*spendWindow{}
+	st.guard.spend.add(at, credit)
+	if st.guard.userSpend == nil {
+		st.guard.userSpend = map[string]*spendWindow{}
 	}
-	w := os.guard.userSpend[c.User]
+	w := st.guard.userSpend[c.User]
 	if w == nil {
 		w = &spendWindow{}
-		os.guard.userSpend[c.User] = w
+		st.guard.userSpend[c.User] = w
 	}
 	w.add(at, credit)
 	// Users who stopped spending an hour ago are forgotten now and then,
 	// so the map stays about the size of the users spending now.
-	if os.guard.records++; os.guard.records%4096 == 0 {
-		for u, uw := range os.guard.userSpend {
+	if st.guard.records++; st.guard.records%4096 == 0 {
+		for u, uw := range st.guard.userSpend {
 			if uw.sum(at).IsZero() {
-				delete(os.guard.userSpend, u)
+				delete(st.guard.userSpend, u)
 			}
 		}
 	}
@@ -217,26 +205,26 @@ func (l *Ledger) FraudTripped(tr *Trip, at time.Time) error {
 	// Most trips of a flood are within the hour: answer those without a
 	// durable operation, which would wait for the disk.
 	l.mu.Lock()
-	os, ok := l.orgs[tr.Org]
-	recent := ok && os.guardNotified != nil && !os.guardNotified[tr.Guard].IsZero() &&
-		at.Sub(os.guardNotified[tr.Guard]) < time.Hour && !at.Before(os.guardNotified[tr.Guard])
+	st, ok := l.orgs[tr.Org]
+	recent := ok && st.guardNotified != nil && !st.guardNotified[tr.Guard].IsZero() &&
+		at.Sub(st.guardNotified[tr.Guard]) < time.Hour && !at.Before(st.guardNotified[tr.Guard])
 	l.mu.Unlock()
 	if !ok || recent {
 		return nil
 	}
 	_, err := l.do(Op{Kind: "fraud_tripped", Org: tr.Org}, at, func(t *txn) error {
-		os, ok := l.orgs[tr.Org]
+		st, ok := l.orgs[tr.Org]
 		if !ok {
 			return nil
 		}
-		if os.guardNotified == nil {
-			os.guardNotified = map[string]time.Time{}
+		if st.guardNotified == nil {
+			st.guardNotified = map[string]time.Time{}
 		}
-		if last, ok := os.guardNotified[tr.Guard]; ok && at.Sub(last) < time.Hour && !at.Before(last) {
+		if last, ok := st.guardNotified[tr.Guard]; ok && at.Sub(last) < time.Hour && !at.Before(last) {
 			return nil
 		}
-		os.guardNotified[tr.Guard] = at
-		l.notify(t, Notification{Org: tr.Org, Kind: NotifyFraudGuard, Balance: os.Balance, Currency: os.Currency,
+		st.guardNotified[tr.Guard] = at
+		l.notify(t, Notification{Org: tr.Org, Kind: NotifyFraudGuard, Balance: st.Balance, Currency: st.Currency,
 			Reason: tr.Guard + ": " + tr.Detail})
 		return nil
 	})

@@ -54,7 +54,7 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 		if _, ok := l.ended.get(c.ID); ok {
 			return fmt.Errorf("%w: %s", ErrCallEnded, c.ID)
 		}
-		os, ok := l.orgs[c.Org]
+		st, ok := l.orgs[c.Org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, c.Org)
 		}
@@ -62,15 +62,15 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 		if call.Free {
 			call.Hold = Increment{N: 1, Source: SourceFree}
 		} else {
-			if err := os.admitCall(&call); err != nil {
+			if err := st.admitCall(&call); err != nil {
 				return err
 			}
-			inc, err := l.next(os, &call, 1, at)
+			inc, err := l.next(st, &call, 1, at)
 			if err != nil {
 				return err
 			}
-			l.hold(t, os, &call, inc)
-			os.countCall(&call, +1)
+			l.hold(t, st, &call, inc)
+			st.countCall(&call, +1)
 		}
 		l.calls[call.ID] = &call
 		t.put(keyCall(call.ID), call)
@@ -107,6 +107,27 @@ func (l *Ledger) endedOnDisk(id string) bool {
 	return found
 }
 
+// loadCalls reads the calls that were up (a/) and their state (s/), and
+// counts them into their orgs' fraud guard; settleOpenCalls ends them, and
+// counts them out.
+func (l *Ledger) loadCalls() error {
+	if err := scan(l.db, []byte("a/"), func(_ []byte, c *Call) error {
+		l.calls[c.ID] = c
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scanOnto(l.db, []byte("s/"), l.calls, func(c *Call, cs *CallState) { c.CallState = *cs }); err != nil {
+		return err
+	}
+	for _, c := range l.calls {
+		if st, ok := l.orgs[c.Org]; ok {
+			st.countCall(c, +1)
+		}
+	}
+	return nil
+}
+
 // Answer marks the call answered: from here its increments are charged.
 func (l *Ledger) Answer(callID string, at time.Time) error {
 	return l.AnswerDialog(callID, at, nil)
@@ -141,7 +162,7 @@ func (l *Ledger) AnswerDialog(callID string, at time.Time, dialog json.RawMessag
 // committed or released already.
 func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
 	op, err := l.do(Op{Kind: "hold", Call: callID, N: n}, at, func(t *txn) error {
-		c, os, err := l.callFor(callID)
+		c, st, err := l.callFor(callID)
 		if err != nil {
 			return err
 		}
@@ -155,11 +176,11 @@ func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
 		if c.Hold.Open {
 			return invalidf("call %s: increment %d is still held; commit or release it first", c.ID, c.Hold.N)
 		}
-		inc, err := l.next(os, c, n, at)
+		inc, err := l.next(st, c, n, at)
 		if err != nil {
 			return err
 		}
-		l.hold(t, os, c, inc)
+		l.hold(t, st, c, inc)
 		c.LastAt = at
 		t.put(keyCallState(c.ID), c.CallState)
 		t.result = c.Hold
@@ -188,7 +209,7 @@ func (l *Ledger) Release(callID string, n int, at time.Time) error {
 // (all of it when part is nil) and void the rest. Releasing posts nothing.
 func (l *Ledger) secondPhase(callID string, n int, at time.Time, kind string, part *Amount) error {
 	_, err := l.do(Op{Kind: kind, Call: callID, N: n}, at, func(t *txn) error {
-		c, os, err := l.callFor(callID)
+		c, st, err := l.callFor(callID)
 		if err != nil {
 			return err
 		}
@@ -208,7 +229,7 @@ func (l *Ledger) secondPhase(callID string, n int, at time.Time, kind string, pa
 		if kind == "commit" && !c.Answered() {
 			return invalidf("call %s is not answered: an unanswered call costs nothing, release its hold", c.ID)
 		}
-		l.settle(t, os, c, amt)
+		l.settle(t, st, c, amt)
 		c.LastAt = at
 		t.put(keyCallState(c.ID), c.CallState)
 		return nil
@@ -222,7 +243,7 @@ func (l *Ledger) secondPhase(callID string, n int, at time.Time, kind string, pa
 // the call must end now, at the end of what was paid for.
 func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 	op, err := l.do(Op{Kind: "step", Call: callID, N: n}, at, func(t *txn) error {
-		c, os, err := l.callFor(callID)
+		c, st, err := l.callFor(callID)
 		if err != nil {
 			return err
 		}
@@ -238,15 +259,15 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 		}
 		// Committing turns held into spent and leaves what is available
 		// unchanged, so whether n+1 fits can be decided first.
-		inc, nextErr := l.next(os, c, n+1, at)
+		inc, nextErr := l.next(st, c, n+1, at)
 		if !c.Hold.Open && nextErr != nil {
 			return nextErr // nothing to commit and nothing to hold: a refusal
 		}
 		if c.Hold.Open {
-			l.settle(t, os, c, full(c.Hold))
+			l.settle(t, st, c, full(c.Hold))
 		}
 		if nextErr == nil {
-			l.hold(t, os, c, inc)
+			l.hold(t, st, c, inc)
 		}
 		t.after = nextErr
 		c.LastAt = at
@@ -268,11 +289,11 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 			replay = k
 			return nil
 		}
-		c, os, err := l.callFor(callID)
+		c, st, err := l.callFor(callID)
 		if err != nil {
 			return err
 		}
-		cdr = l.end(t, os, c, end)
+		cdr = l.end(t, st, c, end)
 		return nil
 	})
 	if errors.Is(err, ErrUnknownCall) {
@@ -291,11 +312,11 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 }
 
 // end settles a call and writes its CDR.
-func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
+func (l *Ledger) end(t *txn, st *orgState, c *Call, end CallEnd) CDR {
 	if c.Hold.Open {
 		// The started increment of an answered call counts; an unanswered
 		// call costs nothing.
-		l.settle(t, os, c, map[bool]Amount{true: full(c.Hold), false: {}}[c.Answered()])
+		l.settle(t, st, c, map[bool]Amount{true: full(c.Hold), false: {}}[c.Answered()])
 	}
 	cdr := CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
 		BilledS: c.BilledS, PoolMinutes: c.PoolMinutes, Charge: c.Charge,
@@ -315,7 +336,7 @@ func (l *Ledger) end(t *txn, os *orgState, c *Call, end CallEnd) CDR {
 	t.del(keyCall(c.ID))
 	t.del(keyCallState(c.ID))
 	delete(l.calls, c.ID)
-	os.countCall(c, -1)
+	st.countCall(c, -1)
 	l.ended.add(c.ID, string(key))
 	return cdr
 }
@@ -365,10 +386,10 @@ func settled(c *Call, n int) Increment {
 // next decides, without changing anything, what increment n of the call
 // would hold: a minute of its plan's pool while the pool lasts, then
 // credits if the caller may spend them.
-func (l *Ledger) next(os *orgState, c *Call, n int, at time.Time) (Increment, error) {
+func (l *Ledger) next(st *orgState, c *Call, n int, at time.Time) (Increment, error) {
 	if c.Plan != "" {
-		month := at.In(os.loc).Format("2006-01")
-		if p := l.peekPool(os, l.planIndex(c.Plan), month); p.Available() >= 1 {
+		month := at.In(st.loc).Format("2006-01")
+		if p := l.peekPool(st, l.planIndex(c.Plan), month); p.Available() >= 1 {
 			return Increment{N: n, Source: SourcePool, Seconds: 60, Minutes: 1, Month: month}, nil
 		}
 		if !c.Spill {
@@ -376,10 +397,10 @@ func (l *Ledger) next(os *orgState, c *Call, n int, at time.Time) (Increment, er
 		}
 	}
 	secs, credit := c.creditIncrement(n)
-	if os.Available().LessThan(credit) {
-		return Increment{}, fmt.Errorf("%w: %s available, increment %d costs %s", ErrInsufficientCredit, os.Available(), n, credit)
+	if st.Available().LessThan(credit) {
+		return Increment{}, fmt.Errorf("%w: %s available, increment %d costs %s", ErrInsufficientCredit, st.Available(), n, credit)
 	}
-	if err := os.checkSpend(c, credit, at); err != nil {
+	if err := st.checkSpend(c, credit, at); err != nil {
 		return Increment{}, err
 	}
 	return Increment{N: n, Source: SourceCredits, Seconds: secs, Credit: credit}, nil
@@ -404,48 +425,48 @@ func (c *Call) creditIncrement(n int) (int, decimal.Decimal) {
 }
 
 // hold applies a decided increment.
-func (l *Ledger) hold(t *txn, os *orgState, c *Call, inc Increment) {
+func (l *Ledger) hold(t *txn, st *orgState, c *Call, inc Increment) {
 	inc.Open = true
 	switch inc.Source {
 	case SourcePool:
-		p := l.pool(os, l.planIndex(c.Plan), inc.Month)
+		p := l.pool(st, l.planIndex(c.Plan), inc.Month)
 		p.Held += inc.Minutes
 		t.put(keyPool(p), *p)
 	case SourceCredits:
-		os.Held = os.Held.Add(inc.Credit)
-		t.put(keyBalances(os.ID), os.Balances)
-		os.recordSpend(c, inc.Credit, t.at)
+		st.Held = st.Held.Add(inc.Credit)
+		t.put(keyBalances(st.ID), st.Balances)
+		st.recordSpend(c, inc.Credit, t.at)
 	}
 	c.Hold = inc
 }
 
 // settle closes the open increment: amt of it is committed, the rest
 // released.
-func (l *Ledger) settle(t *txn, os *orgState, c *Call, amt Amount) {
+func (l *Ledger) settle(t *txn, st *orgState, c *Call, amt Amount) {
 	h := c.Hold
 	switch h.Source {
 	case SourcePool:
-		p := os.pools[poolKey{l.planIndex(c.Plan), h.Month}]
+		p := st.pools[poolKey{l.planIndex(c.Plan), h.Month}]
 		p.Held -= h.Minutes
 		p.Used += amt.Minutes
 		c.PoolMinutes += amt.Minutes
 		t.put(keyPool(p), *p)
 	case SourceCredits:
-		os.Held = os.Held.Sub(h.Credit)
+		st.Held = st.Held.Sub(h.Credit)
 		if amt.Credit.IsPositive() {
-			before := os.Balance
-			os.Balance = os.Balance.Sub(amt.Credit)
-			os.Debited = os.Debited.Add(amt.Credit)
+			before := st.Balance
+			st.Balance = st.Balance.Sub(amt.Credit)
+			st.Debited = st.Debited.Add(amt.Credit)
 			c.Charge = c.Charge.Add(amt.Credit)
-			en := Entry{Seq: t.entrySeq(), At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: os.Balance, CallID: c.ID, N: h.N}
-			t.put(keyEntry(os.ID, en.Seq), en)
+			en := Entry{Seq: t.entrySeq(), At: t.at, Kind: EntryDebit, Amount: amt.Credit.Neg(), Balance: st.Balance, CallID: c.ID, N: h.N}
+			t.put(keyEntry(st.ID, en.Seq), en)
 			l.debits.Inc()
-			if before.IsPositive() && !os.Balance.IsPositive() {
-				l.notify(t, Notification{Org: os.ID, Kind: NotifyBalanceZero, Balance: os.Balance, Currency: os.Currency})
+			if before.IsPositive() && !st.Balance.IsPositive() {
+				l.notify(t, Notification{Org: st.ID, Kind: NotifyBalanceZero, Balance: st.Balance, Currency: st.Currency})
 			}
-			l.maybeRecharge(t, os)
+			l.maybeRecharge(t, st)
 		}
-		t.put(keyBalances(os.ID), os.Balances)
+		t.put(keyBalances(st.ID), st.Balances)
 	}
 	c.BilledS += amt.Seconds
 	c.Hold.Open = false
@@ -464,4 +485,29 @@ func fits(a Amount, h Increment) error {
 			a.Credit, a.Minutes, a.Seconds, h.Credit, h.Minutes, h.Seconds)
 	}
 	return nil
+}
+
+// endedCalls remembers the ids of recently ended calls, so a retried close
+// or increment of a call that has just ended is answered as such and a
+// reused id is refused. Two generations bound its memory; older ids are
+// found on disk (z/ records).
+type endedCalls struct {
+	cur, prev map[string]string // call id → CDR key
+}
+
+const endedGeneration = 1 << 16
+
+func (e *endedCalls) add(id, cdrKey string) {
+	if e.cur == nil || len(e.cur) >= endedGeneration {
+		e.prev, e.cur = e.cur, make(map[string]string, 1024)
+	}
+	e.cur[id] = cdrKey
+}
+
+func (e *endedCalls) get(id string) (string, bool) {
+	if k, ok := e.cur[id]; ok {
+		return k, true
+	}
+	k, ok := e.prev[id]
+	return k, ok
 }

@@ -34,7 +34,7 @@ func (l *Ledger) checkLocked() error {
 		if !h.Open {
 			continue
 		}
-		os := l.orgs[c.Org]
+		st := l.orgs[c.Org]
 		switch h.Source {
 		case SourceCredits:
 			if h.Credit.IsNegative() {
@@ -42,7 +42,7 @@ func (l *Ledger) checkLocked() error {
 			}
 			held[c.Org] = held[c.Org].Add(h.Credit)
 		case SourcePool:
-			p, ok := os.pools[poolKey{l.planIndex(c.Plan), h.Month}]
+			p, ok := st.pools[poolKey{l.planIndex(c.Plan), h.Month}]
 			if !ok {
 				return fmt.Errorf("call %s holds minutes of %s %s, a pool the ledger forgot", c.ID, c.Plan, h.Month)
 			}
@@ -51,8 +51,8 @@ func (l *Ledger) checkLocked() error {
 			return fmt.Errorf("call %s holds increment %d from %q", c.ID, h.N, h.Source)
 		}
 	}
-	for id, os := range l.orgs {
-		o := os.Org
+	for id, st := range l.orgs {
+		o := st.Org
 		if !o.Held.Equal(held[id]) {
 			return fmt.Errorf("org %s: held %s but its calls hold %s", id, o.Held, held[id])
 		}
@@ -62,7 +62,7 @@ func (l *Ledger) checkLocked() error {
 		if !o.Funded.Sub(o.Debited).Equal(o.Balance) {
 			return fmt.Errorf("org %s: funded %s − debited %s ≠ balance %s", id, o.Funded, o.Debited, o.Balance)
 		}
-		for k, p := range os.pools {
+		for k, p := range st.pools {
 			if p.Used < 0 || p.Held < 0 || p.Used+p.Held > p.Total {
 				return fmt.Errorf("pool %s/%s/%s: used %d + held %d exceeds total %d", id, p.Plan, k.month, p.Used, p.Held, p.Total)
 			}
@@ -83,8 +83,8 @@ func (l *Ledger) CheckHistory() error {
 	l.mu.Lock()
 	orgs := make([]Org, 0, len(l.orgs))
 	open := map[string]decimal.Decimal{}
-	for _, os := range l.orgs {
-		orgs = append(orgs, os.Org)
+	for _, st := range l.orgs {
+		orgs = append(orgs, st.Org)
 	}
 	for _, c := range l.calls {
 		open[c.ID] = c.Charge

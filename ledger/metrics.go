@@ -19,10 +19,10 @@ func (l *Ledger) Money() []OrgMoney {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := make([]OrgMoney, 0, len(l.orgs))
-	for _, os := range l.orgs {
-		out = append(out, OrgMoney{Org: os.ID, Currency: os.Currency, Balance: os.Balance,
-			Available: os.Balance.Sub(os.Held), Held: os.Held, AutoRecharge: os.AutoRecharge.Enabled,
-			Suspended: os.AutoRecharge.Suspended != "", Threshold: os.AutoRecharge.Threshold})
+	for _, st := range l.orgs {
+		out = append(out, OrgMoney{Org: st.ID, Currency: st.Currency, Balance: st.Balance,
+			Available: st.Balance.Sub(st.Held), Held: st.Held, AutoRecharge: st.AutoRecharge.Enabled,
+			Suspended: st.AutoRecharge.Suspended != "", Threshold: st.AutoRecharge.Threshold})
 	}
 	return out
 }

@@ -309,11 +309,11 @@ func TestModelRandomizedConcurrent(t *testing.T) {
 			return
 		}
 		for id, mo := range m.orgs {
-			os := l.orgs[id]
-			p := l.peekPool(os, 0, "2026-11")
-			if !os.Balance.Equal(mo.balance) || !os.Held.Equal(mo.held) || p.Used != mo.pool.used || p.Held != mo.pool.held {
+			st := l.orgs[id]
+			p := l.peekPool(st, 0, "2026-11")
+			if !st.Balance.Equal(mo.balance) || !st.Held.Equal(mo.held) || p.Used != mo.pool.used || p.Held != mo.pool.held {
 				fail("step %d %s %s#%d: org %s ledger balance %s held %s pool %d+%d, model %s %s %d+%d", steps, op.Kind, op.Call, op.N,
-					id, os.Balance, os.Held, p.Used, p.Held, mo.balance, mo.held, mo.pool.used, mo.pool.held)
+					id, st.Balance, st.Held, p.Used, p.Held, mo.balance, mo.held, mo.pool.used, mo.pool.held)
 				return
 			}
 		}

@@ -167,19 +167,7 @@ func (l *Ledger) SetContacts(org string, c Contacts) (Org, error) {
 	if err := c.validate(); err != nil {
 		return Org{}, err
 	}
-	_, err := l.do(Op{Kind: "contacts", Org: org}, l.opts.Now().UTC(), func(t *txn) error {
-		os, ok := l.orgs[org]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
-		}
-		os.Contacts = c
-		t.put(keyOrg(org), os.Org)
-		return nil
-	})
-	if err != nil {
-		return Org{}, err
-	}
-	return l.Org(org)
+	return l.setOrg("contacts", org, func(o *Org) { o.Contacts = c })
 }
 
 // OrgIDs lists the orgs.
@@ -201,17 +189,17 @@ func (l *Ledger) OrgIDs() []string {
 func (l *Ledger) WarnLowBalance(org string, a Advice, now time.Time, every time.Duration) (bool, error) {
 	warned := false
 	_, err := l.do(Op{Kind: "low_balance", Org: org}, now, func(t *txn) error {
-		os, ok := l.orgs[org]
+		st, ok := l.orgs[org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 		}
-		if !os.LowBalanceWarned.IsZero() && now.Sub(os.LowBalanceWarned) < every {
+		if !st.LowBalanceWarned.IsZero() && now.Sub(st.LowBalanceWarned) < every {
 			return nil
 		}
-		os.LowBalanceWarned = now.UTC()
-		t.put(keyOrg(org), os.Org)
-		l.notify(t, Notification{Org: org, Kind: NotifyLowBalance, Balance: os.Balance.Sub(os.Held), Currency: os.Currency,
-			ZeroAt: a.ZeroAfter(os.Balance.Sub(os.Held), now), BurnPerDay: a.BurnPerDay, Amount: a.Amount})
+		st.LowBalanceWarned = now.UTC()
+		t.put(keyOrg(org), st.Org)
+		l.notify(t, Notification{Org: org, Kind: NotifyLowBalance, Balance: st.Balance.Sub(st.Held), Currency: st.Currency,
+			ZeroAt: a.ZeroAfter(st.Balance.Sub(st.Held), now), BurnPerDay: a.BurnPerDay, Amount: a.Amount})
 		warned = true
 		return nil
 	})

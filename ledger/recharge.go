@@ -129,26 +129,26 @@ func (l *Ledger) SetAutoRecharge(org string, ar AutoRecharge) (AutoRecharge, err
 	ar.UpdatedAt = l.opts.Now().UTC()
 	var out AutoRecharge
 	_, err := l.do(Op{Kind: "auto_recharge", Org: org}, ar.UpdatedAt, func(t *txn) error {
-		os, ok := l.orgs[org]
+		st, ok := l.orgs[org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 		}
 		if ar.Enabled {
-			if _, ok := MinorUnits(ar.Amount, os.Currency); !ok {
-				return invalidf("amount %s: more precision than %s has", ar.Amount, os.Currency)
+			if _, ok := MinorUnits(ar.Amount, st.Currency); !ok {
+				return invalidf("amount %s: more precision than %s has", ar.Amount, st.Currency)
 			}
-			if os.Region != os.BillingRegion && ar.Incident == "" {
+			if st.Region != st.BillingRegion && ar.Incident == "" {
 				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits, then pass its id as incident",
-					ErrRegionMismatch, os.ID, os.Region, os.BillingRegion)
+					ErrRegionMismatch, st.ID, st.Region, st.BillingRegion)
 			}
 		}
-		if ar.Incident != "" && os.Region != os.BillingRegion {
+		if ar.Incident != "" && st.Region != st.BillingRegion {
 			l.log.Warn("auto-recharge allowed across regions by a support incident", "org", org,
-				"region", os.Region, "billing_region", os.BillingRegion, "incident", ar.Incident)
+				"region", st.Region, "billing_region", st.BillingRegion, "incident", ar.Incident)
 		}
-		os.AutoRecharge = ar
-		t.put(keyOrg(org), os.Org)
-		l.maybeRecharge(t, os)
+		st.AutoRecharge = ar
+		t.put(keyOrg(org), st.Org)
+		l.maybeRecharge(t, st)
 		out = ar
 		return nil
 	})
@@ -158,12 +158,12 @@ func (l *Ledger) SetAutoRecharge(org string, ar AutoRecharge) (AutoRecharge, err
 // maybeRecharge starts a purchase if the org's balance is below its
 // threshold and none is pending. It runs inside the operation that moved the
 // balance, so the purchase is durable exactly when that movement is.
-func (l *Ledger) maybeRecharge(t *txn, os *orgState) {
-	ar := os.AutoRecharge
-	if !ar.Enabled || ar.Suspended != "" || os.purchase != nil || !os.Balance.LessThan(ar.Threshold) {
+func (l *Ledger) maybeRecharge(t *txn, st *orgState) {
+	ar := st.AutoRecharge
+	if !ar.Enabled || ar.Suspended != "" || st.purchase != nil || !st.Balance.LessThan(ar.Threshold) {
 		return
 	}
-	if os.Region != os.BillingRegion && ar.Incident == "" {
+	if st.Region != st.BillingRegion && ar.Incident == "" {
 		return
 	}
 	// The ID is the payment's idempotency key, so it must never recur:
@@ -173,9 +173,9 @@ func (l *Ledger) maybeRecharge(t *txn, os *orgState) {
 	// purchase — credit without a charge. Hence the random part.
 	var nonce [6]byte
 	_, _ = rand.Read(nonce[:])
-	p := &Purchase{ID: fmt.Sprintf("%s-r%d-%x", os.ID, t.entrySeq(), nonce), Org: os.ID, Amount: ar.Amount, Currency: os.Currency,
-		PaymentMethod: ar.PaymentMethod, Customer: ar.Customer, State: PurchasePending, Created: t.at.UTC(), Balance: os.Balance}
-	os.purchase = p
+	p := &Purchase{ID: fmt.Sprintf("%s-r%d-%x", st.ID, t.entrySeq(), nonce), Org: st.ID, Amount: ar.Amount, Currency: st.Currency,
+		PaymentMethod: ar.PaymentMethod, Customer: ar.Customer, State: PurchasePending, Created: t.at.UTC(), Balance: st.Balance}
+	st.purchase = p
 	l.purchases[p.ID] = p
 	t.put(keyPurchase(p.ID), *p)
 	t.wakePayer = true
@@ -199,8 +199,8 @@ func (l *Ledger) PendingPurchases() ([]Purchase, error) {
 func (l *Ledger) PendingPurchaseOf(org string) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if os, ok := l.orgs[org]; ok && os.purchase != nil {
-		return os.purchase.ID
+	if st, ok := l.orgs[org]; ok && st.purchase != nil {
+		return st.purchase.ID
 	}
 	return ""
 }
@@ -233,20 +233,20 @@ func (l *Ledger) CompletePurchase(id, payment string) (Entry, error) {
 		if !ok {
 			return l.closedPurchase(id, &en)
 		}
-		os := l.orgs[p.Org]
-		os.Balance = os.Balance.Add(p.Amount)
-		os.Funded = os.Funded.Add(p.Amount)
-		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryRecharge, Amount: p.Amount, Balance: os.Balance, Key: id}
+		st := l.orgs[p.Org]
+		st.Balance = st.Balance.Add(p.Amount)
+		st.Funded = st.Funded.Add(p.Amount)
+		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryRecharge, Amount: p.Amount, Balance: st.Balance, Key: id}
 		p.State, p.Payment, p.Closed = PurchaseSucceeded, payment, at
-		t.put(keyBalances(os.ID), os.Balances)
-		t.put(keyEntry(os.ID, en.Seq), en)
-		t.put(keyFunding(os.ID, id), en)
+		t.put(keyBalances(st.ID), st.Balances)
+		t.put(keyEntry(st.ID, en.Seq), en)
+		t.put(keyFunding(st.ID, id), en)
 		t.put(keyPurchase(id), *p)
 		delete(l.purchases, id)
-		os.purchase = nil
-		l.fundKeys[os.ID+"/"+id] = en
-		l.notify(t, Notification{Org: os.ID, Kind: NotifyRechargeSucceeded, Amount: p.Amount, Balance: os.Balance,
-			Currency: os.Currency, Purchase: id})
+		st.purchase = nil
+		l.fundKeys[st.ID+"/"+id] = en
+		l.notify(t, Notification{Org: st.ID, Kind: NotifyRechargeSucceeded, Amount: p.Amount, Balance: st.Balance,
+			Currency: st.Currency, Purchase: id})
 		return nil
 	})
 	return en, err
@@ -278,15 +278,15 @@ func (l *Ledger) FailPurchase(id, reason string) error {
 			var en Entry
 			return l.closedPurchase(id, &en)
 		}
-		os := l.orgs[p.Org]
+		st := l.orgs[p.Org]
 		p.State, p.Reason, p.Closed = PurchaseFailed, reason, at
 		t.put(keyPurchase(id), *p)
 		delete(l.purchases, id)
-		os.purchase = nil
-		os.AutoRecharge.Suspended = reason
-		t.put(keyOrg(os.ID), os.Org)
-		l.notify(t, Notification{Org: os.ID, Kind: NotifyRechargeFailed, Amount: p.Amount, Balance: os.Balance,
-			Currency: os.Currency, Purchase: id, Reason: reason})
+		st.purchase = nil
+		st.AutoRecharge.Suspended = reason
+		t.put(keyOrg(st.ID), st.Org)
+		l.notify(t, Notification{Org: st.ID, Kind: NotifyRechargeFailed, Amount: p.Amount, Balance: st.Balance,
+			Currency: st.Currency, Purchase: id, Reason: reason})
 		return nil
 	})
 	return err
@@ -298,8 +298,8 @@ func (l *Ledger) loadPurchases() error {
 		if p.State != PurchasePending {
 			return nil
 		}
-		if os, ok := l.orgs[p.Org]; ok {
-			os.purchase = p
+		if st, ok := l.orgs[p.Org]; ok {
+			st.purchase = p
 			l.purchases[p.ID] = p
 		}
 		return nil

@@ -210,6 +210,12 @@ type pending struct {
 // still the one the ledger applied. An operation with no writes (a barrier)
 // travels the same way, so it is acknowledged only once everything before it
 // is durable.
+//
+// Locks: mu guards queue and nothing else. enqueue takes it while its caller
+// holds Ledger.mu (Ledger.mu before committer.mu); the committer goroutine
+// takes it only to swap the queue out, and neither it nor the waiter holds
+// any lock while Pebble writes the WAL or syncs. failed is atomic, read by
+// every operation without mu.
 type committer struct {
 	db      *pebble.DB
 	observe func(time.Duration)
@@ -423,6 +429,18 @@ func scan[T any](db pebble.Reader, prefix []byte, fn func(key []byte, v *T) erro
 		}
 	}
 	return it.Error()
+}
+
+// scanOnto decodes every record under prefix onto the owner named by the
+// rest of its key (an org's balances, a call's state) with set; a record
+// whose owner is not in owners is skipped.
+func scanOnto[T, O any](db pebble.Reader, prefix []byte, owners map[string]O, set func(O, *T)) error {
+	return scan(db, prefix, func(k []byte, v *T) error {
+		if o, ok := owners[string(k[len(prefix):])]; ok {
+			set(o, v)
+		}
+		return nil
+	})
 }
 
 // get reads a copy of key's value; found is false when the key is absent.

@@ -1,0 +1,254 @@
+package ledger
+
+import (
+	"fmt"
+	"slices"
+	"sort"
+)
+
+// loadDirectory reads the users (u/; the orgs must be loaded, users count
+// into their licenses), trunks (t/) and toll-free numbers (f/).
+func (l *Ledger) loadDirectory() error {
+	if err := scan(l.db, []byte("u/"), func(_ []byte, u *User) error {
+		l.setUser(u)
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := scan(l.db, []byte("t/"), func(_ []byte, t *Trunk) error {
+		l.trunks[t.ID] = *t
+		return nil
+	}); err != nil {
+		return err
+	}
+	return scan(l.db, []byte("f/"), func(_ []byte, tf *TollFree) error {
+		l.tollFree[tf.Number] = *tf
+		return nil
+	})
+}
+
+// PutUser creates or replaces a user. Numbers are E.164 digits without '+'.
+// The org's minute pools of this month follow its licenses.
+func (l *Ledger) PutUser(u User) error {
+	if !ValidID(u.ID) {
+		return invalidf("user id %q: want 1 to %d letters, digits, '.', '_' or '-'", u.ID, MaxIDLength)
+	}
+	if len(u.Numbers) > MaxNumbersPerUser {
+		return invalidf("more than %d numbers", MaxNumbersPerUser)
+	}
+	if len(u.Licenses) > MaxLicensesPerUser {
+		return invalidf("more than %d licenses", MaxLicensesPerUser)
+	}
+	u.Numbers = slices.Compact(slices.Sorted(slices.Values(u.Numbers)))
+	u.Licenses = slices.Compact(slices.Sorted(slices.Values(u.Licenses)))
+	at := l.opts.Now().UTC()
+	_, err := l.do(Op{Kind: "put_user", Org: u.Org, Key: u.ID}, at, func(t *txn) error {
+		st, ok := l.orgs[u.Org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, u.Org)
+		}
+		key := u.Org + "/" + u.ID
+		for _, n := range u.Numbers {
+			if owner, ok := l.numbers[n]; ok && owner != key {
+				return fmt.Errorf("%w: +%s belongs to %s", ErrNumberTaken, n, owner)
+			}
+			if tf, ok := l.tollFree[n]; ok {
+				return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, n, tf.Org)
+			}
+		}
+		before := slices.Clone(st.licensed)
+		l.setUser(&u)
+		t.put(keyUser(u.Org, u.ID), u)
+		month := at.In(st.loc).Format("2006-01")
+		for i, n := range st.licensed {
+			if n == before[i] {
+				continue
+			}
+			p := l.pool(st, i, month)
+			p.Licensed = n * l.plans[i].Minutes
+			p.Total = max(p.Licensed, p.Used+p.Held)
+			t.put(keyPool(p), *p)
+		}
+		return nil
+	})
+	return err
+}
+
+// setUser replaces a user in memory: its numbers and its org's license counts.
+func (l *Ledger) setUser(u *User) {
+	key := u.Org + "/" + u.ID
+	st := l.orgs[u.Org]
+	if old, ok := l.users[key]; ok {
+		for _, n := range old.Numbers {
+			delete(l.numbers, n)
+		}
+		if st != nil {
+			l.countLicenses(st, old, -1)
+		}
+	}
+	for _, n := range u.Numbers {
+		l.numbers[n] = key
+	}
+	if st != nil {
+		l.countLicenses(st, u, +1)
+	}
+	l.users[key] = u
+}
+
+func (l *Ledger) countLicenses(st *orgState, u *User, delta int) {
+	for i, p := range l.plans {
+		for _, lic := range p.Licenses {
+			if slices.Contains(u.Licenses, lic) {
+				st.licensed[i] += delta
+				break
+			}
+		}
+	}
+}
+
+// User returns a user of an org.
+func (l *Ledger) User(org, id string) (User, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	u, ok := l.users[org+"/"+id]
+	if !ok {
+		return User{}, false
+	}
+	return *u, true
+}
+
+// UserByNumber finds who owns an E.164 number.
+func (l *Ledger) UserByNumber(e164 string) (User, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	key, ok := l.numbers[e164]
+	if !ok {
+		return User{}, false
+	}
+	return *l.users[key], true
+}
+
+// PutTollFree assigns a toll-free number (E.164 digits without '+') to an
+// org, or moves its delivery trunk. A number of a user, or of another org,
+// is refused.
+func (l *Ledger) PutTollFree(tf TollFree) error {
+	if tf.Number == "" || len(tf.Number) > 15 || !allDigits(tf.Number) {
+		return invalidf("toll-free number %q: want E.164 digits", tf.Number)
+	}
+	_, err := l.do(Op{Kind: "put_toll_free", Org: tf.Org, Key: tf.Number}, l.opts.Now().UTC(), func(t *txn) error {
+		if _, ok := l.orgs[tf.Org]; !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, tf.Org)
+		}
+		if old, ok := l.tollFree[tf.Number]; ok && old.Org != tf.Org {
+			return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, tf.Number, old.Org)
+		}
+		if owner, ok := l.numbers[tf.Number]; ok {
+			return fmt.Errorf("%w: +%s belongs to user %s", ErrNumberTaken, tf.Number, owner)
+		}
+		if tf.Trunk != "" {
+			tr, ok := l.trunks[tf.Trunk]
+			if !ok || tr.Org != tf.Org {
+				return invalidf("trunk %q is not a trunk of org %s", tf.Trunk, tf.Org)
+			}
+		}
+		l.tollFree[tf.Number] = tf
+		t.put(keyTollFree(tf.Number), tf)
+		return nil
+	})
+	return err
+}
+
+// DeleteTollFree takes a toll-free number away from its org; false if the
+// org did not have it.
+func (l *Ledger) DeleteTollFree(org, number string) (bool, error) {
+	found := false
+	_, err := l.do(Op{Kind: "delete_toll_free", Org: org, Key: number}, l.opts.Now().UTC(), func(t *txn) error {
+		if tf, ok := l.tollFree[number]; !ok || tf.Org != org {
+			return nil
+		}
+		found = true
+		delete(l.tollFree, number)
+		t.del(keyTollFree(number))
+		return nil
+	})
+	return found, err
+}
+
+// TollFreeOwner finds the org a toll-free number belongs to.
+func (l *Ledger) TollFreeOwner(number string) (TollFree, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	tf, ok := l.tollFree[number]
+	return tf, ok
+}
+
+// TollFreeNumbers lists an org's toll-free numbers, sorted.
+func (l *Ledger) TollFreeNumbers(org string) []TollFree {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []TollFree
+	for _, tf := range l.tollFree {
+		if tf.Org == org {
+			out = append(out, tf)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out
+}
+
+func allDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// PutTrunk creates or replaces a trunk; the gateway validates its fields.
+func (l *Ledger) PutTrunk(tr Trunk) error {
+	if !ValidID(tr.ID) {
+		return invalidf("trunk id %q: want 1 to %d letters, digits, '.', '_' or '-'", tr.ID, MaxIDLength)
+	}
+	_, err := l.do(Op{Kind: "put_trunk", Key: tr.ID}, l.opts.Now().UTC(), func(t *txn) error {
+		if tr.Org != "" {
+			if _, ok := l.orgs[tr.Org]; !ok {
+				return fmt.Errorf("%w: %s", ErrUnknownOrg, tr.Org)
+			}
+		}
+		l.trunks[tr.ID] = tr
+		t.put(keyTrunk(tr.ID), tr)
+		return nil
+	})
+	return err
+}
+
+// Trunks lists every trunk, sorted by id.
+func (l *Ledger) Trunks() []Trunk {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]Trunk, 0, len(l.trunks))
+	for _, t := range l.trunks {
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// PutDeck stores the operator's rate deck (already validated by rating).
+func (l *Ledger) PutDeck(csv []byte) error {
+	deck := slices.Clone(csv)
+	_, err := l.do(Op{Kind: "put_deck"}, l.opts.Now().UTC(), func(t *txn) error {
+		l.deck = deck
+		t.raw(keyDeck, deck)
+		return nil
+	})
+	return err
+}
+
+// Deck returns the stored rate deck, nil if none was uploaded.
+func (l *Ledger) Deck() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deck
+}

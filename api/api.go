@@ -204,6 +204,12 @@ var routes = []route{
 		return nil
 	}},
 	{"POST", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.createOrg(ctx) }},
+	{"GET", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.listOrgs(ctx) }},
+	{"GET", "/v1/orgs/*/users", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.listUsers(ctx, a[0]) }},
+	{"DELETE", "/v1/orgs/*/users/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.deleteUser(ctx, a[0], a[1]) }},
+	{"GET", "/v1/orgs/*/toll-free", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.listTollFree(ctx, a[0]) }},
+	{"GET", "/v1/trunks", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.listTrunks(ctx) }},
+	{"DELETE", "/v1/trunks/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.deleteTrunk(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.getOrg(ctx, a[0]) }},
 	{"PATCH", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.patchOrg(ctx, a[0]) }},
 	{"PUT", "/v1/orgs/*/toll-free/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putTollFree(ctx, a[0], a[1]) }},

@@ -48,6 +48,7 @@ var httpErrors = []struct {
 	{gateway.ErrNoSuchCall, apiError{404, "unknown_call"}},
 	{ledger.ErrOrgExists, apiError{409, "org_exists"}},
 	{ledger.ErrNumberTaken, apiError{409, "number_taken"}},
+	{ledger.ErrInUse, apiError{409, "in_use"}},
 	{ledger.ErrDuplicateFunding, apiError{409, "duplicate_idempotency_key"}},
 	{ledger.ErrRegionMismatch, apiError{409, "region_mismatch"}},
 	{errNoPayments, apiError{409, "payments_not_configured"}},

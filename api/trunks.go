@@ -3,6 +3,8 @@
 package api
 
 import (
+	"fmt"
+
 	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/valyala/fasthttp"
@@ -38,5 +40,23 @@ func (s *Server) putTrunk(ctx *fasthttp.RequestCtx, id string) error {
 	s.gw.ReloadTrunks()
 	t.Password = ""
 	writeJSON(ctx, 200, t)
+	return nil
+}
+
+// deleteTrunk removes a trunk; 409 in_use while a call came in on it or
+// may go out on it, or while it delivers a toll-free number.
+func (s *Server) deleteTrunk(ctx *fasthttp.RequestCtx, id string) error {
+	if s.gw.TrunkInUse(id) {
+		return fmt.Errorf("%w: trunk %s has calls up", ledger.ErrInUse, id)
+	}
+	found, err := s.ledger.DeleteTrunk(id)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("%w: no trunk %s", errNotFound, id)
+	}
+	s.gw.ReloadTrunks()
+	ctx.SetStatusCode(204)
 	return nil
 }

@@ -3,6 +3,7 @@
 package api
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/creditgate/creditgate/ledger"
@@ -44,6 +45,19 @@ func (s *Server) putUser(ctx *fasthttp.RequestCtx, org, user string) error {
 	}
 	stored, _ := s.ledger.User(org, user)
 	writeJSON(ctx, 200, viewUser(stored))
+	return nil
+}
+
+// deleteUser removes a user; 409 in_use while a call of theirs is up.
+func (s *Server) deleteUser(ctx *fasthttp.RequestCtx, org, user string) error {
+	found, err := s.ledger.DeleteUser(org, user)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("%w: org %s has no user %s", errNotFound, org, user)
+	}
+	ctx.SetStatusCode(204)
 	return nil
 }
 

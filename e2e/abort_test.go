@@ -88,6 +88,16 @@ func TestSIPpAbortedDownloadsLeaveCallsUp(t *testing.T) {
 		}
 	}
 
+	// Nothing the call stands on can be deleted while it is up: its
+	// user, the trunk it came in on, the carrier it went out to.
+	for _, path := range []string{"/v1/orgs/long/users/bob", "/v1/trunks/pbx-long", "/v1/trunks/uk"} {
+		var e struct{ Error struct{ Code string } }
+		g.api("DELETE", path, "", "", 409, &e)
+		if e.Error.Code != "in_use" {
+			t.Fatalf("DELETE %s with the call up: %+v, want in_use", path, e)
+		}
+	}
+
 	// Abort each export at each point while the call is up.
 	aborts := 0
 	for _, p := range exports {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"time"
 )
 
 // loadDirectory reads the users (u/; the orgs must be loaded, users count
@@ -59,19 +60,75 @@ func (l *Ledger) PutUser(u User) error {
 		before := slices.Clone(st.licensed)
 		l.setUser(&u)
 		t.put(keyUser(u.Org, u.ID), u)
-		month := at.In(st.loc).Format("2006-01")
-		for i, n := range st.licensed {
-			if n == before[i] {
-				continue
-			}
-			p := l.pool(st, i, month)
-			p.Licensed = n * l.plans[i].Minutes
-			p.Total = max(p.Licensed, p.Used+p.Held)
-			t.put(keyPool(p), *p)
-		}
+		l.relicense(t, st, before, at)
 		return nil
 	})
 	return err
+}
+
+// relicense brings this month's pools of an org in line with its license
+// counts after a change from before. Taking licenses away stops new
+// minutes, never un-spends old ones (Total = max(licensed, used + held)).
+func (l *Ledger) relicense(t *txn, st *orgState, before []int, at time.Time) {
+	month := at.In(st.loc).Format("2006-01")
+	for i, n := range st.licensed {
+		if n == before[i] {
+			continue
+		}
+		p := l.pool(st, i, month)
+		p.Licensed = n * l.plans[i].Minutes
+		p.Total = max(p.Licensed, p.Used+p.Held)
+		t.put(keyPool(p), *p)
+	}
+}
+
+// DeleteUser removes a user, its numbers and its licenses (this month's
+// pools follow, as for PutUser); false if the org has no such user. A user
+// with a call up is refused with ErrInUse and nothing changes.
+func (l *Ledger) DeleteUser(org, id string) (bool, error) {
+	found := false
+	at := l.opts.Now().UTC()
+	_, err := l.do(Op{Kind: "delete_user", Org: org, Key: id}, at, func(t *txn) error {
+		st, ok := l.orgs[org]
+		if !ok {
+			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
+		}
+		key := org + "/" + id
+		u, ok := l.users[key]
+		if !ok {
+			return nil
+		}
+		for _, c := range l.calls {
+			if c.Org == org && c.User == id {
+				return fmt.Errorf("%w: user %s has call %s up", ErrInUse, id, c.ID)
+			}
+		}
+		found = true
+		before := slices.Clone(st.licensed)
+		for _, n := range u.Numbers {
+			delete(l.numbers, n)
+		}
+		l.countLicenses(st, u, -1)
+		delete(l.users, key)
+		t.del(keyUser(org, id))
+		l.relicense(t, st, before, at)
+		return nil
+	})
+	return found, err
+}
+
+// UsersOf lists an org's users, sorted by id.
+func (l *Ledger) UsersOf(org string) []User {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []User
+	for _, u := range l.users {
+		if u.Org == org {
+			out = append(out, *u)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
 }
 
 // setUser replaces a user in memory: its numbers and its org's license counts.
@@ -159,12 +216,18 @@ func (l *Ledger) PutTollFree(tf TollFree) error {
 }
 
 // DeleteTollFree takes a toll-free number away from its org; false if the
-// org did not have it.
+// org did not have it. A number with a call to it up is refused with
+// ErrInUse and nothing changes.
 func (l *Ledger) DeleteTollFree(org, number string) (bool, error) {
 	found := false
 	_, err := l.do(Op{Kind: "delete_toll_free", Org: org, Key: number}, l.opts.Now().UTC(), func(t *txn) error {
 		if tf, ok := l.tollFree[number]; !ok || tf.Org != org {
 			return nil
+		}
+		for _, c := range l.calls {
+			if c.Org == org && c.Direction == "inbound" && c.To == number {
+				return fmt.Errorf("%w: +%s has call %s up", ErrInUse, number, c.ID)
+			}
 		}
 		found = true
 		delete(l.tollFree, number)
@@ -221,6 +284,29 @@ func (l *Ledger) PutTrunk(tr Trunk) error {
 		return nil
 	})
 	return err
+}
+
+// DeleteTrunk removes a trunk; false if there is none. A trunk that
+// delivers one of its org's toll-free numbers is refused with ErrInUse
+// (move the number first). Whether a call on it is up the gateway knows,
+// not the ledger: it asks before.
+func (l *Ledger) DeleteTrunk(id string) (bool, error) {
+	found := false
+	_, err := l.do(Op{Kind: "delete_trunk", Key: id}, l.opts.Now().UTC(), func(t *txn) error {
+		if _, ok := l.trunks[id]; !ok {
+			return nil
+		}
+		for _, tf := range l.tollFree {
+			if tf.Trunk == id {
+				return fmt.Errorf("%w: trunk %s delivers toll-free +%s", ErrInUse, id, tf.Number)
+			}
+		}
+		found = true
+		delete(l.trunks, id)
+		t.del(keyTrunk(id))
+		return nil
+	})
+	return found, err
 }
 
 // Trunks lists every trunk, sorted by id.

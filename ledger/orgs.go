@@ -165,7 +165,7 @@ func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, in
 				en.Replayed = true
 				return nil
 			}
-			return fmt.Errorf("%w: %q funded %s at %s already; nothing changed", ErrDuplicateFunding, key, prev.Amount, prev.At.Format(time.RFC3339))
+			return fmt.Errorf("%w: %q funded %s at %s already; nothing changed", ErrDuplicateFunding, key, prev.Amount.StringFixed(2), prev.At.Format(time.RFC3339))
 		}
 		if st.Region != st.BillingRegion {
 			if incident == "" {

@@ -120,6 +120,10 @@ type Books interface {
 	TollFreeOwner(number string) (TollFree, bool)
 	// TollFreeNumbers lists an org's toll-free numbers, sorted.
 	TollFreeNumbers(org string) []TollFree
+	// OrgIDs lists every org's id, sorted.
+	OrgIDs() []string
+	// UsersOf lists an org's users, sorted by id.
+	UsersOf(org string) []User
 	// Trunks lists every trunk, sorted by id.
 	Trunks() []Trunk
 	// PoolsLeft is the minutes each pool (by plan name) has left in the
@@ -169,8 +173,17 @@ type Books interface {
 	PutTollFree(tf TollFree) error
 	// DeleteTollFree takes a number away from its org; false if the org did
 	// not have it. Of concurrent deletes of one number exactly one answers
-	// true.
+	// true. Refusals: ErrInUse (a call to it is up; nothing changes).
 	DeleteTollFree(org, number string) (bool, error)
+	// DeleteUser removes a user, its numbers and licenses (this month's
+	// pools follow); false if there was none; one of concurrent deletes
+	// answers true. Refusals: ErrUnknownOrg, ErrInUse (a call of the user
+	// is up; nothing changes).
+	DeleteUser(org, id string) (bool, error)
+	// DeleteTrunk removes a trunk; false if there was none. Refusals:
+	// ErrInUse (it delivers a toll-free number; nothing changes). Calls up
+	// on it are the caller's to check first.
+	DeleteTrunk(id string) (bool, error)
 	// PutTrunk creates or replaces a trunk. Idempotent. Refusals:
 	// ErrInvalid, ErrUnknownOrg.
 	PutTrunk(tr Trunk) error

@@ -17,6 +17,7 @@ var (
 	ErrUnknownCall        = errors.New("unknown call")
 	ErrOrgExists          = errors.New("org already exists")
 	ErrNumberTaken        = errors.New("number already belongs to another user or org")
+	ErrInUse              = errors.New("in use by a call up, or by another object")
 	ErrDuplicateFunding   = errors.New("idempotency key already used")
 	ErrBelowMinimum       = errors.New("amount below the minimum funding")
 	ErrRegionMismatch     = errors.New("org region differs from its billing region")

@@ -159,7 +159,7 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	// A panic while the call is set up or up must not leave it holding
 	// credit with nobody to end it: end it (failed), then answer 500.
 	defer panics.Recover(g.log, panics.SIP, func() {
-		c.end(ledger.ReasonFailed, 500, true, true)
+		c.end(ledger.ReasonFailed, 500, byeBoth)
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 500, "Server Internal Error", nil))
 	}, "call_id", c.id, "org", c.org)
 	g.forward(req, tx, c, received)

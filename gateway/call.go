@@ -133,7 +133,7 @@ func (c *call) answer() error {
 // timer goroutine of its own; a panic in it ends this call (failed, BYE to
 // both legs) and no other.
 func (c *call) boundary() {
-	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, true, true) },
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) },
 		"call_id", c.id, "org", c.org)
 	reason, err := c.step()
 	if reason == "" {
@@ -142,7 +142,7 @@ func (c *call) boundary() {
 	if reason == ledger.ReasonFraudGuard {
 		c.g.tripped(err)
 	}
-	c.end(reason, 200, true, true)
+	c.end(reason, 200, byeBoth)
 }
 
 // step debits the increment that just ended and holds the next, and
@@ -185,10 +185,24 @@ func (c *call) step() (reason string, err error) {
 	}
 }
 
+// legs says which legs of an answered call get a BYE from the gateway when
+// it ends: those still up. A leg that hung up itself needs none.
+type legs uint8
+
+const (
+	byeCaller  legs = 1 << iota // the caller's leg (we are its UAS)
+	byeCarrier                  // the carrier's leg (we are its UAC)
+
+	byeNone legs = 0                      // neither
+	byeBoth      = byeCaller | byeCarrier // both: the gateway ends the call
+)
+
 // end finishes the call once: stops metering, settles it in the ledger,
-// forgets it, and sends BYE to the legs that are still up. It reports
-// whether this was the end that finished it; a later one does nothing.
-func (c *call) end(reason string, status int, byeIn, byeOut bool) (finished bool) {
+// forgets it, and sends BYE to the legs in bye (if it was answered). It
+// reports whether this was the end that finished it; a later one does
+// nothing.
+func (c *call) end(reason string, status int, bye legs) (finished bool) {
+	byeIn, byeOut := bye&byeCaller != 0, bye&byeCarrier != 0
 	c.mu.Lock()
 	if c.state == stateEnded {
 		c.mu.Unlock()

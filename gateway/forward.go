@@ -63,7 +63,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	}
 	if sess == nil {
 		g.log.Warn("no carrier took the call", "call_id", c.id, "org", c.org, "error", err)
-		c.end(ledger.ReasonFailed, 503, false, false)
+		c.end(ledger.ReasonFailed, 503, byeNone)
 		_ = in.Respond(503, "Service Unavailable", nil, sip.NewHeader("Retry-After", "5"))
 		return
 	}
@@ -83,7 +83,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	if err := c.answer(); err != nil {
 		g.log.Error("could not start billing; ending call", "call_id", c.id, "org", c.org, "error", err)
 		_ = sess.Ack(g.ctx)
-		c.end(ledger.ReasonFailed, 503, false, false)
+		c.end(ledger.ReasonFailed, 503, byeNone)
 		g.goBye("carrier", c.id, sess.Bye)
 		_ = in.Respond(503, "Service Unavailable", nil, sip.NewHeader("Retry-After", "5"))
 		return
@@ -103,7 +103,7 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 			reason = ledger.ReasonCanceled
 		}
 		g.log.Warn("caller leg did not confirm the answer", "call_id", c.id, "error", err)
-		c.end(reason, 200, false, true)
+		c.end(reason, 200, byeCarrier)
 	}
 }
 
@@ -125,7 +125,7 @@ func (g *Gateway) notAnswered(c *call, in *sipgo.DialogServerSession, sess *sipg
 	switch {
 	case errors.As(err, &dr):
 		status := dr.Res.StatusCode
-		c.end(ledger.ReasonFailed, status, false, false)
+		c.end(ledger.ReasonFailed, status, byeNone)
 		if status == 401 || status == 407 {
 			// The carrier's challenge is for us, not for our customer.
 			status = 502
@@ -133,7 +133,7 @@ func (g *Gateway) notAnswered(c *call, in *sipgo.DialogServerSession, sess *sipg
 		_ = in.Respond(status, dr.Res.Reason, nil)
 	case errors.Is(in.Context().Err(), context.Canceled):
 		// The caller cancelled; the transaction layer answered 487.
-		c.end(ledger.ReasonCanceled, 487, false, false)
+		c.end(ledger.ReasonCanceled, 487, byeNone)
 		if r := sess.InviteResponse; r != nil && r.IsSuccess() {
 			// The carrier answered as we cancelled: take and drop that call.
 			_ = sess.Ack(g.ctx)
@@ -144,7 +144,7 @@ func (g *Gateway) notAnswered(c *call, in *sipgo.DialogServerSession, sess *sipg
 		if g.ctx.Err() != nil {
 			status, phrase = 503, "Service Unavailable"
 		}
-		c.end(ledger.ReasonFailed, status, false, false)
+		c.end(ledger.ReasonFailed, status, byeNone)
 		_ = in.Respond(status, phrase, nil)
 	}
 }

@@ -147,8 +147,8 @@ func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	if fromCaller {
-		c.end(ledger.ReasonCallerHangup, 200, false, true)
+		c.end(ledger.ReasonCallerHangup, 200, byeCarrier)
 	} else {
-		c.end(ledger.ReasonCalleeHangup, 200, true, false)
+		c.end(ledger.ReasonCalleeHangup, 200, byeCaller)
 	}
 }

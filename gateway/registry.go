@@ -55,7 +55,7 @@ func (g *Gateway) EndCall(id string) error {
 	// Two requests to end one call may both find it: the one whose end
 	// finishes it succeeds, the other finds no call, as it would a moment
 	// later.
-	if !ok || !c.end(ledger.ReasonAdmin, 200, true, true) {
+	if !ok || !c.end(ledger.ReasonAdmin, 200, byeBoth) {
 		return fmt.Errorf("%w: %s", ErrNoSuchCall, id)
 	}
 	return nil

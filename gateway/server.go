@@ -451,7 +451,7 @@ func (g *Gateway) Draining() bool { return g.draining.Load() || g.closing.Load()
 func (g *Gateway) Close() error {
 	g.closing.Store(true)
 	for _, c := range g.snapshot() {
-		c.end(ledger.ReasonShutdown, 200, true, true)
+		c.end(ledger.ReasonShutdown, 200, byeBoth)
 	}
 	g.cancel()
 	done := make(chan struct{})

@@ -28,6 +28,12 @@ func (s callState) String() string {
 // call is one B2BUA call: the caller's leg (in), the carrier's leg (out) and
 // its metering. Its mutable state is guarded by mu; the ledger owns its money.
 //
+// Lock order: g.mu before c.mu; never the other way. c.mu may be held
+// across a ledger call (answer, step), which never calls back into the
+// gateway; never hold g.mu across a ledger call or network I/O (see
+// Gateway). trunk and streamSrc belong to the registry and are guarded by
+// g.mu, not c.mu.
+//
 // Invariant while answered: the ledger holds increment hold.N, which ends at
 // paidUntil, and a timer fires at paidUntil to debit it and hold the next —
 // or, if the next cannot be held, to end the call right then. Increments

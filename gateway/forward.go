@@ -156,11 +156,10 @@ var errNoResponse = errors.New("no response from the carrier")
 // attempt sends the carrier leg's INVITE and waits for its final answer,
 // relaying provisional responses (with early-media SDP) to the caller. It
 // gives up on a carrier that has not answered at all within FailoverTimeout,
-// so the next can be tried while the caller still waits.
-// attempt sends the INVITE to one carrier and waits for its answer. A
-// carrier trunk with a username and password answers a 401/407 challenge
-// with digest credentials (sipgo resends the INVITE, retrying a stale
-// nonce once); without them a challenge is a failure like any other.
+// so the next can be tried while the caller still waits. A carrier trunk
+// with a username and password answers a 401/407 challenge with digest
+// credentials (sipgo resends the INVITE, retrying a stale nonce once);
+// without them a challenge is a failure like any other.
 func (g *Gateway) attempt(ctx context.Context, in *sipgo.DialogServerSession, c *call, out *sip.Request, carrier ledger.Trunk) (*sipgo.DialogClientSession, error) {
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

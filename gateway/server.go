@@ -93,6 +93,24 @@ func (c *Config) defaults() {
 
 // Gateway is the B2BUA. Start it, then Close it; it owns every goroutine
 // it starts.
+//
+// Lock order: g.mu before c.mu (a call's own mutex); never the other way.
+// register and forward take c.mu inside g.mu to set a leg's dialog id;
+// nothing that holds c.mu takes g.mu (call.end lets c.mu go before it
+// forgets the call). c.mu may be held across a ledger call (call.answer:
+// AnswerDialog; call.step: Step), which takes only the ledger's own locks
+// and never calls back into the gateway. Never hold g.mu across a ledger
+// call or network I/O: every section under it is a few map operations.
+// The connection guard's mutex (listener.go) is never held with g.mu: its
+// sweep asks carriesCall after letting go of its own.
+//
+// Invariants of the call registry (under g.mu): a call is in byID, and its
+// inbound Call-ID in inCalls, from register until forget, so len(byID) is
+// creditgate_calls_active; byIn holds its caller leg's dialog as long,
+// or, when the gateway BYEs the caller, until that BYE is done; byOut its
+// carrier leg's dialog from the answer until forget. byTrunk[t] counts the
+// calls admitted on trunk t and not yet released, bySource[a] the
+// registered calls whose INVITE came over the TCP/TLS connection from a.
 type Gateway struct {
 	cfg    Config
 	ledger *ledger.Ledger

@@ -72,7 +72,14 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 		g.notAnswered(c, in, sess, err)
 		return
 	}
+	g.bridge(c, in, sess)
+}
 
+// bridge connects a call the carrier answered: its dialog joins the
+// registry, billing starts, the carrier gets its ACK and the caller the
+// 200 OK with the carrier's SDP. If billing cannot start, the carrier's
+// leg is BYEd and the caller gets 503.
+func (g *Gateway) bridge(c *call, in *sipgo.DialogServerSession, sess *sipgo.DialogClientSession) {
 	g.mu.Lock()
 	c.mu.Lock()
 	c.outID = sess.ID

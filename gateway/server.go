@@ -265,6 +265,34 @@ func (g *Gateway) Start() error {
 	g.tcp = g.streamListener(tcp, ListenerSIPTCP)
 	g.addr = netipAddr{host: host, port: port}
 
+	if err := g.newUA(host, port); err != nil {
+		return err
+	}
+	g.handle()
+
+	g.conns.start()
+	g.wg.Add(2)
+	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
+	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
+	if g.tls != nil {
+		g.wg.Add(1)
+		go func() { defer g.wg.Done(); _ = g.srv.ServeTLS(g.tls) }()
+	}
+	if err := g.waitServing(); err != nil {
+		return err
+	}
+	g.wg.Add(1)
+	go func() { defer g.wg.Done(); g.endLeftCalls() }()
+	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String(),
+		"max_connections", g.conns.maxConns, "capped_by", g.conns.capBy, "max_connections_per_source", g.cfg.Conns.MaxPerSource,
+		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs)
+	return nil
+}
+
+// newUA builds the SIP user agent, its server and clients, and the dialog
+// sides of UDP, TCP and (with TLSListen) TLS, whose listener it opens.
+func (g *Gateway) newUA(host string, port int) error {
+	var err error
 	uaOpts := []sipgo.UserAgentOption{sipgo.WithUserAgent("creditgate"), sipgo.WithUserAgentHostname(host),
 		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerReadFilter(g.readFilter),
 			sip.WithTransportLayerLogger(slog.New(sipgoLog{sip.DefaultLogger().Handler(), g})))}
@@ -317,7 +345,11 @@ func (g *Gateway) Start() error {
 		tlsContact.Address.UriParams.Add("transport", "tls")
 		g.tlsUA = &sipgo.DialogUA{Client: g.tcpCli, ContactHDR: tlsContact}
 	}
+	return nil
+}
 
+// handle registers the SIP request handlers, each behind contain.
+func (g *Gateway) handle() {
 	g.srv.OnInvite(g.contain(g.onInvite))
 	g.srv.OnAck(g.contain(g.onAck))
 	g.srv.OnBye(g.contain(g.onBye))
@@ -351,24 +383,6 @@ func (g *Gateway) Start() error {
 		res.AppendHeader(sip.NewHeader("Allow", allowed))
 		_ = tx.Respond(res)
 	}))
-
-	g.conns.start()
-	g.wg.Add(2)
-	go func() { defer g.wg.Done(); _ = g.srv.ServeUDP(g.udp) }()
-	go func() { defer g.wg.Done(); _ = g.srv.ServeTCP(g.tcp) }()
-	if g.tls != nil {
-		g.wg.Add(1)
-		go func() { defer g.wg.Done(); _ = g.srv.ServeTLS(g.tls) }()
-	}
-	if err := g.waitServing(); err != nil {
-		return err
-	}
-	g.wg.Add(1)
-	go func() { defer g.wg.Done(); g.endLeftCalls() }()
-	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String(),
-		"max_connections", g.conns.maxConns, "capped_by", g.conns.capBy, "max_connections_per_source", g.cfg.Conns.MaxPerSource,
-		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs)
-	return nil
 }
 
 // allowed is the methods the gateway takes, for Allow headers.

@@ -175,7 +175,7 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if !ok {
 		return nil, ErrUnknownTrunk
 	}
-	if trunk.Kind == KindCarrier {
+	if trunk.Kind == rating.TrunkCarrier {
 		if err := g.admissible(overloaded); err != nil {
 			return nil, err
 		}

@@ -90,7 +90,7 @@ func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock
 	}
 	e.carrier = newCarrier(t)
 	e.caller = newPhone(t)
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: rating.TrunkCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
 	cfg := Config{Listen: "127.0.0.1:0"}
 	if set != nil {
 		set(&cfg)
@@ -126,7 +126,7 @@ func (e *env) org(id, country, amount, number string, licenses ...string) {
 		_, err = e.ledger.Fund(id, decimal.RequireFromString(amount), "fund-"+id)
 		must(e.t, err)
 	}
-	must(e.t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-" + id, Kind: KindCustomer, Org: id, Addresses: []string{e.caller.addr}}))
+	must(e.t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-" + id, Kind: rating.TrunkCustomer, Org: id, Addresses: []string{e.caller.addr}}))
 	must(e.t, e.ledger.PutUser(ledger.User{Org: id, ID: "alice", Numbers: []string{number}, Licenses: licenses}))
 	e.gw.ReloadTrunks()
 }

@@ -81,7 +81,7 @@ type User struct {
 // to (carrier). The gateway interprets it; the ledger only keeps it durable.
 type Trunk struct {
 	ID        string   `json:"id"`
-	Kind      string   `json:"kind"`
+	Kind      string   `json:"kind"` // rating.TrunkCustomer, TrunkConferencing or TrunkCarrier
 	Org       string   `json:"org,omitempty"`
 	Addresses []string `json:"addresses,omitempty"`
 	URI       string   `json:"uri,omitempty"`

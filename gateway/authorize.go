@@ -233,7 +233,7 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 		return nil, ErrNoRoute
 	}
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
-		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), routes: routes, direction: "outbound"}
+		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), routes: routes, direction: ledger.DirectionOutbound}
 	if err := g.admit(c, trunk); err != nil {
 		return nil, err
 	}
@@ -277,7 +277,7 @@ func (g *Gateway) authorizeInbound(req *sip.Request, carrier ledger.Trunk) (*cal
 		from = ""
 	}
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, from: from, to: dec.Number, rate: dec.Rate, start: now,
-		inCallID: req.CallID().Value(), routes: []ledger.Trunk{route}, direction: "inbound"}
+		inCallID: req.CallID().Value(), routes: []ledger.Trunk{route}, direction: ledger.DirectionInbound}
 	if err := g.admit(c, carrier); err != nil {
 		return nil, err
 	}
@@ -316,13 +316,13 @@ func (g *Gateway) open(c *call, dec rating.Decision, org ledger.Org) error {
 // code, recorded free, never refused for money, license or load.
 func (g *Gateway) emergency(req *sip.Request, org ledger.Org, dialled string, now time.Time) *call {
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, free: true, to: dialled, start: now,
-		inCallID: req.CallID().Value(), direction: "outbound"}
+		inCallID: req.CallID().Value(), direction: ledger.DirectionOutbound}
 	c.routes = g.routes.Load().carriers(rating.CallingCode(org.Country) + dialled)
 	var u ledger.User
 	u, c.from, _ = g.callerOf(req, org)
 	c.user = u.ID
 	rec := ledger.Call{ID: c.id, Details: ledger.Details{Org: org.ID, User: c.user, From: c.from, To: dialled,
-		Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: "outbound",
+		Destination: "Emergency services", Country: org.Country, Type: string(rating.Special), Direction: ledger.DirectionOutbound,
 		RatePerMinute: decimal.Zero, Currency: org.Currency}, Free: true, Fresh: true, Unsynced: true}
 	if _, err := g.ledger.OpenCall(rec, now); err == nil {
 		c.tracked = true

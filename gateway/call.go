@@ -46,12 +46,12 @@ type call struct {
 	user      string
 	from, to  string
 	rate      rating.Rate
-	direction string         // outbound, or inbound to a toll-free number
-	routes    []ledger.Trunk // the trunks the call may go out on, in failover order
-	trunk     string         // the source trunk it counts against (guarded by g.mu)
-	streamSrc string         // TCP/TLS: the remote address its INVITE came from (guarded by g.mu)
-	free      bool           // emergency: never metered
-	tracked   bool           // the ledger has a record of this call
+	direction ledger.Direction // outbound, or inbound to a toll-free number
+	routes    []ledger.Trunk   // the trunks the call may go out on, in failover order
+	trunk     string           // the source trunk it counts against (guarded by g.mu)
+	streamSrc string           // TCP/TLS: the remote address its INVITE came from (guarded by g.mu)
+	free      bool             // emergency: never metered
+	tracked   bool             // the ledger has a record of this call
 	start     time.Time
 	inCallID  string
 
@@ -70,22 +70,22 @@ type call struct {
 
 // CallInfo is what GET /v1/calls shows of a call.
 type CallInfo struct {
-	ID          string    `json:"id"`
-	Org         string    `json:"org"`
-	User        string    `json:"user"`
-	From        string    `json:"from"`
-	To          string    `json:"to"`
-	Direction   string    `json:"direction"`
-	State       string    `json:"state"`
-	Emergency   bool      `json:"emergency"`
-	Start       time.Time `json:"start"`
-	Answer      time.Time `json:"answer,omitzero"`
-	PaidUntil   time.Time `json:"paid_until,omitzero"`
-	Increment   int       `json:"increment"`
-	PaidFrom    string    `json:"paid_from"` // pool, credits or free
-	RemainingS  float64   `json:"remaining_paid_s"`
-	RatePerMin  string    `json:"rate_per_minute"`
-	InboundCall string    `json:"inbound_call_id"`
+	ID          string           `json:"id"`
+	Org         string           `json:"org"`
+	User        string           `json:"user"`
+	From        string           `json:"from"`
+	To          string           `json:"to"`
+	Direction   ledger.Direction `json:"direction"`
+	State       string           `json:"state"`
+	Emergency   bool             `json:"emergency"`
+	Start       time.Time        `json:"start"`
+	Answer      time.Time        `json:"answer,omitzero"`
+	PaidUntil   time.Time        `json:"paid_until,omitzero"`
+	Increment   int              `json:"increment"`
+	PaidFrom    string           `json:"paid_from"` // pool, credits or free
+	RemainingS  float64          `json:"remaining_paid_s"`
+	RatePerMin  string           `json:"rate_per_minute"`
+	InboundCall string           `json:"inbound_call_id"`
 }
 
 func (c *call) info(now time.Time) CallInfo {
@@ -156,7 +156,7 @@ func (c *call) boundary() {
 // reason the call ends for (and the ledger's refusal); "" means it goes on.
 // c.mu is released by defer, so a panic in the ledger cannot leave the call
 // locked for the clean-up that ends it.
-func (c *call) step() (reason string, err error) {
+func (c *call) step() (reason ledger.Reason, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stateAnswered {
@@ -207,7 +207,7 @@ const (
 // forgets it, and sends BYE to the legs in bye (if it was answered). It
 // reports whether this was the end that finished it; a later one does
 // nothing.
-func (c *call) end(reason string, status int, bye legs) (finished bool) {
+func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
 	byeIn, byeOut := bye&byeCaller != 0, bye&byeCarrier != 0
 	c.mu.Lock()
 	if c.state == stateEnded {

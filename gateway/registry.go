@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -44,10 +43,8 @@ func (g *Gateway) Calls() []CallInfo {
 	return out
 }
 
-// ErrNoSuchCall is returned by EndCall for an id that is not up.
-var ErrNoSuchCall = errors.New("no such call")
-
-// EndCall ends a call on an operator's request.
+// EndCall ends a call on an operator's request. An id that is not up gets
+// ledger.ErrUnknownCall.
 func (g *Gateway) EndCall(id string) error {
 	g.mu.Lock()
 	c, ok := g.byID[id]
@@ -56,7 +53,7 @@ func (g *Gateway) EndCall(id string) error {
 	// finishes it succeeds, the other finds no call, as it would a moment
 	// later.
 	if !ok || !c.end(ledger.ReasonAdmin, 200, byeBoth) {
-		return fmt.Errorf("%w: %s", ErrNoSuchCall, id)
+		return fmt.Errorf("%w: %s", ledger.ErrUnknownCall, id)
 	}
 	return nil
 }

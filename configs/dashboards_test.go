@@ -30,6 +30,7 @@ import (
 func exposed(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
+	d := Default() // as cmd/creditgate passes it: no package defaults its own config
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	panics.Register(reg)
@@ -38,7 +39,9 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", RingTimeout: d.SIP.RingTimeout, ByeTimeout: d.SIP.ByeTimeout,
+		MaxCalls: d.SIP.MaxCalls, MaxPending: d.SIP.MaxPending, FailoverTimeout: d.SIP.FailoverTimeout, Catalog: &d.Catalog,
+		HighRisk: d.Fraud.HighRiskPrefixes}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

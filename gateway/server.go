@@ -48,8 +48,7 @@ type Config struct {
 	// Retry-After rather than queued behind the others, so that overload
 	// slows no one's setup; emergency calls are never shed.
 	MaxPending int
-	// Catalog is the plan catalogue calls are decided by; nil is the
-	// built-in one.
+	// Catalog is the plan catalogue calls are decided by.
 	Catalog *rating.Catalog
 	// HighRisk are E.164 digit prefixes of destinations known for
 	// revenue-share fraud; an org calls them only if its fraud guard
@@ -69,26 +68,28 @@ type Config struct {
 	Conns ConnLimits
 }
 
-func (c *Config) defaults() {
-	if c.RingTimeout == 0 {
-		c.RingTimeout = 120 * time.Second
+// validate refuses a configuration the gateway cannot run on. It does not
+// default anything: configs.Default() is the one home of the defaults, and
+// a zero here is a caller that forgot to pass one.
+func (c *Config) validate() error {
+	bad := func(field, want string) error {
+		return fmt.Errorf("gateway config: %s %s (configs.Default() has the defaults)", field, want)
 	}
-	if c.ByeTimeout == 0 {
-		c.ByeTimeout = 5 * time.Second
+	switch {
+	case c.RingTimeout <= 0:
+		return bad("RingTimeout", "must be positive")
+	case c.ByeTimeout <= 0:
+		return bad("ByeTimeout", "must be positive")
+	case c.MaxCalls <= 0:
+		return bad("MaxCalls", "must be positive")
+	case c.FailoverTimeout <= 0:
+		return bad("FailoverTimeout", "must be positive")
+	case c.MaxPending <= 0:
+		return bad("MaxPending", "must be positive")
+	case c.Catalog == nil:
+		return bad("Catalog", "is missing")
 	}
-	if c.MaxCalls == 0 {
-		c.MaxCalls = 10000
-	}
-	if c.FailoverTimeout == 0 {
-		c.FailoverTimeout = 3 * time.Second
-	}
-	if c.MaxPending == 0 {
-		c.MaxPending = 1000
-	}
-	if c.Catalog == nil {
-		cat := rating.DefaultCatalog()
-		c.Catalog = &cat
-	}
+	return nil
 }
 
 // Gateway is the B2BUA. Start it, then Close it; it owns every goroutine
@@ -167,7 +168,9 @@ type netipAddr struct {
 
 // New builds a gateway; Start makes it listen.
 func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Gateway, error) {
-	cfg.defaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	if log == nil {
 		log = slog.Default()
 	}

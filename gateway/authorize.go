@@ -34,18 +34,6 @@ func (g *Gateway) refuse(req *sip.Request, tx sip.ServerTransaction, err error) 
 	_ = tx.Respond(res)
 }
 
-// highRisk returns the configured high-risk prefix number starts with, if
-// any (the longest).
-func (g *Gateway) highRisk(number string) string {
-	best := ""
-	for _, p := range g.cfg.HighRisk {
-		if len(p) > len(best) && strings.HasPrefix(number, p) {
-			best = p
-		}
-	}
-	return best
-}
-
 // tripped counts a fraud-guard refusal and has the org's contacts told
 // (the ledger keeps that to once an hour per guard).
 func (g *Gateway) tripped(err error) {
@@ -224,7 +212,7 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p := g.highRisk(dec.Number); p != "" && !org.FraudGuard.AllowHighRisk {
+	if p := rating.HighRisk(g.cfg.HighRisk, dec.Number); p != "" && !org.FraudGuard.AllowHighRisk {
 		return nil, &ledger.Trip{Guard: ledger.GuardHighRisk, Org: org.ID, User: user.ID,
 			Detail: fmt.Sprintf("+%s is in the high-risk range +%s (%s) and the org does not allow high-risk destinations", dec.Number, p, dec.Rate.Destination)}
 	}

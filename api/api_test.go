@@ -50,7 +50,7 @@ func newLimitedHarness(t *testing.T, lim Limits) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet())
+	gw, err := gateway.New(gatewayConfig(), l, rating.SampleDeck(), clock.Real{}, reg, quiet())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +399,7 @@ func FuzzAdminJSON(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer l.Close()
-	gw, _ := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet())
+	gw, _ := gateway.New(gatewayConfig(), l, rating.SampleDeck(), clock.Real{}, reg, quiet())
 	srv := New(l, gw, testToken, reg, time.Now, quiet())
 	srv.SetPayments(true)
 	if _, err := l.CreateOrg(ledger.Org{ID: "acme", Country: "US", Region: "r", BillingRegion: "r"}); err != nil {

@@ -45,7 +45,6 @@ var httpErrors = []struct {
 	{ledger.ErrUnknownOrg, apiError{404, "unknown_org"}},
 	{ledger.ErrUnknownCall, apiError{404, "unknown_call"}},
 	{ledger.ErrCallEnded, apiError{404, "call_ended"}},
-	{gateway.ErrNoSuchCall, apiError{404, "unknown_call"}},
 	{ledger.ErrOrgExists, apiError{409, "org_exists"}},
 	{ledger.ErrNumberTaken, apiError{409, "number_taken"}},
 	{ledger.ErrInUse, apiError{409, "in_use"}},

@@ -46,9 +46,9 @@ func cdrRow(c *ledger.CDR) []string {
 		}
 		return t.UTC().Format(time.RFC3339)
 	}
-	return []string{c.CallID, c.Org, c.User, e164(c.From), e164(c.To), c.Destination, c.Country, c.Type, c.Direction,
+	return []string{c.CallID, c.Org, c.User, e164(c.From), e164(c.To), c.Destination, c.Country, c.Type, string(c.Direction),
 		ts(c.Start), ts(c.Answer), ts(c.End), strconv.Itoa(c.DurationS), strconv.Itoa(c.BilledS), c.Pool,
-		strconv.Itoa(c.PoolMinutes), c.RatePerMinute.String(), money(c.Charge), c.Currency, c.DisconnectReason,
+		strconv.Itoa(c.PoolMinutes), c.RatePerMinute.String(), money(c.Charge), c.Currency, string(c.DisconnectReason),
 		strconv.Itoa(c.SIPStatus)}
 }
 
@@ -207,12 +207,12 @@ func writeUsageXLSX(w io.Writer, src cdrSource) error {
 			return fmt.Errorf("more than %d rows: narrow from/to or use format=csv", excelize.TotalRows-1)
 		}
 		row[0], row[1], row[2], row[3], row[4] = c.CallID, c.Org, c.User, e164(c.From), e164(c.To)
-		row[5], row[6], row[7], row[8] = c.Destination, c.Country, c.Type, c.Direction
+		row[5], row[6], row[7], row[8] = c.Destination, c.Country, c.Type, string(c.Direction)
 		row[9], row[10], row[11] = at(c.Start), at(c.Answer), at(c.End)
 		row[12], row[13], row[14], row[15] = c.DurationS, c.BilledS, c.Pool, c.PoolMinutes
 		row[16] = xlsxNumber(c.RatePerMinute)
 		row[17] = excelize.Cell{StyleID: money2, Value: xlsxNumber(c.Charge)}
-		row[18], row[19], row[20] = c.Currency, c.DisconnectReason, c.SIPStatus
+		row[18], row[19], row[20] = c.Currency, string(c.DisconnectReason), c.SIPStatus
 		cell, _ := excelize.CoordinatesToCellName(1, n)
 		return sw.SetRow(cell, row)
 	})

@@ -30,6 +30,7 @@ import (
 func exposed(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
 	quiet := slog.New(slog.DiscardHandler)
+	d := Default() // as cmd/creditgate passes it: no package defaults its own config
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	panics.Register(reg)
@@ -38,15 +39,20 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0"}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
+	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", RingTimeout: d.SIP.RingTimeout, ByeTimeout: d.SIP.ByeTimeout,
+		MaxCalls: d.SIP.MaxCalls, MaxPending: d.SIP.MaxPending, FailoverTimeout: d.SIP.FailoverTimeout, Catalog: &d.Catalog,
+		HighRisk: d.Fraud.HighRiskPrefixes}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
 	api.New(l, gw, "token-0123456789abcdef", reg, time.Now, quiet)
-	if _, err := payments.New(l, payments.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:9"}, clock.Real{}, reg, quiet); err != nil {
+	if _, err := payments.New(l, payments.Config{APIKey: "sk_test_x", BaseURL: "http://127.0.0.1:9", Backoff: d.Payments.RetryBackoff,
+		MaxBackoff: d.Payments.MaxBackoff, MaxAttempts: d.Payments.MaxAttempts}, clock.Real{}, reg, quiet); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := notify.New(l, notify.Config{}, clock.Real{}, reg, quiet); err != nil {
+	if _, err := notify.New(l, notify.Config{SMTP: notify.SMTP{TLS: d.Notify.SMTP.TLS}, Backoff: d.Notify.RetryBackoff,
+		MaxBackoff: d.Notify.MaxBackoff, LowBalanceHorizon: d.Notify.LowBalanceHorizon, LowBalanceEvery: d.Notify.LowBalanceEvery},
+		clock.Real{}, reg, quiet); err != nil {
 		t.Fatal(err)
 	}
 	// An org with auto-recharge on, so its per-org series exist.

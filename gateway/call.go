@@ -28,6 +28,12 @@ func (s callState) String() string {
 // call is one B2BUA call: the caller's leg (in), the carrier's leg (out) and
 // its metering. Its mutable state is guarded by mu; the ledger owns its money.
 //
+// Lock order: g.mu before c.mu; never the other way. c.mu may be held
+// across a ledger call (answer, step), which never calls back into the
+// gateway; never hold g.mu across a ledger call or network I/O (see
+// Gateway). trunk and streamSrc belong to the registry and are guarded by
+// g.mu, not c.mu.
+//
 // Invariant while answered: the ledger holds increment hold.N, which ends at
 // paidUntil, and a timer fires at paidUntil to debit it and hold the next —
 // or, if the next cannot be held, to end the call right then. Increments
@@ -40,12 +46,12 @@ type call struct {
 	user      string
 	from, to  string
 	rate      rating.Rate
-	direction string         // outbound, or inbound to a toll-free number
-	routes    []ledger.Trunk // the trunks the call may go out on, in failover order
-	trunk     string         // the source trunk it counts against (guarded by g.mu)
-	streamSrc string         // TCP/TLS: the remote address its INVITE came from (guarded by g.mu)
-	free      bool           // emergency: never metered
-	tracked   bool           // the ledger has a record of this call
+	direction ledger.Direction // outbound, or inbound to a toll-free number
+	routes    []ledger.Trunk   // the trunks the call may go out on, in failover order
+	trunk     string           // the source trunk it counts against (guarded by g.mu)
+	streamSrc string           // TCP/TLS: the remote address its INVITE came from (guarded by g.mu)
+	free      bool             // emergency: never metered
+	tracked   bool             // the ledger has a record of this call
 	start     time.Time
 	inCallID  string
 
@@ -64,22 +70,22 @@ type call struct {
 
 // CallInfo is what GET /v1/calls shows of a call.
 type CallInfo struct {
-	ID          string    `json:"id"`
-	Org         string    `json:"org"`
-	User        string    `json:"user"`
-	From        string    `json:"from"`
-	To          string    `json:"to"`
-	Direction   string    `json:"direction"`
-	State       string    `json:"state"`
-	Emergency   bool      `json:"emergency"`
-	Start       time.Time `json:"start"`
-	Answer      time.Time `json:"answer,omitzero"`
-	PaidUntil   time.Time `json:"paid_until,omitzero"`
-	Increment   int       `json:"increment"`
-	PaidFrom    string    `json:"paid_from"` // pool, credits or free
-	RemainingS  float64   `json:"remaining_paid_s"`
-	RatePerMin  string    `json:"rate_per_minute"`
-	InboundCall string    `json:"inbound_call_id"`
+	ID          string           `json:"id"`
+	Org         string           `json:"org"`
+	User        string           `json:"user"`
+	From        string           `json:"from"`
+	To          string           `json:"to"`
+	Direction   ledger.Direction `json:"direction"`
+	State       string           `json:"state"`
+	Emergency   bool             `json:"emergency"`
+	Start       time.Time        `json:"start"`
+	Answer      time.Time        `json:"answer,omitzero"`
+	PaidUntil   time.Time        `json:"paid_until,omitzero"`
+	Increment   int              `json:"increment"`
+	PaidFrom    string           `json:"paid_from"` // pool, credits or free
+	RemainingS  float64          `json:"remaining_paid_s"`
+	RatePerMin  string           `json:"rate_per_minute"`
+	InboundCall string           `json:"inbound_call_id"`
 }
 
 func (c *call) info(now time.Time) CallInfo {
@@ -133,7 +139,7 @@ func (c *call) answer() error {
 // timer goroutine of its own; a panic in it ends this call (failed, BYE to
 // both legs) and no other.
 func (c *call) boundary() {
-	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, true, true) },
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) },
 		"call_id", c.id, "org", c.org)
 	reason, err := c.step()
 	if reason == "" {
@@ -142,7 +148,7 @@ func (c *call) boundary() {
 	if reason == ledger.ReasonFraudGuard {
 		c.g.tripped(err)
 	}
-	c.end(reason, 200, true, true)
+	c.end(reason, 200, byeBoth)
 }
 
 // step debits the increment that just ended and holds the next, and
@@ -150,7 +156,7 @@ func (c *call) boundary() {
 // reason the call ends for (and the ledger's refusal); "" means it goes on.
 // c.mu is released by defer, so a panic in the ledger cannot leave the call
 // locked for the clean-up that ends it.
-func (c *call) step() (reason string, err error) {
+func (c *call) step() (reason ledger.Reason, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stateAnswered {
@@ -185,10 +191,24 @@ func (c *call) step() (reason string, err error) {
 	}
 }
 
+// legs says which legs of an answered call get a BYE from the gateway when
+// it ends: those still up. A leg that hung up itself needs none.
+type legs uint8
+
+const (
+	byeCaller  legs = 1 << iota // the caller's leg (we are its UAS)
+	byeCarrier                  // the carrier's leg (we are its UAC)
+
+	byeNone legs = 0                      // neither
+	byeBoth      = byeCaller | byeCarrier // both: the gateway ends the call
+)
+
 // end finishes the call once: stops metering, settles it in the ledger,
-// forgets it, and sends BYE to the legs that are still up. It reports
-// whether this was the end that finished it; a later one does nothing.
-func (c *call) end(reason string, status int, byeIn, byeOut bool) (finished bool) {
+// forgets it, and sends BYE to the legs in bye (if it was answered). It
+// reports whether this was the end that finished it; a later one does
+// nothing.
+func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
+	byeIn, byeOut := bye&byeCaller != 0, bye&byeCarrier != 0
 	c.mu.Lock()
 	if c.state == stateEnded {
 		c.mu.Unlock()

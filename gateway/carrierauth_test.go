@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 )
 
 // TestCarrierDigestAuth: a carrier that challenges (407) gets the carrier
@@ -13,7 +14,7 @@ func TestCarrierDigestAuth(t *testing.T) {
 	e := newEnv(t, testDeck)
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	e.carrier.auth.Store(&ledger.Trunk{Username: "creditgate", Password: "carrier-secret"})
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""},
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: rating.TrunkCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""},
 		Username: "creditgate", Password: "carrier-secret"}))
 	e.gw.ReloadTrunks()
 	if _, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018"); status != 200 {
@@ -23,7 +24,7 @@ func TestCarrierDigestAuth(t *testing.T) {
 		t.Fatalf("challenged %d, accepted %d: want one challenge, then the INVITE with credentials", e.carrier.challenged.Load(), e.carrier.invites.Load())
 	}
 
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""},
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: rating.TrunkCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""},
 		Username: "creditgate", Password: "wrong"}))
 	e.gw.ReloadTrunks()
 	_, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")

@@ -9,6 +9,7 @@ import (
 
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 	"github.com/icholy/digest"
@@ -118,5 +119,5 @@ func TestDigestNonces(t *testing.T) {
 }
 
 func newTestTrunk(user, pass string) ledger.Trunk {
-	return ledger.Trunk{ID: "pbx", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}, Username: user, Password: pass}
+	return ledger.Trunk{ID: "pbx", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}, Username: user, Password: pass}
 }

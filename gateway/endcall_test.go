@@ -4,11 +4,13 @@ import (
 	"errors"
 	"sync"
 	"testing"
+
+	"github.com/creditgate/creditgate/ledger"
 )
 
 // TestConcurrentEndCallOneWins: requests to end the same call at once (two
 // operators' DELETE /v1/calls/{id}) end it once; exactly one succeeds and
-// the others get ErrNoSuchCall (404), where before every one that found
+// the others get ledger.ErrUnknownCall (404), where before every one that found
 // the call before the first had settled it answered success.
 func TestConcurrentEndCallOneWins(t *testing.T) {
 	e := newEnv(t, testDeck)
@@ -38,14 +40,14 @@ func TestConcurrentEndCallOneWins(t *testing.T) {
 		switch {
 		case err == nil:
 			ok++
-		case !errors.Is(err, ErrNoSuchCall):
-			t.Fatalf("EndCall: %v, want nil or ErrNoSuchCall", err)
+		case !errors.Is(err, ledger.ErrUnknownCall):
+			t.Fatalf("EndCall: %v, want nil or ledger.ErrUnknownCall", err)
 		}
 	}
 	if ok != 1 {
 		t.Fatalf("%d of %d concurrent EndCalls succeeded, want exactly 1", ok, n)
 	}
-	if err := e.gw.EndCall(id); !errors.Is(err, ErrNoSuchCall) {
+	if err := e.gw.EndCall(id); !errors.Is(err, ledger.ErrUnknownCall) {
 		t.Fatalf("EndCall of an ended call: %v", err)
 	}
 	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })

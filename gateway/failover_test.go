@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 )
 
 // TestCarrierFailover: a carrier that answers 503, or says nothing at all,
@@ -21,8 +22,8 @@ func TestCarrierFailover(t *testing.T) {
 	defer silent.Close()
 	// For +44: "a-busy" (503) then "b-silent", by trunk id, then the
 	// default route (e.carrier, which answers).
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "a-busy", Kind: KindCarrier, URI: "sip:" + busy.addr, Prefixes: []string{"44"}}))
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "b-silent", Kind: KindCarrier, URI: "sip:" + silent.LocalAddr().String(), Prefixes: []string{"44"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "a-busy", Kind: rating.TrunkCarrier, URI: "sip:" + busy.addr, Prefixes: []string{"44"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "b-silent", Kind: rating.TrunkCarrier, URI: "sip:" + silent.LocalAddr().String(), Prefixes: []string{"44"}}))
 	e.gw.ReloadTrunks()
 
 	busy.reject.Store(503)
@@ -67,8 +68,8 @@ func TestCarrierFailover(t *testing.T) {
 func TestRouteLoopRefused(t *testing.T) {
 	e := newEnv(t, testDeck)
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "a-loop", Kind: KindCarrier, URI: "sip:" + e.gw.Addr(), Prefixes: []string{"44"}}))
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "lan", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.0/8"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "a-loop", Kind: rating.TrunkCarrier, URI: "sip:" + e.gw.Addr(), Prefixes: []string{"44"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "lan", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{"127.0.0.0/8"}}))
 	e.gw.ReloadTrunks()
 	_, status, res := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
 	if status != 482 {

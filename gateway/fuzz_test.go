@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -41,7 +42,7 @@ func FuzzSIPDatagram(f *testing.F) {
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	// Any port of 127.0.0.1 is the PBX, so the datagrams below reach
 	// authorization, not just the trunk check.
-	must(f, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
+	must(f, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
 	e.gw.ReloadTrunks()
 	conn, err := net.Dial("udp", e.gw.Addr())
 	must(f, err)
@@ -77,7 +78,7 @@ func FuzzSIPDatagram(f *testing.F) {
 func TestInviteMissingHeaderGets400(t *testing.T) {
 	e := newEnv(t, testDeck)
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
 	e.gw.ReloadTrunks()
 	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
 	must(t, err)

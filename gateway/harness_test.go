@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creditgate/creditgate/configs"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/rating"
@@ -90,8 +91,8 @@ func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock
 	}
 	e.carrier = newCarrier(t)
 	e.caller = newPhone(t)
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
-	cfg := Config{Listen: "127.0.0.1:0"}
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: rating.TrunkCarrier, URI: "sip:" + e.carrier.addr, Prefixes: []string{""}}))
+	cfg := testConfig()
 	if set != nil {
 		set(&cfg)
 	}
@@ -107,6 +108,17 @@ func newEnvFS(t testing.TB, deckCSV string, plans []ledger.Plan, clk clock.Clock
 		e.ledger.Close()
 	})
 	return e
+}
+
+// testConfig is the gateway's configuration on creditgate's defaults
+// (configs.Default(), mapped as cmd/creditgate maps it), listening on a
+// free loopback port. The high-risk prefixes and the connection caps stay
+// empty, as these tests have always run: the tests of those set them.
+func testConfig() Config {
+	d := configs.Default()
+	return Config{Listen: "127.0.0.1:0", RingTimeout: d.SIP.RingTimeout, ByeTimeout: d.SIP.ByeTimeout,
+		MaxCalls: d.SIP.MaxCalls, MaxPending: d.SIP.MaxPending, FailoverTimeout: d.SIP.FailoverTimeout,
+		Catalog: &d.Catalog, RatePerSource: d.SIP.RatePerSource, BurstPerSource: d.SIP.BurstPerSource}
 }
 
 func must(t testing.TB, err error) {
@@ -126,7 +138,7 @@ func (e *env) org(id, country, amount, number string, licenses ...string) {
 		_, err = e.ledger.Fund(id, decimal.RequireFromString(amount), "fund-"+id)
 		must(e.t, err)
 	}
-	must(e.t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-" + id, Kind: KindCustomer, Org: id, Addresses: []string{e.caller.addr}}))
+	must(e.t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-" + id, Kind: rating.TrunkCustomer, Org: id, Addresses: []string{e.caller.addr}}))
 	must(e.t, e.ledger.PutUser(ledger.User{Org: id, ID: "alice", Numbers: []string{number}, Licenses: licenses}))
 	e.gw.ReloadTrunks()
 }

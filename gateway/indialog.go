@@ -112,3 +112,43 @@ func (g *Gateway) dialogOf(req *sip.Request) (c *call, fromCaller bool) {
 	}
 	return nil, false
 }
+
+func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
+	id, err := sip.DialogIDFromRequestUAS(req)
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	c := g.byIn[id]
+	g.mu.Unlock()
+	if c != nil && c.in != nil {
+		_ = c.in.ReadAck(req, tx)
+	}
+}
+
+func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	if b := checkRequest(req); b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return
+	}
+	c, fromCaller := g.dialogOf(req)
+	if c == nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+		return
+	}
+	var err error
+	if fromCaller {
+		err = c.in.ReadBye(req, tx)
+	} else {
+		err = c.out.ReadBye(req, tx)
+	}
+	if err != nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 400, "Bad Request", nil))
+		return
+	}
+	if fromCaller {
+		c.end(ledger.ReasonCallerHangup, 200, byeCarrier)
+	} else {
+		c.end(ledger.ReasonCalleeHangup, 200, byeCaller)
+	}
+}

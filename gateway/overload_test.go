@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 )
 
 // TestShedOverPendingBound: with the bound of INVITEs in authorization
@@ -58,7 +59,7 @@ func TestShedOverPendingBound(t *testing.T) {
 func TestTrunkMaxCalls(t *testing.T) {
 	e := newEnv(t, testDeck)
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-acme", Kind: KindCustomer, Org: "acme", Addresses: []string{e.caller.addr}, MaxCalls: 1}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-acme", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{e.caller.addr}, MaxCalls: 1}))
 	e.gw.ReloadTrunks()
 
 	sess, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
@@ -125,8 +126,8 @@ func tollFreeEnv(t *testing.T, funding string) (*env, *carrier) {
 		_, err = e.ledger.Fund("acme", d(funding), "fund")
 		must(t, err)
 	}
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "acme-pbx", Kind: KindCustomer, Org: "acme", Addresses: []string{"192.0.2.10"}, URI: "sip:" + pbx.addr}))
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier-in", Kind: KindCarrier, URI: "sip:" + e.caller.addr, Addresses: []string{e.caller.addr}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "acme-pbx", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{"192.0.2.10"}, URI: "sip:" + pbx.addr}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier-in", Kind: rating.TrunkCarrier, URI: "sip:" + e.caller.addr, Addresses: []string{e.caller.addr}}))
 	must(t, e.ledger.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "acme"}))
 	e.gw.ReloadTrunks()
 	return e, pbx

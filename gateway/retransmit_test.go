@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 )
@@ -53,7 +54,7 @@ func TestAnswerRetransmissionsAreACKed(t *testing.T) {
 	e := newEnv(t, testDeck)
 	conn, addr, _ := listenUDP(t)
 	defer conn.Close()
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: KindCarrier, URI: "sip:" + addr, Prefixes: []string{""}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "carrier", Kind: rating.TrunkCarrier, URI: "sip:" + addr, Prefixes: []string{""}}))
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	c := &rawCarrier{t: t, conn: conn}
 

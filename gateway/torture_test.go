@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo/sip"
 )
 
@@ -144,7 +145,7 @@ func TestRFC4475(t *testing.T) {
 	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
 	// Every port of 127.0.0.1 is the PBX: UDP sockets and TCP connections
 	// of the test come from ports of their own.
-	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: KindCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
+	must(t, e.ledger.PutTrunk(ledger.Trunk{ID: "pbx-any-port", Kind: rating.TrunkCustomer, Org: "acme", Addresses: []string{"127.0.0.1"}}))
 	e.gw.ReloadTrunks()
 
 	files, err := filepath.Glob("testdata/rfc4475/*.dat")

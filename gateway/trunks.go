@@ -10,14 +10,8 @@ import (
 	"strings"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 	"github.com/emiago/sipgo/sip"
-)
-
-// Trunk kinds (README, Admin API: PUT /v1/trunks).
-const (
-	KindCustomer     = "customer"
-	KindConferencing = "conferencing"
-	KindCarrier      = "carrier"
 )
 
 // ErrBadTrunk is wrapped by every trunk validation error.
@@ -36,7 +30,7 @@ func ValidateTrunk(t ledger.Trunk) error {
 		return fmt.Errorf("%w: %s", ErrBadTrunk, fmt.Sprintf(format, args...))
 	}
 	switch t.Kind {
-	case KindCustomer, KindConferencing:
+	case rating.TrunkCustomer, rating.TrunkConferencing:
 		if t.Org == "" {
 			return bad("a %s trunk needs an org", t.Kind)
 		}
@@ -53,7 +47,7 @@ func ValidateTrunk(t ledger.Trunk) error {
 				return bad("uri %q is not a SIP URI", t.URI)
 			}
 		}
-	case KindCarrier:
+	case rating.TrunkCarrier:
 		if t.URI == "" {
 			return bad("a carrier trunk needs a uri, e.g. sip:203.0.113.5:5060")
 		}
@@ -151,7 +145,7 @@ func newRouter(trunks []ledger.Trunk) *router {
 			}
 		}
 		switch t.Kind {
-		case KindCarrier:
+		case rating.TrunkCarrier:
 			// A carrier with no prefixes only sends us calls; "" in its
 			// prefixes makes it the default route.
 			for _, p := range t.Prefixes {

@@ -82,7 +82,7 @@ type User struct {
 // to (carrier). The gateway interprets it; the ledger only keeps it durable.
 type Trunk struct {
 	ID        string   `json:"id"`
-	Kind      string   `json:"kind"`
+	Kind      string   `json:"kind"` // rating.TrunkCustomer, TrunkConferencing or TrunkCarrier
 	Org       string   `json:"org,omitempty"`
 	Addresses []string `json:"addresses,omitempty"`
 	URI       string   `json:"uri,omitempty"`
@@ -102,7 +102,7 @@ type Details struct {
 	Destination   string          `json:"destination"`
 	Country       string          `json:"country"`
 	Type          string          `json:"type"`
-	Direction     string          `json:"direction"`
+	Direction     Direction       `json:"direction"`
 	RatePerMinute decimal.Decimal `json:"rate_per_minute"`
 	Currency      string          `json:"currency"`
 }
@@ -255,18 +255,31 @@ type Amount struct {
 	Seconds int
 }
 
+// Reason is why a call ended: a CDR's disconnect_reason (README, Admin
+// API: CDR columns). The values below are all there are.
+type Reason string
+
 // Disconnect reasons written to CDRs.
 const (
-	ReasonCallerHangup    = "caller_hangup"
-	ReasonCalleeHangup    = "callee_hangup"
-	ReasonCreditExhausted = "credit_exhausted"
-	ReasonPoolExhausted   = "included_minutes_exhausted"
-	ReasonCanceled        = "canceled"
-	ReasonFailed          = "failed"
-	ReasonAdmin           = "admin"
-	ReasonRestart         = "gateway_restart"
-	ReasonShutdown        = "gateway_shutdown"
-	ReasonFraudGuard      = "fraud_guard"
+	ReasonCallerHangup    Reason = "caller_hangup"
+	ReasonCalleeHangup    Reason = "callee_hangup"
+	ReasonCreditExhausted Reason = "credit_exhausted"
+	ReasonPoolExhausted   Reason = "included_minutes_exhausted"
+	ReasonCanceled        Reason = "canceled"
+	ReasonFailed          Reason = "failed"
+	ReasonAdmin           Reason = "admin"
+	ReasonRestart         Reason = "gateway_restart"
+	ReasonShutdown        Reason = "gateway_shutdown"
+	ReasonFraudGuard      Reason = "fraud_guard"
+)
+
+// Direction is which way a call went: a CDR's direction.
+type Direction string
+
+// Call directions.
+const (
+	DirectionOutbound Direction = "outbound" // from an org's trunk to a carrier
+	DirectionInbound  Direction = "inbound"  // from a carrier to an org's toll-free number
 )
 
 // CDR is one call's record in the PSTN usage details report (README, Admin API: usage).
@@ -281,7 +294,7 @@ type CDR struct {
 	Pool             string          `json:"pool"`
 	PoolMinutes      int             `json:"pool_minutes"`
 	Charge           decimal.Decimal `json:"charge"`
-	DisconnectReason string          `json:"disconnect_reason"`
+	DisconnectReason Reason          `json:"disconnect_reason"`
 	SIPStatus        int             `json:"sip_status"`
 }
 
@@ -312,6 +325,6 @@ type Entry struct {
 // CallEnd is how a call ended, for its CDR.
 type CallEnd struct {
 	At        time.Time
-	Reason    string
+	Reason    Reason
 	SIPStatus int
 }

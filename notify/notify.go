@@ -42,7 +42,7 @@ type SMTP struct {
 	Username string
 	Password string
 	From     string // the sender address, e.g. billing@operator.example
-	// TLS is "starttls" (the default; required), "tls" (implicit TLS,
+	// TLS is "starttls" (configs' default; required), "tls" (implicit TLS,
 	// port 465) or "none" (a relay on loopback).
 	TLS string
 }
@@ -63,34 +63,23 @@ type Config struct {
 	LowBalanceEvery   time.Duration
 }
 
-func (c *Config) defaults() {
-	if c.Backoff <= 0 {
-		c.Backoff = 5 * time.Second
+// Not settings of the config file, so configs.Default() does not carry
+// them: what Config.Timeout and Config.SweepEvery are when 0.
+const (
+	defaultTimeout    = 30 * time.Second
+	defaultSweepEvery = time.Hour
+)
+
+// smtpPort is the port of the TLS mode when Config.SMTP.Port is 0 (the
+// config file documents 0 as "the TLS mode's default").
+func smtpPort(tls string) int {
+	switch tls {
+	case "tls":
+		return 465
+	case "none":
+		return 25
 	}
-	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = 15 * time.Minute
-	}
-	if c.Timeout <= 0 {
-		c.Timeout = 30 * time.Second
-	}
-	if c.SweepEvery <= 0 {
-		c.SweepEvery = time.Hour
-	}
-	if c.LowBalanceHorizon <= 0 {
-		c.LowBalanceHorizon = 72 * time.Hour
-	}
-	if c.LowBalanceEvery <= 0 {
-		c.LowBalanceEvery = 24 * time.Hour
-	}
-	if c.SMTP.TLS == "" {
-		c.SMTP.TLS = "starttls"
-	}
-	if c.SMTP.Port == 0 {
-		c.SMTP.Port = map[string]int{"tls": 465, "none": 25}[c.SMTP.TLS]
-		if c.SMTP.Port == 0 {
-			c.SMTP.Port = 587
-		}
-	}
+	return 587
 }
 
 // Results, the label values of creditgate_notifications_total.
@@ -120,7 +109,23 @@ type Sender struct {
 // New builds a sender. reg receives creditgate_notifications_total; nil
 // registers nothing.
 func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Sender, error) {
-	cfg.defaults()
+	// No defaults for what the config file sets: configs.Default() has
+	// them, and a zero is a caller that forgot to pass one.
+	switch {
+	case cfg.Backoff <= 0 || cfg.MaxBackoff < cfg.Backoff:
+		return nil, fmt.Errorf("notify: backoff %s up to %s: want 0 < Backoff ≤ MaxBackoff", cfg.Backoff, cfg.MaxBackoff)
+	case cfg.LowBalanceHorizon <= 0 || cfg.LowBalanceEvery <= 0:
+		return nil, fmt.Errorf("notify: low balance horizon %s, every %s: want both positive", cfg.LowBalanceHorizon, cfg.LowBalanceEvery)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
+	}
+	if cfg.SweepEvery <= 0 {
+		cfg.SweepEvery = defaultSweepEvery
+	}
+	if cfg.SMTP.Port == 0 {
+		cfg.SMTP.Port = smtpPort(cfg.SMTP.TLS)
+	}
 	if cfg.SMTP.Host != "" {
 		if _, err := mailAddress(cfg.SMTP.From); err != nil {
 			return nil, fmt.Errorf("notify: smtp from %q: %w", cfg.SMTP.From, err)

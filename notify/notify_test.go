@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creditgate/creditgate/configs"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/ledgertest"
@@ -158,7 +159,8 @@ func spend(t *testing.T, l *ledger.Ledger, id string, n int) {
 
 func newSender(t *testing.T, l *ledger.Ledger, ms *mailServer, clk clock.Clock) *Sender {
 	t.Helper()
-	cfg := Config{Backoff: time.Second, MaxBackoff: time.Minute, Timeout: 5 * time.Second}
+	cfg := testConfig()
+	cfg.Backoff, cfg.MaxBackoff, cfg.Timeout = time.Second, time.Minute, 5*time.Second
 	if ms != nil {
 		cfg.SMTP = smtpConfig(ms)
 	}
@@ -192,7 +194,9 @@ func TestExpiredCardSendsOneEmailAndStops(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk := clock.NewFake(t0)
-	payer, err := payments.New(l, payments.Config{APIKey: "sk_test_x", BaseURL: srv.URL}, clk, nil, quiet)
+	d := configs.Default().Payments
+	payer, err := payments.New(l, payments.Config{APIKey: "sk_test_x", BaseURL: srv.URL, Backoff: d.RetryBackoff,
+		MaxBackoff: d.MaxBackoff, MaxAttempts: d.MaxAttempts}, clk, nil, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,15 +395,50 @@ func TestVerifyRefuses(t *testing.T) {
 func TestNewRefusesBadSMTP(t *testing.T) {
 	l := openLedger(t, t.TempDir())
 	defer l.Close()
+	// Each case is a configuration New accepts but for its SMTP part.
+	ok := testConfig()
+	ok.SMTP = SMTP{Host: "mail.example", From: "a@b.example", TLS: "starttls"}
+	if _, err := New(l, ok, clock.Real{}, nil, quiet); err != nil {
+		t.Fatalf("New refused a good config: %v", err)
+	}
 	for _, c := range []SMTP{
 		{Host: "mail.example", From: "not an address"},
 		{Host: "mail.example", From: "a@b.example", TLS: "maybe"},
 		{Host: "mail.example", From: "a@b.example", Port: 70000},
 	} {
-		if _, err := New(l, Config{SMTP: c}, clock.Real{}, nil, quiet); err == nil {
+		cfg := testConfig()
+		cfg.SMTP = c
+		if _, err := New(l, cfg, clock.Real{}, nil, quiet); err == nil {
 			t.Errorf("New accepted %+v", c)
 		}
 	}
+}
+
+// TestNewRefusesConfigWithoutDefaults: the sender does not default what the
+// config file sets (configs.Default() does); a zero is an error from New.
+func TestNewRefusesConfigWithoutDefaults(t *testing.T) {
+	l := openLedger(t, t.TempDir())
+	defer l.Close()
+	for name, clear := range map[string]func(*Config){
+		"Backoff":           func(c *Config) { c.Backoff = 0 },
+		"MaxBackoff":        func(c *Config) { c.MaxBackoff = 0 },
+		"LowBalanceHorizon": func(c *Config) { c.LowBalanceHorizon = 0 },
+		"LowBalanceEvery":   func(c *Config) { c.LowBalanceEvery = 0 },
+	} {
+		cfg := testConfig()
+		clear(&cfg)
+		if _, err := New(l, cfg, clock.Real{}, nil, quiet); err == nil {
+			t.Errorf("New accepted a config without %s", name)
+		}
+	}
+}
+
+// testConfig is the sender's configuration on creditgate's defaults
+// (configs.Default(), mapped as cmd/creditgate maps it), without SMTP.
+func testConfig() Config {
+	n := configs.Default().Notify
+	return Config{SMTP: SMTP{TLS: n.SMTP.TLS}, Backoff: n.RetryBackoff, MaxBackoff: n.MaxBackoff,
+		LowBalanceHorizon: n.LowBalanceHorizon, LowBalanceEvery: n.LowBalanceEvery}
 }
 
 func TestContactsRefused(t *testing.T) {

@@ -38,27 +38,13 @@ type Config struct {
 	Backoff     time.Duration
 	MaxBackoff  time.Duration
 	MaxAttempts int
-	// Timeout bounds one API request.
+	// Timeout bounds one API request; 0 is defaultTimeout.
 	Timeout time.Duration
 }
 
-func (c *Config) defaults() {
-	if c.BaseURL == "" {
-		c.BaseURL = stripe.APIURL
-	}
-	if c.Backoff <= 0 {
-		c.Backoff = 2 * time.Second
-	}
-	if c.MaxBackoff <= 0 {
-		c.MaxBackoff = 10 * time.Minute
-	}
-	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = 12
-	}
-	if c.Timeout <= 0 {
-		c.Timeout = 30 * time.Second
-	}
-}
+// defaultTimeout bounds one API request when Config.Timeout is 0. It is
+// not a setting of the config file, so configs.Default() does not carry it.
+const defaultTimeout = 30 * time.Second
 
 // Results of a payment attempt, the label values of
 // creditgate_recharges_total.
@@ -89,12 +75,22 @@ type Payer struct {
 // New builds a payer. reg receives creditgate_recharges_total; nil
 // registers nothing.
 func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Payer, error) {
-	cfg.defaults()
+	// No defaults here: configs.Default() has them, and a zero is a caller
+	// that forgot to pass one.
 	if cfg.APIKey == "" {
 		return nil, errors.New("recharge: no payment provider API key")
 	}
 	if !strings.HasPrefix(cfg.BaseURL, "https://") && !strings.HasPrefix(cfg.BaseURL, "http://") {
 		return nil, fmt.Errorf("recharge: base URL %q: want http(s)://", cfg.BaseURL)
+	}
+	if cfg.Backoff <= 0 || cfg.MaxBackoff < cfg.Backoff {
+		return nil, fmt.Errorf("recharge: backoff %s up to %s: want 0 < Backoff ≤ MaxBackoff", cfg.Backoff, cfg.MaxBackoff)
+	}
+	if cfg.MaxAttempts < 1 {
+		return nil, fmt.Errorf("recharge: MaxAttempts %d: want at least 1", cfg.MaxAttempts)
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = defaultTimeout
 	}
 	if log == nil {
 		log = slog.Default()

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creditgate/creditgate/configs"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/ledgertest"
@@ -264,6 +265,27 @@ func TestCrashBetweenPaymentAndCredit(t *testing.T) {
 func TestNewRefusesBadConfig(t *testing.T) {
 	l := openLedger(t, t.TempDir())
 	defer l.Close()
+	// Each case is a configuration New accepts but for one field.
+	d := configs.Default().Payments
+	good := Config{APIKey: "sk_test_x", BaseURL: d.StripeBaseURL, Backoff: d.RetryBackoff, MaxBackoff: d.MaxBackoff,
+		MaxAttempts: d.MaxAttempts}
+	if _, err := New(l, good, clock.Real{}, nil, nil); err != nil {
+		t.Fatalf("New refused a good config: %v", err)
+	}
+	for name, set := range map[string]func(*Config){
+		"no API key":                func(c *Config) { c.APIKey = "" },
+		"ftp base URL":              func(c *Config) { c.BaseURL = "ftp://stripe" },
+		"no base URL":               func(c *Config) { c.BaseURL = "" },
+		"no backoff":                func(c *Config) { c.Backoff = 0 },
+		"max backoff below backoff": func(c *Config) { c.MaxBackoff = c.Backoff / 2 },
+		"no attempts":               func(c *Config) { c.MaxAttempts = 0 },
+	} {
+		cfg := good
+		set(&cfg)
+		if _, err := New(l, cfg, clock.Real{}, nil, nil); err == nil {
+			t.Errorf("%s: New(%+v) accepted", name, cfg)
+		}
+	}
 	for _, cfg := range []Config{{}, {APIKey: "sk_test_x", BaseURL: "ftp://stripe"}} {
 		if _, err := New(l, cfg, clock.Real{}, nil, nil); err == nil {
 			t.Errorf("New(%+v) accepted", cfg)

@@ -81,7 +81,7 @@ func TestDeletesRefusedWhileInUse(t *testing.T) {
 	h.mustDo("PUT", "/v1/trunks/pbx", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"],"uri":"sip:127.0.0.1:5090"}`, 200)
 	h.mustDo("PUT", "/v1/orgs/acme/toll-free/+18005550100", `{"trunk":"pbx"}`, 200)
 	start := time.Now().UTC()
-	open := func(id, user, dir, to string) {
+	open := func(id, user string, dir ledger.Direction, to string) {
 		c := ledger.Call{ID: id, Details: ledger.Details{Org: "acme", User: user, From: "12125550100", To: to, Country: "US",
 			Type: "geographic", Direction: dir, RatePerMinute: decimal.RequireFromString("0.60"), Currency: "USD"},
 			FirstIncrement: 60, NextIncrement: 60, Spill: true}

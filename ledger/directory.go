@@ -225,7 +225,7 @@ func (l *Ledger) DeleteTollFree(org, number string) (bool, error) {
 			return nil
 		}
 		for _, c := range l.calls {
-			if c.Org == org && c.Direction == "inbound" && c.To == number {
+			if c.Org == org && c.Direction == DirectionInbound && c.To == number {
 				return fmt.Errorf("%w: +%s has call %s up", ErrInUse, number, c.ID)
 			}
 		}

@@ -45,7 +45,7 @@ const (
 
 // Server serves the admin API.
 type Server struct {
-	ledger  *ledger.Ledger
+	ledger  ledger.Books
 	gw      *gateway.Gateway
 	token   []byte
 	log     *slog.Logger
@@ -78,7 +78,7 @@ func (s *Server) SetPayments(configured bool) { s.payments = configured }
 
 // New builds the API server. reg serves /metrics and takes the API's own
 // metrics.
-func New(l *ledger.Ledger, gw *gateway.Gateway, token string, reg *prometheus.Registry, now func() time.Time, log *slog.Logger) *Server {
+func New(l ledger.Books, gw *gateway.Gateway, token string, reg *prometheus.Registry, now func() time.Time, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}

@@ -10,11 +10,11 @@ import (
 // created, never by calls or numbers. Prometheus has only floats; money
 // becomes one here, for display and alerting, and nowhere else.
 type orgCollector struct {
-	l                                              *ledger.Ledger
+	l                                              ledger.Books
 	balance, available, held, threshold, suspended *prometheus.Desc
 }
 
-func newOrgCollector(l *ledger.Ledger) *orgCollector {
+func newOrgCollector(l ledger.Books) *orgCollector {
 	org := []string{"org", "currency"}
 	return &orgCollector{l: l,
 		balance: prometheus.NewDesc("creditgate_org_balance", "The org's Communications Credits balance.", org, nil),

@@ -114,7 +114,7 @@ func (c *Config) validate() error {
 // registered calls whose INVITE came over the TCP/TLS connection from a.
 type Gateway struct {
 	cfg    Config
-	ledger *ledger.Ledger
+	ledger ledger.Books
 	clock  clock.Clock
 	log    *slog.Logger
 	m      *metrics
@@ -167,7 +167,7 @@ type netipAddr struct {
 }
 
 // New builds a gateway; Start makes it listen.
-func New(cfg Config, l *ledger.Ledger, deck *rating.Deck, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Gateway, error) {
+func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Gateway, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}

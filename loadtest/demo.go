@@ -55,20 +55,8 @@ func Demo(ctx context.Context, cfg DemoConfig) error {
 	if err != nil {
 		return err
 	}
-	steps := []struct {
-		method, path, body string
-		ok                 []int
-	}{
-		{"POST", "/v1/orgs", `{"id":"demo","name":"Demo","country":"US","region":"us"}`, []int{201, 409}},
-		{"POST", "/v1/orgs/demo/credits", `{"amount":"50.00","idempotency_key":"demo-funding"}`, []int{200, 201}},
-		{"PUT", "/v1/orgs/demo/users/demo-user", `{"numbers":["` + demoCaller + `"],"licenses":["communications_credits"]}`, []int{200}},
-		{"PUT", "/v1/trunks/demo-pbx", fmt.Sprintf(`{"kind":"customer","org":"demo","addresses":[%q]}`, callerAddr), []int{200}},
-		{"PUT", "/v1/trunks/demo-carrier", fmt.Sprintf(`{"kind":"carrier","uri":"sip:%s","prefixes":[%q]}`, carrierAddr, strings.TrimPrefix(demoDial, "+")), []int{200}},
-	}
-	for _, s := range steps {
-		if _, err := c.do(ctx, s.method, s.path, s.body, s.ok...); err != nil {
-			return err
-		}
+	if err := c.provision(ctx, callerAddr, carrierAddr); err != nil {
+		return err
 	}
 	say("org %q funded (50.00 once, idempotent); caller %s on trunk demo-pbx from %s; carrier trunk demo-carrier answers %s at %s",
 		demoOrg, demoCaller, callerAddr, demoDial, carrierAddr)
@@ -85,25 +73,7 @@ func Demo(ctx context.Context, cfg DemoConfig) error {
 			Hold: cfg.Hold, Dialled: demoDial, From: []string{demoCaller}, SetupTimeout: 10 * time.Second}, nil)
 		done <- result{rep, err}
 	}()
-	var callID string
-	for deadline := time.Now().Add(10 * time.Second); callID == "" && time.Now().Before(deadline); {
-		var up struct {
-			Calls []map[string]any `json:"calls"`
-		}
-		if b, err := c.do(ctx, "GET", "/v1/calls", "", 200); err == nil && json.Unmarshal(b, &up) == nil {
-			for _, call := range up.Calls {
-				if call["org"] == demoOrg && call["state"] == "answered" {
-					callID, _ = call["id"].(string)
-					line, _ := json.Marshal(call)
-					say("up now (GET /v1/calls): %s", line)
-					say("to end it from outside: curl -XDELETE -H \"Authorization: Bearer $TOKEN\" %s/v1/calls/%s", c.base, callID)
-				}
-			}
-		}
-		if callID == "" {
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	callID := c.watchCall(ctx, say)
 	r := <-done
 	if r.err != nil {
 		return fmt.Errorf("demo call: %w", r.err)
@@ -112,7 +82,55 @@ func Demo(ctx context.Context, cfg DemoConfig) error {
 		return fmt.Errorf("demo call not answered: final answers %v (is %s priced in the deck, and the gateway's log quiet?)", r.rep.ByStatus, demoDial)
 	}
 	say("answered %.0f ms after the INVITE; the caller hung up after %s", r.rep.SetupMS.Max, cfg.Hold)
+	return c.report(ctx, callID, say)
+}
 
+// provision creates (or finds) org demo, its funding, caller and trunks.
+func (c *demoClient) provision(ctx context.Context, callerAddr, carrierAddr string) error {
+	steps := []struct {
+		method, path, body string
+		ok                 []int
+	}{
+		{"POST", "/v1/orgs", `{"id":"demo","name":"Demo","country":"US","region":"us"}`, []int{201, 409}},
+		{"POST", "/v1/orgs/demo/credits", `{"amount":"50.00","idempotency_key":"demo-funding"}`, []int{200, 201}},
+		{"PUT", "/v1/orgs/demo/users/demo-user", `{"numbers":["` + demoCaller + `"],"licenses":["communications_credits"]}`, []int{200}},
+		{"PUT", "/v1/trunks/demo-pbx", fmt.Sprintf(`{"kind":"customer","org":"demo","addresses":[%q]}`, callerAddr), []int{200}},
+		{"PUT", "/v1/trunks/demo-carrier", fmt.Sprintf(`{"kind":"carrier","uri":"sip:%s","prefixes":[%q]}`, carrierAddr, strings.TrimPrefix(demoDial, "+")), []int{200}},
+	}
+	for _, s := range steps {
+		if _, err := c.do(ctx, s.method, s.path, s.body, s.ok...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// watchCall waits (up to 10 s) for the demo's call to be answered, prints
+// the gateway's view of it, and returns its id ("" if it never showed).
+func (c *demoClient) watchCall(ctx context.Context, say func(string, ...any)) string {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var up struct {
+			Calls []map[string]any `json:"calls"`
+		}
+		b, err := c.do(ctx, "GET", "/v1/calls", "", 200)
+		if err != nil || json.Unmarshal(b, &up) != nil {
+			continue
+		}
+		for _, call := range up.Calls {
+			if call["org"] == demoOrg && call["state"] == "answered" {
+				id, _ := call["id"].(string)
+				line, _ := json.Marshal(call)
+				say("up now (GET /v1/calls): %s", line)
+				say("to end it from outside: curl -XDELETE -H \"Authorization: Bearer $TOKEN\" %s/v1/calls/%s", c.base, id)
+				return id
+			}
+		}
+	}
+	return ""
+}
+
+// report prints the call's CDR (once settled) and the org's money.
+func (c *demoClient) report(ctx context.Context, callID string, say func(string, ...any)) error {
 	var cdr map[string]any
 	for deadline := time.Now().Add(5 * time.Second); cdr == nil && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		var usage struct {

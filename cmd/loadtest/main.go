@@ -32,6 +32,8 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
+// run is the command: its flags (most of its length: one line each, with
+// their help), then one run of the load tool and the report.
 func run(args []string) int {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	var cfg loadtest.Config

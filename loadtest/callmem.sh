@@ -12,18 +12,9 @@ set -euo pipefail
 calls=${1:-10000}
 rate=${2:-500}
 here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d /tmp/cg-mem.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-sip_port=$(free_port); http_port=$(free_port); carrier_port=$(free_port)
-
-. "$here/creditgate.sh"
+# shellcheck source=loadtest/creditgate.sh
+source "$here/creditgate.sh"
+setup_work mem
 start_creditgate "$carrier_port" $((calls * 2))
 (cd "$here/.." && go build -o "$work/loadtest" ./cmd/loadtest)
 

@@ -1,7 +1,26 @@
-# Sourced by the load scripts: starts creditgate for a load run and
-# provisions it. Expects $here (this directory), $work (a temp dir),
-# $sip_port, $http_port and the array pids (every PID started, for the
-# caller's cleanup to stop).
+# Sourced by the load scripts: their common start (a work directory, the
+# PIDs to stop at exit, free ports) and starting creditgate for a load run,
+# provisioned. Expects $here (this directory).
+
+# setup_work NAME: $work (a temp dir, removed at exit), the array pids
+# (every PID started; stopped at exit, by PID only), and $sip_port,
+# $http_port and $carrier_port, each free on 127.0.0.1.
+setup_work() {
+  work=$(mktemp -d "/tmp/cg-$1.XXXXXX")
+  pids=()
+  trap cleanup EXIT
+  sip_port=$(free_port); http_port=$(free_port); carrier_port=$(free_port)
+}
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+
+# start_creditgate (below) expects setup_work's $work, ports and pids.
 #
 # start_creditgate CARRIER_PORT MAX_CALLS: run CREDITGATE_BIN (default: go
 # build it) with a durable ledger in $work/data; org "load" funded

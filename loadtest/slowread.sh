@@ -17,19 +17,9 @@ rate=${2:-500}
 secs=${3:-45}
 bps=${4:-4}
 here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d /tmp/cg-slowread.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-sip_port=$(free_port); http_port=$(free_port); carrier_port=$(free_port)
 # shellcheck source=loadtest/creditgate.sh
 source "$here/creditgate.sh"
+setup_work slowread
 start_creditgate "$carrier_port" 20000
 (cd "$here/.." && go build -o "$work/loadtest" ./cmd/loadtest)
 lt() { "$work/loadtest" -target "127.0.0.1:$sip_port" -carrier "127.0.0.1:$carrier_port" -setup-timeout 10s -quiet "$@"; }

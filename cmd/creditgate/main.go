@@ -55,28 +55,12 @@ func serveFlags(fs *flag.FlagSet) func([]string) error {
 	return func([]string) error { return serve(*configPath, *sipListen, *httpListen, *dataDir, *adminToken) }
 }
 
+// serve runs the gateway until a signal: config, store, SIP, workers, the
+// admin API, then the wait and the drain.
 func serve(configPath, sipListen, httpListen, dataDir, adminToken string) error {
-	cfg := configs.Default()
-	if configPath != "" {
-		var err error
-		if cfg, err = configs.Load(configPath); err != nil {
-			return err
-		}
-	}
-	if sipListen != "" {
-		cfg.SIP.Listen = sipListen
-	}
-	if httpListen != "" {
-		cfg.HTTP.Listen = httpListen
-	}
-	if dataDir != "" {
-		cfg.DataDir = dataDir
-	}
-	if adminToken != "" {
-		cfg.HTTP.AdminToken = adminToken
-	}
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("config: %w", err)
+	cfg, err := loadConfig(configPath, sipListen, httpListen, dataDir, adminToken)
+	if err != nil {
+		return err
 	}
 	log := newLogger(cfg.Log)
 	raiseFileLimit(log)
@@ -107,31 +91,9 @@ func serve(configPath, sipListen, httpListen, dataDir, adminToken string) error 
 	defer led.Close()
 	defer writePID(cfg.DataDir)()
 
-	deck, source, err := loadDeck(led, cfg.Rating.DeckFile)
+	gw, err := startGateway(cfg, led, reg, log)
 	if err != nil {
 		return err
-	}
-	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
-
-	tlsCfg, err := sipTLS(cfg.SIP)
-	if err != nil {
-		return err
-	}
-	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
-		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
-		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog, HighRisk: cfg.Fraud.HighRiskPrefixes,
-		RatePerSource: cfg.SIP.RatePerSource, BurstPerSource: cfg.SIP.BurstPerSource,
-		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg, Conns: gateway.ConnLimits{MaxConns: cfg.SIP.MaxConnections,
-			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
-			ReservedFDs: cfg.SIP.ReservedFDs}}, led, deck, clock.Real{}, reg, log)
-	if err != nil {
-		return err
-	}
-	if err := gw.Start(); err != nil {
-		if cfg.SIP.TLSListen != "" && strings.Contains(err.Error(), cfg.SIP.TLSListen) {
-			return addrInUse("SIP TLS", cfg.SIP.TLSListen, "", "sip.tls_listen", err)
-		}
-		return addrInUse("SIP", cfg.SIP.Listen, "sip-listen", "sip.listen", err)
 	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
@@ -150,23 +112,10 @@ func serve(configPath, sipListen, httpListen, dataDir, adminToken string) error 
 		gw.Close()
 		return err
 	}
-
-	srv := api.New(led, gw, token, reg, time.Now, log)
-	srv.SetPayments(payments)
-	h := cfg.HTTP
-	srv.SetLimits(api.Limits{ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout, IdleTimeout: h.IdleTimeout,
-		MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxExports: h.MaxExports})
-	apiDone := make(chan error, 1)
-	if cfg.HTTP.TLSCert != "" {
-		// Load now, so a bad file stops the start instead of the API.
-		if _, err := tls.LoadX509KeyPair(cfg.HTTP.TLSCert, cfg.HTTP.TLSKey); err != nil {
-			ln.Close()
-			gw.Close()
-			return fmt.Errorf("http.tls_cert/http.tls_key: %w", err)
-		}
-		go func() { apiDone <- srv.ServeTLS(ln, cfg.HTTP.TLSCert, cfg.HTTP.TLSKey) }()
-	} else {
-		go func() { apiDone <- srv.Serve(ln) }()
+	srv, apiDone, err := startAPI(cfg, ln, led, gw, token, payments, reg, log)
+	if err != nil {
+		gw.Close()
+		return err
 	}
 	attrs := []any{"sip", gw.Addr(), "http", ln.Addr().String(), "data_dir", cfg.DataDir}
 	if tokenFile != "" {
@@ -174,25 +123,109 @@ func serve(configPath, sipListen, httpListen, dataDir, adminToken string) error 
 	}
 	log.Info("creditgate running", attrs...)
 
+	// Caught until serve returns: a signal while the calls are being
+	// ended after the drain must not kill the process half way.
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	// Only a signal ends the process. The admin API stopping does not:
-	// calls are not ended because the API had a bad moment.
-	var sig os.Signal
-	for sig == nil {
+	sig := waitForSignal(log, gw, sigs, apiDone, cfg.SIP.DrainTimeout)
+	err = gw.Close()
+	_ = srv.Shutdown()
+	log.Info("stopped", "reason", "signal "+sig.String())
+	return err
+}
+
+// loadConfig is the config file (or the defaults) with the flags over it,
+// validated.
+func loadConfig(configPath, sipListen, httpListen, dataDir, adminToken string) (configs.Config, error) {
+	cfg := configs.Default()
+	if configPath != "" {
+		var err error
+		if cfg, err = configs.Load(configPath); err != nil {
+			return cfg, err
+		}
+	}
+	for _, o := range []struct {
+		flag string
+		key  *string
+	}{{sipListen, &cfg.SIP.Listen}, {httpListen, &cfg.HTTP.Listen}, {dataDir, &cfg.DataDir}, {adminToken, &cfg.HTTP.AdminToken}} {
+		if o.flag != "" {
+			*o.key = o.flag
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+// startGateway loads the rate deck and starts SIP.
+func startGateway(cfg configs.Config, led *ledger.Ledger, reg prometheus.Registerer, log *slog.Logger) (*gateway.Gateway, error) {
+	deck, source, err := loadDeck(led, cfg.Rating.DeckFile)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("rate deck loaded", "source", source, "rows", deck.Rows())
+	tlsCfg, err := sipTLS(cfg.SIP)
+	if err != nil {
+		return nil, err
+	}
+	gw, err := gateway.New(gateway.Config{Listen: cfg.SIP.Listen, RingTimeout: cfg.SIP.RingTimeout,
+		ByeTimeout: cfg.SIP.ByeTimeout, MaxCalls: cfg.SIP.MaxCalls, MaxPending: cfg.SIP.MaxPending,
+		FailoverTimeout: cfg.SIP.FailoverTimeout, Catalog: &cfg.Catalog, HighRisk: cfg.Fraud.HighRiskPrefixes,
+		RatePerSource: cfg.SIP.RatePerSource, BurstPerSource: cfg.SIP.BurstPerSource,
+		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg, Conns: gateway.ConnLimits{MaxConns: cfg.SIP.MaxConnections,
+			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
+			ReservedFDs: cfg.SIP.ReservedFDs}}, led, deck, clock.Real{}, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := gw.Start(); err != nil {
+		if cfg.SIP.TLSListen != "" && strings.Contains(err.Error(), cfg.SIP.TLSListen) {
+			return nil, addrInUse("SIP TLS", cfg.SIP.TLSListen, "", "sip.tls_listen", err)
+		}
+		return nil, addrInUse("SIP", cfg.SIP.Listen, "sip-listen", "sip.listen", err)
+	}
+	return gw, nil
+}
+
+// startAPI serves the admin API on ln (HTTPS when configured); apiDone
+// gets Serve's error should it ever return.
+func startAPI(cfg configs.Config, ln net.Listener, led *ledger.Ledger, gw *gateway.Gateway, token string, payments bool,
+	reg *prometheus.Registry, log *slog.Logger) (*api.Server, <-chan error, error) {
+	srv := api.New(led, gw, token, reg, time.Now, log)
+	srv.SetPayments(payments)
+	h := cfg.HTTP
+	srv.SetLimits(api.Limits{ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout, IdleTimeout: h.IdleTimeout,
+		MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxExports: h.MaxExports})
+	apiDone := make(chan error, 1)
+	if h.TLSCert != "" {
+		// Load now, so a bad file stops the start instead of the API.
+		if _, err := tls.LoadX509KeyPair(h.TLSCert, h.TLSKey); err != nil {
+			ln.Close()
+			return nil, nil, fmt.Errorf("http.tls_cert/http.tls_key: %w", err)
+		}
+		go func() { apiDone <- srv.ServeTLS(ln, h.TLSCert, h.TLSKey) }()
+	} else {
+		go func() { apiDone <- srv.Serve(ln) }()
+	}
+	return srv, apiDone, nil
+}
+
+// waitForSignal returns the signal that ends the run, once the drain it
+// starts is over. Only a signal ends the process. The admin API stopping
+// does not: calls are not ended because the API had a bad moment.
+func waitForSignal(log *slog.Logger, gw *gateway.Gateway, sigs <-chan os.Signal, apiDone <-chan error, drainTimeout time.Duration) os.Signal {
+	for {
 		select {
-		case sig = <-sigs:
-			drain(log, gw, sigs, sig, cfg.SIP.DrainTimeout)
+		case sig := <-sigs:
+			drain(log, gw, sigs, sig, drainTimeout)
+			return sig
 		case err := <-apiDone:
 			log.Error("admin API stopped; SIP and the calls up go on until a signal", "error", err)
 			apiDone = nil
 		}
 	}
-	err = gw.Close()
-	_ = srv.Shutdown()
-	log.Info("stopped", "reason", "signal "+sig.String())
-	return err
 }
 
 // startWorkers starts the auto-recharge payer (when a payment provider is

@@ -1,0 +1,38 @@
+package cluster
+
+import (
+	"fmt"
+	"strings"
+)
+
+// The key layout, under Config.Prefix (e.g. "/creditgate/"):
+//
+//	epoch                    the last epoch handed out (a counter)
+//	members/<epoch>          node id; bound to the node's lease (the fence)
+//	accounts/<org>           {funded, unallocated, spent}, decimal strings
+//	fundings/<org>/<key>     one funding's amount (idempotency record)
+//	slices/<node>/<org>      a slice: {id, epoch, granted, spent}
+//	reclaims/<slice id>      who reclaimed a dead node's slice, and how much
+type keys struct{ prefix string }
+
+func (k keys) epoch() string             { return k.prefix + "epoch" }
+func (k keys) member(epoch int64) string { return fmt.Sprintf("%smembers/%020d", k.prefix, epoch) }
+func (k keys) account(org string) string { return k.prefix + "accounts/" + org }
+func (k keys) accounts() string          { return k.prefix + "accounts/" }
+func (k keys) funding(org, key string) string {
+	return k.prefix + "fundings/" + org + "/" + key
+}
+func (k keys) fundings() string              { return k.prefix + "fundings/" }
+func (k keys) slice(node, org string) string { return k.prefix + "slices/" + node + "/" + org }
+func (k keys) slicesOf(node string) string   { return k.prefix + "slices/" + node + "/" }
+func (k keys) slices() string                { return k.prefix + "slices/" }
+func (k keys) reclaim(sliceID string) string { return k.prefix + "reclaims/" + sliceID }
+
+// validID refuses what would break the key layout: empty ids, '/', and ids
+// long enough to bloat every key.
+func validID(what, id string) error {
+	if id == "" || len(id) > 128 || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("%s %q: %w", what, id, ErrInvalid)
+	}
+	return nil
+}

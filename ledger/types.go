@@ -90,7 +90,17 @@ type Trunk struct {
 	MaxCalls  int      `json:"max_calls,omitempty"` // calls up at once from this trunk; 0: no limit
 	Username  string   `json:"username,omitempty"`
 	Password  string   `json:"password,omitempty"`
+	// Keepalive turns in-dialog OPTIONS keepalives on this trunk's legs on
+	// or off; unset is on (a dead PBX is as costly as a dead carrier; the
+	// switch is for peers that answer OPTIONS badly).
+	Keepalive *bool `json:"keepalive,omitempty"`
+	// MaxCallDurationS overrides sip.max_call_duration for calls from or
+	// to this trunk (seconds; 0: the default).
+	MaxCallDurationS int `json:"max_call_duration_s,omitempty"`
 }
+
+// KeepaliveOn reports whether the trunk's legs get keepalives.
+func (t Trunk) KeepaliveOn() bool { return t.Keepalive == nil || *t.Keepalive }
 
 // Details describe a call the way its CDR reports it; they are fixed when
 // the call is authorized. Numbers are E.164 digits without '+'.

@@ -76,6 +76,16 @@ type SIP struct {
 	MaxConnectionsPerSource int           `yaml:"max_connections_per_source"`
 	ReservedFDs             int           `yaml:"reserved_fds"`
 	ConnectionIdleTimeout   time.Duration `yaml:"connection_idle_timeout"`
+	// Liveness (README, No customer pays for a call nobody is on):
+	// RFC 4028 session interval and the smallest one a caller may ask
+	// for; in-dialog OPTIONS keepalive every KeepaliveInterval, a leg
+	// lost when one is not answered within KeepaliveTimeout; calls end
+	// at MaxCallDuration (0: no limit).
+	SessionExpires    time.Duration `yaml:"session_expires"`
+	MinSE             time.Duration `yaml:"min_se"`
+	KeepaliveInterval time.Duration `yaml:"keepalive_interval"`
+	KeepaliveTimeout  time.Duration `yaml:"keepalive_timeout"`
+	MaxCallDuration   time.Duration `yaml:"max_call_duration"`
 }
 
 // HTTP is the admin API.
@@ -201,7 +211,9 @@ func Default() Config {
 		DataDir: "./creditgate-data",
 		SIP: SIP{Listen: "127.0.0.1:5060", TransactionLinger: 5 * time.Second, RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
 			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second,
-			MaxConnections: 2048, MaxConnectionsPerSource: 128, ReservedFDs: 256, ConnectionIdleTimeout: 120 * time.Second},
+			MaxConnections: 2048, MaxConnectionsPerSource: 128, ReservedFDs: 256, ConnectionIdleTimeout: 120 * time.Second,
+			SessionExpires: 1800 * time.Second, MinSE: 90 * time.Second, KeepaliveInterval: 30 * time.Second,
+			KeepaliveTimeout: 8 * time.Second, MaxCallDuration: 4 * time.Hour},
 		HTTP: HTTP{Listen: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
 			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16},
 		Funding: Funding{Minimum: "50.00"},
@@ -313,6 +325,18 @@ func (c Config) Validate() error {
 	}
 	if c.SIP.ReservedFDs < 16 || c.SIP.ReservedFDs > 1_000_000 {
 		return bad("sip.reserved_fds", "want 16 to 1000000, got %d", c.SIP.ReservedFDs)
+	}
+	if c.SIP.MinSE < 90*time.Second || c.SIP.MinSE > c.SIP.SessionExpires || c.SIP.SessionExpires > 24*time.Hour {
+		return bad("sip.session_expires", "want sip.min_se ≥ 90s (RFC 4028) and min_se ≤ session_expires ≤ 24h, got %s and %s", c.SIP.MinSE, c.SIP.SessionExpires)
+	}
+	if c.SIP.KeepaliveInterval < time.Second || c.SIP.KeepaliveInterval > time.Hour {
+		return bad("sip.keepalive_interval", "want 1s to 1h, got %s", c.SIP.KeepaliveInterval)
+	}
+	if c.SIP.KeepaliveTimeout < 100*time.Millisecond || c.SIP.KeepaliveTimeout > c.SIP.KeepaliveInterval {
+		return bad("sip.keepalive_timeout", "want 100ms to sip.keepalive_interval, got %s", c.SIP.KeepaliveTimeout)
+	}
+	if c.SIP.MaxCallDuration < 0 || c.SIP.MaxCallDuration > 7*24*time.Hour {
+		return bad("sip.max_call_duration", "want 0 (no limit) to 168h, got %s", c.SIP.MaxCallDuration)
 	}
 	if c.SIP.ConnectionIdleTimeout < time.Second || c.SIP.ConnectionIdleTimeout > 24*time.Hour {
 		return bad("sip.connection_idle_timeout", "want 1s to 24h, got %s", c.SIP.ConnectionIdleTimeout)

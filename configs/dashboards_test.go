@@ -41,7 +41,8 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 	t.Cleanup(func() { l.Close() })
 	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", RingTimeout: d.SIP.RingTimeout, ByeTimeout: d.SIP.ByeTimeout,
 		MaxCalls: d.SIP.MaxCalls, MaxPending: d.SIP.MaxPending, FailoverTimeout: d.SIP.FailoverTimeout, Catalog: &d.Catalog,
-		HighRisk: d.Fraud.HighRiskPrefixes}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
+		HighRisk: d.Fraud.HighRiskPrefixes, SessionExpires: d.SIP.SessionExpires, MinSE: d.SIP.MinSE,
+		KeepaliveInterval: d.SIP.KeepaliveInterval, KeepaliveTimeout: d.SIP.KeepaliveTimeout, MaxCallDuration: d.SIP.MaxCallDuration}, l, rating.SampleDeck(), clock.Real{}, reg, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -222,6 +222,7 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	}
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, user: user.ID, from: from, to: dec.Number,
 		rate: dec.Rate, start: now, inCallID: req.CallID().Value(), routes: routes, direction: ledger.DirectionOutbound}
+	g.limits(c, org, trunk)
 	if err := g.admit(c, trunk); err != nil {
 		return nil, err
 	}
@@ -266,6 +267,7 @@ func (g *Gateway) authorizeInbound(req *sip.Request, carrier ledger.Trunk) (*cal
 	}
 	c := &call{g: g, id: uuid.NewString(), org: org.ID, from: from, to: dec.Number, rate: dec.Rate, start: now,
 		inCallID: req.CallID().Value(), routes: []ledger.Trunk{route}, direction: ledger.DirectionInbound}
+	g.limits(c, org, carrier)
 	if err := g.admit(c, carrier); err != nil {
 		return nil, err
 	}

@@ -50,10 +50,12 @@ type call struct {
 	routes    []ledger.Trunk   // the trunks the call may go out on, in failover order
 	trunk     string           // the source trunk it counts against (guarded by g.mu)
 	streamSrc string           // TCP/TLS: the remote address its INVITE came from (guarded by g.mu)
-	free      bool             // emergency: never metered
-	tracked   bool             // the ledger has a record of this call
-	start     time.Time
-	inCallID  string
+	free      bool             // emergency: never metered, never probed, never cut
+	// maxDuration ends the call this long after its answer (0: no limit).
+	maxDuration time.Duration
+	tracked     bool // the ledger has a record of this call
+	start       time.Time
+	inCallID    string
 
 	in  *sipgo.DialogServerSession
 	out *sipgo.DialogClientSession
@@ -66,6 +68,15 @@ type call struct {
 	timer     clock.Timer
 	inID      string
 	outID     string
+	// sendMu serializes the requests the gateway sends inside the legs'
+	// dialogs (probes, relays, BYEs): a sipgo dialog session is not safe
+	// for concurrent requests (its CSeq). Never held with c.mu.
+	sendMu sync.Mutex
+	// confirmed: the caller has its 200 OK (bridge); no probe before it
+	// (guarded by sendMu).
+	confirmed bool
+	live      liveness  // proof of life, session timer, limits (liveness.go)
+	endAt     time.Time // when set, the latest instant the call ends at (an expiry, a limit)
 }
 
 // CallInfo is what GET /v1/calls shows of a call.
@@ -131,6 +142,7 @@ func (c *call) answer() error {
 	first := time.Duration(c.hold.Seconds) * time.Second
 	c.paidUntil = now.Add(first)
 	c.timer = c.g.clock.AfterFunc(first, c.boundary)
+	c.startLiveness(now)
 	return nil
 }
 
@@ -148,6 +160,9 @@ func (c *call) boundary() {
 	if reason == ledger.ReasonFraudGuard {
 		c.g.tripped(err)
 	}
+	if reason == ledger.ReasonMaxCharge {
+		c.g.log.Info("call reached its maximum charge", "call_id", c.id, "org", c.org)
+	}
 	c.end(reason, 200, byeBoth)
 }
 
@@ -162,7 +177,26 @@ func (c *call) step() (reason ledger.Reason, err error) {
 	if c.state != stateAnswered {
 		return "", nil
 	}
-	inc, err := c.g.ledger.Step(c.id, c.hold.N, c.paidUntil)
+	if !c.live.maxEnd.IsZero() && !c.paidUntil.Before(c.live.maxEnd) {
+		// The limit and the boundary fall together: end at the limit
+		// rather than hold an increment past it.
+		c.endAt = c.live.maxEnd
+		return ledger.ReasonMaxDuration, nil
+	}
+	used := c.hold
+	inc, err := c.g.ledger.StepAlive(c.id, c.hold.N, c.paidUntil, c.live.ledger())
+	if err == nil && used.Source == ledger.SourceCredits {
+		c.live.spent = c.live.spent.Add(used.Credit)
+	}
+	if err == nil && c.live.maxCharge.IsPositive() && c.live.spent.Add(inc.Credit).GreaterThan(c.live.maxCharge) {
+		// The next increment would take the call past its maximum
+		// charge: it ends at the end of this one, and the next, held
+		// by the step, is released (it started after the bill-to
+		// instant, ledger/liveness.go).
+		c.endAt = c.paidUntil
+		c.live.billTo = c.paidUntil.Add(-time.Nanosecond)
+		return ledger.ReasonMaxCharge, nil
+	}
 	if err == nil {
 		c.hold = inc
 		c.paidUntil = c.paidUntil.Add(time.Duration(inc.Seconds) * time.Second)
@@ -219,6 +253,7 @@ func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
+	c.stopLiveness()
 	// The end in the answer's (or the start's) wall frame plus the time
 	// that really passed, so the CDR's duration is right even if the wall
 	// clock stepped during the call.
@@ -231,11 +266,17 @@ func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
 		// for billing purposes, when its paid time did.
 		at = c.paidUntil
 	}
+	if !c.endAt.IsZero() && at.After(c.endAt) {
+		// An expiry or a limit: the call ended then, however late its
+		// timer ran.
+		at = c.endAt
+	}
+	billTo := c.live.billTo
 	inID, outID := c.inID, c.outID
 	c.mu.Unlock()
 
 	if c.tracked {
-		cdr, err := c.g.ledger.CloseCall(c.id, ledger.CallEnd{At: at, Reason: reason, SIPStatus: status})
+		cdr, err := c.g.ledger.CloseCall(c.id, ledger.CallEnd{At: at, Reason: reason, SIPStatus: status, BillTo: billTo})
 		if err != nil {
 			c.g.log.Error("settling call failed; it will be settled on restart", "call_id", c.id, "org", c.org, "error", err)
 		} else {
@@ -243,6 +284,7 @@ func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
 				"billed_s", cdr.BilledS, "charge", cdr.Charge.String())
 		}
 	}
+	c.g.m.ended.WithLabelValues(string(reason)).Inc()
 	if !wasAnswered || !byeIn {
 		c.g.forget(c, inID, outID)
 	} else {
@@ -260,10 +302,10 @@ func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
 	var byes []func(context.Context) error
 	var legs []string
 	if byeOut {
-		byes, legs = append(byes, c.out.Bye), append(legs, "carrier")
+		byes, legs = append(byes, c.serialized(c.out.Bye)), append(legs, "carrier")
 	}
 	if byeIn {
-		byes, legs = append(byes, c.in.Bye), append(legs, "caller")
+		byes, legs = append(byes, c.serialized(c.in.Bye)), append(legs, "caller")
 	}
 	c.g.wg.Add(1)
 	go func() {
@@ -298,5 +340,14 @@ func (g *Gateway) bye(leg, callID string, bye func(context.Context) error) {
 	defer cancel()
 	if err := bye(ctx); err != nil {
 		g.log.Warn("BYE failed", "call_id", callID, "leg", leg, "error", err)
+	}
+}
+
+// serialized wraps a request in a leg's dialog in c.sendMu.
+func (c *call) serialized(f func(context.Context) error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		c.sendMu.Lock()
+		defer c.sendMu.Unlock()
+		return f(ctx)
 	}
 }

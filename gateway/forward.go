@@ -40,7 +40,9 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 	defer stop()
 
 	var sess *sipgo.DialogClientSession
+	var answering ledger.Trunk
 	for i, carrier := range c.routes {
+		answering = carrier
 		var target sip.Uri
 		if err = sip.ParseUri(carrier.URI, &target); err != nil {
 			err = fmt.Errorf("carrier %s uri %q: %w", carrier.ID, carrier.URI, err)
@@ -72,6 +74,9 @@ func (g *Gateway) forward(req *sip.Request, tx sip.ServerTransaction, c *call, r
 		g.notAnswered(c, in, sess, err)
 		return
 	}
+	c.mu.Lock()
+	c.answeredBy(answering)
+	c.mu.Unlock()
 	g.bridge(c, in, sess)
 }
 
@@ -103,7 +108,11 @@ func (g *Gateway) bridge(c *call, in *sipgo.DialogServerSession, sess *sipgo.Dia
 	if ct := answer.ContentType(); ct != nil {
 		res.AppendHeader(sip.HeaderClone(ct))
 	}
-	if err := in.WriteResponse(res); err != nil {
+	c.sendMu.Lock()
+	err := in.WriteResponse(res)
+	c.confirmed = err == nil
+	c.sendMu.Unlock()
+	if err != nil {
 		// The caller cancelled as the carrier answered, or never ACKed.
 		reason := ledger.ReasonFailed
 		if errors.Is(err, sip.ErrTransactionCanceled) {

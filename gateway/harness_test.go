@@ -118,7 +118,9 @@ func testConfig() Config {
 	d := configs.Default()
 	return Config{Listen: "127.0.0.1:0", RingTimeout: d.SIP.RingTimeout, ByeTimeout: d.SIP.ByeTimeout,
 		MaxCalls: d.SIP.MaxCalls, MaxPending: d.SIP.MaxPending, FailoverTimeout: d.SIP.FailoverTimeout,
-		Catalog: &d.Catalog, RatePerSource: d.SIP.RatePerSource, BurstPerSource: d.SIP.BurstPerSource}
+		Catalog: &d.Catalog, RatePerSource: d.SIP.RatePerSource, BurstPerSource: d.SIP.BurstPerSource,
+		SessionExpires: d.SIP.SessionExpires, MinSE: d.SIP.MinSE, KeepaliveInterval: d.SIP.KeepaliveInterval,
+		KeepaliveTimeout: d.SIP.KeepaliveTimeout, MaxCallDuration: d.SIP.MaxCallDuration}
 }
 
 func must(t testing.TB, err error) {
@@ -196,6 +198,10 @@ type carrier struct {
 	// trunk (the gateway's own digest code plays the carrier's part).
 	auth       atomic.Pointer[ledger.Trunk]
 	challenged atomic.Int32
+	// dead: the carrier has dropped its dialogs and answers in-dialog
+	// OPTIONS and UPDATE with 481.
+	dead    atomic.Bool
+	options atomic.Int32
 }
 
 func listenUDP(t testing.TB) (net.PacketConn, string, int) {
@@ -311,6 +317,16 @@ func newCarrier(t testing.TB) *carrier {
 		<-dlg.Context().Done()
 	})
 	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { _ = c.dialogs.ReadAck(req, tx) })
+	inDialog := func(req *sip.Request, tx sip.ServerTransaction) {
+		if c.dead.Load() {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+			return
+		}
+		c.options.Add(1)
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+	}
+	srv.OnOptions(inDialog)
+	srv.OnUpdate(inDialog)
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
 		at := time.Now()
 		if err := c.dialogs.ReadBye(req, tx); err == nil {

@@ -54,6 +54,8 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 
 	ctx, cancel := context.WithTimeout(g.ctx, maxInDialogWait)
 	defer cancel()
+	c.sendMu.Lock()
+	sent := g.clock.Now()
 	var res *sip.Response
 	var err error
 	if fromCaller {
@@ -61,6 +63,7 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 	} else {
 		res, err = c.in.Do(ctx, fwd)
 	}
+	c.sendMu.Unlock()
 	if err != nil {
 		g.log.Warn("in-dialog request not answered by the other leg", "call_id", c.id, "method", string(req.Method), "error", err)
 		_ = tx.Respond(sip.NewResponseFromRequest(req, 408, "Request Timeout", nil))
@@ -72,6 +75,12 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 		if err := g.ledger.UpdateDialog(c.id, rec); err != nil && !errors.Is(err, ledger.ErrCallEnded) {
 			g.log.Warn("could not update the call's dialog record", "call_id", c.id, "error", err)
 		}
+	}
+	if res.IsSuccess() {
+		// Both legs took part: proof of life of both, and a session
+		// refresh if it was a re-INVITE or UPDATE (liveness.go). The
+		// call's accounting is untouched.
+		c.relayed(sent, req.IsInvite() || req.Method == sip.UPDATE)
 	}
 	if req.IsInvite() && res.IsSuccess() {
 		// We are the UAC of the relayed re-INVITE: its 2xx is ours to ACK.

@@ -20,6 +20,9 @@ type metrics struct {
 	connsRefused    *prometheus.CounterVec // by reason: max_connections, fd_limit, per_source
 	connsIdleClosed prometheus.Counter
 	acceptErrors    *prometheus.CounterVec // by listener: http, sip_tcp, sip_tls
+
+	ended  *prometheus.CounterVec // by reason: ledger.Reasons
+	probes *prometheus.CounterVec // by method (OPTIONS, UPDATE) and result (ok, gone, no_answer)
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -63,6 +66,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, l := range []string{ListenerHTTP, ListenerSIPTCP, ListenerSIPTLS} {
 		m.acceptErrors.WithLabelValues(l)
 	}
+	m.ended = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_calls_ended_total",
+		Help: "Calls ended, by CDR disconnect reason (session_expired, leg_lost, max_duration, max_charge, caller_hangup, …)."}, []string{"reason"})
+	for _, r := range ledger.Reasons {
+		m.ended.WithLabelValues(string(r))
+	}
+	m.probes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_liveness_probes_total",
+		Help: "In-dialog requests the gateway sent to prove a leg up: OPTIONS keepalives and UPDATE session refreshes, by result (ok; gone: 481/408; no_answer)."},
+		[]string{"method", "result"})
+	for _, method := range []string{"OPTIONS", "UPDATE"} {
+		for _, r := range []string{"ok", "gone", "no_answer"} {
+			m.probes.WithLabelValues(method, r)
+		}
+	}
 	for _, gd := range ledger.Guards {
 		m.fraudTrips.WithLabelValues(gd)
 	}
@@ -83,7 +99,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.authorizations, m.active, m.setup, m.exhausted, m.leftCallByes, m.fraudTrips, m.dropped,
-			m.connsOpen, m.connsRefused, m.connsIdleClosed, m.acceptErrors} {
+			m.connsOpen, m.connsRefused, m.connsIdleClosed, m.acceptErrors, m.ended, m.probes} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

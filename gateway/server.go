@@ -66,6 +66,20 @@ type Config struct {
 	// Conns bounds the SIP TCP/TLS connections accepted (see ConnLimits);
 	// the zero value bounds nothing.
 	Conns ConnLimits
+	// SessionExpires is the session interval (RFC 4028) of every call the
+	// gateway meters: it refreshes each leg at half of it and ends a call
+	// not refreshed for a whole one. MinSE is the smallest it accepts from
+	// a caller (422 below it). liveness.go says why.
+	SessionExpires time.Duration
+	MinSE          time.Duration
+	// KeepaliveInterval is how often an OPTIONS goes in each leg's dialog
+	// (on trunks with keepalive on); KeepaliveTimeout how long a leg may
+	// take to answer it, or a refresh.
+	KeepaliveInterval time.Duration
+	KeepaliveTimeout  time.Duration
+	// MaxCallDuration ends a call this long after its answer unless its
+	// trunk or org says otherwise; 0 is no limit.
+	MaxCallDuration time.Duration
 }
 
 // validate refuses a configuration the gateway cannot run on. It does not
@@ -88,6 +102,12 @@ func (c *Config) validate() error {
 		return bad("MaxPending", "must be positive")
 	case c.Catalog == nil:
 		return bad("Catalog", "is missing")
+	case c.MinSE < time.Second || c.SessionExpires < c.MinSE:
+		return bad("SessionExpires/MinSE", "must be at least 1 s, SessionExpires ≥ MinSE")
+	case c.KeepaliveInterval <= 0 || c.KeepaliveTimeout <= 0:
+		return bad("KeepaliveInterval/KeepaliveTimeout", "must be positive")
+	case c.MaxCallDuration < 0:
+		return bad("MaxCallDuration", "must not be negative")
 	}
 	return nil
 }

@@ -78,6 +78,23 @@ func (s CallState) appendJSON(out []byte) ([]byte, bool) {
 		out = append(out, `,"billed_s":`...)
 		out = strconv.AppendInt(out, int64(s.BilledS), 10)
 	}
+	for _, f := range []struct {
+		key string
+		t   time.Time
+	}{{`,"hold_from":`, s.HoldFrom}, {`,"alive":`, s.Alive}, {`,"expires":`, s.Expires}} {
+		if !f.t.IsZero() {
+			out = append(out, f.key...)
+			out, ok = appendTime(out, f.t, ok)
+		}
+	}
+	if len(s.Tail) > 0 {
+		tail, err := json.Marshal(s.Tail)
+		if err != nil {
+			return out, false
+		}
+		out = append(out, `,"tail":`...)
+		out = append(out, tail...)
+	}
 	return append(out, '}'), ok && hok
 }
 

@@ -59,6 +59,11 @@ type FraudGuard struct {
 	MaxSpendPerHour        decimal.Decimal `json:"max_spend_per_hour"`
 	MaxSpendPerHourPerUser decimal.Decimal `json:"max_spend_per_hour_per_user"`
 	AllowHighRisk          bool            `json:"allow_high_risk"`
+	// MaxChargePerCall ends a call before the increment that would take
+	// its charge past it ("0": no limit); MaxCallDurationS ends it at that
+	// length (0: the trunk's or the config's limit).
+	MaxChargePerCall decimal.Decimal `json:"max_charge_per_call,omitzero"`
+	MaxCallDurationS int             `json:"max_call_duration_s,omitempty"`
 }
 
 // MaxGuardCalls bounds the concurrent-call limits.
@@ -71,6 +76,8 @@ func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
 		return Org{}, invalidf("max_calls: want 0 (no limit) to %d", MaxGuardCalls)
 	case fg.MaxCallsPerUser < 0 || fg.MaxCallsPerUser > MaxGuardCalls:
 		return Org{}, invalidf("max_calls_per_user: want 0 (no limit) to %d", MaxGuardCalls)
+	case fg.MaxChargePerCall.IsNegative() || fg.MaxCallDurationS < 0 || fg.MaxCallDurationS > 7*24*3600:
+		return Org{}, invalidf("max_charge_per_call must not be negative, max_call_duration_s 0 to one week")
 	case fg.MaxSpendPerHour.IsNegative() || fg.MaxSpendPerHourPerUser.IsNegative():
 		return Org{}, invalidf("spend limits: must not be negative (0: no limit)")
 	}

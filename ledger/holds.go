@@ -39,7 +39,7 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 		return Increment{}, fmt.Errorf("%w: open call %s: %w", ErrUnavailable, c.ID, err)
 	}
 	c.Start = at
-	c.CallState = CallState{LastAt: at, Charge: decimal.Zero}
+	c.CallState = CallState{LastAt: at, Charge: decimal.Zero, HoldFrom: at}
 	if !c.Free {
 		c.creditIncrement(1) // prices the call here, not under the ledger's lock
 	}
@@ -148,7 +148,7 @@ func (l *Ledger) AnswerDialog(callID string, at time.Time, dialog json.RawMessag
 		if c.Answered() {
 			return nil
 		}
-		c.Answer, c.LastAt = at, at
+		c.Answer, c.LastAt, c.HoldFrom = at, at, at
 		t.put(keyCallState(c.ID), c.CallState)
 		if dialog != nil {
 			t.raw(keyDialog(c.ID), bytes.Clone(dialog))
@@ -181,7 +181,7 @@ func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
 			return err
 		}
 		l.hold(t, st, c, inc)
-		c.LastAt = at
+		c.LastAt, c.HoldFrom = at, at
 		t.put(keyCallState(c.ID), c.CallState)
 		t.result = c.Hold
 		return nil
@@ -230,6 +230,7 @@ func (l *Ledger) secondPhase(callID string, n int, at time.Time, kind string, pa
 			return invalidf("call %s is not answered: an unanswered call costs nothing, release its hold", c.ID)
 		}
 		l.settle(t, st, c, amt)
+		c.Tail = nil // no liveness given: alive now (liveness.go)
 		c.LastAt = at
 		t.put(keyCallState(c.ID), c.CallState)
 		return nil
@@ -240,9 +241,18 @@ func (l *Ledger) secondPhase(callID string, n int, at time.Time, kind string, pa
 // Step is metering's increment boundary, in one durable operation: commit
 // increment n (it was used) and hold n+1. If n+1 cannot be held, n is still
 // committed and the error (ErrInsufficientCredit or ErrPoolExhausted) says
-// the call must end now, at the end of what was paid for.
+// the call must end now, at the end of what was paid for. It is StepAlive
+// with the call alive now.
 func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
-	op, err := l.do(Op{Kind: "step", Call: callID, N: n}, at, func(t *txn) error {
+	return l.StepAlive(callID, n, at, Liveness{})
+}
+
+// StepAlive is Step that also records the call's Liveness: the committed
+// increments that started after live.Alive are kept in the call's tail, to
+// be given back if the call closes with a BillTo (liveness.go). at is the
+// end of increment n.
+func (l *Ledger) StepAlive(callID string, n int, at time.Time, live Liveness) (Increment, error) {
+	op, err := l.do(Op{Kind: "step", Call: callID, N: n, Live: live}, at, func(t *txn) error {
 		c, st, err := l.callFor(callID)
 		if err != nil {
 			return err
@@ -264,10 +274,18 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 			return nextErr // nothing to commit and nothing to hold: a refusal
 		}
 		if c.Hold.Open {
+			c.remember(c.Hold, c.HoldFrom)
 			l.settle(t, st, c, full(c.Hold))
 		}
+		alive := live.Alive
+		if alive.IsZero() {
+			alive = at
+		}
+		c.forgetUntil(alive)
+		c.Alive, c.Expires = live.Alive, live.Expires
 		if nextErr == nil {
 			l.hold(t, st, c, inc)
+			c.HoldFrom = at
 		}
 		t.after = nextErr
 		c.LastAt = at
@@ -284,7 +302,7 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 	var cdr CDR
 	var replay string
-	_, err := l.do(Op{Kind: "close", Call: callID}, end.At, func(t *txn) error {
+	_, err := l.do(Op{Kind: "close", Call: callID, BillTo: end.BillTo}, end.At, func(t *txn) error {
 		if k, ok := l.ended.get(callID); ok {
 			replay = k
 			return nil
@@ -313,11 +331,21 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 
 // end settles a call and writes its CDR.
 func (l *Ledger) end(t *txn, st *orgState, c *Call, end CallEnd) CDR {
-	if c.Hold.Open {
-		// The started increment of an answered call counts; an unanswered
-		// call costs nothing.
-		l.settle(t, st, c, map[bool]Amount{true: full(c.Hold), false: {}}[c.Answered()])
+	billTo := !end.BillTo.IsZero() && c.Answered()
+	if billTo {
+		c.forgetUntil(end.BillTo)
 	}
+	if c.Hold.Open {
+		// The started increment of an answered call counts, unless it
+		// started after the call's last proof of life; an unanswered
+		// call costs nothing.
+		pay := c.Answered() && !(billTo && c.HoldFrom.After(end.BillTo))
+		l.settle(t, st, c, map[bool]Amount{true: full(c.Hold), false: {}}[pay])
+	}
+	if billTo {
+		l.refundTail(t, st, c)
+	}
+	c.Tail = nil
 	cdr := CDR{CallID: c.ID, Details: c.Details, Start: c.Start.UTC(), End: end.At.UTC(),
 		BilledS: c.BilledS, PoolMinutes: c.PoolMinutes, Charge: c.Charge,
 		DisconnectReason: end.Reason, SIPStatus: end.SIPStatus}

@@ -11,13 +11,16 @@ import (
 // above Org, Pool and Call):
 //
 //   - every org: Available = Balance − Held ≥ 0, Held = Σ credit holds of its
-//     calls up, Funded − Debited = Balance;
+//     calls up, Funded − Debited = Balance (Debited is net of refunds);
 //   - every pool: 0 ≤ Used, 0 ≤ Held, Used + Held ≤ Total, Held = Σ minutes
 //     its calls up hold;
 //   - every call up: at most its latest increment is held, and only a call
 //     still up holds anything (ended calls are gone from memory by then);
-//   - every CDR's charge is the sum of its call's debits, and all debits
-//     together are Debited (CheckHistory, which reads the store).
+//   - every call up: its tail (liveness.go) holds only committed increments
+//     that started after its last proof of life, no more than it was charged;
+//   - every CDR's charge is the sum of its call's debits minus its refunds,
+//     and all debits minus all refunds are Debited (CheckHistory, which reads
+//     the store).
 //
 // Tests call it after every operation; it is cheap enough for a health check.
 func (l *Ledger) CheckInvariants() error {
@@ -30,6 +33,20 @@ func (l *Ledger) checkLocked() error {
 	held := map[string]decimal.Decimal{}
 	minutes := map[*Pool]int{}
 	for _, c := range l.calls {
+		var tailCredit decimal.Decimal
+		tailMinutes, tailSeconds := 0, 0
+		for _, r := range c.Tail {
+			if r.Count < 1 || (!c.Alive.IsZero() && !r.Start.After(c.Alive)) {
+				return fmt.Errorf("call %s: tail run %+v (answer %s, alive %s)", c.ID, r, c.Answer, c.Alive)
+			}
+			tailCredit = tailCredit.Add(r.Credit.Mul(decimal.NewFromInt(int64(r.Count))))
+			tailMinutes += r.Minutes * r.Count
+			tailSeconds += r.Seconds * r.Count
+		}
+		if tailCredit.GreaterThan(c.Charge) || tailMinutes > c.PoolMinutes || tailSeconds > c.BilledS {
+			return fmt.Errorf("call %s: its tail (%s, %d min, %d s) exceeds what it was charged (%s, %d min, %d s)",
+				c.ID, tailCredit, tailMinutes, tailSeconds, c.Charge, c.PoolMinutes, c.BilledS)
+		}
 		h := c.Hold
 		if !h.Open {
 			continue
@@ -116,6 +133,12 @@ func (l *Ledger) CheckHistory() error {
 						return fmt.Errorf("org %s: increment %s debited twice", o.ID, id)
 					}
 					seen[id] = true
+					debited = debited.Sub(e.Amount)
+					byCall[e.CallID] = byCall[e.CallID].Sub(e.Amount)
+				case EntryRefund:
+					if !e.Amount.IsPositive() || e.CallID == "" {
+						return fmt.Errorf("org %s: refund entry %d of %s for call %q", o.ID, e.Seq, e.Amount, e.CallID)
+					}
 					debited = debited.Sub(e.Amount)
 					byCall[e.CallID] = byCall[e.CallID].Sub(e.Amount)
 				}

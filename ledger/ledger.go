@@ -136,7 +136,10 @@ type Op struct {
 	N      int
 	Key    string
 	Amount decimal.Decimal
-	Seq    uint64 // 0 when refused or when it was a retry of an applied one
+	At     time.Time // when the operation says it happened
+	Live   Liveness  // a step's
+	BillTo time.Time // a close's
+	Seq    uint64    // 0 when refused or when it was a retry of an applied one
 	Result Increment
 	Err    error
 }
@@ -245,7 +248,17 @@ func (l *Ledger) settleOpenCalls() error {
 		sort.Strings(ids)
 		for _, id := range ids {
 			c := l.calls[id]
-			settled = append(settled, l.end(t, l.orgs[c.Org], c, CallEnd{At: c.LastAt, Reason: ReasonRestart}))
+			end := CallEnd{At: c.LastAt, Reason: ReasonRestart}
+			if c.Answered() && !c.Expires.IsZero() && t.at.After(c.Expires) {
+				// Its session expired while no process was up: it ended
+				// then, billed to its last proof of life (liveness.go).
+				alive := c.Alive
+				if alive.Before(c.Answer) {
+					alive = c.Answer
+				}
+				end = CallEnd{At: c.Expires, Reason: ReasonSessionExpired, BillTo: alive}
+			}
+			settled = append(settled, l.end(t, l.orgs[c.Org], c, end))
 		}
 		return nil
 	})
@@ -271,6 +284,7 @@ func (l *Ledger) do(op Op, at time.Time, fn func(t *txn) error) (Op, error) {
 		return op, err
 	}
 	t := &txn{seq: l.seq + 1, at: at}
+	op.At = at
 	err := fn(t)
 	if err == nil && len(t.ws) > 0 {
 		l.seq = max(t.seq, t.last)

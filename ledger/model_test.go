@@ -20,11 +20,18 @@ import (
 // plain sequential reference written from the README's billing and ledger rules — and the two must agree
 // on the outcome, on the increment held and on the org's balance, holds and
 // pool; the ledger's invariants are checked after every single step.
+//
+// Steps carry a random last proof of life and some closes a bill-to time
+// (liveness.go): the model keeps every committed increment with its start
+// and gives back, at such a close, each one that started after the bill-to
+// time — the plain per-increment reading of "billed to the last proof of
+// life, to the increment" that the ledger's runs must agree with.
 
 type model struct {
-	orgs  map[string]*mOrg
-	calls map[string]*mCall
-	ended map[string]bool
+	refunded int // increments given back by closes with a bill-to time
+	orgs     map[string]*mOrg
+	calls    map[string]*mCall
+	ended    map[string]bool
 }
 
 type mOrg struct {
@@ -47,6 +54,25 @@ type mCall struct {
 	credit      decimal.Decimal
 	charge      decimal.Decimal
 	poolMinutes int
+	holdFrom    time.Time // when the open increment started
+	tail        []mInc    // committed increments that started after the last proof of life
+}
+
+type mInc struct {
+	start  time.Time
+	src    string
+	credit decimal.Decimal
+}
+
+// trim forgets the committed increments that started at or before alive.
+func (c *mCall) trim(alive time.Time) {
+	var kept []mInc
+	for _, i := range c.tail {
+		if i.start.After(alive) {
+			kept = append(kept, i)
+		}
+	}
+	c.tail = kept
 }
 
 func (m *model) next(o *mOrg, c *mCall, n int) (Increment, error) {
@@ -144,13 +170,16 @@ func (m *model) apply(op Op, tmpl Call) (Increment, error) {
 			return Increment{}, err
 		}
 		m.hold(o, c, inc)
+		c.holdFrom = op.At
 		m.calls[op.Call] = c
 		return c.inc(), nil
 	case "answer":
 		if err := lookup(); err != nil {
 			return Increment{}, err
 		}
-		c.answered = true
+		if !c.answered {
+			c.answered, c.holdFrom = true, op.At
+		}
 		return Increment{}, nil
 	case "close":
 		if m.ended[op.Call] {
@@ -159,8 +188,25 @@ func (m *model) apply(op Op, tmpl Call) (Increment, error) {
 		if err := lookup(); err != nil {
 			return Increment{}, err
 		}
+		o := m.orgs[c.org]
+		billTo := !op.BillTo.IsZero() && c.answered
+		if billTo {
+			c.trim(op.BillTo)
+		}
 		if c.open {
-			m.settle(m.orgs[c.org], c, c.answered)
+			m.settle(o, c, c.answered && !(billTo && c.holdFrom.After(op.BillTo)))
+		}
+		if billTo {
+			m.refunded += len(c.tail)
+			for _, i := range c.tail {
+				if i.src == SourcePool {
+					o.pool.used--
+					c.poolMinutes--
+				} else {
+					o.balance = o.balance.Add(i.credit)
+					c.charge = c.charge.Sub(i.credit)
+				}
+			}
 		}
 		delete(m.calls, op.Call)
 		m.ended[op.Call] = true
@@ -186,6 +232,7 @@ func (m *model) apply(op Op, tmpl Call) (Increment, error) {
 			return Increment{}, err
 		}
 		m.hold(o, c, inc)
+		c.holdFrom = op.At
 		return c.inc(), nil
 	case "commit", "release":
 		if n < c.n || (n == c.n && !c.open) {
@@ -195,6 +242,7 @@ func (m *model) apply(op Op, tmpl Call) (Increment, error) {
 			return Increment{}, ErrInvalid
 		}
 		m.settle(o, c, op.Kind == "commit")
+		c.tail = nil
 		return Increment{}, nil
 	case "step":
 		if c.n == n+1 {
@@ -208,10 +256,17 @@ func (m *model) apply(op Op, tmpl Call) (Increment, error) {
 			return Increment{}, nextErr
 		}
 		if c.open {
+			c.tail = append(c.tail, mInc{start: c.holdFrom, src: c.src, credit: c.credit})
 			m.settle(o, c, true)
 		}
+		alive := op.Live.Alive
+		if alive.IsZero() {
+			alive = op.At
+		}
+		c.trim(alive)
 		if nextErr == nil {
 			m.hold(o, c, inc)
+			c.holdFrom = op.At
 		}
 		return c.inc(), nextErr
 	}
@@ -330,6 +385,13 @@ func TestModelRandomizedConcurrent(t *testing.T) {
 			do := func(kind, id string, n int) {
 				clock++
 				op := Op{Kind: kind, Call: id, N: n}
+				switch x := r.IntN(3); {
+				case kind == "step" && x > 0:
+					// A last proof of life a little before now, or after.
+					op.Live = Liveness{Alive: at(clock - 12 + r.IntN(14))}
+				case kind == "close" && x > 0:
+					op.BillTo = at(clock - 12 + r.IntN(14))
+				}
 				if kind == "fund" {
 					op = Op{Kind: "fund", Org: orgs[r.IntN(len(orgs))], Key: fmt.Sprintf("k%d", r.IntN(20)),
 						Amount: decimal.NewFromInt(int64(1 + r.IntN(3)))}
@@ -384,7 +446,10 @@ func TestModelRandomizedConcurrent(t *testing.T) {
 		}
 	}
 	check(t, l)
-	t.Logf("%d operations linearized and checked: %v", steps, outcomes)
+	t.Logf("%d operations linearized and checked: %v; %d increments given back", steps, outcomes, m.refunded)
+	if m.refunded == 0 {
+		t.Error("no close gave back an increment in this run")
+	}
 	// The run must have reached the interesting states, or it proved little.
 	for _, want := range []string{"step applied ok", "step replayed ok", "open replayed ok", "commit applied ok",
 		"release applied ok", "fund replayed idempotency key already used", "close applied ok", "not enough credit",
@@ -421,7 +486,7 @@ func runOp(l *Ledger, op Op, tmpl Call, when time.Time) {
 	case "answer":
 		_ = l.Answer(op.Call, when)
 	case "step":
-		_, _ = l.Step(op.Call, op.N, when)
+		_, _ = l.StepAlive(op.Call, op.N, when, op.Live)
 	case "hold":
 		_, _ = l.Hold(op.Call, op.N, when)
 	case "commit":
@@ -429,7 +494,7 @@ func runOp(l *Ledger, op Op, tmpl Call, when time.Time) {
 	case "release":
 		_ = l.Release(op.Call, op.N, when)
 	case "close":
-		_, _ = l.CloseCall(op.Call, CallEnd{At: when, Reason: ReasonCallerHangup})
+		_, _ = l.CloseCall(op.Call, CallEnd{At: when, Reason: ReasonCallerHangup, BillTo: op.BillTo})
 	}
 }
 

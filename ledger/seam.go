@@ -27,7 +27,8 @@ import (
 //     that was refused.
 //   - Money never goes negative and is never held twice: for every org,
 //     Available = Balance − Held ≥ 0 at every instant, Held is the sum of
-//     what its calls up hold, Funded − Debited = Balance, and a pool's
+//     what its calls up hold, Funded − Debited = Balance (Debited net of
+//     refunds), and a pool's
 //     Used + Held ≤ Total. Whether an increment fits is decided again at the
 //     instant it is held, so two calls racing for the last credit or minute
 //     cannot both win.
@@ -86,8 +87,21 @@ type Books interface {
 	// (not answered, free, or out of sequence), ErrUnknownCall,
 	// ErrCallEnded.
 	Step(callID string, n int, at time.Time) (Increment, error)
+	// StepAlive is Step that also records the call's Liveness (its last
+	// proof of life, never moving back, and its session's expiry): the
+	// increments committed after the proof of life stay refundable until
+	// the next Step moves it on (liveness.go). Same idempotency and
+	// refusals as Step. A call left up by a process that stopped, whose
+	// Expires had passed when the next one starts, is settled at Expires,
+	// billed to Alive, reason ReasonSessionExpired.
+	StepAlive(callID string, n int, at time.Time, live Liveness) (Increment, error)
 	// CloseCall ends the call and returns its CDR: an answered call pays
 	// its open increment whole, an unanswered one costs nothing. Durable.
+	// With end.BillTo set (not before the Alive of its latest StepAlive)
+	// it is billed to that last proof of life: increments that started
+	// after it are given back (a refund entry for credits, minutes to
+	// their pool; the open one is released), and Funded − Debited =
+	// Balance holds with Debited net of refunds.
 	// Idempotent: closing an ended call, however long ago, returns its CDR
 	// again. Refusals: ErrUnknownCall (never opened).
 	CloseCall(callID string, end CallEnd) (CDR, error)

@@ -90,7 +90,17 @@ type Trunk struct {
 	MaxCalls  int      `json:"max_calls,omitempty"` // calls up at once from this trunk; 0: no limit
 	Username  string   `json:"username,omitempty"`
 	Password  string   `json:"password,omitempty"`
+	// Keepalive turns in-dialog OPTIONS keepalives on this trunk's legs on
+	// or off; unset is on (a dead PBX is as costly as a dead carrier; the
+	// switch is for peers that answer OPTIONS badly).
+	Keepalive *bool `json:"keepalive,omitempty"`
+	// MaxCallDurationS overrides sip.max_call_duration for calls from or
+	// to this trunk (seconds; 0: the default).
+	MaxCallDurationS int `json:"max_call_duration_s,omitempty"`
 }
+
+// KeepaliveOn reports whether the trunk's legs get keepalives.
+func (t Trunk) KeepaliveOn() bool { return t.Keepalive == nil || *t.Keepalive }
 
 // Details describe a call the way its CDR reports it; they are fixed when
 // the call is authorized. Numbers are E.164 digits without '+'.
@@ -243,6 +253,13 @@ type CallState struct {
 	Charge      decimal.Decimal `json:"charge"`
 	PoolMinutes int             `json:"pool_minutes,omitempty"`
 	BilledS     int             `json:"billed_s,omitempty"`
+	// HoldFrom is when the open increment started (the answer, or the
+	// Step that held it); Alive and Expires are the last Step's Liveness;
+	// Tail the committed increments that started after Alive (liveness.go).
+	HoldFrom time.Time `json:"hold_from,omitzero"`
+	Alive    time.Time `json:"alive,omitzero"`
+	Expires  time.Time `json:"expires,omitzero"`
+	Tail     []Run     `json:"tail,omitempty"`
 }
 
 // Answered reports whether the call reached 200 OK.
@@ -271,7 +288,21 @@ const (
 	ReasonRestart         Reason = "gateway_restart"
 	ReasonShutdown        Reason = "gateway_shutdown"
 	ReasonFraudGuard      Reason = "fraud_guard"
+	// The call's session expired without a refresh (RFC 4028): billed to
+	// the last proof of life.
+	ReasonSessionExpired Reason = "session_expired"
+	// A leg answered a keepalive 481/408 or not at all: billed to the last
+	// proof of life.
+	ReasonLegLost Reason = "leg_lost"
+	// The call reached its maximum duration, or its maximum charge.
+	ReasonMaxDuration Reason = "max_duration"
+	ReasonMaxCharge   Reason = "max_charge"
 )
+
+// Reasons lists every disconnect reason, in the README's order.
+var Reasons = []Reason{ReasonCallerHangup, ReasonCalleeHangup, ReasonCreditExhausted, ReasonPoolExhausted,
+	ReasonCanceled, ReasonFailed, ReasonAdmin, ReasonRestart, ReasonShutdown, ReasonFraudGuard,
+	ReasonSessionExpired, ReasonLegLost, ReasonMaxDuration, ReasonMaxCharge}
 
 // Direction is which way a call went: a CDR's direction.
 type Direction string
@@ -302,6 +333,10 @@ type CDR struct {
 const (
 	EntryFunding = "funding"
 	EntryDebit   = "debit"
+	// EntryRefund gives back committed increments of a call that were
+	// used after its last proof of life (liveness.go): positive, with the
+	// call and the first increment given back.
+	EntryRefund = "refund"
 )
 
 // Entry is one movement of an org's balance.
@@ -327,4 +362,8 @@ type CallEnd struct {
 	At        time.Time
 	Reason    Reason
 	SIPStatus int
+	// BillTo, when set, is the call's last proof of life: increments that
+	// started after it are not charged (liveness.go). It may not be before
+	// the Alive of the call's latest Step.
+	BillTo time.Time
 }

@@ -176,7 +176,9 @@ func startGateway(cfg configs.Config, led *ledger.Ledger, reg prometheus.Registe
 		RatePerSource: cfg.SIP.RatePerSource, BurstPerSource: cfg.SIP.BurstPerSource,
 		TLSListen: cfg.SIP.TLSListen, TLS: tlsCfg, Conns: gateway.ConnLimits{MaxConns: cfg.SIP.MaxConnections,
 			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
-			ReservedFDs: cfg.SIP.ReservedFDs}}, led, deck, clock.Real{}, reg, log)
+			ReservedFDs: cfg.SIP.ReservedFDs},
+		SessionExpires: cfg.SIP.SessionExpires, MinSE: cfg.SIP.MinSE, KeepaliveInterval: cfg.SIP.KeepaliveInterval,
+		KeepaliveTimeout: cfg.SIP.KeepaliveTimeout, MaxCallDuration: cfg.SIP.MaxCallDuration}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,324 @@
+package gateway
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/internal/panics"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/emiago/sipgo/sip"
+	"github.com/shopspring/decimal"
+)
+
+// Liveness: no customer pays for a call nobody is on.
+//
+// A BYE can be lost (a PBX reboots, a NAT binding expires, a carrier drops a
+// leg silently); a call billed until a BYE arrives would then be billed
+// until the org's money runs out. So, for every answered call that is not
+// an emergency call, the gateway keeps proof that both legs are up:
+//
+//   - Session timers (RFC 4028). The gateway is the refresher of both of its
+//     legs (as a B2BUA each leg is a session of its own): every
+//     SessionExpires/2 it sends an UPDATE without a body in each leg's dialog
+//     (UPDATE, not re-INVITE, because it needs no offer, RFC 4028 §9). A
+//     refresh a peer sends (re-INVITE or UPDATE) is relayed as before and,
+//     answered 2xx end to end, refreshes the session too. Accounting is
+//     never touched by a refresh. If no refresh succeeded for SessionExpires,
+//     the session has expired: BYE to both legs, reason session_expired.
+//   - Keepalive: an OPTIONS in each leg's dialog (where the leg's trunk has
+//     keepalive on) every KeepaliveInterval. 481 (the dialog is gone) or 408,
+//     or no answer within KeepaliveTimeout, ends the call: reason leg_lost.
+//     Any other answer, 200 or 405 or 501, proves the dialog is there.
+//
+// Proof of life of a leg is the instant a request that leg answered (or sent
+// and the other answered) was sent: the earliest instant it is proved, so
+// the customer is never billed for doubt. The call's proof of life is the
+// older of its two legs'. Every Step passes it to the ledger, and a call
+// that ends for session_expired or leg_lost is closed with BillTo = that
+// instant: the increment it fell in counts, later ones are given back
+// (ledger/liveness.go).
+//
+// Maximum call duration and maximum charge per call end a call at the
+// limit (max_duration, max_charge). Emergency calls are exempt from all of
+// this: they are never probed, never expired, never cut.
+
+// Legs of a call, as indices of its per-leg state.
+const (
+	legCaller = iota
+	legCarrier
+)
+
+var legNames = [2]string{"caller", "carrier"}
+
+// liveness is a call's per-leg proof of life and its timers (guarded by
+// c.mu).
+type liveness struct {
+	session   time.Duration // the negotiated session interval
+	alive     [2]time.Time  // each leg's last proof of life
+	refreshed [2]time.Time  // each leg's last successful session refresh
+	probe     [2]bool       // keepalive on for the leg
+	maxEnd    time.Time     // max duration: the call ends here (zero: none)
+	maxCharge decimal.Decimal
+	spent     decimal.Decimal // credit committed so far (for maxCharge)
+	billTo    time.Time       // set when it ends lost or expired
+
+	// One timer per job, re-armed in place.
+	refreshT, expiryT, keepT, limitT clock.Timer
+}
+
+// aliveAt is the call's proof of life: the older of its legs'.
+func (l *liveness) aliveAt() time.Time {
+	if l.alive[legCaller].Before(l.alive[legCarrier]) {
+		return l.alive[legCaller]
+	}
+	return l.alive[legCarrier]
+}
+
+// expires is when the session expires without a further refresh.
+func (l *liveness) expires() time.Time {
+	r := l.refreshed[legCaller]
+	if l.refreshed[legCarrier].Before(r) {
+		r = l.refreshed[legCarrier]
+	}
+	return r.Add(l.session)
+}
+
+func (l *liveness) ledger() ledger.Liveness {
+	return ledger.Liveness{Alive: l.aliveAt(), Expires: l.expires()}
+}
+
+// startLiveness arms a just-answered call's timers (c.mu held).
+func (c *call) startLiveness(now time.Time) {
+	lv := &c.live
+	lv.alive = [2]time.Time{now, now}
+	lv.refreshed = [2]time.Time{now, now}
+	lv.spent = decimal.Zero
+	if d := c.maxDuration; d > 0 {
+		lv.maxEnd = now.Add(d)
+		c.rearm(&lv.limitT, d, func() { c.limit(ledger.ReasonMaxDuration) })
+	}
+	if lv.session > 0 {
+		c.rearm(&lv.refreshT, lv.session/2, c.refresh)
+		c.rearm(&lv.expiryT, lv.session, c.checkExpiry)
+	}
+	if (lv.probe[legCaller] || lv.probe[legCarrier]) && c.g.cfg.KeepaliveInterval > 0 {
+		c.rearm(&lv.keepT, c.g.cfg.KeepaliveInterval, c.keepalive)
+	}
+}
+
+// rearm replaces a timer slot (c.mu held).
+func (c *call) rearm(slot *clock.Timer, d time.Duration, f func()) {
+	if *slot != nil {
+		(*slot).Stop()
+	}
+	*slot = c.g.clock.AfterFunc(d, f)
+}
+
+// stopLiveness stops every liveness timer (c.mu held).
+func (c *call) stopLiveness() {
+	for _, t := range []clock.Timer{c.live.refreshT, c.live.expiryT, c.live.keepT, c.live.limitT} {
+		if t != nil {
+			t.Stop()
+		}
+	}
+}
+
+// up reports whether the call is answered and not ended.
+func (c *call) up() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state == stateAnswered
+}
+
+// probeLeg sends one in-dialog request on a leg and waits, at most timeout,
+// for its final answer. It reports when it was sent and whether the leg
+// answered in a way that proves its dialog is there.
+func (c *call) probeLeg(leg int, method sip.RequestMethod, timeout time.Duration, hdrs ...sip.Header) (sent time.Time, ok bool) {
+	var target sip.Uri
+	if leg == legCarrier {
+		target = c.out.InviteRequest.Recipient
+		if ct := c.out.InviteResponse.Contact(); ct != nil {
+			target = ct.Address
+		}
+	} else {
+		target = c.in.InviteRequest.Contact().Address
+	}
+	req := sip.NewRequest(method, target)
+	for _, h := range hdrs {
+		req.AppendHeader(h)
+	}
+	ctx, cancel := context.WithTimeout(c.g.ctx, timeout)
+	defer cancel()
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if !c.confirmed {
+		// The caller's 200 is still being written: nothing to probe
+		// yet, and nothing proved (a zero time proves nothing).
+		return time.Time{}, true
+	}
+	sent = c.g.clock.Now()
+	var res *sip.Response
+	var err error
+	if leg == legCarrier {
+		res, err = c.out.Do(ctx, req)
+	} else {
+		res, err = c.in.Do(ctx, req)
+	}
+	switch {
+	case err != nil:
+		c.g.m.probes.WithLabelValues(string(method), "no_answer").Inc()
+		return sent, false
+	case res.StatusCode == 481 || res.StatusCode == 408:
+		c.g.m.probes.WithLabelValues(string(method), "gone").Inc()
+		return sent, false
+	}
+	c.g.m.probes.WithLabelValues(string(method), "ok").Inc()
+	return sent, true
+}
+
+// keepalive sends OPTIONS in each leg with keepalive on; a leg that does
+// not prove itself ends the call (leg_lost), billed to the last proof of
+// life. It runs on the call's timer and re-arms itself.
+func (c *call) keepalive() {
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
+	if !c.up() {
+		return
+	}
+	for leg := range 2 {
+		if !c.live.probe[leg] {
+			continue
+		}
+		sent, ok := c.probeLeg(leg, sip.OPTIONS, c.g.cfg.KeepaliveTimeout)
+		if !ok {
+			c.g.log.Warn("leg lost: keepalive not answered", "call_id", c.id, "org", c.org, "leg", legNames[leg])
+			c.endLost(ledger.ReasonLegLost, time.Time{})
+			return
+		}
+		c.proved(leg, sent, false)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateAnswered {
+		c.rearm(&c.live.keepT, c.g.cfg.KeepaliveInterval, c.keepalive)
+	}
+}
+
+// refresh is the gateway's session refresh: an UPDATE in each leg. A leg
+// that answers 2xx is refreshed; 481/408/silence is left to the expiry
+// (a peer's own refresh may still come); any other answer proves the leg
+// alive without refreshing it (a peer without UPDATE still runs the
+// session on its keepalives and the expiry).
+func (c *call) refresh() {
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
+	if !c.up() {
+		return
+	}
+	se := sip.NewHeader("Session-Expires", sessionExpiresValue(c.live.session, "uac"))
+	for leg := range 2 {
+		sent, ok := c.probeLeg(leg, sip.UPDATE, c.g.cfg.KeepaliveTimeout, se)
+		if ok {
+			c.proved(leg, sent, true)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateAnswered {
+		c.rearm(&c.live.refreshT, c.live.session/2, c.refresh)
+	}
+}
+
+// proved records a proof of life of a leg at sent (and a session refresh),
+// never moving it back.
+func (c *call) proved(leg int, sent time.Time, refreshed bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if sent.After(c.live.alive[leg]) {
+		c.live.alive[leg] = sent
+	}
+	if refreshed && sent.After(c.live.refreshed[leg]) {
+		c.live.refreshed[leg] = sent
+	}
+}
+
+// relayed records an in-dialog request a peer sent that the other leg
+// answered 2xx: both legs proved at sent, and a refresh if it was one.
+func (c *call) relayed(sent time.Time, refresh bool) {
+	c.proved(legCaller, sent, refresh)
+	c.proved(legCarrier, sent, refresh)
+}
+
+// checkExpiry runs when the session may have expired: if it has, the call
+// ends (session_expired) at the expiry, billed to its last proof of life;
+// if a refresh came meanwhile it waits for the new expiry.
+func (c *call) checkExpiry() {
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
+	c.mu.Lock()
+	if c.state != stateAnswered {
+		c.mu.Unlock()
+		return
+	}
+	exp := c.live.expires()
+	if now := c.g.clock.Now(); now.Before(exp) {
+		c.rearm(&c.live.expiryT, exp.Sub(now), c.checkExpiry)
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	c.g.log.Warn("session expired without a refresh", "call_id", c.id, "org", c.org)
+	c.endLost(ledger.ReasonSessionExpired, exp)
+}
+
+// endLost ends a call nobody is proved to be on: BYE to both legs, billed
+// to the last proof of life; at, when set, is when it ended (the expiry).
+func (c *call) endLost(reason ledger.Reason, at time.Time) {
+	c.mu.Lock()
+	c.live.billTo = c.live.aliveAt()
+	c.endAt = at
+	c.mu.Unlock()
+	c.end(reason, 200, byeBoth)
+}
+
+// limit ends a call at its maximum duration or charge.
+func (c *call) limit(reason ledger.Reason) {
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
+	c.mu.Lock()
+	c.endAt = c.live.maxEnd
+	c.mu.Unlock()
+	c.end(reason, 200, byeBoth)
+}
+
+// sessionExpiresValue is a Session-Expires header value (RFC 4028 §4).
+func sessionExpiresValue(d time.Duration, refresher string) string {
+	v := strconv.Itoa(int(d / time.Second))
+	if refresher != "" {
+		v += ";refresher=" + refresher
+	}
+	return v
+}
+
+// limits sets a metered call's session interval, its caller leg's
+// keepalive, its maximum duration (the org's, else the source trunk's, else
+// the config's) and its maximum charge (the org's fraud guard).
+func (g *Gateway) limits(c *call, org ledger.Org, source ledger.Trunk) {
+	c.live.session = g.cfg.SessionExpires
+	c.live.probe[legCaller] = source.KeepaliveOn()
+	c.maxDuration = g.cfg.MaxCallDuration
+	if source.MaxCallDurationS > 0 {
+		c.maxDuration = time.Duration(source.MaxCallDurationS) * time.Second
+	}
+	if org.FraudGuard.MaxCallDurationS > 0 {
+		c.maxDuration = time.Duration(org.FraudGuard.MaxCallDurationS) * time.Second
+	}
+	c.live.maxCharge = org.FraudGuard.MaxChargePerCall
+}
+
+// answeredBy sets what the answering carrier trunk says of the carrier leg
+// (c.mu held): its keepalive switch, and a shorter maximum duration.
+func (c *call) answeredBy(carrier ledger.Trunk) {
+	c.live.probe[legCarrier] = carrier.KeepaliveOn()
+	if d := time.Duration(carrier.MaxCallDurationS) * time.Second; d > 0 && (c.maxDuration == 0 || d < c.maxDuration) {
+		c.maxDuration = d
+	}
+}

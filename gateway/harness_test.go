@@ -201,7 +201,12 @@ type carrier struct {
 	// dead: the carrier has dropped its dialogs and answers in-dialog
 	// OPTIONS and UPDATE with 481.
 	dead    atomic.Bool
-	options atomic.Int32
+	options atomic.Int32 // in-dialog OPTIONS and UPDATE answered 200
+	// updateStatus, non-zero: answer in-dialog UPDATEs with it (405: a
+	// peer without UPDATE); silent: answer no in-dialog OPTIONS/UPDATE.
+	updateStatus atomic.Int32
+	silent       atomic.Bool
+	updates      atomic.Int32 // in-dialog UPDATEs received
 }
 
 func listenUDP(t testing.TB) (net.PacketConn, string, int) {
@@ -318,6 +323,16 @@ func newCarrier(t testing.TB) *carrier {
 	})
 	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { _ = c.dialogs.ReadAck(req, tx) })
 	inDialog := func(req *sip.Request, tx sip.ServerTransaction) {
+		if req.Method == sip.UPDATE {
+			c.updates.Add(1)
+		}
+		if c.silent.Load() {
+			return
+		}
+		if st := c.updateStatus.Load(); st != 0 && req.Method == sip.UPDATE {
+			_ = tx.Respond(sip.NewResponseFromRequest(req, int(st), "Method Not Allowed", nil))
+			return
+		}
 		if c.dead.Load() {
 			_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 			return

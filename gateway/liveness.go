@@ -27,10 +27,19 @@ import (
 //     answered 2xx end to end, refreshes the session too. Accounting is
 //     never touched by a refresh. If no refresh succeeded for SessionExpires,
 //     the session has expired: BYE to both legs, reason session_expired.
+//     A leg that answers the UPDATE 405 or 501 does not support it (RFC
+//     4028 §7.4 would have the refresher fall back to a re-INVITE, which
+//     needs an offer the gateway does not keep): the answer proves the leg
+//     alive but refreshes nothing, and the leg leaves the session timer;
+//     its keepalive alone then watches it.
 //   - Keepalive: an OPTIONS in each leg's dialog (where the leg's trunk has
 //     keepalive on) every KeepaliveInterval. 481 (the dialog is gone) or 408,
 //     or no answer within KeepaliveTimeout, ends the call: reason leg_lost.
 //     Any other answer, 200 or 405 or 501, proves the dialog is there.
+//
+// Every probe, refresh, expiry and limit runs as a job of the gateway
+// (counted in its WaitGroup, a panic contained to the call), so none
+// outlives Close.
 //
 // Proof of life of a leg is the instant a request that leg answered (or sent
 // and the other answered) was sent: the earliest instant it is proved, so
@@ -58,6 +67,7 @@ type liveness struct {
 	session   time.Duration // the negotiated session interval
 	alive     [2]time.Time  // each leg's last proof of life
 	refreshed [2]time.Time  // each leg's last successful session refresh
+	noTimer   [2]bool       // the leg answered a refresh 405/501: out of the session timer
 	probe     [2]bool       // keepalive on for the leg
 	maxEnd    time.Time     // max duration: the call ends here (zero: none)
 	maxCharge decimal.Decimal
@@ -76,11 +86,21 @@ func (l *liveness) aliveAt() time.Time {
 	return l.alive[legCarrier]
 }
 
-// expires is when the session expires without a further refresh.
+// expires is when the session expires without a further refresh: the
+// oldest refresh of the legs in the session timer, plus the interval. Zero
+// when no leg is (no session timer).
 func (l *liveness) expires() time.Time {
-	r := l.refreshed[legCaller]
-	if l.refreshed[legCarrier].Before(r) {
-		r = l.refreshed[legCarrier]
+	var r time.Time
+	for leg := range 2 {
+		if l.noTimer[leg] {
+			continue
+		}
+		if r.IsZero() || l.refreshed[leg].Before(r) {
+			r = l.refreshed[leg]
+		}
+	}
+	if r.IsZero() || l.session <= 0 {
+		return time.Time{}
 	}
 	return r.Add(l.session)
 }
@@ -97,7 +117,7 @@ func (c *call) startLiveness(now time.Time) {
 	lv.spent = decimal.Zero
 	if d := c.maxDuration; d > 0 {
 		lv.maxEnd = now.Add(d)
-		c.rearm(&lv.limitT, d, func() { c.limit(ledger.ReasonMaxDuration) })
+		c.rearm(&lv.limitT, d, c.limit)
 	}
 	if lv.session > 0 {
 		c.rearm(&lv.refreshT, lv.session/2, c.refresh)
@@ -108,12 +128,46 @@ func (c *call) startLiveness(now time.Time) {
 	}
 }
 
-// rearm replaces a timer slot (c.mu held).
+// rearm replaces a timer slot (c.mu held). f runs as a job of the
+// gateway (job).
 func (c *call) rearm(slot *clock.Timer, d time.Duration, f func()) {
 	if *slot != nil {
 		(*slot).Stop()
 	}
-	*slot = c.g.clock.AfterFunc(d, f)
+	*slot = c.g.clock.AfterFunc(d, func() { c.job(f) })
+}
+
+// job runs one liveness job of the call — a probe, a refresh, an expiry
+// check, a limit — in the gateway's WaitGroup, so Close waits for it (its
+// network waits end with the gateway's context), and with a panic
+// contained to this call (ended failed, BYE to both legs). A job due once
+// the gateway is closing does not run: Close ends every call itself.
+func (c *call) job(f func()) {
+	if !c.g.jobStart() {
+		return
+	}
+	defer c.g.wg.Done()
+	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
+	f()
+}
+
+// jobStart counts a job in g.wg unless the gateway is closing. jobMu makes
+// the check and the Add one step, so no Add can race Close's Wait.
+func (g *Gateway) jobStart() bool {
+	g.jobMu.Lock()
+	defer g.jobMu.Unlock()
+	if g.jobsClosed {
+		return false
+	}
+	g.wg.Add(1)
+	return true
+}
+
+// closeJobs stops new jobs; those running are waited for with g.wg.
+func (g *Gateway) closeJobs() {
+	g.jobMu.Lock()
+	g.jobsClosed = true
+	g.jobMu.Unlock()
 }
 
 // stopLiveness stops every liveness timer (c.mu held).
@@ -133,9 +187,10 @@ func (c *call) up() bool {
 }
 
 // probeLeg sends one in-dialog request on a leg and waits, at most timeout,
-// for its final answer. It reports when it was sent and whether the leg
-// answered in a way that proves its dialog is there.
-func (c *call) probeLeg(leg int, method sip.RequestMethod, timeout time.Duration, hdrs ...sip.Header) (sent time.Time, ok bool) {
+// for its final answer. It reports when it was sent, whether the leg
+// answered in a way that proves its dialog is there, and the answer's
+// status (0: none).
+func (c *call) probeLeg(leg int, method sip.RequestMethod, timeout time.Duration, hdrs ...sip.Header) (sent time.Time, ok bool, status int) {
 	var target sip.Uri
 	if leg == legCarrier {
 		target = c.out.InviteRequest.Recipient
@@ -156,7 +211,7 @@ func (c *call) probeLeg(leg int, method sip.RequestMethod, timeout time.Duration
 	if !c.confirmed {
 		// The caller's 200 is still being written: nothing to probe
 		// yet, and nothing proved (a zero time proves nothing).
-		return time.Time{}, true
+		return time.Time{}, true, 0
 	}
 	sent = c.g.clock.Now()
 	var res *sip.Response
@@ -169,20 +224,19 @@ func (c *call) probeLeg(leg int, method sip.RequestMethod, timeout time.Duration
 	switch {
 	case err != nil:
 		c.g.m.probes.WithLabelValues(string(method), "no_answer").Inc()
-		return sent, false
+		return sent, false, 0
 	case res.StatusCode == 481 || res.StatusCode == 408:
 		c.g.m.probes.WithLabelValues(string(method), "gone").Inc()
-		return sent, false
+		return sent, false, res.StatusCode
 	}
 	c.g.m.probes.WithLabelValues(string(method), "ok").Inc()
-	return sent, true
+	return sent, true, res.StatusCode
 }
 
 // keepalive sends OPTIONS in each leg with keepalive on; a leg that does
 // not prove itself ends the call (leg_lost), billed to the last proof of
-// life. It runs on the call's timer and re-arms itself.
+// life. It runs as a job on the call's timer and re-arms itself.
 func (c *call) keepalive() {
-	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
 	if !c.up() {
 		return
 	}
@@ -190,7 +244,7 @@ func (c *call) keepalive() {
 		if !c.live.probe[leg] {
 			continue
 		}
-		sent, ok := c.probeLeg(leg, sip.OPTIONS, c.g.cfg.KeepaliveTimeout)
+		sent, ok, _ := c.probeLeg(leg, sip.OPTIONS, c.g.cfg.KeepaliveTimeout)
 		if !ok {
 			c.g.log.Warn("leg lost: keepalive not answered", "call_id", c.id, "org", c.org, "leg", legNames[leg])
 			c.endLost(ledger.ReasonLegLost, time.Time{})
@@ -205,21 +259,40 @@ func (c *call) keepalive() {
 	}
 }
 
-// refresh is the gateway's session refresh: an UPDATE in each leg. A leg
-// that answers 2xx is refreshed; 481/408/silence is left to the expiry
-// (a peer's own refresh may still come); any other answer proves the leg
-// alive without refreshing it (a peer without UPDATE still runs the
-// session on its keepalives and the expiry).
+// refresh is the gateway's session refresh: an UPDATE in each leg still in
+// the session timer. A leg that answers 2xx is refreshed. 481/408/silence
+// refreshes nothing and is left to the expiry (a peer's own refresh may
+// still come). 405 or 501 (the peer does not support UPDATE, RFC 4028 §7.4)
+// proves the leg alive — it answered in its dialog — but refreshes nothing,
+// and the leg leaves the session timer: the gateway cannot refresh it
+// without an offer for a re-INVITE, so its keepalive alone watches it. Any
+// other answer (a 4xx/5xx/6xx of another kind) proves the leg alive and
+// refreshes nothing. It runs as a job and re-arms itself.
 func (c *call) refresh() {
-	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
 	if !c.up() {
 		return
 	}
-	se := sip.NewHeader("Session-Expires", sessionExpiresValue(c.live.session, "uac"))
+	c.mu.Lock()
+	session, noTimer := c.live.session, c.live.noTimer
+	c.mu.Unlock()
+	se := sip.NewHeader("Session-Expires", sessionExpiresValue(session, "uac"))
 	for leg := range 2 {
-		sent, ok := c.probeLeg(leg, sip.UPDATE, c.g.cfg.KeepaliveTimeout, se)
-		if ok {
+		if noTimer[leg] {
+			continue
+		}
+		sent, ok, status := c.probeLeg(leg, sip.UPDATE, c.g.cfg.KeepaliveTimeout, se)
+		switch {
+		case !ok || sent.IsZero():
+		case status >= 200 && status < 300:
 			c.proved(leg, sent, true)
+		case status == 405 || status == 501:
+			c.proved(leg, sent, false)
+			c.mu.Lock()
+			c.live.noTimer[leg] = true
+			c.mu.Unlock()
+			c.g.log.Info("leg does not support UPDATE: out of the session timer, watched by its keepalive", "call_id", c.id, "org", c.org, "leg", legNames[leg])
+		default:
+			c.proved(leg, sent, false)
 		}
 	}
 	c.mu.Lock()
@@ -253,13 +326,17 @@ func (c *call) relayed(sent time.Time, refresh bool) {
 // ends (session_expired) at the expiry, billed to its last proof of life;
 // if a refresh came meanwhile it waits for the new expiry.
 func (c *call) checkExpiry() {
-	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
 	c.mu.Lock()
 	if c.state != stateAnswered {
 		c.mu.Unlock()
 		return
 	}
 	exp := c.live.expires()
+	if exp.IsZero() {
+		// No leg is left in the session timer.
+		c.mu.Unlock()
+		return
+	}
 	if now := c.g.clock.Now(); now.Before(exp) {
 		c.rearm(&c.live.expiryT, exp.Sub(now), c.checkExpiry)
 		c.mu.Unlock()
@@ -280,13 +357,12 @@ func (c *call) endLost(reason ledger.Reason, at time.Time) {
 	c.end(reason, 200, byeBoth)
 }
 
-// limit ends a call at its maximum duration or charge.
-func (c *call) limit(reason ledger.Reason) {
-	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) }, "call_id", c.id, "org", c.org)
+// limit ends a call at its maximum duration (a job on the call's timer).
+func (c *call) limit() {
 	c.mu.Lock()
 	c.endAt = c.live.maxEnd
 	c.mu.Unlock()
-	c.end(reason, 200, byeBoth)
+	c.end(ledger.ReasonMaxDuration, 200, byeBoth)
 }
 
 // sessionExpiresValue is a Session-Expires header value (RFC 4028 §4).
@@ -302,7 +378,9 @@ func sessionExpiresValue(d time.Duration, refresher string) string {
 // keepalive, its maximum duration (the org's, else the source trunk's, else
 // the config's) and its maximum charge (the org's fraud guard).
 func (g *Gateway) limits(c *call, org ledger.Org, source ledger.Trunk) {
-	c.live.session = g.cfg.SessionExpires
+	if c.live.session == 0 {
+		c.live.session = g.cfg.SessionExpires
+	}
 	c.live.probe[legCaller] = source.KeepaliveOn()
 	c.maxDuration = g.cfg.MaxCallDuration
 	if source.MaxCallDurationS > 0 {

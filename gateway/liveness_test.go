@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -61,4 +62,40 @@ func TestMaxDurationEndsAtTheLimit(t *testing.T) {
 		t.Fatalf("CDR %s %s–%s billed %d charge %s, want max_duration after exactly 90 s, 0.90", cdr.DisconnectReason, cdr.Answer, cdr.End, cdr.BilledS, cdr.Charge)
 	}
 	_ = decimal.Zero
+}
+
+// A carrier that answers the gateway's UPDATE refresh with 405 (it does
+// not support UPDATE) is alive, not refreshed: its leg leaves the session
+// timer, its keepalives watch it, and the call runs on for many session
+// intervals, billed like any call.
+func TestRefreshAnswered405KeepsCallUp(t *testing.T) {
+	e := newEnvConfig(t, testDeck, func(c *Config) { c.SessionExpires, c.MinSE = 120*time.Second, 90*time.Second })
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	e.carrier.updateStatus.Store(405)
+	sess, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 200 {
+		t.Fatalf("call refused with %d", status)
+	}
+	eventually(t, "call answered", func() bool { return e.answeredCalls() == 1 })
+	for range 600 {
+		e.clock.Advance(time.Second)
+	}
+	if n := e.answeredCalls(); n != 1 {
+		t.Fatalf("after 600 s (5 session intervals) %d calls up, want 1", n)
+	}
+	if n := e.carrier.updates.Load(); n != 1 {
+		t.Fatalf("carrier got %d UPDATEs, want 1 (then out of the session timer)", n)
+	}
+	if n := e.carrier.options.Load(); n != 20 {
+		t.Fatalf("carrier answered %d keepalives in 600 s, want 20", n)
+	}
+	e.clock.Advance(500 * time.Millisecond) // hang up inside the 601st increment
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	must(t, sess.Bye(ctx))
+	eventually(t, "call settled", func() bool { return len(e.cdrs("acme")) == 1 })
+	cdr := e.cdrs("acme")[0]
+	if cdr.DisconnectReason != ledger.ReasonCallerHangup || cdr.BilledS != 601 || !cdr.Charge.Equal(d("6.01")) {
+		t.Fatalf("CDR %s billed %d s charge %s, want caller_hangup, 601 s, 6.01", cdr.DisconnectReason, cdr.BilledS, cdr.Charge)
+	}
 }

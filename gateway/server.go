@@ -179,6 +179,10 @@ type Gateway struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// jobMu guards jobsClosed: once set (Close), no call's liveness job
+	// starts (liveness.go, job).
+	jobMu      sync.Mutex
+	jobsClosed bool
 }
 
 type netipAddr struct {
@@ -505,6 +509,7 @@ func (g *Gateway) Draining() bool { return g.draining.Load() || g.closing.Load()
 // ledger) and waits for every goroutine it started.
 func (g *Gateway) Close() error {
 	g.closing.Store(true)
+	g.closeJobs()
 	for _, c := range g.snapshot() {
 		c.end(ledger.ReasonShutdown, 200, byeBoth)
 	}

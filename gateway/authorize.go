@@ -24,6 +24,9 @@ func (g *Gateway) refuse(req *sip.Request, tx sip.ServerTransaction, err error) 
 	if r.status == 503 {
 		res.AppendHeader(sip.NewHeader("Retry-After", "5"))
 	}
+	if r.status == 422 {
+		res.AppendHeader(sip.NewHeader("Min-SE", secondsValue(g.cfg.MinSE)))
+	}
 	var chal challengeError
 	if errors.As(err, &chal) {
 		res.AppendHeader(g.digest.challenge(chal.stale))
@@ -129,6 +132,11 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		g.log.Debug("repeated INVITE of a call in progress dropped", "sip_call_id", req.CallID().Value())
 		return
 	}
+	session, err := g.negotiateSession(req)
+	if err != nil {
+		g.refuse(req, tx, err)
+		return
+	}
 	received := time.Now()
 	// 100 Trying at once: authorization waits for the ledger's fsync, and
 	// a caller that hears nothing for 500 ms retransmits the INVITE, which
@@ -144,6 +152,8 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		g.refuse(req, tx, err)
 		return
 	}
+	c.live.session = session
+	c.callerTimer = supportsTimer(req)
 	// A panic while the call is set up or up must not leave it holding
 	// credit with nobody to end it: end it (failed), then answer 500.
 	defer panics.Recover(g.log, panics.SIP, func() {

@@ -75,8 +75,11 @@ type call struct {
 	// confirmed: the caller has its 200 OK (bridge); no probe before it
 	// (guarded by sendMu).
 	confirmed bool
-	live      liveness  // proof of life, session timer, limits (liveness.go)
-	endAt     time.Time // when set, the latest instant the call ends at (an expiry, a limit)
+	live      liveness // proof of life, session timer, limits (liveness.go)
+	// callerTimer: the caller's INVITE supports RFC 4028 timers, so its
+	// 200 carries Require: timer (sessiontimer.go).
+	callerTimer bool
+	endAt       time.Time // when set, the latest instant the call ends at (an expiry, a limit)
 }
 
 // CallInfo is what GET /v1/calls shows of a call.

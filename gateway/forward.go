@@ -92,6 +92,14 @@ func (g *Gateway) bridge(c *call, in *sipgo.DialogServerSession, sess *sipgo.Dia
 	g.byOut[sess.ID] = c
 	g.mu.Unlock()
 
+	if se, ok := deltaSeconds(sess.InviteResponse, "Session-Expires", "x"); ok && !c.free && se >= g.cfg.MinSE {
+		// A shorter interval the carrier answered with is the one the
+		// call runs on (RFC 4028 §7.2: a UAS may lower it to its
+		// Min-SE); set before answer arms the expiry.
+		c.mu.Lock()
+		c.live.session = min(c.live.session, se)
+		c.mu.Unlock()
+	}
 	if err := c.answer(); err != nil {
 		g.log.Error("could not start billing; ending call", "call_id", c.id, "org", c.org, "error", err)
 		_ = sess.Ack(g.ctx)
@@ -107,6 +115,17 @@ func (g *Gateway) bridge(c *call, in *sipgo.DialogServerSession, sess *sipgo.Dia
 	res := sip.NewResponseFromRequest(in.InviteRequest, 200, "OK", answer.Body())
 	if ct := answer.ContentType(); ct != nil {
 		res.AppendHeader(sip.HeaderClone(ct))
+	}
+	if !c.free {
+		// The interval the call runs on, and who refreshes: the
+		// gateway, as the caller leg's UAS (RFC 4028 §9).
+		c.mu.Lock()
+		session := c.live.session
+		c.mu.Unlock()
+		res.AppendHeader(sip.NewHeader("Session-Expires", sessionExpiresValue(session, "uas")))
+		if c.callerTimer {
+			res.AppendHeader(sip.NewHeader("Require", "timer"))
+		}
 	}
 	c.sendMu.Lock()
 	err := in.WriteResponse(res)
@@ -262,5 +281,13 @@ func (g *Gateway) outboundInvite(req *sip.Request, c *call, target sip.Uri, n in
 		out.AppendHeader(sip.HeaderClone(ct))
 	}
 	out.SetBody(req.Body())
+	if !c.free {
+		// RFC 4028: the interval negotiated with the caller, the
+		// gateway's floor, and that it knows the extension. The
+		// gateway refreshes (liveness.go), so no refresher is asked.
+		out.AppendHeader(sip.NewHeader("Session-Expires", secondsValue(c.live.session)))
+		out.AppendHeader(sip.NewHeader("Min-SE", secondsValue(g.cfg.MinSE)))
+		out.AppendHeader(sip.NewHeader("Supported", "timer"))
+	}
 	return out
 }

@@ -207,6 +207,10 @@ type carrier struct {
 	updateStatus atomic.Int32
 	silent       atomic.Bool
 	updates      atomic.Int32 // in-dialog UPDATEs received
+	// updateGate, when set, holds every in-dialog UPDATE's answer until
+	// the channel is closed (a refresh in flight).
+	updateGate atomic.Pointer[chan struct{}]
+	lastInvite atomic.Pointer[sip.Request] // the last initial INVITE
 }
 
 func listenUDP(t testing.TB) (net.PacketConn, string, int) {
@@ -295,6 +299,7 @@ func newCarrier(t testing.TB) *carrier {
 			}
 		}
 		c.invites.Add(1)
+		c.lastInvite.Store(req)
 		c.lastURI.Store(req.Recipient.User)
 		dlg, err := c.dialogs.ReadInvite(req, tx)
 		if err != nil {
@@ -325,6 +330,9 @@ func newCarrier(t testing.TB) *carrier {
 	inDialog := func(req *sip.Request, tx sip.ServerTransaction) {
 		if req.Method == sip.UPDATE {
 			c.updates.Add(1)
+			if gate := c.updateGate.Load(); gate != nil {
+				<-*gate
+			}
 		}
 		if c.silent.Load() {
 			return

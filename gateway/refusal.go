@@ -55,6 +55,7 @@ var refusals = []struct {
 	{ledger.ErrInsufficientCredit, refusal{402, "Payment Required", "no_credit", "not enough Communications Credits"}},
 	{ledger.ErrPoolExhausted, refusal{402, "Payment Required", "minutes_used_up", "included minutes used up and no communications_credits license"}},
 	{ledger.ErrUnknownOrg, refusal{403, "Forbidden", "unknown_org", "trunk's org does not exist"}},
+	{ErrSessionTooSmall, refusal{422, "Session Interval Too Small", "session_interval_too_small", "Session-Expires below the gateway's Min-SE"}},
 	{ErrTooManyHops, refusal{483, "Too Many Hops", "too_many_hops", "Max-Forwards reached zero"}},
 	{ErrLoop, refusal{482, "Loop Detected", "loop", "this INVITE was sent by this gateway: a carrier route points back at it"}},
 	{ErrOverloaded, refusal{503, "Service Unavailable", "overloaded", "gateway is overloaded"}},

@@ -88,17 +88,22 @@ func (s *Server) putFraudGuard(ctx *fasthttp.RequestCtx, org string) error {
 		MaxSpendPerHour        json.RawMessage `json:"max_spend_per_hour"`
 		MaxSpendPerHourPerUser json.RawMessage `json:"max_spend_per_hour_per_user"`
 		AllowHighRisk          bool            `json:"allow_high_risk"`
+		MaxChargePerCall       json.RawMessage `json:"max_charge_per_call"`
+		MaxCallDurationS       int             `json:"max_call_duration_s"`
 	}
 	if err := decode(ctx, &req); err != nil {
 		return err
 	}
 	fg := ledger.FraudGuard{MaxCalls: req.MaxCalls, MaxCallsPerUser: req.MaxCallsPerUser, AllowHighRisk: req.AllowHighRisk,
-		MaxSpendPerHour: decimal.Zero, MaxSpendPerHourPerUser: decimal.Zero}
+		MaxSpendPerHour: decimal.Zero, MaxSpendPerHourPerUser: decimal.Zero, MaxCallDurationS: req.MaxCallDurationS}
 	var err error
 	if fg.MaxSpendPerHour, err = optionalAmount("max_spend_per_hour", req.MaxSpendPerHour); err != nil {
 		return err
 	}
 	if fg.MaxSpendPerHourPerUser, err = optionalAmount("max_spend_per_hour_per_user", req.MaxSpendPerHourPerUser); err != nil {
+		return err
+	}
+	if fg.MaxChargePerCall, err = optionalAmount("max_charge_per_call", req.MaxChargePerCall); err != nil {
 		return err
 	}
 	o, err := s.ledger.SetFraudGuard(org, fg)

@@ -20,12 +20,17 @@ func (s *Server) putTrunk(ctx *fasthttp.RequestCtx, id string) error {
 		MaxCalls  int      `json:"max_calls"`
 		Username  string   `json:"username"`
 		Password  string   `json:"password"`
+		// Liveness (README, No customer pays for a call nobody is
+		// on): keepalive unset is on; 0 s is the configured limit.
+		Keepalive        *bool `json:"keepalive"`
+		MaxCallDurationS int   `json:"max_call_duration_s"`
 	}
 	if err := decode(ctx, &req); err != nil {
 		return err
 	}
 	t := ledger.Trunk{ID: id, Kind: req.Kind, Org: req.Org, Addresses: req.Addresses, URI: req.URI,
-		Prefixes: req.Prefixes, MaxCalls: req.MaxCalls, Username: req.Username, Password: req.Password}
+		Prefixes: req.Prefixes, MaxCalls: req.MaxCalls, Username: req.Username, Password: req.Password,
+		Keepalive: req.Keepalive, MaxCallDurationS: req.MaxCallDurationS}
 	if err := gateway.ValidateTrunk(t); err != nil {
 		return err
 	}

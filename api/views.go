@@ -37,6 +37,8 @@ type fraudGuardView struct {
 	MaxSpendPerHour        string `json:"max_spend_per_hour"`
 	MaxSpendPerHourPerUser string `json:"max_spend_per_hour_per_user"`
 	AllowHighRisk          bool   `json:"allow_high_risk"`
+	MaxChargePerCall       string `json:"max_charge_per_call"`
+	MaxCallDurationS       int    `json:"max_call_duration_s"`
 }
 
 // forecastView is the funding advisor's answer (ledger.Advise documents
@@ -102,7 +104,8 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 			WebhookSigned: o.Contacts.WebhookSecret != ""},
 		FraudGuard: fraudGuardView{MaxCalls: o.FraudGuard.MaxCalls, MaxCallsPerUser: o.FraudGuard.MaxCallsPerUser,
 			MaxSpendPerHour: money(o.FraudGuard.MaxSpendPerHour), MaxSpendPerHourPerUser: money(o.FraudGuard.MaxSpendPerHourPerUser),
-			AllowHighRisk: o.FraudGuard.AllowHighRisk}}
+			AllowHighRisk: o.FraudGuard.AllowHighRisk, MaxChargePerCall: money(o.FraudGuard.MaxChargePerCall),
+			MaxCallDurationS: o.FraudGuard.MaxCallDurationS}}
 	for _, tf := range s.ledger.TollFreeNumbers(o.ID) {
 		v.TollFree = append(v.TollFree, tollFree{Number: "+" + tf.Number, Trunk: tf.Trunk})
 	}

@@ -64,6 +64,9 @@ func ValidateTrunk(t ledger.Trunk) error {
 	if t.MaxCalls < 0 || t.MaxCalls > 1_000_000 {
 		return bad("max_calls %d: want 0 (no limit) to 1000000", t.MaxCalls)
 	}
+	if t.MaxCallDurationS < 0 || t.MaxCallDurationS > 7*24*3600 {
+		return bad("max_call_duration_s %d: want 0 (sip.max_call_duration) to 604800 (one week)", t.MaxCallDurationS)
+	}
 	if len(t.Addresses) > MaxTrunkAddresses || len(t.Prefixes) > MaxTrunkPrefixes {
 		return bad("at most %d addresses and %d prefixes", MaxTrunkAddresses, MaxTrunkPrefixes)
 	}

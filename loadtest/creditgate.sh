@@ -26,7 +26,8 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 # build it) with a durable ledger in $work/data; org "load" funded
 # 1,000,000.00, caller +14255550100 on a customer trunk for 127.0.0.1, a
 # carrier trunk to 127.0.0.1:CARRIER_PORT for every number, and France
-# (+33) at 0.60/min in 1 s increments. Sets $cg to its PID.
+# (+33) at 0.60/min in 1 s increments. Sets $cg to its PID. SIP_EXTRA: more
+# lines for the sip: section of its config (two-space indented).
 start_creditgate() {
   local carrier_port=$1 max_calls=$2
   local bin=${CREDITGATE_BIN:-}
@@ -38,6 +39,7 @@ start_creditgate() {
   cat >"$work/cg.yaml" <<EOF
 sip:
   max_calls: $max_calls
+${SIP_EXTRA:-}
 log:
   level: ${LOG_LEVEL:-warn}
 EOF

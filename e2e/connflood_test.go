@@ -8,9 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,14 +35,10 @@ func TestIdleConnectionFlood(t *testing.T) {
 		sipCap = nofile - 256
 	)
 	bin := buildBinary(t)
-	cfg := filepath.Join(t.TempDir(), "creditgate.yaml")
 	// Every stranger's connection is from one address here: lift the
 	// per-source cap so that the cap under test is the one derived from
 	// the descriptor limit.
-	if err := os.WriteFile(cfg, []byte("sip:\n  max_connections_per_source: 2048\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	g := startGatewayNOFILE(t, bin, t.TempDir(), nofile, "--config", cfg)
+	g := startGatewayNOFILE(t, bin, t.TempDir(), nofile, configFile(t, "sip:\n  max_connections_per_source: 2048\n")...)
 	uacPort, uac2Port, uasPort := freePort(t), freePort(t), freePort(t)
 
 	// 375.00 a minute in 1 s increments: 6.25 a second, so acme's 50.00

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -18,11 +16,7 @@ import (
 func TestSIPpSIGTERMDrains(t *testing.T) {
 	requireSIPp(t)
 	bin := buildBinary(t)
-	cfg := filepath.Join(t.TempDir(), "creditgate.yaml")
-	if err := os.WriteFile(cfg, []byte("sip:\n  drain_timeout: 30s\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	g := startGateway(t, bin, t.TempDir(), "--config", cfg)
+	g := startGateway(t, bin, t.TempDir(), configFile(t, "sip:\n  drain_timeout: 30s\n")...)
 	uasPort := freePort(t)
 	g.setupAcme("127.0.0.1", "0.60") // 0.01 a second
 	g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, uasPort), 200, nil)

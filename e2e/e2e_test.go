@@ -95,6 +95,17 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
+// configFile writes a config file for the gateway and returns the
+// --config flag and its value.
+func configFile(t *testing.T, yaml string) []string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "creditgate.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"--config", p}
+}
+
 func startGateway(t *testing.T, bin, dataDir string, extra ...string) *gateway {
 	t.Helper()
 	return startGatewayOn(t, bin, dataDir, freePort(t), extra...)

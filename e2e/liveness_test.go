@@ -3,8 +3,6 @@ package e2e_test
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -19,11 +17,7 @@ import (
 func TestSIPpSilentCallerEndedLegLost(t *testing.T) {
 	requireSIPp(t)
 	bin := buildBinary(t)
-	cfg := filepath.Join(t.TempDir(), "creditgate.yaml")
-	if err := os.WriteFile(cfg, []byte("sip:\n  keepalive_interval: 1s\n  keepalive_timeout: 500ms\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	g := startGateway(t, bin, t.TempDir(), "--config", cfg)
+	g := startGateway(t, bin, t.TempDir(), configFile(t, "sip:\n  keepalive_interval: 1s\n  keepalive_timeout: 500ms\n")...)
 	uasPort := freePort(t)
 	g.setupAcme("127.0.0.1", "0.60") // 0.01 a second
 	g.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, uasPort), 200, nil)

@@ -132,11 +132,10 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		g.log.Debug("repeated INVITE of a call in progress dropped", "sip_call_id", req.CallID().Value())
 		return
 	}
-	session, err := g.negotiateSession(req)
-	if err != nil {
-		g.refuse(req, tx, err)
-		return
-	}
+	// A Session-Expires below sip.min_se is refused with 422, but only
+	// once authorize knows the call is no emergency call: nothing may keep
+	// one of those from connecting.
+	session, sessionErr := g.negotiateSession(req)
 	received := time.Now()
 	// 100 Trying at once: authorization waits for the ledger's fsync, and
 	// a caller that hears nothing for 500 ms retransmits the INVITE, which
@@ -146,14 +145,16 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	// 503, not a place in a queue that slows every call behind it.
 	// Emergency calls are let through; authorize tells them apart.
 	n := g.pending.Add(1)
-	c, err := g.authorize(req, n > int64(g.cfg.MaxPending))
+	c, err := g.authorize(req, n > int64(g.cfg.MaxPending), sessionErr)
 	g.pending.Add(-1)
 	if err != nil {
 		g.refuse(req, tx, err)
 		return
 	}
-	c.live.session = session
-	c.callerTimer = supportsTimer(req)
+	if !c.free {
+		c.live.session = session
+		c.callerTimer = supportsTimer(req)
+	}
 	// A panic while the call is set up or up must not leave it holding
 	// credit with nobody to end it: end it (failed), then answer 500.
 	defer panics.Recover(g.log, panics.SIP, func() {
@@ -164,8 +165,10 @@ func (g *Gateway) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 // authorize decides an INVITE and, if allowed, returns the call with its
-// first increment already held and the trunk it goes out on.
-func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
+// first increment already held and the trunk it goes out on. sessionErr is
+// the session-timer negotiation's refusal, which stands for every call but
+// an emergency one.
+func (g *Gateway) authorize(req *sip.Request, overloaded bool, sessionErr error) (*call, error) {
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		return nil, ErrTooManyHops
 	}
@@ -176,6 +179,9 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	if trunk.Kind == rating.TrunkCarrier {
 		if err := g.admissible(overloaded); err != nil {
 			return nil, err
+		}
+		if sessionErr != nil {
+			return nil, sessionErr
 		}
 		return g.authorizeInbound(req, trunk)
 	}
@@ -197,6 +203,9 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 	// keep it from connecting.
 	if rating.IsEmergency(dialled, org.Country) {
 		return g.emergency(req, org, dialled, now), nil
+	}
+	if sessionErr != nil {
+		return nil, sessionErr
 	}
 	if err := g.admissible(overloaded); err != nil {
 		return nil, err
@@ -240,8 +249,19 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool) (*call, error) {
 		c.release()
 		return nil, err
 	}
+	if cap := org.FraudGuard.MaxChargePerCall; cap.IsPositive() && c.hold.Credit.GreaterThan(cap) {
+		// The first increment (with its connection fee) alone would pass
+		// the per-call cap, which metering only checks at later steps.
+		g.failBeforeAnswer(c, ErrOverCap, 403)
+		return nil, &ledger.Trip{Guard: ledger.GuardMaxChargePerCall, Org: org.ID, User: user.ID,
+			Detail: fmt.Sprintf("the first increment costs %s, above the org's max_charge_per_call %s", c.hold.Credit, cap)}
+	}
 	return c, nil
 }
+
+// ErrOverCap is how a call refused by max_charge_per_call at authorization
+// is settled (it never reached a carrier; it costs nothing).
+var ErrOverCap = errors.New("first increment above max_charge_per_call")
 
 // authorizeInbound decides a carrier's INVITE to a toll-free number: the
 // owning org pays at the catalogue's inbound rate, and the call goes to the

@@ -91,3 +91,28 @@ func TestConcurrentCallCapPerUser(t *testing.T) {
 		t.Fatalf("another user's call: %d", status)
 	}
 }
+
+// A max_charge_per_call below what the first increment costs refuses the
+// call at authorization (403, counted as a fraud-guard trip) instead of
+// charging the increment and ending the call over the cap at its first
+// step. Nothing is held or charged, and nothing reaches the carrier.
+func TestMaxChargeBelowFirstIncrementRefused(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	if _, err := e.ledger.SetFraudGuard("acme", ledger.FraudGuard{MaxChargePerCall: d("0.001")}); err != nil {
+		t.Fatal(err)
+	}
+	_, status, _ := e.caller.dial(e.gw.Addr(), "+12125550100", "+442079460018")
+	if status != 403 {
+		t.Fatalf("status %d, want 403", status)
+	}
+	if n := e.carrier.invites.Load(); n != 0 {
+		t.Fatalf("%d INVITEs reached the carrier", n)
+	}
+	o, err := e.ledger.Org("acme")
+	must(t, err)
+	if !o.Balance.Equal(d("50.00")) || !o.Held.IsZero() {
+		t.Fatalf("balance %s held %s, want 50.00 and nothing held", o.Balance, o.Held)
+	}
+	must(t, e.ledger.CheckInvariants())
+}

@@ -78,12 +78,36 @@ type liveness struct {
 	refreshT, expiryT, keepT, limitT clock.Timer
 }
 
-// aliveAt is the call's proof of life: the older of its legs'.
+// aliveAt is the call's proof of life: the older of its watched legs'. A
+// leg nobody watches (its keepalive off and out of the session timer, e.g.
+// a PBX that answers UPDATE 405 on a trunk with keepalive off) proves
+// nothing after its last answer, but must not pin the call's proof either:
+// a carrier lost two hours later would otherwise be refunded back to near
+// the answer, hours the carrier bills all the same. With no watched leg,
+// the newer proof stands (nothing can then end the call as lost).
 func (l *liveness) aliveAt() time.Time {
-	if l.alive[legCaller].Before(l.alive[legCarrier]) {
-		return l.alive[legCaller]
+	var t time.Time
+	for leg := range 2 {
+		if !l.watched(leg) {
+			continue
+		}
+		if t.IsZero() || l.alive[leg].Before(t) {
+			t = l.alive[leg]
+		}
 	}
-	return l.alive[legCarrier]
+	if t.IsZero() {
+		t = l.alive[legCaller]
+		if l.alive[legCarrier].After(t) {
+			t = l.alive[legCarrier]
+		}
+	}
+	return t
+}
+
+// watched says whether a leg's liveness is checked: its keepalive is on,
+// or it is in the session timer.
+func (l *liveness) watched(leg int) bool {
+	return l.probe[leg] || (l.session > 0 && !l.noTimer[leg])
 }
 
 // expires is when the session expires without a further refresh: the

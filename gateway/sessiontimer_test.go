@@ -69,3 +69,18 @@ func TestSessionTimerNegotiation(t *testing.T) {
 		})
 	}
 }
+
+// An emergency call asking for a session interval below sip.min_se is not
+// refused with 422: nothing may keep it from connecting. It connects, free
+// and without a session timer.
+func TestEmergencyIgnoresSessionTooSmall(t *testing.T) {
+	e := newEnv(t, testDeck)
+	e.org("acme", "US", "50.00", "12125550100", "communications_credits")
+	_, status, res := e.caller.dial(e.gw.Addr(), "+12125550100", "911", sip.NewHeader("Session-Expires", "60"))
+	if status != 200 {
+		t.Fatalf("911 with Session-Expires 60: %d, want it connected", status)
+	}
+	if h := res.GetHeader("Session-Expires"); h != nil {
+		t.Fatalf("an emergency call got a session timer: %v", h)
+	}
+}

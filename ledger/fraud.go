@@ -36,10 +36,12 @@ const (
 	GuardSpendPerHour        = "spend_per_hour"
 	GuardSpendPerHourPerUser = "spend_per_hour_per_user"
 	GuardHighRisk            = "high_risk_destination"
+	GuardMaxChargePerCall    = "max_charge_per_call" // the first increment alone costs more than the cap
 )
 
 // Guards lists every guard.
-var Guards = []string{GuardMaxCalls, GuardMaxCallsPerUser, GuardSpendPerHour, GuardSpendPerHourPerUser, GuardHighRisk}
+var Guards = []string{GuardMaxCalls, GuardMaxCallsPerUser, GuardSpendPerHour, GuardSpendPerHourPerUser, GuardHighRisk,
+	GuardMaxChargePerCall}
 
 // Trip is one refusal by a guard.
 type Trip struct {

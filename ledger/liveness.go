@@ -104,7 +104,17 @@ func (l *Ledger) refundTail(t *txn, st *orgState, c *Call) {
 	for _, r := range c.Tail {
 		switch r.Source {
 		case SourcePool:
-			p := l.pool(st, l.planIndex(c.Plan), r.Month)
+			plan := l.planIndex(c.Plan)
+			if _, inMemory := st.pools[poolKey{plan, r.Month}]; !inMemory {
+				// A month memory let go (or never loaded after a
+				// restart): refund into its record on disk, never into
+				// a blank pool that would overwrite it. A rare read under
+				// the lock, on a refund only.
+				if sp, ok := l.storedPool(st.ID, l.plans[plan].Name, r.Month); ok {
+					st.setPool(plan, &sp)
+				}
+			}
+			p := l.pool(st, plan, r.Month)
 			p.Used -= r.Minutes * r.Count
 			c.PoolMinutes -= r.Minutes * r.Count
 			t.put(keyPool(p), *p)

@@ -80,6 +80,7 @@ type call struct {
 	// 200 carries Require: timer (sessiontimer.go).
 	callerTimer bool
 	endAt       time.Time // when set, the latest instant the call ends at (an expiry, a limit)
+	endDecided  bool      // endAt and live.billTo were set by the first limit, cap or loss (decideEnd)
 }
 
 // CallInfo is what GET /v1/calls shows of a call.
@@ -183,7 +184,7 @@ func (c *call) step() (reason ledger.Reason, err error) {
 	if !c.live.maxEnd.IsZero() && !c.paidUntil.Before(c.live.maxEnd) {
 		// The limit and the boundary fall together: end at the limit
 		// rather than hold an increment past it.
-		c.endAt = c.live.maxEnd
+		c.decideEnd(c.live.maxEnd, time.Time{})
 		return ledger.ReasonMaxDuration, nil
 	}
 	used := c.hold
@@ -196,8 +197,7 @@ func (c *call) step() (reason ledger.Reason, err error) {
 		// charge: it ends at the end of this one, and the next, held
 		// by the step, is released (it started after the bill-to
 		// instant, ledger/liveness.go).
-		c.endAt = c.paidUntil
-		c.live.billTo = c.paidUntil.Add(-time.Nanosecond)
+		c.decideEnd(c.paidUntil, c.paidUntil.Add(-time.Nanosecond))
 		return ledger.ReasonMaxCharge, nil
 	}
 	if err == nil {

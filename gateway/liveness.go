@@ -375,8 +375,7 @@ func (c *call) checkExpiry() {
 // to the last proof of life; at, when set, is when it ended (the expiry).
 func (c *call) endLost(reason ledger.Reason, at time.Time) {
 	c.mu.Lock()
-	c.live.billTo = c.live.aliveAt()
-	c.endAt = at
+	c.decideEnd(at, c.live.aliveAt())
 	c.mu.Unlock()
 	c.end(reason, 200, byeBoth)
 }
@@ -384,9 +383,21 @@ func (c *call) endLost(reason ledger.Reason, at time.Time) {
 // limit ends a call at its maximum duration (a job on the call's timer).
 func (c *call) limit() {
 	c.mu.Lock()
-	c.endAt = c.live.maxEnd
+	c.decideEnd(c.live.maxEnd, time.Time{})
 	c.mu.Unlock()
 	c.end(ledger.ReasonMaxDuration, 200, byeBoth)
+}
+
+// decideEnd records when the call ends and what it is billed to (c.mu
+// held), unless a limit, the cap or a lost leg decided it first: two of
+// them racing in the same instant must not mix one's end with the other's
+// bill-to (end() then settles once, with whichever reason won).
+func (c *call) decideEnd(at, billTo time.Time) {
+	if c.endDecided {
+		return
+	}
+	c.endDecided = true
+	c.endAt, c.live.billTo = at, billTo
 }
 
 // sessionExpiresValue is a Session-Expires header value (RFC 4028 §4).

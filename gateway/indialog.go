@@ -17,13 +17,8 @@ var maxInDialogWait = 64 * sip.T1
 // leg and its final response back. Metering is untouched: a call is billed
 // from answer to BYE whatever its media does.
 func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
-	if b := checkRequest(req); b != nil {
-		g.refuseBadRequest(req, tx, b)
-		return
-	}
-	c, fromCaller := g.dialogOf(req)
+	c, fromCaller := g.inDialogCall(req, tx)
 	if c == nil {
-		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 		return
 	}
 	c.mu.Lock()
@@ -136,13 +131,8 @@ func (g *Gateway) onAck(req *sip.Request, tx sip.ServerTransaction) {
 }
 
 func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	if b := checkRequest(req); b != nil {
-		g.refuseBadRequest(req, tx, b)
-		return
-	}
-	c, fromCaller := g.dialogOf(req)
+	c, fromCaller := g.inDialogCall(req, tx)
 	if c == nil {
-		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 		return
 	}
 	var err error
@@ -160,4 +150,19 @@ func (g *Gateway) onBye(req *sip.Request, tx sip.ServerTransaction) {
 	} else {
 		c.end(ledger.ReasonCalleeHangup, 200, byeCaller)
 	}
+}
+
+// inDialogCall checks an in-dialog request and finds its call and leg.
+// When it returns nil the request has been answered: 4xx/5xx for a bad
+// request, 481 when it belongs to no call up.
+func (g *Gateway) inDialogCall(req *sip.Request, tx sip.ServerTransaction) (c *call, fromCaller bool) {
+	if b := checkRequest(req); b != nil {
+		g.refuseBadRequest(req, tx, b)
+		return nil, false
+	}
+	c, fromCaller = g.dialogOf(req)
+	if c == nil {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
+	}
+	return c, fromCaller
 }

@@ -39,6 +39,8 @@ type Config struct {
 	// toll-free rates); keys given replace the built-in ones.
 	Catalog rating.Catalog `yaml:"catalog"`
 	Log     Log            `yaml:"log"`
+	// Cluster is cluster mode (several nodes on etcd); off by default.
+	Cluster Cluster `yaml:"cluster"`
 }
 
 // SIP is the gateway's SIP side.
@@ -224,6 +226,8 @@ func Default() Config {
 			LowBalanceHorizon: 72 * time.Hour, LowBalanceEvery: 24 * time.Hour},
 		Catalog: rating.DefaultCatalog(),
 		Log:     Log{Level: "info", Format: "text"},
+		Cluster: Cluster{Prefix: "/creditgate/", LeaseTTL: 5 * time.Second, LeaseMargin: time.Second,
+			KeepaliveEvery: time.Second, OpTimeout: 2 * time.Second},
 	}
 }
 
@@ -384,6 +388,9 @@ func (c Config) Validate() error {
 		return err
 	}
 	if err := c.Notify.validate(bad); err != nil {
+		return err
+	}
+	if err := c.Cluster.validate(bad); err != nil {
 		return err
 	}
 	if err := c.Catalog.Validate(); err != nil {

@@ -56,6 +56,14 @@ func TestParseRefuses(t *testing.T) {
 		{"zone A not a list", "catalog:\n  zone_a: GB\n", "line 2"},
 		{"float toll-free rate", "catalog:\n  inbound_toll_free:\n    rates: {US: 0.5e-1}\n", "catalog.inbound_toll_free.rates.US"},
 		{"unknown catalog key", "catalog:\n  bonus: 1\n", "bonus"},
+		{"etcd not a URL", "cluster:\n  etcd: [\"127.0.0.1:2379\"]\n", "cluster.etcd[0]"},
+		{"etcd https without a CA", "cluster:\n  etcd: [\"https://10.0.0.1:2379\"]\n", "cluster.tls_ca"},
+		{"etcd cert without key", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  tls_cert: c.pem\n", "cluster.tls_cert"},
+		{"node id with a slash", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  node_id: a/b\n", "cluster.node_id"},
+		{"prefix without slashes", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  prefix: cg\n", "cluster.prefix"},
+		{"lease ttl fraction", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  lease_ttl: 2500ms\n", "cluster.lease_ttl"},
+		{"margin over ttl", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  lease_margin: 5s\n", "cluster.lease_margin"},
+		{"keepalive too slow", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  keepalive_every: 4s\n", "cluster.keepalive_every"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

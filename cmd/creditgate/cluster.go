@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/creditgate/creditgate/cluster"
+	"github.com/creditgate/creditgate/configs"
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/ledger"
+)
+
+// clusterNode is this process's part in a cluster: the etcd client, the
+// membership (lease and epoch), the shared configuration applied to the
+// local ledger, and the Books the gateway and API spend through. stop
+// undoes them in reverse: slices returned, watcher stopped, lease revoked,
+// client closed.
+type clusterNode struct {
+	cli     *clientv3.Client
+	node    *cluster.Node
+	replica *cluster.Replica
+	books   *cluster.Books
+}
+
+// joinCluster connects to etcd, joins as cfg.Cluster.NodeID (or the
+// host-port default), brings the local ledger up to the shared
+// configuration and opens the cluster's Books on it.
+func joinCluster(ctx context.Context, cfg configs.Config, local *ledger.Ledger, log *slog.Logger) (*clusterNode, error) {
+	c := cfg.Cluster
+	id, err := nodeID(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tlsCfg, err := etcdTLS(c)
+	if err != nil {
+		return nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Etcd, DialTimeout: c.OpTimeout, TLS: tlsCfg,
+		// etcd's client logs through zap; what matters to an operator
+		// (joined, lease lost, fenced) is logged by the cluster package.
+		Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("cluster.etcd %s: %w", strings.Join(c.Etcd, ","), err)
+	}
+	cn := &clusterNode{cli: cli}
+	cn.node, err = cluster.Join(ctx, cli, cluster.Config{Prefix: c.Prefix, NodeID: id, LeaseTTL: c.LeaseTTL,
+		Margin: c.LeaseMargin, KeepAliveEvery: c.KeepaliveEvery, OpTimeout: c.OpTimeout}, clock.Real{})
+	if err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("join the cluster at %s as %s: %w", strings.Join(c.Etcd, ","), id, err)
+	}
+	if cn.replica, err = cluster.NewReplica(ctx, cn.node, local, log.With("component", "replica")); err != nil {
+		cn.stop(log)
+		return nil, fmt.Errorf("cluster configuration: %w", err)
+	}
+	if cn.books, err = cluster.NewBooks(cn.node, local, cn.replica, cluster.DefaultSlicePolicy(), clock.Real{},
+		log.With("component", "cluster")); err != nil {
+		cn.stop(log)
+		return nil, fmt.Errorf("cluster books: %w", err)
+	}
+	log.Info("joined the cluster", "node", id, "epoch", cn.node.Epoch(), "etcd", strings.Join(c.Etcd, ","))
+	return cn, nil
+}
+
+// stop leaves the cluster: it returns the node's unspent slices while the
+// lease still fences its writes, then gives the lease back so peers see it
+// gone at once instead of after lease_ttl.
+func (cn *clusterNode) stop(log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if cn.books != nil {
+		if err := cn.books.Close(ctx); err != nil {
+			log.Error("cluster: returning slices on the way out", "error", err)
+		}
+	}
+	if cn.replica != nil {
+		_ = cn.replica.Close()
+	}
+	if cn.node != nil {
+		if err := cn.node.Close(ctx); err != nil {
+			log.Warn("cluster: leaving (the lease ends by itself)", "error", err)
+		}
+	}
+	cn.cli.Close()
+}
+
+// nodeID is cluster.node_id, or "host-SIPPORT" so that nodes on one host
+// (and a node across its restarts) get distinct, stable names.
+func nodeID(cfg configs.Config) (string, error) {
+	if cfg.Cluster.NodeID != "" {
+		return cfg.Cluster.NodeID, nil
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("cluster.node_id not set and no host name: %w", err)
+	}
+	_, port, _ := net.SplitHostPort(cfg.SIP.Listen)
+	id := strings.Map(func(r rune) rune {
+		if r == '-' || r == '_' || r == '.' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') {
+			return r
+		}
+		return '-'
+	}, host+"-"+port)
+	if len(id) > 64 {
+		id = id[len(id)-64:]
+	}
+	return id, nil
+}
+
+// etcdTLS is the client's TLS to etcd; nil for plain http:// endpoints
+// without a client certificate.
+func etcdTLS(c configs.Cluster) (*tls.Config, error) {
+	if c.TLSCA == "" && c.TLSCert == "" {
+		return nil, nil
+	}
+	t := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.TLSCA != "" {
+		pem, err := os.ReadFile(c.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.tls_ca: %w", err)
+		}
+		t.RootCAs = x509.NewCertPool()
+		if !t.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, errors.New("cluster.tls_ca: no PEM certificate in " + c.TLSCA)
+		}
+	}
+	if c.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("cluster.tls_cert/tls_key: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}

@@ -1,0 +1,249 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/creditgate/creditgate/cluster"
+	"github.com/creditgate/creditgate/cluster/etcdtest"
+	"github.com/creditgate/creditgate/loadtest"
+)
+
+// clusterPrefix is the etcd key prefix the test cluster's nodes share.
+const clusterPrefix = "/creditgate-e2e/"
+
+// startCluster starts n creditgate nodes (the built binary) joined to the
+// etcd members eps, each with its own data directory and SIP port; conf is
+// extra YAML for every node.
+func startCluster(t *testing.T, bin string, eps []string, n int, conf string) []*gateway {
+	t.Helper()
+	nodes := make([]*gateway, n)
+	for i := range nodes {
+		extra := append(configFile(t, "cluster:\n  prefix: "+clusterPrefix+"\n"+conf),
+			"--cluster-etcd", strings.Join(eps, ","), "--node-id", fmt.Sprintf("n%d", i+1))
+		nodes[i] = startGateway(t, bin, t.TempDir(), extra...)
+	}
+	return nodes
+}
+
+// visibleWithin polls every node but the first until see(node) is true and
+// returns how long after the change each took; the change was made through
+// nodes[0] at changed.
+func visibleWithin(t *testing.T, nodes []*gateway, changed time.Time, what string, see func(g *gateway) bool) []time.Duration {
+	t.Helper()
+	var lags []time.Duration
+	for _, g := range nodes[1:] {
+		for deadline := time.Now().Add(10 * time.Second); !see(g); time.Sleep(2 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s made on node 1 not seen on %s after 10 s", what, g.httpAddr)
+			}
+		}
+		lags = append(lags, time.Since(changed))
+	}
+	return lags
+}
+
+// TestClusterLastCentAcrossNodes: three creditgate processes on a
+// three-member etcd, an org funded through node 1 for exactly 40 one-second
+// increments, and the load tool calling through all three nodes at once
+// (90 attempts wanting far more than 40 increments). Exactly 40 increments
+// are sold cluster-wide, the balance ends at 0.00 on every node, no call is
+// billed past what it paid, and etcd's invariant (funded = unallocated +
+// Σ slices + spent) holds at every sample taken while the calls run.
+// Before the calls, the configuration made through node 1 (org, user,
+// trunks, deck, funding) is measured arriving on nodes 2 and 3.
+func TestClusterLastCentAcrossNodes(t *testing.T) {
+	etcd := etcdtest.Start(t, 3)
+	bin := buildBinary(t)
+	nodes := startCluster(t, bin, etcd.Endpoints(), 3, "funding:\n  minimum: \"1.00\"\n")
+	n1 := nodes[0]
+
+	// The configuration, made through node 1 only; each change is looked
+	// for on nodes 2 and 3 and its lag recorded.
+	var lags []time.Duration
+	at := time.Now()
+	n1.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	lags = append(lags, visibleWithin(t, nodes, at, "org", func(g *gateway) bool { return g.status("GET", "/v1/orgs/acme") == 200 })...)
+	at = time.Now()
+	n1.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	lags = append(lags, visibleWithin(t, nodes, at, "user", func(g *gateway) bool {
+		var u struct{ Users []struct{ ID string } }
+		g.api("GET", "/v1/orgs/acme/users", "", "", 200, &u)
+		return len(u.Users) == 1
+	})...)
+	at = time.Now()
+	n1.api("PUT", "/v1/trunks/pbx", "", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"]}`, 200, nil)
+	lags = append(lags, visibleWithin(t, nodes, at, "trunk", func(g *gateway) bool { return g.hasTrunk("pbx") })...)
+	// Each node's load tool has its own carrier, reached by its own
+	// dialled number's prefix.
+	carriers := make([]int, len(nodes))
+	for i := range nodes {
+		carriers[i] = freePort(t)
+		at = time.Now()
+		id := fmt.Sprintf("carrier%d", i+1)
+		n1.api("PUT", "/v1/trunks/"+id, "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":["3314227818%d"]}`, carriers[i], i+1), 200, nil)
+		lags = append(lags, visibleWithin(t, nodes, at, "trunk "+id, func(g *gateway) bool { return g.hasTrunk(id) })...)
+	}
+	// 6.00 a minute in 1 s increments: 0.10 an increment.
+	at = time.Now()
+	n1.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,6.00,1,1\n", 200, nil)
+	lags = append(lags, visibleWithin(t, nodes, at, "deck", func(g *gateway) bool {
+		var r struct {
+			RatePerMinute string `json:"rate_per_minute"`
+		}
+		return g.status("GET", "/v1/rates?number=%2B33142278181") == 200 && g.get("/v1/rates?number=%2B33142278181", &r) && r.RatePerMinute == "6.00"
+	})...)
+	at = time.Now()
+	n1.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"4.00","idempotency_key":"k40"}`, 201, nil)
+	lags = append(lags, visibleWithin(t, nodes, at, "funding", func(g *gateway) bool {
+		var o struct{ Balance string }
+		g.api("GET", "/v1/orgs/acme", "", "", 200, &o)
+		return o.Balance == "4.00"
+	})...)
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	t.Logf("config made on node 1, seen on nodes 2 and 3: %d observations, median %v, max %v",
+		len(lags), lags[len(lags)/2].Round(time.Millisecond), lags[len(lags)-1].Round(time.Millisecond))
+
+	// The invariant, sampled while the calls run.
+	cli := etcd.Client()
+	sctx, stopSampling := context.WithCancel(context.Background())
+	var samples atomic.Int64
+	var sampleErr error
+	var sampling sync.WaitGroup
+	sampling.Go(func() {
+		for sctx.Err() == nil {
+			if _, err := cluster.Check(sctx, cli, clusterPrefix, 5*time.Second); err != nil && sctx.Err() == nil {
+				sampleErr = err
+				return
+			}
+			samples.Add(1)
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	reports := make([]loadtest.Report, len(nodes))
+	var wg sync.WaitGroup
+	for i, g := range nodes {
+		wg.Go(func() {
+			rep, err := loadtest.Run(ctx, loadtest.Config{
+				Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[i]),
+				Rate: 10, Calls: 30, Hold: 4 * time.Second, Dialled: fmt.Sprintf("+3314227818%d", i+1),
+				From: []string{"+12125550100"}, SetupTimeout: 10 * time.Second}, nil)
+			if err != nil {
+				t.Errorf("load tool on node %d: %v", i+1, err)
+			}
+			reports[i] = rep
+		})
+	}
+	wg.Wait()
+	stopSampling()
+	sampling.Wait()
+	if sampleErr != nil {
+		t.Fatalf("cluster invariant broken while calls ran: %v", sampleErr)
+	}
+
+	// The books, per node and in all.
+	sold, billed := decimal.Zero, 0
+	answered := 0
+	for i, g := range nodes {
+		answered += reports[i].Answered
+		t.Logf("node %d: %s", i+1, strings.ReplaceAll(reports[i].String(), "\n", "; "))
+		for _, c := range g.allCDRs() {
+			charge := decimal.RequireFromString(c["charge"])
+			b, _ := strconv.Atoi(c["billed_s"])
+			if !charge.Equal(decimal.New(int64(b), -1)) {
+				t.Errorf("node %d CDR %v: charge is not billed_s × 0.10", i+1, c)
+			}
+			if d, _ := strconv.Atoi(c["duration_s"]); d > b {
+				t.Errorf("node %d CDR %v: ran %d s, paid %d s", i+1, c, d, b)
+			}
+			sold, billed = sold.Add(charge), billed+b
+		}
+	}
+	if !sold.Equal(decimal.RequireFromString("4.00")) || billed != 40 {
+		t.Fatalf("sold %s for %d increments cluster-wide; want exactly 4.00 for 40", sold, billed)
+	}
+	if answered < 2 {
+		t.Fatalf("only %d calls answered", answered)
+	}
+	for i, g := range nodes {
+		var o struct{ Balance, Held string }
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			g.api("GET", "/v1/orgs/acme", "", "", 200, &o)
+			if o.Balance == "0.00" && o.Held == "0.00" || time.Now().After(deadline) {
+				break
+			}
+		}
+		if o.Balance != "0.00" || o.Held != "0.00" {
+			t.Fatalf("node %d shows balance %s held %s after the money ran out; want 0.00", i+1, o.Balance, o.Held)
+		}
+	}
+	st, err := cluster.Check(context.Background(), cli, clusterPrefix, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d invariant samples during the calls; etcd at the end: %+v", samples.Load(), st)
+}
+
+// status is the HTTP status of an authorized request.
+func (g *gateway) status(method, path string) int {
+	g.t.Helper()
+	code, _ := g.raw(method, path)
+	return code
+}
+
+// get decodes a 200 answer into out; false on any other status.
+func (g *gateway) get(path string, out any) bool {
+	g.t.Helper()
+	if g.status("GET", path) != 200 {
+		return false
+	}
+	g.api("GET", path, "", "", 200, out)
+	return true
+}
+
+func (g *gateway) hasTrunk(id string) bool {
+	var tr struct{ Trunks []struct{ ID string } }
+	g.api("GET", "/v1/trunks", "", "", 200, &tr)
+	for _, x := range tr.Trunks {
+		if x.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// allCDRs is every CDR of acme this node wrote.
+func (g *gateway) allCDRs() []cdr {
+	var usage struct{ CDRs []cdr }
+	g.api("GET", "/v1/orgs/acme/usage", "", "", 200, &usage)
+	return usage.CDRs
+}
+
+// raw is an authorized request's status and body, whatever the status.
+func (g *gateway) raw(method, path string) (int, []byte) {
+	g.t.Helper()
+	req, _ := http.NewRequest(method, "http://"+g.httpAddr+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return res.StatusCode, b
+}

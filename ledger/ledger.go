@@ -115,7 +115,10 @@ type Ledger struct {
 	ended    endedCalls
 	dialogs  []Dialog // left by the last run, until the SIP side forgets them
 
-	purchases  map[string]*Purchase     // pending auto-recharge purchases
+	purchases  map[string]*Purchase     // pending purchases, auto-recharge and one-time
+	// purchaseKeys: org + "/" + idempotency key → the one-time purchase it
+	// started, pending or closed (purchase.go).
+	purchaseKeys map[string]purchaseKey
 	outbox     map[string]*Notification // notifications not yet delivered
 	payerWake  chan struct{}
 	outboxWake chan struct{}
@@ -175,7 +178,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
 		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
 		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
-		purchases: map[string]*Purchase{}, outbox: map[string]*Notification{},
+		purchases: map[string]*Purchase{}, purchaseKeys: map[string]purchaseKey{}, outbox: map[string]*Notification{},
 		payerWake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1),
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
 			Help: "Billing increments committed (debited) from org balances."}),

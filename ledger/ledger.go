@@ -115,13 +115,14 @@ type Ledger struct {
 	ended    endedCalls
 	dialogs  []Dialog // left by the last run, until the SIP side forgets them
 
-	purchases map[string]*Purchase // pending purchases, auto-recharge and one-time
+	purchases  map[string]*Purchase     // pending purchases, auto-recharge and one-time
+	outbox     map[string]*Notification // notifications not yet delivered
+	payerWake  chan struct{}
+	outboxWake chan struct{}
+
 	// purchaseKeys: org + "/" + idempotency key → the one-time purchase it
 	// started, pending or closed (purchase.go).
 	purchaseKeys map[string]purchaseKey
-	outbox       map[string]*Notification // notifications not yet delivered
-	payerWake    chan struct{}
-	outboxWake   chan struct{}
 
 	// trace, when set by tests, sees every operation's outcome in the order
 	// the ledger linearized them, under the lock.

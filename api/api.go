@@ -55,6 +55,8 @@ type Server struct {
 	// payments says whether a payment provider is configured; without
 	// one, enabling auto-recharge is refused rather than left to wait.
 	payments bool
+	// purchases are the one-time purchases (purchases.go); nil: none.
+	purchases Purchases
 
 	limits Limits
 	// exports holds a token per streamed export running (stream.go);
@@ -217,6 +219,8 @@ var routes = []route{
 		return s.deleteTollFree(ctx, a[0], a[1])
 	}},
 	{"POST", "/v1/orgs/*/credits", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.fund(ctx, a[0]) }},
+	{"POST", "/v1/orgs/*/purchases", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.startPurchase(ctx, a[0]) }},
+	{"GET", "/v1/orgs/*/purchases/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.getPurchase(ctx, a[0], a[1]) }},
 	{"PUT", "/v1/orgs/*/fraud-guard", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putFraudGuard(ctx, a[0]) }},
 	{"PUT", "/v1/orgs/*/auto-recharge", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putAutoRecharge(ctx, a[0]) }},
 	{"GET", "/v1/orgs/*/usage", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.usage(ctx, a[0]) }},

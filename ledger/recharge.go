@@ -236,13 +236,19 @@ func (l *Ledger) PendingPurchaseOf(org string) string {
 	return ""
 }
 
-// Purchase returns a purchase, pending or closed.
+// Purchase returns a purchase, pending or closed. A purchase being closed
+// reads as pending until its close is durable: memory lets it go when the
+// close applies, and the store has the closed record once it is written.
 func (l *Ledger) Purchase(id string) (Purchase, bool, error) {
 	l.mu.Lock()
 	p, ok := l.purchases[id]
+	var pending Purchase
+	if ok {
+		pending = *p // under mu: a close rewrites *p in place
+	}
 	l.mu.Unlock()
 	if ok {
-		return *p, true, nil
+		return pending, true, nil
 	}
 	var stored Purchase
 	found, err := getRecord(l.db, keyPurchase(id), &stored)

@@ -77,6 +77,7 @@ func TestBuyCreditsThroughStripe(t *testing.T) {
 	runPayer(t, h, stripe)
 	before := h.org("acme")["balance"]
 
+	start := time.Now()
 	r := h.mustDo("POST", "/v1/orgs/acme/purchases", buy, 202)
 	p := r.purchase(t)
 	if p.Org != "acme" || p.Kind != "one_time" || p.Amount != "75.00" || p.Currency != "USD" || p.State != "pending" ||
@@ -84,6 +85,7 @@ func TestBuyCreditsThroughStripe(t *testing.T) {
 		t.Fatalf("202 %s (Location %q)", r.body, r.header.Get("Location"))
 	}
 	paid := h.settled("acme", p.ID)
+	t.Logf("POST to succeeded (stripe-mock, real payer): %v", time.Since(start))
 	if paid.State != "succeeded" || paid.Payment == "" || paid.Reason != "" || paid.ID != p.ID {
 		t.Fatalf("after the payer: %+v", paid)
 	}
@@ -104,9 +106,11 @@ func TestBuyCreditsThroughStripe(t *testing.T) {
 		t.Fatalf("transactions %+v, want the funding and one purchase", tx.Transactions)
 	}
 
+	start = time.Now()
 	declined := h.mustDo("POST", "/v1/orgs/acme/purchases",
 		`{"amount":"60.00","idempotency_key":"buy-2","payment_method":"pm_card_chargeDeclined"}`, 202).purchase(t)
 	failed := h.settled("acme", declined.ID)
+	t.Logf("POST to failed (declined card): %v; %d requests reached Stripe", time.Since(start), stripe.Requests())
 	if failed.State != "failed" || failed.Reason != "generic_decline: Your card was declined." || failed.Payment != "" {
 		t.Fatalf("declined card: %+v", failed)
 	}

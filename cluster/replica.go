@@ -118,22 +118,33 @@ type Replica struct {
 // prefix, and returns once it does; a watcher then keeps it up to date
 // until Close.
 func NewReplica(ctx context.Context, n *Node, local *ledger.Ledger, log *slog.Logger) (*Replica, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	rctx, stop := context.WithCancel(context.Background())
-	r := &Replica{n: n, k: n.k, local: local, log: log.With("node", n.ID()), w: clientv3.NewWatcher(n.cli),
-		ctx: rctx, stop: stop, deckChanged: make(chan struct{}, 1), advanced: make(chan struct{})}
+	r := newReplica(n, local, log)
 	rev, err := r.resync(ctx)
 	if err != nil {
-		stop()
+		r.stop()
 		r.w.Close()
 		return nil, fmt.Errorf("cluster replica %s: first sync: %w", n.ID(), err)
 	}
+	r.start(rev)
+	return r, nil
+}
+
+// newReplica is a replica that has applied nothing yet and runs no watcher.
+func newReplica(n *Node, local *ledger.Ledger, log *slog.Logger) *Replica {
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Replica{n: n, k: n.k, local: local, log: log.With("node", n.ID()), w: clientv3.NewWatcher(n.cli),
+		ctx: ctx, stop: stop, deckChanged: make(chan struct{}, 1), advanced: make(chan struct{})}
+}
+
+// start marks everything up to rev applied and starts the watcher from
+// rev+1.
+func (r *Replica) start(rev int64) {
 	r.advance(rev)
 	r.wg.Add(1)
 	go r.run(rev)
-	return r, nil
 }
 
 // Close stops the watcher and waits for it. Writes still waiting are

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/creditgate/creditgate/ledger"
@@ -147,6 +149,9 @@ func (r *Replica) change(what string, decide func(v *view) ([]clientv3.Cmp, []cl
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		v := r.newView()
 		cmps, ops, err := decide(v)
+		if errors.Is(v.err, rpctypes.ErrCompacted) {
+			continue // etcd compacted the view's revision between two reads: read again
+		}
 		if v.err != nil {
 			return unavailable(what, v.err)
 		}

@@ -82,6 +82,12 @@
 // pointer with the deck's size and SHA-256, flips last, then the old
 // chunks are deleted.
 //
+// A node whose ledger holds a configuration refuses to start its replica on
+// an etcd whose config/ is empty (ErrUnseeded: applying it would delete
+// every user, trunk and number); Seed copies such a ledger's configuration
+// (not its money) into etcd once, the way a single-node installation
+// becomes a cluster's first node.
+//
 // What is decided on one node only: ErrInUse for deleting a user or a
 // toll-free number while a call of it is up is checked against this node's
 // calls; a call up on another node goes on after the delete (that node

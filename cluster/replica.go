@@ -25,6 +25,7 @@ import (
 //	index/number/<e164>           who has the number: "u:<org>/<user>" or "t:<org>"
 //	index/delivers/<trunk>/<num>  the toll-free numbers a trunk delivers (empty value)
 //	deck/<id>/<chunk>             one chunk of a rate deck (raw bytes)
+//	seed                          the node that seeded config/ from its ledger (Seed)
 //
 // Only config/ is watched and applied; index/ exists for the writers'
 // compare-and-set (a number has one key every claimant compares, a trunk's

@@ -270,6 +270,12 @@ func (r *Replica) resync(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read shared rate deck pointer: %w", err)
 	}
+	if len(s.orgs)+len(s.users)+len(s.trunks)+len(s.tollFree)+len(dresp.Kvs) == 0 &&
+		len(r.local.OrgIDs())+len(r.local.UsersAll())+len(r.local.Trunks())+len(r.local.TollFreeAll()) > 0 {
+		// Applying nothing would delete everything this ledger holds: a
+		// single-node ledger pointed at a new cluster, or an etcd wiped.
+		return 0, fmt.Errorf("%w (seed etcd from it with cluster.Seed, or start on an empty ledger)", ErrUnseeded)
+	}
 	var changes []ledger.Change
 	// Deletions first: a number etcd moved from a user deleted here to
 	// another is then free when the other is applied (Apply would take it

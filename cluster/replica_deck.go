@@ -45,21 +45,14 @@ func (r *Replica) PutDeck(csv []byte) error {
 	if len(csv) > MaxDeckBytes {
 		return fmt.Errorf("%w: rate deck of %d bytes, at most %d", ledger.ErrInvalid, len(csv), MaxDeckBytes)
 	}
-	var raw [8]byte
-	_, _ = rand.Read(raw[:])
-	sum := sha256.Sum256(csv)
-	ptr := deckPointer{ID: hex.EncodeToString(raw[:]), Bytes: len(csv), SHA256: hex.EncodeToString(sum[:])}
-	for off := 0; off < len(csv); off += deckChunkBytes {
-		chunk := csv[off:min(off+deckChunkBytes, len(csv))]
-		if _, _, err := r.n.commit(r.ctx, nil, []clientv3.Op{clientv3.OpPut(r.k.deckChunk(ptr.ID, ptr.Chunks), string(chunk))}); err != nil {
-			r.dropChunks(ptr.ID)
-			return unavailable("put deck", err)
-		}
-		ptr.Chunks++
+	ptr, err := writeDeckChunks(r.ctx, r.n, csv)
+	if err != nil {
+		r.dropChunks(ptr.ID)
+		return unavailable("put deck", err)
 	}
 	var old deckPointer
 	key := r.k.cfgDeck()
-	err := r.change("put deck", func(v *view) ([]clientv3.Cmp, []clientv3.Op, error) {
+	err = r.change("put deck", func(v *view) ([]clientv3.Cmp, []clientv3.Op, error) {
 		old = deckPointer{}
 		kv := v.get(key)
 		if kv != nil {
@@ -78,6 +71,24 @@ func (r *Replica) PutDeck(csv []byte) error {
 		r.dropChunks(old.ID)
 	}
 	return nil
+}
+
+// writeDeckChunks writes a deck's chunks under a new id, each in its own
+// fenced transaction, and returns the pointer that names them (not yet
+// written).
+func writeDeckChunks(ctx context.Context, n *Node, csv []byte) (deckPointer, error) {
+	var raw [8]byte
+	_, _ = rand.Read(raw[:])
+	sum := sha256.Sum256(csv)
+	ptr := deckPointer{ID: hex.EncodeToString(raw[:]), Bytes: len(csv), SHA256: hex.EncodeToString(sum[:])}
+	for off := 0; off < len(csv); off += deckChunkBytes {
+		chunk := csv[off:min(off+deckChunkBytes, len(csv))]
+		if _, _, err := n.commit(ctx, nil, []clientv3.Op{clientv3.OpPut(n.k.deckChunk(ptr.ID, ptr.Chunks), string(chunk))}); err != nil {
+			return ptr, err
+		}
+		ptr.Chunks++
+	}
+	return ptr, nil
 }
 
 // dropChunks deletes one deck id's chunks, best effort: left behind, they

@@ -728,3 +728,61 @@ func TestReplicaResyncAfterCompaction(t *testing.T) {
 	}
 	t.Logf("resyncs after the compaction: %d", rb.Resyncs())
 }
+
+// TestReplicaSeed: a single-node ledger's configuration cannot be wiped by
+// starting a replica on an empty etcd (ErrUnseeded); Seed copies it into
+// etcd (once: a second seed is ErrConfigExists), after which the node's
+// replica starts without changing it and a new node's empty ledger gets
+// the same configuration.
+func TestReplicaSeed(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	cli := ec.Client()
+	defer cli.Close()
+	dir := t.TempDir()
+	l := openLedger(t, dir)
+	if _, err := l.CreateOrg(ledger.Org{ID: "acme", Country: "US", Region: "us"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Fund("acme", dec("100"), "first"); err != nil {
+		t.Fatal(err)
+	}
+	must(t, l.PutTrunk(ledger.Trunk{ID: "pbx", Kind: "customer", Org: "acme"}))
+	for i := 0; i < 60; i++ { // more operations than one transaction takes
+		must(t, l.PutUser(ledger.User{Org: "acme", ID: fmt.Sprintf("u%02d", i), Numbers: []string{fmt.Sprintf("1212555%04d", i), fmt.Sprintf("1646555%04d", i)}}))
+	}
+	must(t, l.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "acme", Trunk: "pbx"}))
+	must(t, l.PutDeck(bytes.Repeat([]byte("1,US,US,geographic,0.01\n"), 60_000)))
+	want := configDump(t, l)
+
+	a := join(t, cli, "a")
+	if _, err := NewReplica(context.Background(), a, l, quietLog()); !errors.Is(err, ErrUnseeded) {
+		t.Fatalf("replica on an empty etcd over a ledger with a configuration: %v, want ErrUnseeded", err)
+	}
+	if got := configDump(t, l); got != want {
+		t.Fatal("the refused replica changed the ledger")
+	}
+	n, err := Seed(context.Background(), a, l)
+	must(t, err)
+	if _, err := Seed(context.Background(), a, l); !errors.Is(err, ErrConfigExists) {
+		t.Fatalf("second seed: %v, want ErrConfigExists", err)
+	}
+	checkShared(t, cli)
+	rn := &replicaNode{n: a, l: l, dir: dir}
+	rn.r, err = NewReplica(context.Background(), a, l, quietLog())
+	must(t, err)
+	t.Cleanup(rn.stop)
+	if got := configDump(t, l); got != want {
+		t.Fatalf("the seeding node's configuration changed:\n%s\nwant\n%s", got, want)
+	}
+	if o, _ := l.Org("acme"); !o.Balance.Equal(dec("100")) {
+		t.Fatalf("the seeding node's money moved: %+v", o.Balances)
+	}
+	b := startReplica(t, cli, "b", t.TempDir())
+	if got := configDump(t, b.l); got != want {
+		t.Fatalf("a new node holds\n%s\nwant\n%s", got, want)
+	}
+	if o, _ := b.l.Org("acme"); !o.Balance.IsZero() {
+		t.Fatalf("money came through the seed: %+v", o.Balances)
+	}
+	t.Logf("seeded %d records", n)
+}

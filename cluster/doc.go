@@ -59,7 +59,8 @@
 //	        ledger.Apply (creates, updates, and deletes what the ledger has
 //	        and etcd does not; orgs are never deleted), then a watch from R+1
 //	watch:  each response's events, in revision order, in one ledger.Apply;
-//	        Applied() is the last revision applied
+//	        Applied() is the last revision applied; DeckChanged and
+//	        TrunksChanged signal what the gateway keeps parsed
 //	resync: a compacted or cancelled watch, or a failed deck fetch, ends
 //	        the watch; the replica reads config/ whole again (pausing 100 ms
 //	        doubling to 5 s while that fails) and watches from there

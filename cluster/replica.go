@@ -106,7 +106,9 @@ type Replica struct {
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 
-	deckChanged chan struct{} // signalled (never blocks) when an applied change replaced the deck
+	// Signalled (never blocking: buffered 1) when an applied change
+	// replaced the deck, or added, changed or deleted a trunk.
+	deckChanged, trunksChanged chan struct{}
 
 	mu       sync.Mutex
 	applied  int64         // guarded by mu
@@ -137,7 +139,7 @@ func newReplica(n *Node, local *ledger.Ledger, log *slog.Logger) *Replica {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Replica{n: n, k: n.k, local: local, log: log.With("node", n.ID()), w: clientv3.NewWatcher(n.cli),
-		ctx: ctx, stop: stop, deckChanged: make(chan struct{}, 1), advanced: make(chan struct{})}
+		ctx: ctx, stop: stop, deckChanged: make(chan struct{}, 1), trunksChanged: make(chan struct{}, 1), advanced: make(chan struct{})}
 }
 
 // start marks everything up to rev applied and starts the watcher from
@@ -184,6 +186,31 @@ func (r *Replica) Err() error {
 // ledger's rate deck (also one written through this node): the gateway
 // then reloads local.Deck(). One signal may stand for several changes.
 func (r *Replica) DeckChanged() <-chan struct{} { return r.deckChanged }
+
+// TrunksChanged is signalled whenever an applied change added, replaced or
+// deleted a trunk (also one written through this node): the gateway then
+// rebuilds its routing from local.Trunks() (Gateway.ReloadTrunks).
+func (r *Replica) TrunksChanged() <-chan struct{} { return r.trunksChanged }
+
+// signal tells the watchers of the deck and of the trunks what changes
+// applied: the gateway keeps both parsed, outside the ledger.
+func (r *Replica) signal(changes []ledger.Change) {
+	for _, c := range changes {
+		var ch chan struct{}
+		switch c.Kind {
+		case ledger.ChangeDeck:
+			ch = r.deckChanged
+		case ledger.ChangeTrunk, ledger.ChangeDeleteTrunk:
+			ch = r.trunksChanged
+		default:
+			continue
+		}
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
 
 func (r *Replica) advance(rev int64) {
 	r.mu.Lock()

@@ -102,7 +102,6 @@ func (r *Replica) watch(rev int64) error {
 			continue
 		}
 		changes := make([]ledger.Change, 0, len(wr.Events))
-		deck := false
 		for _, ev := range wr.Events {
 			c, ok, err := r.changeOf(ev)
 			if err != nil {
@@ -110,28 +109,18 @@ func (r *Replica) watch(rev int64) error {
 			}
 			if ok {
 				changes = append(changes, c)
-				deck = deck || c.Kind == ledger.ChangeDeck
 			}
 		}
 		if err := r.local.Apply(changes...); err != nil {
 			return errLocal{err}
 		}
 		r.advance(wr.Events[len(wr.Events)-1].Kv.ModRevision)
-		if deck {
-			r.signalDeck()
-		}
+		r.signal(changes)
 	}
 	if r.ctx.Err() != nil {
 		return r.ctx.Err()
 	}
 	return fmt.Errorf("%w: watch channel closed", errResync)
-}
-
-func (r *Replica) signalDeck() {
-	select {
-	case r.deckChanged <- struct{}{}:
-	default:
-	}
 }
 
 // changeOf turns one watch event into the change the ledger applies; false
@@ -195,7 +184,6 @@ type snapshot struct {
 	users    map[string]ledger.User // "org/id"
 	trunks   map[string]ledger.Trunk
 	tollFree map[string]ledger.TollFree
-	deck     *deckPointer
 }
 
 // readAll reads config/ in pages, all at the revision of the first.
@@ -323,13 +311,11 @@ func (r *Replica) resync(ctx context.Context) (int64, error) {
 			changes = append(changes, ledger.Change{Kind: ledger.ChangeTollFree, TollFree: tf})
 		}
 	}
-	deck := false
 	local := r.local.Deck()
 	switch {
 	case len(dresp.Kvs) == 0 && local != nil:
 		r.log.Warn("the shared configuration has no rate deck: removing this node's stored one")
 		changes = append(changes, ledger.Change{Kind: ledger.ChangeDeck})
-		deck = true
 	case len(dresp.Kvs) == 1:
 		var ptr deckPointer
 		if err := json.Unmarshal(dresp.Kvs[0].Value, &ptr); err != nil {
@@ -346,19 +332,16 @@ func (r *Replica) resync(ctx context.Context) (int64, error) {
 		}
 		if !bytes.Equal(b, local) {
 			changes = append(changes, ledger.Change{Kind: ledger.ChangeDeck, Deck: b})
-			deck = true
 		}
 	}
-	for len(changes) > 0 {
-		n := min(applyBatch, len(changes))
-		if err := r.local.Apply(changes[:n]...); err != nil {
+	for rest := changes; len(rest) > 0; {
+		n := min(applyBatch, len(rest))
+		if err := r.local.Apply(rest[:n]...); err != nil {
 			return 0, errLocal{err}
 		}
-		changes = changes[n:]
+		rest = rest[n:]
 	}
-	if deck {
-		r.signalDeck()
-	}
+	r.signal(changes)
 	return s.rev, nil
 }
 

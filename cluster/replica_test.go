@@ -62,10 +62,12 @@ func TestReplicaThreeNodes(t *testing.T) {
 				if !bytes.Equal(rn.l.Deck(), deck) {
 					t.Fatalf("node %d: deck %q", i+2, rn.l.Deck())
 				}
-				select {
-				case <-rn.r.DeckChanged():
-				default:
-					t.Fatalf("node %d: no deck signal", i+2)
+				for what, ch := range map[string]<-chan struct{}{"deck": rn.r.DeckChanged(), "trunks": rn.r.TrunksChanged()} {
+					select {
+					case <-ch:
+					default:
+						t.Fatalf("node %d: no %s signal", i+2, what)
+					}
 				}
 			}
 

@@ -51,8 +51,8 @@ func (k keys) deckChunk(id string, i int) string {
 // separately on the operations, of one transaction.
 const maxTxnOps = 128
 
-// resyncBackoff bounds the pause between a failed watch or resync and the
-// next resync.
+// The pause between a failed watch or resync and the next resync: first,
+// doubling up to max while resyncs fail.
 const (
 	resyncFirst = 100 * time.Millisecond
 	resyncMax   = 5 * time.Second
@@ -73,8 +73,9 @@ const (
 // Write path: each admin change is validated by the ledger's own rules
 // (ledger/apply.go), decided on the configuration read at one etcd revision
 // (ledger.Directory over etcd), and written in one fenced transaction that
-// compares every record the decision read (CreateOrg: the org key absent;
-// a number: its index key unchanged; …), retried on a fresh read when one
+// compares the keys the decision rests on (CreateOrg: the org key absent;
+// each number claimed: its index key unchanged; DeleteTrunk: its
+// deliveries prefix empty; …), decided again on a fresh read when one
 // moved. Then it waits until the watcher has applied the write's revision
 // to the local ledger (read-your-writes) and answers from the local ledger,
 // as ledger.Books documents. Failures to reach etcd, a fenced node, and a

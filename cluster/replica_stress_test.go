@@ -258,3 +258,82 @@ func TestReplicaMoreRaces(t *testing.T) {
 	}
 	t.Logf("winners over %d rounds: %v", rounds, wins)
 }
+
+// TestReplicaLeaderKilled: on a 3-member etcd, the leader is killed (by
+// PID) while node 1 keeps changing the configuration: writes go on against
+// the other members (some fail as ErrUnavailable meanwhile), and nodes 2
+// and 3, whose watches may be cancelled by the leader's loss, converge on
+// what node 1 holds.
+func TestReplicaLeaderKilled(t *testing.T) {
+	ec := etcdtest.Start(t, 3)
+	admin := ec.Client()
+	defer admin.Close()
+	var nodes []*replicaNode
+	for i := 0; i < 3; i++ {
+		cli := ec.Client()
+		defer cli.Close()
+		nodes = append(nodes, startReplica(t, cli, fmt.Sprintf("n%d", i+1), t.TempDir()))
+	}
+	r1 := nodes[0].r
+	if _, err := r1.CreateOrg(ledger.Org{ID: "acme", Country: "US"}); err != nil {
+		t.Fatal(err)
+	}
+	var leader *etcdtest.Member
+	for _, m := range ec.Members {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		st, err := admin.Status(ctx, m.ClientURL)
+		cancel()
+		if err == nil && st.Leader == st.Header.MemberId {
+			leader = m
+		}
+	}
+	if leader == nil {
+		t.Fatal("no leader among the members")
+	}
+	const changes = 120
+	acked, failed, afterKill := 0, 0, 0
+	var killedAt time.Time
+	var failover time.Duration
+	for i := 0; i < changes; i++ {
+		if i == changes/3 {
+			ec.Kill(leader)
+			killedAt = time.Now()
+		}
+		err := r1.PutUser(ledger.User{Org: "acme", ID: fmt.Sprintf("u%d", i%15), Numbers: []string{fmt.Sprintf("1303555%04d", i)}})
+		switch {
+		case err == nil:
+			acked++
+			if !killedAt.IsZero() {
+				if afterKill == 0 {
+					failover = time.Since(killedAt)
+				}
+				afterKill++
+			}
+		case errors.Is(err, ledger.ErrUnavailable) && !errors.Is(err, ErrFenced):
+			failed++
+		default:
+			t.Fatalf("change %d: %v", i, err)
+		}
+	}
+	if afterKill == 0 {
+		t.Fatal("no change succeeded after the leader was killed")
+	}
+	// One more that must land, then everyone converges on it.
+	var err error
+	for try := 0; try < 50; try++ {
+		if err = r1.PutTrunk(ledger.Trunk{ID: "last", Kind: "carrier"}); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	must(t, err)
+	want := configDump(t, nodes[0].l)
+	for i, rn := range nodes[1:] {
+		must(t, rn.r.await(r1.Applied()))
+		if got := configDump(t, rn.l); got != want {
+			t.Fatalf("node %d holds\n%s\nnode 1\n%s", i+2, got, want)
+		}
+	}
+	t.Logf("leader %s killed; %d changes acknowledged (%d after the kill, the first %s after it), %d unavailable; resyncs on nodes 2 and 3: %d, %d",
+		leader.Name, acked, afterKill, failover.Round(time.Millisecond), failed, nodes[1].r.Resyncs(), nodes[2].r.Resyncs())
+}

@@ -138,40 +138,18 @@ func keyPurchase(id string) []byte { return []byte("q/" + id) }
 // incident names the support incident that resolved it. If the balance is
 // already below the threshold, a purchase starts at once.
 func (l *Ledger) SetAutoRecharge(org string, ar AutoRecharge) (AutoRecharge, error) {
-	if ar.Enabled {
-		if ar.Threshold.IsNegative() {
-			return AutoRecharge{}, invalidf("threshold: must not be negative")
-		}
-		if ar.Amount.LessThan(l.opts.MinFunding) {
-			return AutoRecharge{}, fmt.Errorf("%w: recharge amount %s is below the minimum funding of %s", ErrBelowMinimum,
-				ar.Amount.StringFixed(2), l.opts.MinFunding.StringFixed(2))
-		}
-		if !paymentMethodRE.MatchString(ar.PaymentMethod) {
-			return AutoRecharge{}, invalidf("payment_method %q: want the provider's saved payment method id (pm_…)", ar.PaymentMethod)
-		}
-		if !customerRE.MatchString(ar.Customer) {
-			return AutoRecharge{}, invalidf("customer %q: want the provider's customer id (cus_…) that owns the payment method", ar.Customer)
-		}
+	ar, err := l.PrepareAutoRecharge(ar) // apply.go: the rules a cluster node checks too
+	if err != nil {
+		return AutoRecharge{}, err
 	}
-	if len(ar.Incident) > 128 {
-		return AutoRecharge{}, invalidf("incident: at most 128 characters")
-	}
-	ar.Suspended = ""
-	ar.UpdatedAt = l.opts.Now().UTC()
 	var out AutoRecharge
-	_, err := l.do(Op{Kind: "auto_recharge", Org: org}, ar.UpdatedAt, func(t *txn) error {
+	_, err = l.do(Op{Kind: "auto_recharge", Org: org}, ar.UpdatedAt, func(t *txn) error {
 		st, ok := l.orgs[org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 		}
-		if ar.Enabled {
-			if _, ok := MinorUnits(ar.Amount, st.Currency); !ok {
-				return invalidf("amount %s: more precision than %s has", ar.Amount, st.Currency)
-			}
-			if st.Region != st.BillingRegion && ar.Incident == "" {
-				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits, then pass its id as incident",
-					ErrRegionMismatch, st.ID, st.Region, st.BillingRegion)
-			}
+		if err := CheckAutoRechargeFor(st.Org, ar); err != nil {
+			return err
 		}
 		if ar.Incident != "" && st.Region != st.BillingRegion {
 			l.log.Warn("auto-recharge allowed across regions by a support incident", "org", org,

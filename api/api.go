@@ -1,7 +1,9 @@
 // Package api is creditgate's admin HTTP API (README, Admin API) on fasthttp: JSON in
-// and out, a bearer token on everything but /metrics, /healthz and /readyz,
-// money as decimal strings, and every refusal a JSON error that changed
-// nothing.
+// and out, a bearer token on everything but /metrics, /healthz and /readyz
+// (the configured admin token or an API key, whose role each route's
+// access column checks: auth.go), money as decimal strings, every refusal a
+// JSON error that changed nothing, and every change that succeeded one
+// entry in the audit trail (audit.go).
 package api
 
 import (

@@ -237,3 +237,28 @@ func TestKeysAndAuditSurviveARestart(t *testing.T) {
 		t.Fatalf("journal %q, want %q", kinds, want)
 	}
 }
+
+// lostJournal is the real ledger whose journal cannot be written: what the
+// API meets when the ledger fails closed between a change and its entry
+// (the window audit.go documents), which no real fault can be timed to
+// hit.
+type lostJournal struct{ *ledger.Ledger }
+
+func (lostJournal) Audit(ledger.AuditEntry) (ledger.AuditEntry, error) {
+	return ledger.AuditEntry{}, fmt.Errorf("%w: test: the disk went away", ledger.ErrUnavailable)
+}
+
+// TestLostAuditEntryIsAnswered503: a change whose entry cannot be written
+// stands (the ledger made it durable first), and the client is told so
+// with 503 ledger_unavailable instead of a success it cannot audit.
+func TestLostAuditEntryIsAnswered503(t *testing.T) {
+	h := setup(t)
+	h.srv.SetAccess(lostJournal{h.ledger})
+	r := h.do("PUT", "/v1/orgs/acme/users/alice", `{"licenses":["communications_credits"]}`)
+	if r.status != 503 || r.errorCode() != "ledger_unavailable" || !strings.Contains(string(r.body), "the change was made") {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	if _, ok := h.ledger.User("acme", "alice"); !ok {
+		t.Fatal("the change did not stand")
+	}
+}

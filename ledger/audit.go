@@ -10,13 +10,15 @@ import (
 	"math"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // Audit kinds: what an entry changed. The API picks one per route.
 const (
 	AuditOrg          = "org"
 	AuditUser         = "user"
-	AuditLicense      = "license"
+	AuditLicense      = "license" // unused today: a license change is a user entry (README, Audit trail)
 	AuditTrunk        = "trunk"
 	AuditTollFree     = "toll_free"
 	AuditDeck         = "deck"
@@ -144,19 +146,15 @@ func (l *Ledger) AuditEntries(f AuditFilter, after uint64, limit int) (out []Aud
 		return nil, 0, nil
 	}
 	prefix := []byte("j/")
-	it, err := l.db.NewIter(nil)
+	it, err := l.db.NewIter(&pebble.IterOptions{LowerBound: keyAuditEntry(after + 1), UpperBound: upperBound(prefix)})
 	if err != nil {
 		return nil, 0, err
 	}
 	defer it.Close()
 	scanned := 0
-	for ok := it.SeekGE(keyAuditEntry(after + 1)); ok; ok = it.Next() {
-		k := it.Key()
-		if len(k) != len(prefix)+8 || string(k[:len(prefix)]) != string(prefix) {
-			break
-		}
+	for ok := it.First(); ok; ok = it.Next() {
 		var a AuditEntry
-		if err := decodeRecord(k, it.Value(), &a); err != nil {
+		if err := decodeRecord(it.Key(), it.Value(), &a); err != nil {
 			return nil, 0, err
 		}
 		scanned++
@@ -165,16 +163,16 @@ func (l *Ledger) AuditEntries(f AuditFilter, after uint64, limit int) (out []Aud
 		}
 		if len(out) == limit || scanned == MaxAuditScan {
 			// More may follow: the caller pages on from here.
-			if it.Next() && len(it.Key()) == len(prefix)+8 && string(it.Key()[:len(prefix)]) == string(prefix) {
-				return out, a.Seq, it.Error()
+			if it.Next() {
+				next = a.Seq
 			}
-			return out, 0, it.Error()
+			break
 		}
 	}
 	if err := it.Error(); err != nil {
 		return nil, 0, fmt.Errorf("read audit journal: %w", err)
 	}
-	return out, 0, nil
+	return out, next, nil
 }
 
 func mustJSON(v any) json.RawMessage {

@@ -166,3 +166,29 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkAuditAppend: what journaling a change costs, next to the change
+// itself, in the same run: an admin change through the API is its ledger
+// operation (here SetBlockPremium, one synced commit) and then its audit
+// entry (Audit, one more). Sequential, so each pays its own fsync.
+func BenchmarkAuditAppend(b *testing.B) {
+	l := open(b, b.TempDir())
+	defer l.Close()
+	newOrg(b, l, "acme", "")
+	before := []byte(`{"block_premium":false,"contacts":{"emails":[],"webhook_signed":false}}`)
+	b.Run("change", func(b *testing.B) {
+		for i := range b.N {
+			if _, err := l.SetBlockPremium("acme", i%2 == 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("audit", func(b *testing.B) {
+		for range b.N {
+			if _, err := l.Audit(AuditEntry{KeyID: "key_00000001", Role: "org_admin", Org: "acme", Kind: AuditOrg,
+				Action: "PATCH /v1/orgs/{org}", Target: "acme", Before: before, After: before}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

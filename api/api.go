@@ -215,7 +215,7 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		// The profiler costs CPU and shows the process's insides:
 		// operator admins only.
 		if who.Role != RoleOperatorAdmin {
-			s.fail(ctx, fmt.Errorf("%w: a %s key may not read the profiler", errForbidden, who.Role))
+			s.fail(ctx, fmt.Errorf("%w: role %s may not read the profiler (operator_admin only)", errForbidden, who.Role))
 			return
 		}
 		if err := s.pprof(ctx); err != nil {

@@ -163,8 +163,12 @@ func orgState(s *Server, rq *request) (string, any) {
 	if id == "" || err != nil {
 		return id, nil
 	}
+	tz := o.Timezone
+	if tz == "" {
+		tz = "UTC" // as GET /v1/orgs/{org} shows it
+	}
 	return id, orgSettings{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
-		Currency: o.Currency, Timezone: o.Timezone, BlockPremium: o.BlockPremium, Contacts: viewContacts(o.Contacts)}
+		Currency: o.Currency, Timezone: tz, BlockPremium: o.BlockPremium, Contacts: viewContacts(o.Contacts)}
 }
 
 func fraudGuardState(s *Server, rq *request) (string, any) {

@@ -202,7 +202,7 @@ var errForbidden = errors.New("forbidden")
 // same 404 as a missing one). Lists and bodies are the handlers' to check.
 func (s *Server) permit(p principal, r *route, args map[string]string) error {
 	if r.access.scope == scopeUnset || !r.access.roles.has(p.Role) {
-		return fmt.Errorf("%w: a %s key may not %s %s", errForbidden, p.Role, r.method, r.pattern)
+		return fmt.Errorf("%w: role %s may not %s %s", errForbidden, p.Role, r.method, r.pattern)
 	}
 	if !p.Role.OrgScoped() {
 		return nil

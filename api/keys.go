@@ -102,13 +102,13 @@ func (s *Server) createKey(ctx *fasthttp.RequestCtx, rq *request) error {
 	case req.Name == "" || len(req.Name) > ledger.MaxKeyNameLen:
 		return badRequest("name: want 1 to %d characters", ledger.MaxKeyNameLen)
 	case role.OrgScoped() && req.Org == "":
-		return badRequest("org is required for a %s key", role)
+		return badRequest("org is required for role %s", role)
 	case !role.OrgScoped() && req.Org != "":
-		return badRequest("org: an %s key belongs to no org", role)
+		return badRequest("org: role %s belongs to no org", role)
 	}
 	if rq.who.Role.OrgScoped() {
 		if !role.OrgScoped() {
-			return fmt.Errorf("%w: a %s key may only make org_admin and org_read keys", errForbidden, rq.who.Role)
+			return fmt.Errorf("%w: role %s may only make org_admin and org_read keys of its org", errForbidden, rq.who.Role)
 		}
 		if !rq.who.sees(req.Org) {
 			return fmt.Errorf("%w: %s", ledger.ErrUnknownOrg, req.Org)

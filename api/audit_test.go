@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -260,5 +262,85 @@ func TestLostAuditEntryIsAnswered503(t *testing.T) {
 	}
 	if _, ok := h.ledger.User("acme", "alice"); !ok {
 		t.Fatal("the change did not stand")
+	}
+}
+
+// TestConcurrentChangesEachJournaledOnce: changes made at once by
+// different keys each leave exactly one entry, with their own key and
+// target, in seq order; and a key rotated while others use the API stops
+// working the moment the rotation has answered.
+func TestConcurrentChangesEachJournaledOnce(t *testing.T) {
+	h := setup(t)
+	const n = 16
+	secrets, ids := make([]string, n), make([]string, n)
+	for i := range n {
+		var k struct{ ID, Secret string }
+		_ = json.Unmarshal(h.mustDo("POST", "/v1/keys", fmt.Sprintf(`{"name":"k%d","role":"org_admin","org":"acme"}`, i), 201).body, &k)
+		secrets[i], ids[i] = k.Secret, k.ID
+	}
+	start, _, _ := h.ledger.AuditEntries(ledger.AuditFilter{}, 0, 10000)
+	var wg sync.WaitGroup
+	statuses := make([]int, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			statuses[i] = h.do("PUT", fmt.Sprintf("/v1/orgs/acme/users/u%d", i), `{"licenses":["communications_credits"]}`, secrets[i]).status
+		}()
+	}
+	wg.Wait()
+	all, _, _ := h.ledger.AuditEntries(ledger.AuditFilter{}, 0, 10000)
+	added := all[len(start):]
+	if len(added) != n {
+		t.Fatalf("%d entries for %d changes (statuses %v)", len(added), n, statuses)
+	}
+	seen := map[string]bool{}
+	for i, e := range added {
+		if i > 0 && e.Seq <= added[i-1].Seq {
+			t.Fatalf("seq %d after %d", e.Seq, added[i-1].Seq)
+		}
+		var k int
+		if _, err := fmt.Sscanf(e.Target, "acme/u%d", &k); err != nil || e.KeyID != ids[k] || seen[e.Target] {
+			t.Fatalf("entry %+v (key %d is %s)", e, k, ids[k])
+		}
+		seen[e.Target] = true
+	}
+
+	// Rotation while the old secret is in use: once the rotation has
+	// answered, no request with the old secret gets in.
+	stop := make(chan struct{})
+	rotated := make(chan struct{})
+	var after atomic.Int64
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				done := false
+				select {
+				case <-rotated:
+					done = true
+				default:
+				}
+				r := h.do("GET", "/v1/whoami", "", secrets[0])
+				if done && r.status != 401 {
+					after.Add(1)
+				}
+			}
+		}()
+	}
+	time.Sleep(20 * time.Millisecond)
+	h.mustDo("POST", "/v1/keys/"+ids[0]+"/rotate", "", 200)
+	close(rotated)
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	if after.Load() != 0 {
+		t.Fatalf("%d requests with the rotated-away secret got in after the rotation answered", after.Load())
 	}
 }

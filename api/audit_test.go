@@ -344,3 +344,25 @@ func TestConcurrentChangesEachJournaledOnce(t *testing.T) {
 		t.Fatalf("%d requests with the rotated-away secret got in after the rotation answered", after.Load())
 	}
 }
+
+// TestReplayedFundingIsJournaled: a retried funding that changed nothing
+// (200, replayed) is still a successful request, so one entry, whose
+// after says it was replayed and whose balance did not move.
+func TestReplayedFundingIsJournaled(t *testing.T) {
+	h := setup(t)
+	h.mustDo("POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"r1"}`, 201)
+	h.mustDo("POST", "/v1/orgs/acme/credits", `{"amount":"60.00","idempotency_key":"r1"}`, 200)
+	es, _, _ := h.ledger.AuditEntries(ledger.AuditFilter{Kind: ledger.AuditFunding}, 0, 100)
+	if len(es) != 3 { // setup's, the funding, its replay
+		t.Fatalf("%d funding entries: %+v", len(es), es)
+	}
+	var before, after struct {
+		Balance  string
+		Replayed bool
+	}
+	_ = json.Unmarshal(es[2].Before, &before)
+	_ = json.Unmarshal(es[2].After, &after)
+	if !after.Replayed || before.Balance != "110.00" || after.Balance != "110.00" {
+		t.Fatalf("the replay's entry: %s → %s", es[2].Before, es[2].After)
+	}
+}

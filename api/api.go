@@ -102,7 +102,8 @@ type Access interface {
 var _ Access = (*ledger.Ledger)(nil)
 
 // SetAccess gives the API its key store and audit journal (New takes them
-// from its Books when it implements Access, as *ledger.Ledger does).
+// from its Books when it implements Access, as *ledger.Ledger does). Call
+// it before Serve: it is read without a lock.
 func (s *Server) SetAccess(a Access) { s.access = a }
 
 // SetPayments tells the API whether auto-recharge can pay.

@@ -35,6 +35,7 @@ var httpErrors = []struct {
 	e   apiError
 }{
 	{errUnauthorized, apiError{401, "unauthorized"}},
+	{errForbidden, apiError{403, "forbidden"}},
 	{errBadJSON, apiError{400, "bad_json"}},
 	{ledger.ErrTimeRange, apiError{400, "time_out_of_range"}},
 	{errTooLarge, apiError{413, "body_too_large"}},
@@ -45,6 +46,7 @@ var httpErrors = []struct {
 	{ledger.ErrUnknownOrg, apiError{404, "unknown_org"}},
 	{ledger.ErrUnknownCall, apiError{404, "unknown_call"}},
 	{ledger.ErrUnknownPurchase, apiError{404, "unknown_purchase"}},
+	{ledger.ErrUnknownKey, apiError{404, "not_found"}},
 	{ledger.ErrCallEnded, apiError{404, "call_ended"}},
 	{ledger.ErrOrgExists, apiError{409, "org_exists"}},
 	{ledger.ErrNumberTaken, apiError{409, "number_taken"}},

@@ -114,6 +114,7 @@ type Ledger struct {
 	fundKeys map[string]Entry // org + "/" + key
 	ended    endedCalls
 	dialogs  []Dialog // left by the last run, until the SIP side forgets them
+	keys     keyState // admin API keys (keys.go)
 
 	purchases  map[string]*Purchase     // pending purchases, auto-recharge and one-time
 	outbox     map[string]*Notification // notifications not yet delivered
@@ -228,7 +229,7 @@ func (l *Ledger) load() error {
 	}
 	for _, load := range []func() error{
 		l.loadOrgs, l.loadDirectory, l.loadFundKeys, l.loadCalls,
-		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools,
+		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools, l.loadKeys,
 	} {
 		if err := load(); err != nil {
 			return err

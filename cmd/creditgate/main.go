@@ -196,6 +196,9 @@ func startGateway(cfg configs.Config, led *ledger.Ledger, reg prometheus.Registe
 func startAPI(cfg configs.Config, ln net.Listener, led *ledger.Ledger, gw *gateway.Gateway, token string, payments bool,
 	reg *prometheus.Registry, log *slog.Logger) (*api.Server, <-chan error, error) {
 	srv := api.New(led, gw, token, reg, time.Now, log)
+	// API keys and the audit trail live in the same ledger (said
+	// explicitly: New would find them there too).
+	srv.SetAccess(led)
 	srv.SetPayments(payments)
 	srv.SetPurchases(led)
 	h := cfg.HTTP

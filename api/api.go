@@ -71,6 +71,9 @@ type Server struct {
 	// 30 days of CDRs, too much for every GET of a busy org.
 	adviceMu    sync.Mutex
 	adviceCache map[string]ledger.Advice
+
+	// console serves /console/... (SetConsole); nil: no console.
+	console fasthttp.RequestHandler
 }
 
 // SetPayments tells the API whether auto-recharge can pay.
@@ -165,6 +168,10 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		ctx.SetBodyString("ready\n")
+		return
+	}
+	if s.console != nil && consolePath(path) {
+		s.console(ctx)
 		return
 	}
 	if !s.authorized(ctx) {

@@ -197,6 +197,10 @@ func startAPI(cfg configs.Config, ln net.Listener, led *ledger.Ledger, gw *gatew
 	reg *prometheus.Registry, log *slog.Logger) (*api.Server, <-chan error, error) {
 	srv := api.New(led, gw, token, reg, time.Now, log)
 	srv.SetPayments(payments)
+	if err := mountConsole(cfg, srv, reg, log); err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
 	h := cfg.HTTP
 	srv.SetLimits(api.Limits{ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout, IdleTimeout: h.IdleTimeout,
 		MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxExports: h.MaxExports})

@@ -387,7 +387,7 @@ func (c *Console) opAudit(ctx *fasthttp.RequestCtx, s *session, _ []string) (str
 		}
 	}
 	var out struct {
-		Entries   []auditEntry `json:"entries"`
+		Entries   []auditEntry    `json:"entries"`
 		NextAfter json.RawMessage `json:"next_after"`
 	}
 	if err := c.do(s.secret, "GET", "/v1/audit?"+q.Encode(), nil, &out); err != nil {

@@ -31,7 +31,7 @@ const sessionTTL = 8 * time.Hour
 // harness is a real admin API (Pebble ledger in a temp dir, a gateway on
 // loopback) with the console mounted, served over real HTTP.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	base    string
 	ledger  *ledger.Ledger
 	gw      *gateway.Gateway
@@ -50,7 +50,11 @@ func gatewayConfig() gateway.Config {
 		KeepaliveTimeout: d.SIP.KeepaliveTimeout, MaxCallDuration: d.SIP.MaxCallDuration}
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { t.Helper(); return newHarnessTB(t) }
+
+// newHarnessTB serves it for a test or a benchmark; the gateway listens
+// for SIP on a free loopback port.
+func newHarnessTB(t testing.TB) *harness {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	l, err := ledger.Open(t.TempDir(), ledger.Options{Registerer: reg})
@@ -59,6 +63,9 @@ func newHarness(t *testing.T) *harness {
 	}
 	gw, err := gateway.New(gatewayConfig(), l, rating.SampleDeck(), clock.Real{}, reg, quiet())
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Start(); err != nil {
 		t.Fatal(err)
 	}
 	srv := api.New(l, gw, operatorToken, reg, time.Now, quiet())
@@ -160,7 +167,7 @@ func read(res *http.Response) page {
 var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
 // csrf is the token in a page's forms.
-func (p page) csrf(t *testing.T) string {
+func (p page) csrf(t testing.TB) string {
 	t.Helper()
 	m := csrfRE.FindStringSubmatch(p.body)
 	if m == nil {
@@ -224,3 +231,15 @@ func (h *harness) state() string {
 }
 
 func itoa(n int) string { return decimal.NewFromInt(int64(n)).String() }
+
+// freeUDPPort is a loopback UDP port free now, for the load tool's
+// carrier side.
+func freeUDPPort(t testing.TB) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}

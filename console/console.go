@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
-	"net/url"
 	"strings"
 	"time"
 
@@ -156,15 +155,6 @@ func (c *Console) Handle(ctx *fasthttp.RequestCtx) {
 func redirect(ctx *fasthttp.RequestCtx, to string) {
 	ctx.Response.Header.Set("Location", to)
 	ctx.SetStatusCode(303)
-}
-
-// withFlash adds a message to a redirect target, shown once by the page.
-func withFlash(to, kind, msg string) string {
-	sep := "?"
-	if strings.Contains(to, "?") {
-		sep = "&"
-	}
-	return to + sep + url.Values{kind: {msg}}.Encode()
 }
 
 // asset serves an embedded file; they change only with the binary.

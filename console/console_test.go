@@ -35,6 +35,11 @@ func TestLoginGoodAndBadKey(t *testing.T) {
 		if orgs.status != 200 || !strings.Contains(orgs.body, `href="/console/org/acme"`) || !strings.Contains(orgs.body, "50.00 USD") {
 			t.Fatalf("orgs page %d:\n%s", orgs.status, orgs.body)
 		}
+		// Messages come from the session, not the URL: a link cannot put
+		// words on a console page.
+		if p := b.get("/console/org/acme?err=Call+support+at+evil&msg=Pwned"); strings.Contains(p.body, "evil") || strings.Contains(p.body, "Pwned") {
+			t.Fatalf("the URL put words on the page:\n%s", p.body)
+		}
 		// The operator sees the org's page too, times in its zone.
 		op := b.get("/console/org/acme")
 		if op.status != 200 || !strings.Contains(op.body, `<dd id="available">50.00 USD</dd>`) || !strings.Contains(op.body, "America/New_York") {

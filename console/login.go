@@ -21,7 +21,10 @@ func asAPIError(err error, target **apiError) bool { return errors.As(err, targe
 func (c *Console) loginPage(ctx *fasthttp.RequestCtx, errMsg string) {
 	tok := randomToken()
 	c.setCookie(ctx, loginCookie, tok, loginTokenTTL)
-	d := pageData{Title: "Sign in", CSRF: tok, Error: errMsg, Flash: string(ctx.QueryArgs().Peek("msg"))}
+	d := pageData{Title: "Sign in", CSRF: tok, Error: errMsg}
+	if ctx.QueryArgs().Has("signed_out") {
+		d.Flash = "Signed out."
+	}
 	if errMsg != "" {
 		ctx.SetStatusCode(401)
 	}

@@ -38,7 +38,7 @@ type navItem struct {
 // Limits of what one page shows.
 const (
 	maxUsageRows = 200  // usage rows shown on the page; the downloads have all
-	maxCallRows  = 2000 // live calls listed on one page
+	maxCallRows  = 1000 // live calls listed on one page (refreshed every 2 s)
 	maxOrgRows   = 500  // orgs listed on the operator's page
 )
 
@@ -46,6 +46,17 @@ var funcs = template.FuncMap{
 	// when shows t in loc, to the second, with the zone's abbreviation.
 	"when": func(loc *time.Location, t time.Time) string {
 		if t.IsZero() {
+			return "—"
+		}
+		if loc == nil {
+			loc = time.UTC
+		}
+		return t.In(loc).Format("2006-01-02 15:04:05 MST")
+	},
+	// whenRFC3339 is an RFC 3339 time of the API shown in loc.
+	"whenRFC3339": func(loc *time.Location, s string) string {
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil || s == "" {
 			return "—"
 		}
 		if loc == nil {
@@ -124,12 +135,18 @@ func (c *Console) data(s *session, title string, d pageData) pageData {
 
 // get routes a signed-in GET.
 func (c *Console) get(ctx *fasthttp.RequestCtx, s *session, path string) {
+	// The last form's result, shown once; an htmx refresh leaves it for
+	// the page.
 	flash := func(d pageData) pageData {
+		if ctx.Request.Header.Peek("HX-Request") != nil && ctx.QueryArgs().Has("partial") {
+			return d
+		}
+		msg, errMsg := c.sessions.takeFlash(s.id)
 		if d.Flash == "" {
-			d.Flash = string(ctx.QueryArgs().Peek("msg"))
+			d.Flash = msg
 		}
 		if d.Error == "" {
-			d.Error = string(ctx.QueryArgs().Peek("err"))
+			d.Error = errMsg
 		}
 		return d
 	}

@@ -43,14 +43,20 @@ func (id identity) operator() bool {
 	return false
 }
 
-// session is one signed-in browser. Immutable once created: a new login is
-// a new session.
+// session is one signed-in browser. Its fields are immutable once
+// created (a new login is a new session) but for the one-shot messages,
+// which sessions.mu guards.
 type session struct {
 	id      string
 	secret  string // the API key, sent as the bearer token of every API call
 	who     identity
 	csrf    string
 	expires time.Time
+
+	// flash and flashErr are the last form's result, for the next page;
+	// kept here rather than in the URL so that a link cannot put words
+	// on a console page.
+	flash, flashErr string
 }
 
 // sessions is the in-memory session store. A restart logs everyone out
@@ -112,6 +118,26 @@ func (st *sessions) remove(id string) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	delete(st.byID, id)
+}
+
+// setFlash keeps the last form's result for the session's next page.
+func (st *sessions) setFlash(id, msg, errMsg string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if s := st.byID[id]; s != nil {
+		s.flash, s.flashErr = msg, errMsg
+	}
+}
+
+// takeFlash returns the messages and forgets them.
+func (st *sessions) takeFlash(id string) (msg, errMsg string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if s := st.byID[id]; s != nil {
+		msg, errMsg = s.flash, s.flashErr
+		s.flash, s.flashErr = "", ""
+	}
+	return msg, errMsg
 }
 
 func (st *sessions) len() int {

@@ -14,9 +14,23 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
+// usageRow is the part of a CDR (the JSON report's row) the page shows.
+type usageRow struct {
+	CallID           string `json:"call_id"`
+	User             string `json:"user"`
+	From             string `json:"from"`
+	To               string `json:"to"`
+	Destination      string `json:"destination"`
+	Answer           string `json:"answer"`
+	BilledS          int64  `json:"billed_s"`
+	Charge           string `json:"charge"`
+	Currency         string `json:"currency"`
+	DisconnectReason string `json:"disconnect_reason"`
+}
+
 type usagePage struct {
 	Org, From, To string
-	Rows          []map[string]any
+	Rows          []usageRow
 	Count         int
 	Charge        string
 	Currency      string
@@ -75,18 +89,12 @@ func (c *Console) orgUsage(ctx *fasthttp.RequestCtx, s *session, args []string) 
 		defer cl.Close()
 	}
 	charge := decimal.Zero
-	err = eachCDR(body, func(row map[string]any) {
+	err = eachCDR(body, func(row usageRow) {
 		p.Count++
-		if s, ok := row["charge"].(string); ok {
-			if d, err := decimal.NewFromString(s); err == nil {
-				charge = charge.Add(d)
-			}
+		if d, err := decimal.NewFromString(row.Charge); err == nil {
+			charge = charge.Add(d)
 		}
-		if n, ok := row["billed_s"].(json.Number); ok {
-			if v, err := n.Int64(); err == nil {
-				p.BilledS += v
-			}
-		}
+		p.BilledS += row.BilledS
 		if len(p.Rows) < maxUsageRows {
 			p.Rows = append(p.Rows, row)
 		}
@@ -99,9 +107,8 @@ func (c *Console) orgUsage(ctx *fasthttp.RequestCtx, s *session, args []string) 
 }
 
 // eachCDR decodes {"cdrs":[{…},…]} one row at a time.
-func eachCDR(r io.Reader, fn func(map[string]any)) error {
+func eachCDR(r io.Reader, fn func(usageRow)) error {
 	dec := json.NewDecoder(r)
-	dec.UseNumber()
 	for _, want := range []string{"{", "cdrs", "["} {
 		t, err := dec.Token()
 		if err != nil {
@@ -112,7 +119,7 @@ func eachCDR(r io.Reader, fn func(map[string]any)) error {
 		}
 	}
 	for dec.More() {
-		row := map[string]any{}
+		var row usageRow
 		if err := dec.Decode(&row); err != nil {
 			return fmt.Errorf("usage report: %w", err)
 		}

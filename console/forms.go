@@ -6,6 +6,7 @@ package console
 
 import (
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 
@@ -75,8 +76,8 @@ func (v values) file(name string) ([]byte, error) {
 	}
 	defer f.Close()
 	b := make([]byte, fh.Size)
-	if _, err := f.Read(b); err != nil && fh.Size > 0 {
-		return nil, err
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, fmt.Errorf("read the uploaded file: %w", err)
 	}
 	return b, nil
 }

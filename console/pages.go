@@ -318,6 +318,11 @@ func (c *Console) purchasePage(ctx *fasthttp.RequestCtx, s *session, args []stri
 	if err := c.do(s.secret, "GET", "/v1/orgs/"+url.PathEscape(args[0])+"/purchases/"+url.PathEscape(args[1]), nil, &p); err != nil {
 		return errorPage(ctx, err)
 	}
+	if p.State == "pending" {
+		// Look again in 2 s, without JavaScript (the page's meta
+		// refresh says the same).
+		ctx.Response.Header.Set("Refresh", "2")
+	}
 	return "purchase", "Purchase " + p.ID, pageData{Page: purchasePageData{Org: args[0], Purchase: p}}
 }
 

@@ -138,3 +138,45 @@ func TestBurnChart(t *testing.T) {
 		t.Errorf("no forecast, yet a chart")
 	}
 }
+
+func TestCallsPerSecond(t *testing.T) {
+	var r rateSampler
+	t0 := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		after   time.Duration
+		allowed int64
+		want    string
+	}{
+		{0, 100, ""},                          // one sample: no rate yet
+		{500 * time.Millisecond, 200, ""},     // under a second: wait
+		{2 * time.Second, 110, "5.0"},         // 10 calls in 2 s
+		{2500 * time.Millisecond, 500, "5.0"}, // under a second since: the last rate
+		{4 * time.Second, 125, "7.5"},         // 15 in 2 s
+		{5 * time.Second, 10, "7.5"},          // the counter went back (a restart): start again
+	} {
+		if got := r.observe(t0.Add(tc.after), tc.allowed); got != tc.want {
+			t.Fatalf("at +%s with %d: %q, want %q", tc.after, tc.allowed, got, tc.want)
+		}
+	}
+}
+
+// FuzzMatch: no path makes the form or page router panic, and a "*"
+// segment never carries a slash or a query into an API path.
+func FuzzMatch(f *testing.F) {
+	for _, s := range []string{"/org/acme/purchase", "/org/a%2Fb/users/x/license", "/calls/%3Fx/hangup", "//", "/org//purchase", "/op/deck"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, path string) {
+		for _, fm := range forms {
+			args, ok := match(fm.pattern, path)
+			if !ok {
+				continue
+			}
+			for _, a := range args {
+				if a == "" || strings.ContainsAny(a, "/?#") {
+					t.Fatalf("%s matched %q with arg %q", fm.pattern, path, a)
+				}
+			}
+		}
+	})
+}

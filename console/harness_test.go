@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,9 @@ type harness struct {
 	gw      *gateway.Gateway
 	console *Console
 	clock   *clock.Fake // the console's: sessions expire by it
+	// apiSkew moves the API's clock ahead of the wall clock (e.g. past
+	// its 5-minute cache of funding advice).
+	apiSkew *atomic.Int64
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -68,7 +72,8 @@ func newHarnessTB(t testing.TB) *harness {
 	if err := gw.Start(); err != nil {
 		t.Fatal(err)
 	}
-	srv := api.New(l, gw, operatorToken, reg, time.Now, quiet())
+	skew := &atomic.Int64{}
+	srv := api.New(l, gw, operatorToken, reg, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }, quiet())
 	clk := clock.NewFake(time.Now())
 	c, err := New(Config{API: srv.Handle, Gatherer: reg, Now: clk.Now, Log: quiet(), SessionTTL: sessionTTL,
 		MaxSessions: 100, FundingMinimum: decimal.RequireFromString("50.00")})
@@ -86,7 +91,7 @@ func newHarnessTB(t testing.TB) *harness {
 		_ = gw.Close()
 		_ = l.Close()
 	})
-	return &harness{t: t, base: "http://" + ln.Addr().String(), ledger: l, gw: gw, console: c, clock: clk}
+	return &harness{t: t, base: "http://" + ln.Addr().String(), ledger: l, gw: gw, console: c, clock: clk, apiSkew: skew}
 }
 
 // api calls the admin API directly with the operator token.

@@ -85,6 +85,8 @@ type Server struct {
 	// ledger). bootstrapUsed is its last use, in Unix nanoseconds.
 	started       time.Time
 	bootstrapUsed atomic.Int64
+	// console serves /console/... (SetConsole); nil: no console.
+	console fasthttp.RequestHandler
 }
 
 // Access is what the API needs besides ledger.Books: the API keys and the
@@ -206,6 +208,10 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 			return
 		}
 		ctx.SetBodyString("ready\n")
+		return
+	}
+	if s.console != nil && consolePath(path) {
+		s.console(ctx)
 		return
 	}
 	who, err := s.authenticate(ctx)

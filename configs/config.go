@@ -103,6 +103,22 @@ type HTTP struct {
 	MaxConns      int           `yaml:"max_conns"`
 	MaxConnsPerIP int           `yaml:"max_conns_per_ip"`
 	MaxExports    int           `yaml:"max_exports"`
+	// Console is the web console under /console/ (package console).
+	Console Console `yaml:"console"`
+}
+
+// Console is the web console on the admin listener.
+type Console struct {
+	Enabled bool `yaml:"enabled"`
+	// SessionTTL is how long a sign-in lasts; sessions are in memory, so
+	// a restart signs everyone out sooner.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+	// MaxSessions bounds the sessions kept at once.
+	MaxSessions int `yaml:"max_sessions"`
+	// SecureCookie marks the session cookie Secure even on plain HTTP
+	// (behind a TLS-terminating proxy); with http.tls_cert it is Secure
+	// anyway.
+	SecureCookie bool `yaml:"secure_cookie"`
 }
 
 // Funding rules.
@@ -215,7 +231,8 @@ func Default() Config {
 			SessionExpires: 1800 * time.Second, MinSE: 90 * time.Second, KeepaliveInterval: 30 * time.Second,
 			KeepaliveTimeout: 8 * time.Second, MaxCallDuration: 4 * time.Hour},
 		HTTP: HTTP{Listen: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
-			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16},
+			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16,
+			Console: Console{Enabled: true, SessionTTL: 8 * time.Hour, MaxSessions: 1000}},
 		Funding: Funding{Minimum: "50.00"},
 		Fraud:   Fraud{HighRiskPrefixes: slices.Clone(DefaultHighRisk)},
 		Payments: Payments{StripeBaseURL: "https://api.stripe.com", RetryBackoff: 2 * time.Second,
@@ -364,6 +381,14 @@ func (c Config) Validate() error {
 	}
 	if c.HTTP.MaxExports < 1 || c.HTTP.MaxExports > 10_000 {
 		return bad("http.max_exports", "want 1 to 10000, got %d", c.HTTP.MaxExports)
+	}
+	if cs := c.HTTP.Console; cs.Enabled {
+		if cs.SessionTTL < time.Minute || cs.SessionTTL > 30*24*time.Hour {
+			return bad("http.console.session_ttl", "want 1m to 720h, got %s", cs.SessionTTL)
+		}
+		if cs.MaxSessions < 1 || cs.MaxSessions > 1_000_000 {
+			return bad("http.console.max_sessions", "want 1 to 1000000, got %d", cs.MaxSessions)
+		}
 	}
 	if c.HTTP.AdminToken != "" && len(c.HTTP.AdminToken) < 16 {
 		return bad("http.admin_token", "at least 16 characters, or leave empty to generate one")

@@ -33,6 +33,8 @@ func TestParseRefuses(t *testing.T) {
 		{"zero max calls", "sip:\n  max_calls: 0\n", "sip.max_calls"},
 		{"admin tls without key", "http:\n  tls_cert: c.pem\n", "http.tls_cert"},
 		{"short token", "http:\n  admin_token: abc\n", "http.admin_token"},
+		{"console session ttl", "http:\n  console:\n    session_ttl: 10s\n", "http.console.session_ttl"},
+		{"console max sessions", "http:\n  console:\n    max_sessions: 0\n", "http.console.max_sessions"},
 		{"negative minimum", "funding:\n  minimum: \"-5\"\n", "funding.minimum"},
 		{"too precise minimum", "funding:\n  minimum: \"50.001\"\n", "funding.minimum"},
 		{"bad level", "log:\n  level: loud\n", "log.level"},

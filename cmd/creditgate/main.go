@@ -201,6 +201,10 @@ func startAPI(cfg configs.Config, ln net.Listener, led *ledger.Ledger, gw *gatew
 	srv.SetAccess(led)
 	srv.SetPayments(payments)
 	srv.SetPurchases(led)
+	if err := mountConsole(cfg, srv, reg, log); err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
 	h := cfg.HTTP
 	srv.SetLimits(api.Limits{ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout, IdleTimeout: h.IdleTimeout,
 		MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxExports: h.MaxExports})

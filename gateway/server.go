@@ -80,6 +80,9 @@ type Config struct {
 	// MaxCallDuration ends a call this long after its answer unless its
 	// trunk or org says otherwise; 0 is no limit.
 	MaxCallDuration time.Duration
+	// Front is the trusted front proxies whose vouched source address
+	// stands for the packet's (front.go); the zero value trusts none.
+	Front FrontConfig
 }
 
 // validate refuses a configuration the gateway cannot run on. It does not
@@ -141,6 +144,7 @@ type Gateway struct {
 
 	digest *digestAuth
 	perSrc *sourceLimiter
+	front  *front // read-only after New
 	deck   atomic.Pointer[rating.Deck]
 	routes atomic.Pointer[router]
 
@@ -198,6 +202,10 @@ func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg pro
 	if log == nil {
 		log = slog.Default()
 	}
+	fr, err := newFront(cfg.Front)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("gateway metrics: %w", err)
@@ -207,7 +215,7 @@ func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg pro
 			return nil, fmt.Errorf("gateway metrics: %w", err)
 		}
 	}
-	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
+	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m, front: fr,
 		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{},
 		bySource: map[string]int{}}
 	g.deck.Store(deck)

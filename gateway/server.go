@@ -320,7 +320,8 @@ func (g *Gateway) Start() error {
 	go func() { defer g.wg.Done(); g.endLeftCalls() }()
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String(),
 		"max_connections", g.conns.maxConns, "capped_by", g.conns.capBy, "max_connections_per_source", g.cfg.Conns.MaxPerSource,
-		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs)
+		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs,
+		"trusted_proxies", g.cfg.Front.TrustedProxies, "source_header", g.front.header)
 	return nil
 }
 

@@ -38,7 +38,9 @@ import (
 // address names no customer, and falling back to it would bill whatever a
 // misconfigured proxy relays to any trunk that happens to list the proxy.
 // With no trusted proxy configured the feature is off and the header means
-// nothing (no refusal either: nothing reads it, so it cannot spoof).
+// nothing (no refusal either: nothing reads it, so it cannot spoof). Like
+// the digest check, the rule comes before the emergency check: it decides
+// who is calling, and an emergency call needs a known trunk as any other.
 //
 // The header's name defaults to X-AUTH-IP (configs.Default): the header
 // Kamailio fronts already add for FreeSWITCH's proxy ACLs and Kazoo, so

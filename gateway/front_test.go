@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -266,4 +267,43 @@ func FuzzVouchedSource(f *testing.F) {
 			t.Fatalf("parseVouched(%q) = %v, which reads back as %v, %v", v, ap, back, err)
 		}
 	})
+}
+
+// TestDrainingNodeFailsProbes: a front proxy's OPTIONS probe gets 503
+// from a draining gateway, so the proxy takes it out of rotation instead
+// of offering it new calls it would refuse; an OPTIONS inside a dialog (a
+// keepalive of a call still up) is answered 200 as before.
+func TestDrainingNodeFailsProbes(t *testing.T) {
+	e := newEnv(t, testDeck)
+	options := func(toTag string) *sip.Response {
+		t.Helper()
+		host, port := "127.0.0.1", 0
+		fmt.Sscan(strings.TrimPrefix(e.gw.Addr(), host+":"), &port)
+		req := sip.NewRequest(sip.OPTIONS, sip.Uri{Scheme: "sip", Host: host, Port: port})
+		to := &sip.ToHeader{Address: sip.Uri{Scheme: "sip", Host: host, Port: port}, Params: sip.NewParams()}
+		if toTag != "" {
+			to.Params.Add("tag", toTag)
+		}
+		req.AppendHeader(to)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		res, err := e.caller.cli.Do(ctx, req)
+		must(t, err)
+		return res
+	}
+	if res := options(""); res.StatusCode != 200 {
+		t.Fatalf("probe before the drain: %d, want 200", res.StatusCode)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if n := e.gw.Drain(ctx); n != 0 {
+		t.Fatalf("%d calls up", n)
+	}
+	res := options("")
+	if res.StatusCode != 503 || res.GetHeader("Retry-After") == nil {
+		t.Fatalf("probe while draining: %d (Retry-After %v), want 503 with Retry-After", res.StatusCode, res.GetHeader("Retry-After"))
+	}
+	if res := options("in-dialog"); res.StatusCode != 200 {
+		t.Fatalf("in-dialog OPTIONS while draining: %d, want 200", res.StatusCode)
+	}
 }

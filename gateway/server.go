@@ -401,6 +401,16 @@ func (g *Gateway) handle() {
 			g.refuseBadRequest(req, tx, b)
 			return
 		}
+		if to := req.To(); g.Draining() && (to == nil || !to.Params.Has("tag")) {
+			// A front proxy's probe (front.go): a draining node is taken
+			// out of rotation, so new calls go to the others instead of
+			// each being refused here first; OPTIONS in a dialog (a
+			// keepalive of a call still up) is answered as always.
+			res := sip.NewResponseFromRequest(req, 503, "Service Unavailable", nil)
+			res.AppendHeader(sip.NewHeader("Retry-After", "5"))
+			_ = tx.Respond(res)
+			return
+		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)
 		res.AppendHeader(sip.NewHeader("Allow", allowed))
 		_ = tx.Respond(res)

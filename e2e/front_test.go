@@ -380,6 +380,21 @@ func TestFrontKamailioDispatcher(t *testing.T) {
 		}
 	}()
 
+	t.Log("front: no open relay")
+	func() {
+		// A request "in a dialog" through the proxy's route set that
+		// neither comes from a node nor goes to one is refused, not
+		// relayed to wherever its Request-URI points.
+		elsewhere := freePort(t)
+		res := rawRequest(t, front.port, fmt.Sprintf("BYE sip:victim@127.0.0.1:%d SIP/2.0\r\n"+
+			"Via: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bK-relay;rport\r\nRoute: <sip:127.0.0.1:%d;lr>\r\n"+
+			"From: <sip:a@127.0.0.1>;tag=a\r\nTo: <sip:victim@127.0.0.1>;tag=b\r\nCall-ID: relay-1\r\nCSeq: 2 BYE\r\n"+
+			"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n", elsewhere, spoofPort, front.port))
+		if !strings.HasPrefix(res, "SIP/2.0 403") {
+			t.Fatalf("an in-dialog request between two strangers: %q, want 403", res)
+		}
+	}()
+
 	t.Log("front: kill -9 a node, then bring it back")
 	func() {
 		victim := nodes[1]
@@ -473,6 +488,33 @@ func TestFrontKamailioDispatcher(t *testing.T) {
 		// Every node's money, once more, after everything.
 		t.Logf("CDRs per node at the end: %v", cdrCounts(nodes))
 	}()
+}
+
+// rawRequest sends one request to the proxy from a socket of its own and
+// returns the first line of the first final answer.
+func rawRequest(t *testing.T, port int, req string) string {
+	t.Helper()
+	conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	must(t, err)
+	defer conn.Close()
+	// The Via names the address the test says; the answer comes back to
+	// the socket it was sent from (rport).
+	if _, err := conn.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		_ = conn.SetReadDeadline(deadline)
+		n, err := conn.Read(buf)
+		if err != nil {
+			break
+		}
+		line, _, _ := strings.Cut(string(buf[:n]), "\r\n")
+		if !strings.HasPrefix(line, "SIP/2.0 1") {
+			return line
+		}
+	}
+	return "no answer"
 }
 
 // withSourceHeader writes uac_refused.xml expecting status with a Warning

@@ -113,3 +113,16 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestTrustedProxiesAccepted: the forms a trunk address takes are taken
+// for a trusted proxy too, and reach the config as written.
+func TestTrustedProxiesAccepted(t *testing.T) {
+	c, err := Parse([]byte("sip:\n  trusted_proxies: [10.0.0.0/8, 192.0.2.5, \"192.0.2.6:5060\", \"[2001:db8::5]:5060\", 2001:db8::/64]\n  source_header: X-Src\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.0.0.0/8", "192.0.2.5", "192.0.2.6:5060", "[2001:db8::5]:5060", "2001:db8::/64"}
+	if !reflect.DeepEqual(c.SIP.TrustedProxies, want) || c.SIP.SourceHeader != "X-Src" {
+		t.Fatalf("trusted_proxies %q, source_header %q", c.SIP.TrustedProxies, c.SIP.SourceHeader)
+	}
+}

@@ -334,7 +334,7 @@ func TestFrontKamailioDispatcher(t *testing.T) {
 		// set to the PBX: through the proxy, whose Via it then carries.
 		caller := withViaCheck(t, "uac_until_bye.xml", front.port)
 		uas, uasOut := startSIPp(ctx, t, "uas_answer.xml", carrierPort)
-		time.Sleep(300 * time.Millisecond)
+		waitUDPBound(t, carrierPort, uasOut)
 		uac, uacOut := startSIPp(ctx, t, caller, pbxPort, "-s", "+33142278186", "-key", "caller", "+12125550100", target)
 		id, node := "", (*gateway)(nil)
 		for deadline := time.Now().Add(10 * time.Second); id == ""; time.Sleep(50 * time.Millisecond) {
@@ -488,6 +488,26 @@ func TestFrontKamailioDispatcher(t *testing.T) {
 		// Every node's money, once more, after everything.
 		t.Logf("CDRs per node at the end: %v", cdrCounts(nodes))
 	}()
+}
+
+// waitUDPBound returns once something listens on UDP port (a SIPp just
+// started, which says nothing when it is ready): a fixed sleep was too
+// short on a loaded machine, and the call found no carrier.
+func waitUDPBound(t *testing.T, port int, out *logBuffer) {
+	t.Helper()
+	want := fmt.Sprintf(":%04X ", port)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/net/udp")
+		must(t, err)
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			if f := strings.Fields(line); len(f) > 1 && strings.HasSuffix(f[1]+" ", want) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing listens on UDP %d after 10 s:\n%s", port, out)
+		}
+	}
 }
 
 // rawRequest sends one request to the proxy from a socket of its own and

@@ -178,7 +178,8 @@ func startGateway(cfg configs.Config, led *ledger.Ledger, reg prometheus.Registe
 			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
 			ReservedFDs: cfg.SIP.ReservedFDs},
 		SessionExpires: cfg.SIP.SessionExpires, MinSE: cfg.SIP.MinSE, KeepaliveInterval: cfg.SIP.KeepaliveInterval,
-		KeepaliveTimeout: cfg.SIP.KeepaliveTimeout, MaxCallDuration: cfg.SIP.MaxCallDuration}, led, deck, clock.Real{}, reg, log)
+		KeepaliveTimeout: cfg.SIP.KeepaliveTimeout, MaxCallDuration: cfg.SIP.MaxCallDuration,
+		Front: gateway.FrontConfig{TrustedProxies: cfg.SIP.TrustedProxies, SourceHeader: cfg.SIP.SourceHeader}}, led, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -432,8 +432,16 @@ func TestFrontKamailioDispatcher(t *testing.T) {
 		if cutoff > bound+time.Second {
 			t.Fatalf("the proxy sent new calls to the dead node for %v, past %v (+1 s slack)", cutoff, bound)
 		}
-		if newFailed != 0 {
-			t.Fatalf("%d new calls failed; the proxy should have moved each to a survivor: %v\nproxy log:\n%s", newFailed, rep.ByStatus, front.log)
+		// A call whose INVITE the victim had answered 100 Trying to when it
+		// died is not new: the proxy will not move a branch that replied
+		// (the node may already be ringing a carrier), so it ends without
+		// an answer (a timeout here). At 30 calls/s a handful can be in
+		// setup at the instant of the kill; anything else that failed, or
+		// more than that, is a call the proxy should have moved.
+		inSetup := rep.ByStatus["timeout"]
+		if newFailed != inSetup || inSetup > 3 {
+			t.Fatalf("%d new calls failed (%d timed out in setup at the kill); the proxy should have moved each to a survivor: %v\nproxy log:\n%s",
+				newFailed, inSetup, rep.ByStatus, front.log)
 		}
 		if dead.count("OPTIONS") == 0 {
 			t.Fatal("no probe reached the dead node's port: the proxy is not probing")

@@ -14,7 +14,9 @@ import (
 )
 
 // ViaHeader marks the API requests the console makes, so the audit trail
-// can say a change came through the console.
+// can say a change came through the console. It is api.ViaHeader (this
+// package does not import api; TestOrgAdminSeesAndChangesOnlyItsOrg checks
+// the two agree and that the API journals the console's changes so).
 const ViaHeader = "X-Creditgate-Via"
 
 // loopback is the remote address of an in-process call.

@@ -95,7 +95,9 @@ func New(cfg Config) (*Console, error) {
 }
 
 // Handle serves one request under Prefix. A panic is contained to the
-// request, as in the API.
+// request, as in the API. A session whose key the API refused during the
+// request (401: revoked, or rotated away) is ended here, after its page or
+// form ran, and the browser sent to the login page, which says why.
 func (c *Console) Handle(ctx *fasthttp.RequestCtx) {
 	defer panics.Recover(c.cfg.Log, panics.HTTP, func() {
 		ctx.Response.Reset()

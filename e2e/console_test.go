@@ -405,12 +405,12 @@ func TestConsoleInChromium(t *testing.T) {
 		`[...document.querySelectorAll("main tbody tr")].map(tr => [...tr.cells].map(td => td.textContent))`))
 	console := map[string]bool{}
 	for _, r := range rows {
-		// #, when, key, role, org, kind, action, target, via
+		// #, when, key, via, role, org, kind, action, target
 		if len(r) == 9 && r[2] == acmeKeyID {
-			if r[8] != "console" {
+			if r[3] != "console" {
 				t.Fatalf("audit row %v: want via console", r)
 			}
-			console[r[6]] = true
+			console[r[7]] = true
 		}
 	}
 	if len(console) != 4 {

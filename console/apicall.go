@@ -14,7 +14,9 @@ import (
 )
 
 // ViaHeader marks the API requests the console makes, so the audit trail
-// can say a change came through the console.
+// can say a change came through the console. It is api.ViaHeader (this
+// package does not import api; TestOrgAdminSeesAndChangesOnlyItsOrg checks
+// the two agree and that the API journals the console's changes so).
 const ViaHeader = "X-Creditgate-Via"
 
 // loopback is the remote address of an in-process call.
@@ -47,14 +49,18 @@ type apiResponse struct {
 
 func (r apiResponse) status() int { return r.rc.Response.StatusCode() }
 
-// call sends one request to the API as key and returns its answer. The
-// RequestCtx is built here per call (fasthttp's RequestCtx.Init): a few
-// allocations, measured by BenchmarkAPICall.
-func (c *Console) call(key, method, path, contentType string, body []byte) apiResponse {
+// call sends one request to the API with the session's key and returns
+// its answer. The RequestCtx is built here per call (fasthttp's
+// RequestCtx.Init): a few allocations, measured by BenchmarkAPICall.
+//
+// A 401 means the API no longer accepts the key (revoked, or rotated
+// away): the session is marked, and Handle ends it once the request is
+// done, whatever the page made of the refusal.
+func (c *Console) call(s *session, method, path, contentType string, body []byte) apiResponse {
 	var req fasthttp.Request
 	req.Header.SetMethod(method)
 	req.SetRequestURI(path)
-	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Authorization", "Bearer "+s.secret)
 	req.Header.Set(ViaHeader, "console")
 	if contentType != "" {
 		req.Header.SetContentType(contentType)
@@ -65,12 +71,15 @@ func (c *Console) call(key, method, path, contentType string, body []byte) apiRe
 	rc := &fasthttp.RequestCtx{}
 	rc.Init(&req, loopback, nil)
 	c.cfg.API(rc)
+	if rc.Response.StatusCode() == 401 {
+		s.keyRefused.Store(true)
+	}
 	return apiResponse{rc: rc}
 }
 
 // do calls the API and decodes a 2xx JSON answer into out (when not nil);
 // any other answer is an *apiError.
-func (c *Console) do(key, method, path string, in, out any) error {
+func (c *Console) do(s *session, method, path string, in, out any) error {
 	var body []byte
 	ct := ""
 	if in != nil {
@@ -80,7 +89,7 @@ func (c *Console) do(key, method, path string, in, out any) error {
 		}
 		ct = "application/json"
 	}
-	r := c.call(key, method, path, ct, body)
+	r := c.call(s, method, path, ct, body)
 	return r.decode(out)
 }
 
@@ -119,18 +128,11 @@ func (r apiResponse) stream() (io.Reader, error) {
 	return strings.NewReader(string(r.rc.Response.Body())), nil
 }
 
-// whoami asks the API who key is. An API that has no /v1/whoami (before
-// scoped keys) answers 404 not_found for the route; then a key it accepts
-// is its one operator token, checked with GET /v1/orgs?limit=1.
+// whoami asks the API who key is (GET /v1/whoami): the only way the
+// console learns a key's role and org. The key is not a session yet: it
+// is asked about as one that is stored nowhere.
 func (c *Console) whoami(key string) (identity, error) {
 	var id identity
-	err := c.do(key, "GET", "/v1/whoami", nil, &id)
-	var ae *apiError
-	if asAPIError(err, &ae) && ae.Status == 404 && ae.Code == "not_found" {
-		if err := c.do(key, "GET", "/v1/orgs?limit=1", nil, nil); err != nil {
-			return id, err
-		}
-		return identity{KeyID: "bootstrap", Role: "operator_admin"}, nil
-	}
+	err := c.do(&session{secret: key}, "GET", "/v1/whoami", nil, &id)
 	return id, err
 }

@@ -95,21 +95,16 @@ func New(cfg Config) (*Console, error) {
 }
 
 // Handle serves one request under Prefix. A panic is contained to the
-// request, as in the API.
+// request, as in the API. A session whose key the API refused during the
+// request (401: revoked, or rotated away) is ended here, after its page or
+// form ran, and the browser sent to the login page, which says why.
 func (c *Console) Handle(ctx *fasthttp.RequestCtx) {
 	defer panics.Recover(c.cfg.Log, panics.HTTP, func() {
 		ctx.Response.Reset()
 		ctx.SetConnectionClose()
 		ctx.Error("internal error", 500)
 	}, "method", string(ctx.Method()), "path", string(ctx.Path()))
-	// Pages are the session's own: never cached by a shared cache, never
-	// framed (clickjacking), never sniffed into something else.
-	h := &ctx.Response.Header
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Frame-Options", "DENY")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "same-origin")
-	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'")
+	securityHeaders(ctx)
 	path := strings.TrimPrefix(string(ctx.Path()), Prefix)
 	if path == "" {
 		path = "/"
@@ -129,25 +124,77 @@ func (c *Console) Handle(ctx *fasthttp.RequestCtx) {
 	}
 	sess := c.session(ctx)
 	if sess == nil {
+		// A cookie without a live session: it expired, was signed out,
+		// or the process restarted; the login page says so.
+		why := ""
+		if len(ctx.Request.Header.Cookie(sessionCookie)) > 0 {
+			why = whyEnded
+		}
 		if method == "POST" {
 			// An expired or unknown session changes nothing: no form
 			// is read, no API call is made.
 			ctx.SetStatusCode(403)
+			if htmx(ctx) {
+				// htmx swaps no error answer: send the page to the login.
+				ctx.Response.Header.Set("HX-Redirect", loginURL(whyEnded))
+				return
+			}
 			c.render(ctx, "login", pageData{Title: "Sign in", Error: "Your session has expired or you are signed out: sign in again. Nothing was changed."})
 			return
 		}
-		redirect(ctx, Prefix+"/login")
+		toLogin(ctx, 401, why)
 		return
 	}
-	if method == "POST" {
+	switch {
+	case method == "POST":
 		c.post(ctx, sess, path)
-		return
-	}
-	if method != "GET" && method != "HEAD" {
+	case method != "GET" && method != "HEAD":
 		ctx.Error("method not allowed", 405)
+	default:
+		c.get(ctx, sess, path)
+	}
+	if sess.keyRefused.Load() {
+		// The API refused the session's key during this request: the
+		// session is over, whatever the page or form made of the
+		// refusal. Its other sessions end at their own next request.
+		c.sessions.remove(sess.id)
+		c.cfg.Log.Info("console session ended: key refused by the API", "key_id", sess.who.KeyID)
+		ctx.Response.Reset()
+		securityHeaders(ctx)
+		c.setCookie(ctx, sessionCookie, "", 0)
+		toLogin(ctx, 401, whyKey)
+	}
+}
+
+// securityHeaders: pages are the session's own: never cached by a shared
+// cache, never framed (clickjacking), never sniffed into something else.
+func securityHeaders(ctx *fasthttp.RequestCtx) {
+	h := &ctx.Response.Header
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "same-origin")
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'")
+}
+
+// htmx says whether the request is htmx's (a refresh, a boosted form).
+// htmx follows redirects inside its XHR and swaps no 4xx answer, so such a
+// request is sent elsewhere with HX-Redirect instead (htmx reads it on any
+// status) and keeps its real status.
+func htmx(ctx *fasthttp.RequestCtx) bool {
+	return string(ctx.Request.Header.Peek("HX-Request")) == "true"
+}
+
+// toLogin sends the browser to the login page, which says why (a fixed
+// message per why, never words from the URL): a 303 for a page or a form,
+// for htmx the status with HX-Redirect.
+func toLogin(ctx *fasthttp.RequestCtx, status int, why string) {
+	if htmx(ctx) {
+		ctx.SetStatusCode(status)
+		ctx.Response.Header.Set("HX-Redirect", loginURL(why))
 		return
 	}
-	c.get(ctx, sess, path)
+	redirect(ctx, loginURL(why))
 }
 
 // redirect answers 303 See Other: after a POST the browser GETs the page

@@ -88,8 +88,11 @@ func TestSessionExpiresAndLogout(t *testing.T) {
 		t.Fatalf("a second before expiry: %d", p.status)
 	}
 	h.clock.Advance(time.Second)
-	if p := b.get("/console/op/orgs"); p.status != 303 || p.location != "/console/login" {
-		t.Fatalf("at expiry: %d %q, want 303 to the login", p.status, p.location)
+	if p := b.get("/console/op/orgs"); p.status != 303 || p.location != "/console/login?why=ended" {
+		t.Fatalf("at expiry: %d %q, want 303 to the login saying why", p.status, p.location)
+	}
+	if p := b.get("/console/login?why=ended"); !strings.Contains(p.body, "Your session has ended") {
+		t.Fatalf("the login page does not say the session ended:\n%s", p.body)
 	}
 	if n := h.console.sessions.len(); n != 0 {
 		t.Fatalf("%d sessions after expiry", n)

@@ -158,7 +158,17 @@ func (c *Console) post(ctx *fasthttp.RequestCtx, s *session, path string) {
 	if !sameOrigin(ctx) || !tokenOK([]byte(v.get(csrfField)), s.csrf) {
 		c.cfg.Log.Warn("console form refused: CSRF check failed", "form", f.name, "key_id", s.who.KeyID)
 		ctx.SetStatusCode(403)
-		c.render(ctx, "error", c.data(s, "Refused", pageData{Error: "This form was refused: it did not come from a console page of this session (CSRF check). Nothing was changed; reload the page and try again."}))
+		if htmx(ctx) {
+			// htmx swaps no 403: the form's page, loaded whole, shows
+			// the refusal once (HX-Redirect is read on any status). A
+			// cross-site request cannot send HX-Request without a
+			// preflight this server never grants, nor the SameSite
+			// cookie, so this path is the session's own page.
+			c.sessions.setFlash(s.id, "", csrfRefused)
+			ctx.Response.Header.Set("HX-Redirect", f.page(args, v))
+			return
+		}
+		c.render(ctx, "error", c.data(s, "Refused", pageData{Error: csrfRefused}))
 		return
 	}
 	out, err := f.submit(c, s, args, v)
@@ -173,6 +183,9 @@ func (c *Console) post(ctx *fasthttp.RequestCtx, s *session, path string) {
 	c.sessions.setFlash(s.id, out.msg, "")
 	redirect(ctx, out.next)
 }
+
+// csrfRefused is what a form refused by the CSRF checks says.
+const csrfRefused = "This form was refused: it did not come from a console page of this session (CSRF check). Nothing was changed; reload the page and try again."
 
 // formError is what a refused change tells the user: the API's message,
 // and for a rate deck every line it refused.
@@ -211,7 +224,7 @@ func (c *Console) submitPurchase(s *session, args []string, v values) (outcome, 
 		return outcome{}, fmt.Errorf("the form had no idempotency key: reload the page")
 	}
 	var p purchase
-	err := c.do(s.secret, "POST", "/v1/orgs/"+url.PathEscape(org)+"/purchases", map[string]string{
+	err := c.do(s, "POST", "/v1/orgs/"+url.PathEscape(org)+"/purchases", map[string]string{
 		"amount": strings.TrimSpace(v.get("amount")), "idempotency_key": key,
 		"payment_method": strings.TrimSpace(v.get("payment_method")), "customer": strings.TrimSpace(v.get("customer"))}, &p)
 	if err != nil {
@@ -225,7 +238,7 @@ func (c *Console) submitAutoRecharge(s *session, args []string, v values) (outco
 	req := map[string]any{"enabled": v.get("enabled") == "on", "threshold": strings.TrimSpace(v.get("threshold")),
 		"amount": strings.TrimSpace(v.get("amount")), "payment_method": strings.TrimSpace(v.get("payment_method")),
 		"customer": strings.TrimSpace(v.get("customer"))}
-	if err := c.do(s.secret, "PUT", "/v1/orgs/"+url.PathEscape(org)+"/auto-recharge", req, nil); err != nil {
+	if err := c.do(s, "PUT", "/v1/orgs/"+url.PathEscape(org)+"/auto-recharge", req, nil); err != nil {
 		return outcome{}, err
 	}
 	return outcome{next: orgPath(org), msg: "Auto-recharge saved."}, nil
@@ -239,7 +252,7 @@ func (c *Console) submitContacts(s *session, args []string, v values) (outcome, 
 	}
 	req := map[string]any{"contacts": map[string]any{"emails": emails, "webhook": strings.TrimSpace(v.get("webhook")),
 		"webhook_secret": v.get("webhook_secret")}}
-	if err := c.do(s.secret, "PATCH", "/v1/orgs/"+url.PathEscape(org), req, nil); err != nil {
+	if err := c.do(s, "PATCH", "/v1/orgs/"+url.PathEscape(org), req, nil); err != nil {
 		return outcome{}, err
 	}
 	return outcome{next: orgPath(org), msg: "Notification contacts saved."}, nil
@@ -271,7 +284,7 @@ func (c *Console) submitLicense(s *session, args []string, v values) (outcome, e
 		lics = append(lics, string(lic))
 	}
 	req := map[string]any{"numbers": u.Numbers, "licenses": lics}
-	if err := c.do(s.secret, "PUT", "/v1/orgs/"+url.PathEscape(org)+"/users/"+url.PathEscape(id), req, nil); err != nil {
+	if err := c.do(s, "PUT", "/v1/orgs/"+url.PathEscape(org)+"/users/"+url.PathEscape(id), req, nil); err != nil {
 		return outcome{}, err
 	}
 	verb := "assigned to"
@@ -282,7 +295,7 @@ func (c *Console) submitLicense(s *session, args []string, v values) (outcome, e
 }
 
 func (c *Console) submitHangup(s *session, args []string, v values) (outcome, error) {
-	if err := c.do(s.secret, "DELETE", "/v1/calls/"+url.PathEscape(args[0]), nil, nil); err != nil {
+	if err := c.do(s, "DELETE", "/v1/calls/"+url.PathEscape(args[0]), nil, nil); err != nil {
 		return outcome{}, err
 	}
 	return outcome{next: backPage(args, v), msg: "Call " + args[0] + " ended."}, nil
@@ -302,7 +315,7 @@ func (c *Console) submitDeck(s *session, _ []string, v values) (outcome, error) 
 	var out struct {
 		Rows int `json:"rows"`
 	}
-	if err := c.call(s.secret, "PUT", "/v1/rates", "text/csv", deck).decode(&out); err != nil {
+	if err := c.call(s, "PUT", "/v1/rates", "text/csv", deck).decode(&out); err != nil {
 		return outcome{}, err
 	}
 	return outcome{next: Prefix + "/op/deck", msg: fmt.Sprintf("Rate deck replaced: %d rows.", out.Rows)}, nil

@@ -151,10 +151,36 @@ func (b *browser) get(path string) page {
 // post sends a form; origin "" sends none.
 func (b *browser) post(path string, v url.Values, origin string) page {
 	b.h.t.Helper()
+	return b.postWith(path, v, origin, nil)
+}
+
+// htmxHeaders are what htmx sends with its requests.
+var htmxHeaders = http.Header{"Hx-Request": {"true"}}
+
+// getHX is a GET as htmx sends it (a refresh).
+func (b *browser) getHX(path string) page {
+	b.h.t.Helper()
+	req, _ := http.NewRequest("GET", b.h.base+path, nil)
+	for k, vs := range htmxHeaders {
+		req.Header[k] = vs
+	}
+	res, err := b.client.Do(req)
+	if err != nil {
+		b.h.t.Fatal(err)
+	}
+	return read(res)
+}
+
+// postWith sends a form with extra headers (htmx's).
+func (b *browser) postWith(path string, v url.Values, origin string, hdr http.Header) page {
+	b.h.t.Helper()
 	req, _ := http.NewRequest("POST", b.h.base+path, strings.NewReader(v.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if origin != "" {
 		req.Header.Set("Origin", origin)
+	}
+	for k, vs := range hdr {
+		req.Header[k] = vs
 	}
 	res, err := b.client.Do(req)
 	if err != nil {

@@ -16,6 +16,26 @@ const loginTokenTTL = time.Hour
 // asAPIError is errors.As for the API's refusals.
 func asAPIError(err error, target **apiError) bool { return errors.As(err, target) }
 
+// Why a session ended, in the login page's URL (?why=): only these fixed
+// messages can be shown, so a link cannot put words on the page.
+const (
+	whyEnded = "ended" // a cookie without a live session
+	whyKey   = "key"   // the API refused the session's key
+)
+
+var whyMessages = map[string]string{
+	whyEnded: "Your session has ended (it expired, was signed out, or the gateway restarted): sign in again. Nothing was changed.",
+	whyKey:   "You were signed out: the API no longer accepts your key (it was revoked, or rotated to a new secret). What you asked was not done; sign in with a current key.",
+}
+
+// loginURL is the login page, saying why when why is one of whyMessages'.
+func loginURL(why string) string {
+	if why == "" {
+		return Prefix + "/login"
+	}
+	return Prefix + "/login?why=" + why
+}
+
 // loginPage shows the sign-in form with a fresh double-submit token: the
 // same random value in a cookie and in the form's hidden field.
 func (c *Console) loginPage(ctx *fasthttp.RequestCtx, errMsg string) {
@@ -24,6 +44,9 @@ func (c *Console) loginPage(ctx *fasthttp.RequestCtx, errMsg string) {
 	d := pageData{Title: "Sign in", CSRF: tok, Error: errMsg}
 	if ctx.QueryArgs().Has("signed_out") {
 		d.Flash = "Signed out."
+	}
+	if msg, ok := whyMessages[string(ctx.QueryArgs().Peek("why"))]; ok && d.Error == "" {
+		d.Error = msg
 	}
 	if errMsg != "" {
 		ctx.SetStatusCode(401)

@@ -315,7 +315,7 @@ type purchasePageData struct {
 
 func (c *Console) purchasePage(ctx *fasthttp.RequestCtx, s *session, args []string) (string, string, pageData) {
 	var p purchase
-	if err := c.do(s.secret, "GET", "/v1/orgs/"+url.PathEscape(args[0])+"/purchases/"+url.PathEscape(args[1]), nil, &p); err != nil {
+	if err := c.do(s, "GET", "/v1/orgs/"+url.PathEscape(args[0])+"/purchases/"+url.PathEscape(args[1]), nil, &p); err != nil {
 		return errorPage(ctx, err)
 	}
 	if p.State == "pending" {
@@ -347,7 +347,7 @@ func (c *Console) opOrgs(ctx *fasthttp.RequestCtx, s *session, _ []string) (stri
 		if after != "" {
 			qs.Set("after", after)
 		}
-		if err := c.do(s.secret, "GET", "/v1/orgs?"+qs.Encode(), nil, &page); err != nil {
+		if err := c.do(s, "GET", "/v1/orgs?"+qs.Encode(), nil, &page); err != nil {
 			return errorPage(ctx, err)
 		}
 		for _, o := range page.Orgs {
@@ -382,12 +382,23 @@ func (c *Console) opLive(ctx *fasthttp.RequestCtx, s *session, _ []string) (stri
 	}
 	p := callsPage{Loc: time.UTC, Back: Prefix + "/op/live", Refresh: Prefix + "/op/live?partial=1"}
 	p.Calls, p.More = capCalls(cs)
-	st := c.liveStats()
-	p.Stats = &st
+	// The figures come from the metrics, the whole gateway's, not from
+	// the API (which filters the calls to an org key's own): an org
+	// role's page lists its calls without them.
+	if s.who.operator() {
+		st := c.liveStats()
+		p.Stats = &st
+	}
 	return "live", "Live", pageData{Page: p}
 }
 
-func (c *Console) opDeck(_ *fasthttp.RequestCtx, _ *session, _ []string) (string, string, pageData) {
+// opDeck is the upload form. It shows nothing of the API's, but asks
+// who the key is all the same, so that a revoked key's session ends here
+// too, as on every other page.
+func (c *Console) opDeck(ctx *fasthttp.RequestCtx, s *session, _ []string) (string, string, pageData) {
+	if err := c.do(s, "GET", "/v1/whoami", nil, nil); err != nil {
+		return errorPage(ctx, err)
+	}
 	return "deck", "Rate deck", pageData{}
 }
 
@@ -412,7 +423,7 @@ func (c *Console) opAudit(ctx *fasthttp.RequestCtx, s *session, _ []string) (str
 		Entries   []auditEntry    `json:"entries"`
 		NextAfter json.RawMessage `json:"next_after"`
 	}
-	if err := c.do(s.secret, "GET", "/v1/audit?"+q.Encode(), nil, &out); err != nil {
+	if err := c.do(s, "GET", "/v1/audit?"+q.Encode(), nil, &out); err != nil {
 		return errorPage(ctx, err)
 	}
 	p.Entries = out.Entries

@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -45,13 +46,18 @@ func (id identity) operator() bool {
 
 // session is one signed-in browser. Its fields are immutable once
 // created (a new login is a new session) but for the one-shot messages,
-// which sessions.mu guards.
+// which sessions.mu guards, and keyRefused.
 type session struct {
 	id      string
 	secret  string // the API key, sent as the bearer token of every API call
 	who     identity
 	csrf    string
 	expires time.Time
+
+	// keyRefused is set by the first API call the key was refused on
+	// (401: revoked, or rotated away); Handle then ends the session. An
+	// atomic, not under mu: call sets it without taking the store's lock.
+	keyRefused atomic.Bool
 
 	// flash and flashErr are the last form's result, for the next page;
 	// kept here rather than in the URL so that a link cannot put words

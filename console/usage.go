@@ -80,7 +80,7 @@ func (c *Console) orgUsage(ctx *fasthttp.RequestCtx, s *session, args []string) 
 		p.XLSX += "?" + q.Encode()
 	}
 	q.Set("format", "json")
-	r := c.call(s.secret, "GET", "/v1/orgs/"+url.PathEscape(orgID)+"/usage?"+q.Encode(), "", nil)
+	r := c.call(s, "GET", "/v1/orgs/"+url.PathEscape(orgID)+"/usage?"+q.Encode(), "", nil)
 	body, err := r.stream()
 	if err != nil {
 		return errorPage(ctx, err)
@@ -137,7 +137,7 @@ func (c *Console) download(ctx *fasthttp.RequestCtx, s *session, orgID, format s
 		return
 	}
 	q.Set("format", format)
-	r := c.call(s.secret, "GET", "/v1/orgs/"+url.PathEscape(orgID)+"/usage?"+q.Encode(), "", nil)
+	r := c.call(s, "GET", "/v1/orgs/"+url.PathEscape(orgID)+"/usage?"+q.Encode(), "", nil)
 	body, err := r.stream()
 	if err != nil {
 		tmpl, title, d := errorPage(ctx, err)

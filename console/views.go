@@ -124,7 +124,7 @@ type auditEntry struct {
 // getOrg is GET /v1/orgs/{org} as the session's key.
 func (c *Console) getOrg(s *session, id string) (org, error) {
 	var o org
-	err := c.do(s.secret, "GET", "/v1/orgs/"+url.PathEscape(id), nil, &o)
+	err := c.do(s, "GET", "/v1/orgs/"+url.PathEscape(id), nil, &o)
 	return o, err
 }
 
@@ -141,7 +141,7 @@ func (c *Console) users(s *session, orgID string) ([]user, error) {
 		if after != "" {
 			q.Set("after", after)
 		}
-		if err := c.do(s.secret, "GET", "/v1/orgs/"+url.PathEscape(orgID)+"/users?"+q.Encode(), nil, &page); err != nil {
+		if err := c.do(s, "GET", "/v1/orgs/"+url.PathEscape(orgID)+"/users?"+q.Encode(), nil, &page); err != nil {
 			return nil, err
 		}
 		all = append(all, page.Users...)
@@ -172,7 +172,7 @@ func (c *Console) calls(s *session, orgID string) ([]liveCall, error) {
 	var out struct {
 		Calls []liveCall `json:"calls"`
 	}
-	if err := c.do(s.secret, "GET", "/v1/calls", nil, &out); err != nil {
+	if err := c.do(s, "GET", "/v1/calls", nil, &out); err != nil {
 		return nil, err
 	}
 	if orgID == "" {

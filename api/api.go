@@ -1,13 +1,14 @@
 // Package api is creditgate's admin HTTP API (README, Admin API) on fasthttp: JSON in
-// and out, a bearer token on everything but /metrics, /healthz and /readyz,
-// money as decimal strings, and every refusal a JSON error that changed
-// nothing.
+// and out, a bearer token on everything but /metrics, /healthz and /readyz
+// (the configured admin token or an API key, whose role each route's
+// access column checks: auth.go), money as decimal strings, every refusal a
+// JSON error that changed nothing, and every change that succeeded one
+// entry in the audit trail (audit.go).
 package api
 
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	_ "embed"
 	"encoding/json"
@@ -19,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/creditgate/creditgate/gateway"
@@ -55,6 +57,8 @@ type Server struct {
 	// payments says whether a payment provider is configured; without
 	// one, enabling auto-recharge is refused rather than left to wait.
 	payments bool
+	// purchases are the one-time purchases (purchases.go); nil: none.
+	purchases Purchases
 
 	limits Limits
 	// exports holds a token per streamed export running (stream.go);
@@ -71,19 +75,58 @@ type Server struct {
 	// 30 days of CDRs, too much for every GET of a busy org.
 	adviceMu    sync.Mutex
 	adviceCache map[string]ledger.Advice
+
+	// access keeps the API keys and the audit journal; nil: only the
+	// bootstrap token works and every change is refused (it could not be
+	// journaled).
+	access Access
+	// started is when this server was built: the bootstrap key's
+	// created_at in lists (it comes from the configuration, not the
+	// ledger). bootstrapUsed is its last use, in Unix nanoseconds.
+	started       time.Time
+	bootstrapUsed atomic.Int64
+	// console serves /console/... (SetConsole); nil: no console.
+	console fasthttp.RequestHandler
 }
+
+// Access is what the API needs besides ledger.Books: the API keys and the
+// audit journal (ledger/keys.go, ledger/audit.go). *ledger.Ledger
+// implements it; a Books that does not can be given one with SetAccess.
+type Access interface {
+	CreateKey(k ledger.APIKey, a ledger.AuditEntry) (ledger.AuditEntry, error)
+	RotateKey(id string, hash []byte, a ledger.AuditEntry) (ledger.AuditEntry, error)
+	RevokeKey(id string, a ledger.AuditEntry) (ledger.AuditEntry, error)
+	Key(id string) (ledger.APIKey, bool)
+	Keys() []ledger.APIKey
+	KeyUsed(id string, at time.Time)
+	Audit(a ledger.AuditEntry) (ledger.AuditEntry, error)
+	AuditEntries(f ledger.AuditFilter, after uint64, limit int) ([]ledger.AuditEntry, uint64, error)
+}
+
+var _ Access = (*ledger.Ledger)(nil)
+
+// SetAccess gives the API its key store and audit journal (New takes them
+// from its Books when it implements Access, as *ledger.Ledger does). Call
+// it before Serve: it is read without a lock.
+func (s *Server) SetAccess(a Access) { s.access = a }
 
 // SetPayments tells the API whether auto-recharge can pay.
 func (s *Server) SetPayments(configured bool) { s.payments = configured }
 
 // New builds the API server. reg serves /metrics and takes the API's own
-// metrics.
+// metrics. token is the bootstrap key's secret (key id "bootstrap", role
+// operator_admin). Keys and the audit journal are l's when it implements
+// Access (see SetAccess).
 func New(l ledger.Books, gw *gateway.Gateway, token string, reg *prometheus.Registry, now func() time.Time, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
 	s := &Server{ledger: l, gw: gw, token: []byte(token), log: log, now: now,
 		metrics: fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))}
+	s.started = now().UTC()
+	if a, ok := l.(Access); ok {
+		s.access = a
+	}
 	s.streamCtx, s.stopStream = context.WithCancel(context.Background())
 	s.exportsDone = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_http_exports_total",
 		Help: "Streamed exports (usage reports) by how they ended: completed, abandoned by the client, failed, refused busy."},
@@ -167,79 +210,156 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString("ready\n")
 		return
 	}
-	if !s.authorized(ctx) {
+	if s.console != nil && consolePath(path) {
+		s.console(ctx)
+		return
+	}
+	who, err := s.authenticate(ctx)
+	if err != nil {
 		ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="creditgate"`)
-		s.fail(ctx, errUnauthorized)
+		s.fail(ctx, err)
 		return
 	}
 	if strings.HasPrefix(path, "/debug/pprof/") {
+		// The profiler costs CPU and shows the process's insides:
+		// operator admins only.
+		if who.Role != RoleOperatorAdmin {
+			s.fail(ctx, fmt.Errorf("%w: role %s may not read the profiler (operator_admin only)", errForbidden, who.Role))
+			return
+		}
 		if err := s.pprof(ctx); err != nil {
 			s.fail(ctx, err)
 		}
 		return
 	}
-	if err := s.route(ctx, path); err != nil {
+	if err := s.route(ctx, path, who); err != nil {
 		s.fail(ctx, err)
 	}
 }
 
-func (s *Server) authorized(ctx *fasthttp.RequestCtx) bool {
-	h := ctx.Request.Header.Peek("Authorization")
-	tok, ok := bytes.CutPrefix(h, []byte("Bearer "))
-	return ok && len(s.token) > 0 && subtle.ConstantTimeCompare(tok, s.token) == 1
-}
-
-// route is one endpoint: a method and a path whose "*" segments are passed
-// to the handler in order.
+// route is one endpoint: a method and a path whose {name} segments are
+// passed to the handler by name, with its two declarative columns:
+// access (who may call it, auth.go) and journal (what a successful change
+// writes to the audit trail, audit.go; zero for reads). A route without
+// an access column is refused to everyone, and a mutating one without a
+// journal fails the tests.
 type route struct {
 	method  string
 	pattern string
-	handle  func(s *Server, ctx *fasthttp.RequestCtx, args []string) error
+	access  access
+	journal journal
+	handle  func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error
 }
 
+// request is one authenticated request on its way through a route.
+type request struct {
+	who  principal
+	args map[string]string
+	// target, kind and after, when a handler sets them, say what the
+	// audit entry names better than the route's columns can: a created
+	// object's id, the kind of a PATCH that changed only contacts, the
+	// transaction a funding made. gone: the object is no more (a call
+	// ended), so the entry's after is null.
+	target string
+	kind   string
+	after  any
+	gone   bool
+}
+
+func (rq *request) arg(name string) string { return rq.args[name] }
+
 var routes = []route{
-	{"GET", "/v1/openapi.yaml", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error {
+	{"GET", "/v1/openapi.yaml", openRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, _ *request) error {
 		ctx.SetContentType("application/yaml")
 		ctx.SetBody(OpenAPI)
 		return nil
 	}},
-	{"POST", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.createOrg(ctx) }},
-	{"GET", "/v1/orgs", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.listOrgs(ctx) }},
-	{"GET", "/v1/orgs/*/users", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.listUsers(ctx, a[0]) }},
-	{"DELETE", "/v1/orgs/*/users/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.deleteUser(ctx, a[0], a[1]) }},
-	{"GET", "/v1/orgs/*/toll-free", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.listTollFree(ctx, a[0]) }},
-	{"GET", "/v1/trunks", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.listTrunks(ctx) }},
-	{"DELETE", "/v1/trunks/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.deleteTrunk(ctx, a[0]) }},
-	{"GET", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.getOrg(ctx, a[0]) }},
-	{"PATCH", "/v1/orgs/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.patchOrg(ctx, a[0]) }},
-	{"PUT", "/v1/orgs/*/toll-free/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putTollFree(ctx, a[0], a[1]) }},
-	{"DELETE", "/v1/orgs/*/toll-free/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error {
-		return s.deleteTollFree(ctx, a[0], a[1])
+	{"GET", "/v1/whoami", openRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.whoami(ctx, rq) }},
+	{"POST", "/v1/orgs", operatorWrite, changes(ledger.AuditOrg, orgState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.createOrg(ctx, rq)
 	}},
-	{"POST", "/v1/orgs/*/credits", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.fund(ctx, a[0]) }},
-	{"PUT", "/v1/orgs/*/fraud-guard", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putFraudGuard(ctx, a[0]) }},
-	{"PUT", "/v1/orgs/*/auto-recharge", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putAutoRecharge(ctx, a[0]) }},
-	{"GET", "/v1/orgs/*/usage", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.usage(ctx, a[0]) }},
-	{"GET", "/v1/orgs/*/transactions", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.transactions(ctx, a[0]) }},
-	{"PUT", "/v1/orgs/*/users/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putUser(ctx, a[0], a[1]) }},
-	{"PUT", "/v1/trunks/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.putTrunk(ctx, a[0]) }},
-	{"PUT", "/v1/rates", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.putRates(ctx) }},
-	{"GET", "/v1/rates", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.getRate(ctx) }},
-	{"GET", "/v1/calls", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error { return s.listCalls(ctx) }},
-	{"DELETE", "/v1/calls/*", func(s *Server, ctx *fasthttp.RequestCtx, a []string) error { return s.endCall(ctx, a[0]) }},
+	{"GET", "/v1/orgs", listRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.listOrgs(ctx, rq.who) }},
+	{"GET", "/v1/orgs/{org}/users", orgRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.listUsers(ctx, rq.arg("org"))
+	}},
+	{"DELETE", "/v1/orgs/{org}/users/{user}", orgWrite, changes(ledger.AuditUser, userState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.deleteUser(ctx, rq.arg("org"), rq.arg("user"))
+	}},
+	{"GET", "/v1/orgs/{org}/toll-free", orgRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.listTollFree(ctx, rq.arg("org"))
+	}},
+	{"GET", "/v1/trunks", operatorRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, _ *request) error { return s.listTrunks(ctx) }},
+	{"DELETE", "/v1/trunks/{id}", operatorWrite, changes(ledger.AuditTrunk, trunkState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.deleteTrunk(ctx, rq.arg("id"))
+	}},
+	{"GET", "/v1/orgs/{org}", orgRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.getOrg(ctx, rq.arg("org")) }},
+	{"PATCH", "/v1/orgs/{org}", orgWrite, changes(ledger.AuditOrg, orgState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.patchOrg(ctx, rq)
+	}},
+	{"PUT", "/v1/orgs/{org}/toll-free/{number}", operatorWrite, changes(ledger.AuditTollFree, tollFreeState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.putTollFree(ctx, rq.arg("org"), rq.arg("number"))
+	}},
+	{"DELETE", "/v1/orgs/{org}/toll-free/{number}", operatorWrite, changes(ledger.AuditTollFree, tollFreeState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.deleteTollFree(ctx, rq.arg("org"), rq.arg("number"))
+	}},
+	{"POST", "/v1/orgs/{org}/credits", orgWrite, changes(ledger.AuditFunding, balanceState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.fund(ctx, rq)
+	}},
+	{"POST", "/v1/orgs/{org}/purchases", orgWrite, changes(ledger.AuditFunding, balanceState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.startPurchase(ctx, rq.arg("org"))
+	}},
+	{"GET", "/v1/orgs/{org}/purchases/{id}", orgRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.getPurchase(ctx, rq.arg("org"), rq.arg("id"))
+	}},
+	{"PUT", "/v1/orgs/{org}/fraud-guard", operatorWrite, changes(ledger.AuditFraudGuard, fraudGuardState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.putFraudGuard(ctx, rq.arg("org"))
+	}},
+	{"PUT", "/v1/orgs/{org}/auto-recharge", orgWrite, changes(ledger.AuditAutoRecharge, autoRechargeState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.putAutoRecharge(ctx, rq.arg("org"))
+	}},
+	{"GET", "/v1/orgs/{org}/usage", orgRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.usage(ctx, rq.arg("org")) }},
+	{"GET", "/v1/orgs/{org}/transactions", orgRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.transactions(ctx, rq.arg("org"))
+	}},
+	{"PUT", "/v1/orgs/{org}/users/{user}", orgWrite, changes(ledger.AuditUser, userState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.putUser(ctx, rq.arg("org"), rq.arg("user"))
+	}},
+	{"PUT", "/v1/trunks/{id}", operatorWrite, changes(ledger.AuditTrunk, trunkState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.putTrunk(ctx, rq.arg("id"))
+	}},
+	{"PUT", "/v1/rates", operatorWrite, changes(ledger.AuditDeck, deckState), func(s *Server, ctx *fasthttp.RequestCtx, _ *request) error { return s.putRates(ctx) }},
+	{"GET", "/v1/rates", operatorRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, _ *request) error { return s.getRate(ctx) }},
+	{"GET", "/v1/calls", listRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.listCalls(ctx, rq.who) }},
+	{"DELETE", "/v1/calls/{id}", callEnd, changes(ledger.AuditCall, callState), func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.endCall(ctx, rq)
+	}},
+	{"GET", "/v1/keys", listRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.listKeys(ctx, rq.who) }},
+	{"POST", "/v1/keys", keyCreate, keyChanges, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.createKey(ctx, rq)
+	}},
+	{"POST", "/v1/keys/{id}/rotate", keyChange, keyChanges, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.rotateKey(ctx, rq)
+	}},
+	{"DELETE", "/v1/keys/{id}", keyChange, keyChanges, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error {
+		return s.revokeKey(ctx, rq)
+	}},
+	{"GET", "/v1/audit", listRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, rq *request) error { return s.listAudit(ctx, rq.who) }},
 }
 
-// match reports whether path fits pattern, and the "*" segments.
-func match(pattern string, path []string) ([]string, bool) {
+// match reports whether path fits pattern, and its {name} segments.
+func match(pattern string, path []string) (map[string]string, bool) {
 	want := strings.Split(strings.Trim(pattern, "/"), "/")
 	if len(want) != len(path) {
 		return nil, false
 	}
-	var args []string
+	var args map[string]string
 	for i, w := range want {
 		switch {
-		case w == "*" && path[i] != "":
-			args = append(args, path[i])
+		case strings.HasPrefix(w, "{") && path[i] != "":
+			if args == nil {
+				args = map[string]string{}
+			}
+			args[strings.Trim(w, "{}")] = path[i]
 		case w != path[i]:
 			return nil, false
 		}
@@ -247,19 +367,30 @@ func match(pattern string, path []string) ([]string, bool) {
 	return args, true
 }
 
-func (s *Server) route(ctx *fasthttp.RequestCtx, path string) error {
+// route finds the request's route, checks who may call it (auth.go) and
+// runs it; a change that succeeded is journaled (audit.go).
+func (s *Server) route(ctx *fasthttp.RequestCtx, path string, who principal) error {
 	parts := strings.Split(strings.Trim(path, "/"), "/")
 	method := string(ctx.Method())
 	found := false
-	for _, r := range routes {
+	for i := range routes {
+		r := &routes[i]
 		args, ok := match(r.pattern, parts)
 		if !ok {
 			continue
 		}
 		found = true
-		if r.method == method {
-			return r.handle(s, ctx, args)
+		if r.method != method {
+			continue
 		}
+		if err := s.permit(who, r, args); err != nil {
+			return err
+		}
+		rq := &request{who: who, args: args}
+		if r.journal.kind == "" {
+			return r.handle(s, ctx, rq)
+		}
+		return s.journaled(ctx, r, rq)
 	}
 	if found {
 		return errMethod

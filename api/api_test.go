@@ -85,10 +85,19 @@ func (r response) errorCode() string {
 
 func (h *harness) do(method, path, body string, token ...string) response {
 	h.t.Helper()
-	req, _ := http.NewRequest(method, h.base+path, strings.NewReader(body))
 	tok := testToken
 	if len(token) > 0 {
 		tok = token[0]
+	}
+	return h.doWith(method, path, body, tok, nil)
+}
+
+// doWith is do with a token ("" for none) and more request headers.
+func (h *harness) doWith(method, path, body, tok string, headers map[string]string) response {
+	h.t.Helper()
+	req, _ := http.NewRequest(method, h.base+path, strings.NewReader(body))
+	for k, v := range headers {
+		req.Header.Set(k, v)
 	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)

@@ -35,6 +35,7 @@ var httpErrors = []struct {
 	e   apiError
 }{
 	{errUnauthorized, apiError{401, "unauthorized"}},
+	{errForbidden, apiError{403, "forbidden"}},
 	{errBadJSON, apiError{400, "bad_json"}},
 	{ledger.ErrTimeRange, apiError{400, "time_out_of_range"}},
 	{errTooLarge, apiError{413, "body_too_large"}},
@@ -44,6 +45,8 @@ var httpErrors = []struct {
 	{errMethod, apiError{405, "method_not_allowed"}},
 	{ledger.ErrUnknownOrg, apiError{404, "unknown_org"}},
 	{ledger.ErrUnknownCall, apiError{404, "unknown_call"}},
+	{ledger.ErrUnknownPurchase, apiError{404, "unknown_purchase"}},
+	{ledger.ErrUnknownKey, apiError{404, "not_found"}},
 	{ledger.ErrCallEnded, apiError{404, "call_ended"}},
 	{ledger.ErrOrgExists, apiError{409, "org_exists"}},
 	{ledger.ErrNumberTaken, apiError{409, "number_taken"}},
@@ -51,6 +54,7 @@ var httpErrors = []struct {
 	{ledger.ErrDuplicateFunding, apiError{409, "duplicate_idempotency_key"}},
 	{ledger.ErrRegionMismatch, apiError{409, "region_mismatch"}},
 	{errNoPayments, apiError{409, "payments_not_configured"}},
+	{ledger.ErrTooManyPurchases, apiError{409, "too_many_purchases"}},
 	{ledger.ErrBelowMinimum, apiError{422, "below_minimum"}},
 	{ledger.ErrInvalid, apiError{422, "invalid_request"}},
 	{gateway.ErrBadTrunk, apiError{422, "invalid_trunk"}},

@@ -122,33 +122,43 @@ func TestOpenAPIErrorCodes(t *testing.T) {
 // 400 and 413 where the body is decoded (bad_json, body_too_large); 503
 // where the ledger is written (ledger_unavailable once it failed closed)
 // or an export streams (busy); 404, 409 and 422 from the ledger's and the
-// handler's own refusals. The routing refusals (404 not_found for an
+// handler's own refusals; 403 where the route's access column leaves a
+// role out (TestForbiddenDocumented holds the two together), and 503 on
+// every change (its audit entry could not be written). The routing refusals (404 not_found for an
 // unknown path, 405) belong to no operation. PUT /v1/rates' 413 is the
 // HTTP server's cap on a deck's size.
 var handlerStatuses = map[string][]int{
 	"GET /v1/openapi.yaml":          {200, 401, 500},
-	"POST /v1/orgs":                 {201, 400, 401, 409, 413, 422, 500, 503},
+	"GET /v1/whoami":                {200, 401, 500},
+	"POST /v1/orgs":                 {201, 400, 401, 403, 409, 413, 422, 500, 503},
 	"GET /v1/orgs/*":                {200, 401, 404, 500},
-	"PATCH /v1/orgs/*":              {200, 400, 401, 404, 413, 422, 500, 503},
-	"POST /v1/orgs/*/credits":       {200, 201, 400, 401, 404, 409, 413, 422, 500, 503},
-	"PUT /v1/orgs/*/auto-recharge":  {200, 400, 401, 404, 409, 413, 422, 500, 503},
-	"PUT /v1/orgs/*/fraud-guard":    {200, 400, 401, 404, 413, 422, 500, 503},
-	"PUT /v1/orgs/*/users/*":        {200, 400, 401, 404, 409, 413, 422, 500, 503},
-	"PUT /v1/orgs/*/toll-free/*":    {200, 400, 401, 404, 409, 413, 422, 500, 503},
-	"DELETE /v1/orgs/*/toll-free/*": {204, 401, 404, 409, 422, 500, 503},
+	"PATCH /v1/orgs/*":              {200, 400, 401, 403, 404, 413, 422, 500, 503},
+	"POST /v1/orgs/*/credits":       {200, 201, 400, 401, 403, 404, 409, 413, 422, 500, 503},
+	"PUT /v1/orgs/*/auto-recharge":  {200, 400, 401, 403, 404, 409, 413, 422, 500, 503},
+	"PUT /v1/orgs/*/fraud-guard":    {200, 400, 401, 403, 404, 413, 422, 500, 503},
+	"PUT /v1/orgs/*/users/*":        {200, 400, 401, 403, 404, 409, 413, 422, 500, 503},
+	"PUT /v1/orgs/*/toll-free/*":    {200, 400, 401, 403, 404, 409, 413, 422, 500, 503},
+	"DELETE /v1/orgs/*/toll-free/*": {204, 401, 403, 404, 409, 422, 500, 503},
+	"POST /v1/orgs/*/purchases":     {200, 202, 400, 401, 403, 404, 409, 413, 422, 500, 503},
+	"GET /v1/orgs/*/purchases/*":    {200, 401, 404, 409, 500},
 	"GET /v1/orgs":                  {200, 401, 422, 500},
 	"GET /v1/orgs/*/users":          {200, 401, 404, 422, 500},
-	"DELETE /v1/orgs/*/users/*":     {204, 401, 404, 409, 500, 503},
+	"DELETE /v1/orgs/*/users/*":     {204, 401, 403, 404, 409, 500, 503},
 	"GET /v1/orgs/*/toll-free":      {200, 401, 404, 422, 500},
-	"GET /v1/trunks":                {200, 401, 422, 500},
-	"DELETE /v1/trunks/*":           {204, 401, 404, 409, 500, 503},
+	"GET /v1/trunks":                {200, 401, 403, 422, 500},
+	"DELETE /v1/trunks/*":           {204, 401, 403, 404, 409, 500, 503},
 	"GET /v1/orgs/*/usage":          {200, 400, 401, 404, 422, 500, 503},
 	"GET /v1/orgs/*/transactions":   {200, 401, 404, 422, 500},
-	"PUT /v1/trunks/*":              {200, 400, 401, 413, 422, 500, 503},
-	"PUT /v1/rates":                 {200, 401, 413, 422, 500, 503},
-	"GET /v1/rates":                 {200, 401, 404, 422, 500},
+	"PUT /v1/trunks/*":              {200, 400, 401, 403, 413, 422, 500, 503},
+	"PUT /v1/rates":                 {200, 401, 403, 413, 422, 500, 503},
+	"GET /v1/rates":                 {200, 401, 403, 404, 422, 500},
 	"GET /v1/calls":                 {200, 401, 500},
-	"DELETE /v1/calls/*":            {204, 401, 404, 500},
+	"DELETE /v1/calls/*":            {204, 401, 403, 404, 500, 503},
+	"GET /v1/keys":                  {200, 401, 422, 500},
+	"POST /v1/keys":                 {201, 400, 401, 403, 404, 413, 422, 500, 503},
+	"POST /v1/keys/*/rotate":        {200, 401, 403, 404, 422, 500, 503},
+	"DELETE /v1/keys/*":             {204, 401, 403, 404, 422, 500, 503},
+	"GET /v1/audit":                 {200, 401, 422, 500, 503},
 	"GET /metrics":                  {200},
 	"GET /healthz":                  {200},
 	"GET /readyz":                   {200, 503},
@@ -165,7 +175,7 @@ func TestOpenAPIStatusesPerOperation(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range routes {
-		if _, ok := handlerStatuses[r.method+" "+r.pattern]; !ok {
+		if _, ok := handlerStatuses[r.key()]; !ok {
 			t.Errorf("route %s %s: no entry in handlerStatuses; read its handler and add one", r.method, r.pattern)
 		}
 	}

@@ -71,7 +71,8 @@ func (s *Server) putAutoRecharge(ctx *fasthttp.RequestCtx, org string) error {
 	return s.writeOrgByID(ctx, 200, org, nil)
 }
 
-func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
+func (s *Server) fund(ctx *fasthttp.RequestCtx, rq *request) error {
+	org := rq.arg("org")
 	var req struct {
 		Amount         json.RawMessage `json:"amount"`
 		IdempotencyKey string          `json:"idempotency_key"`
@@ -98,6 +99,10 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, org string) error {
 	status := 201
 	if en.Replayed {
 		status = 200
+	}
+	if o, err := s.ledger.Org(org); err == nil {
+		rq.after = map[string]any{"balance": money(o.Balance), "available": money(o.Available()), "held": money(o.Held),
+			"transaction": viewEntry(en), "replayed": en.Replayed}
 	}
 	return s.writeOrgByID(ctx, status, org, map[string]any{"transaction": viewEntry(en), "replayed": en.Replayed})
 }

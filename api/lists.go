@@ -47,8 +47,16 @@ type orgSummary struct {
 	Held      string `json:"held"`
 }
 
-func (s *Server) listOrgs(ctx *fasthttp.RequestCtx) error {
-	ids, resp, err := page(ctx, s.ledger.OrgIDs(), func(id string) string { return id })
+// listOrgs lists every org to an operator, its own to an org-scoped key.
+func (s *Server) listOrgs(ctx *fasthttp.RequestCtx, who principal) error {
+	all := s.ledger.OrgIDs()
+	if who.Role.OrgScoped() {
+		all = nil
+		if _, err := s.ledger.Org(who.Org); err == nil {
+			all = []string{who.Org}
+		}
+	}
+	ids, resp, err := page(ctx, all, func(id string) string { return id })
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,7 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
+func (s *Server) createOrg(ctx *fasthttp.RequestCtx, rq *request) error {
 	var req struct {
 		ID            string `json:"id"`
 		Name          string `json:"name"`
@@ -42,12 +42,15 @@ func (s *Server) createOrg(ctx *fasthttp.RequestCtx) error {
 	if err != nil {
 		return err
 	}
+	rq.target = o.ID
 	return s.writeOrg(ctx, 201, o, nil)
 }
 
 // patchOrg changes an org's settings: whether it blocks premium-rate
-// numbers, and where its notifications go.
-func (s *Server) patchOrg(ctx *fasthttp.RequestCtx, id string) error {
+// numbers, and where its notifications go. A change of contacts alone is
+// journaled as kind contacts, anything else as org.
+func (s *Server) patchOrg(ctx *fasthttp.RequestCtx, rq *request) error {
+	id := rq.arg("org")
 	var req struct {
 		BlockPremium *bool `json:"block_premium"`
 		Contacts     *struct {
@@ -71,6 +74,9 @@ func (s *Server) patchOrg(ctx *fasthttp.RequestCtx, id string) error {
 		if _, err := s.ledger.SetContacts(id, ledger.Contacts{Emails: c.Emails, Webhook: c.Webhook, WebhookSecret: c.WebhookSecret}); err != nil {
 			return err
 		}
+	}
+	if req.BlockPremium == nil {
+		rq.kind = ledger.AuditContacts
 	}
 	if req.BlockPremium != nil {
 		if _, err := s.ledger.SetBlockPremium(id, *req.BlockPremium); err != nil {

@@ -27,7 +27,7 @@ func withRoute(t *testing.T, r route) {
 
 // streamRoute answers GET path with what produce writes.
 func streamRoute(t *testing.T, path string, produce func(context.Context, io.Writer) error) {
-	withRoute(t, route{"GET", path, func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error {
+	withRoute(t, route{"GET", path, openRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, _ *request) error {
 		ctx.SetContentType("text/plain")
 		return s.stream(ctx, "test", produce)
 	}})
@@ -81,7 +81,7 @@ func TestPanicsAreContainedToTheirRequest(t *testing.T) {
 		m["boom"] = true
 		return nil
 	})
-	withRoute(t, route{"GET", "/v1/test-panic", func(s *Server, ctx *fasthttp.RequestCtx, _ []string) error {
+	withRoute(t, route{"GET", "/v1/test-panic", openRead, journal{}, func(s *Server, ctx *fasthttp.RequestCtx, _ *request) error {
 		var p *Server
 		return p.ledger.Err() // nil pointer
 	}})

@@ -97,15 +97,7 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 	v := orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
 		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held),
 		Timezone: o.Timezone, BlockPremium: o.BlockPremium, CreatedAt: o.CreatedAt, TollFree: []tollFree{},
-		AutoRecharge: autoRechargeView{Enabled: o.AutoRecharge.Enabled, Threshold: money(o.AutoRecharge.Threshold),
-			Amount: money(o.AutoRecharge.Amount), PaymentMethod: o.AutoRecharge.PaymentMethod, Customer: o.AutoRecharge.Customer,
-			Incident: o.AutoRecharge.Incident, Suspended: o.AutoRecharge.Suspended, Pending: s.ledger.PendingPurchaseOf(o.ID)},
-		Contacts: contactsView{Emails: append([]string{}, o.Contacts.Emails...), Webhook: o.Contacts.Webhook,
-			WebhookSigned: o.Contacts.WebhookSecret != ""},
-		FraudGuard: fraudGuardView{MaxCalls: o.FraudGuard.MaxCalls, MaxCallsPerUser: o.FraudGuard.MaxCallsPerUser,
-			MaxSpendPerHour: money(o.FraudGuard.MaxSpendPerHour), MaxSpendPerHourPerUser: money(o.FraudGuard.MaxSpendPerHourPerUser),
-			AllowHighRisk: o.FraudGuard.AllowHighRisk, MaxChargePerCall: money(o.FraudGuard.MaxChargePerCall),
-			MaxCallDurationS: o.FraudGuard.MaxCallDurationS}}
+		AutoRecharge: s.viewAutoRecharge(o), Contacts: viewContacts(o.Contacts), FraudGuard: viewFraudGuard(o.FraudGuard)}
 	for _, tf := range s.ledger.TollFreeNumbers(o.ID) {
 		v.TollFree = append(v.TollFree, tollFree{Number: "+" + tf.Number, Trunk: tf.Trunk})
 	}
@@ -131,6 +123,22 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 			Available: p.Available(), Licensed: p.Licensed})
 	}
 	return v, nil
+}
+
+func (s *Server) viewAutoRecharge(o ledger.Org) autoRechargeView {
+	return autoRechargeView{Enabled: o.AutoRecharge.Enabled, Threshold: money(o.AutoRecharge.Threshold),
+		Amount: money(o.AutoRecharge.Amount), PaymentMethod: o.AutoRecharge.PaymentMethod, Customer: o.AutoRecharge.Customer,
+		Incident: o.AutoRecharge.Incident, Suspended: o.AutoRecharge.Suspended, Pending: s.ledger.PendingPurchaseOf(o.ID)}
+}
+
+func viewContacts(c ledger.Contacts) contactsView {
+	return contactsView{Emails: append([]string{}, c.Emails...), Webhook: c.Webhook, WebhookSigned: c.WebhookSecret != ""}
+}
+
+func viewFraudGuard(fg ledger.FraudGuard) fraudGuardView {
+	return fraudGuardView{MaxCalls: fg.MaxCalls, MaxCallsPerUser: fg.MaxCallsPerUser,
+		MaxSpendPerHour: money(fg.MaxSpendPerHour), MaxSpendPerHourPerUser: money(fg.MaxSpendPerHourPerUser),
+		AllowHighRisk: fg.AllowHighRisk, MaxChargePerCall: money(fg.MaxChargePerCall), MaxCallDurationS: fg.MaxCallDurationS}
 }
 
 // writeOrgByID answers with the org as the ledger has it now, after

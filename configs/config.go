@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/mail"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -68,6 +69,12 @@ type SIP struct {
 	// second; 0: no limit), with BurstPerSource at once.
 	RatePerSource  float64 `yaml:"rate_per_source"`
 	BurstPerSource int     `yaml:"burst_per_source"`
+	// TrustedProxies are the SIP front proxies (CIDRs, IPs or IP:ports,
+	// as trunk addresses) whose SourceHeader — the address they received
+	// the request from — stands for the packet's source in trunk matching
+	// and the per-source rate (gateway/front.go). Empty: none trusted.
+	TrustedProxies []string `yaml:"trusted_proxies"`
+	SourceHeader   string   `yaml:"source_header"`
 	// SIP TCP/TLS connections (counted together) accepted at once, in all
 	// and per source IP address; past either, a new connection is closed
 	// as soon as accepted. ReservedFDs lowers MaxConnections to the
@@ -105,6 +112,22 @@ type HTTP struct {
 	MaxConns      int           `yaml:"max_conns"`
 	MaxConnsPerIP int           `yaml:"max_conns_per_ip"`
 	MaxExports    int           `yaml:"max_exports"`
+	// Console is the web console under /console/ (package console).
+	Console Console `yaml:"console"`
+}
+
+// Console is the web console on the admin listener.
+type Console struct {
+	Enabled bool `yaml:"enabled"`
+	// SessionTTL is how long a sign-in lasts; sessions are in memory, so
+	// a restart signs everyone out sooner.
+	SessionTTL time.Duration `yaml:"session_ttl"`
+	// MaxSessions bounds the sessions kept at once.
+	MaxSessions int `yaml:"max_sessions"`
+	// SecureCookie marks the session cookie Secure even on plain HTTP
+	// (behind a TLS-terminating proxy); with http.tls_cert it is Secure
+	// anyway.
+	SecureCookie bool `yaml:"secure_cookie"`
 }
 
 // Funding rules.
@@ -213,11 +236,13 @@ func Default() Config {
 		DataDir: "./creditgate-data",
 		SIP: SIP{Listen: "127.0.0.1:5060", TransactionLinger: 5 * time.Second, RingTimeout: 120 * time.Second, ByeTimeout: 5 * time.Second, MaxCalls: 10000,
 			MaxPending: 1000, DrainTimeout: 60 * time.Second, FailoverTimeout: 3 * time.Second,
+			TrustedProxies: []string{}, SourceHeader: "X-AUTH-IP",
 			MaxConnections: 2048, MaxConnectionsPerSource: 128, ReservedFDs: 256, ConnectionIdleTimeout: 120 * time.Second,
 			SessionExpires: 1800 * time.Second, MinSE: 90 * time.Second, KeepaliveInterval: 30 * time.Second,
 			KeepaliveTimeout: 8 * time.Second, MaxCallDuration: 4 * time.Hour},
 		HTTP: HTTP{Listen: "127.0.0.1:8080", ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
-			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16},
+			IdleTimeout: 60 * time.Second, MaxConns: 1024, MaxConnsPerIP: 256, MaxExports: 16,
+			Console: Console{Enabled: true, SessionTTL: 8 * time.Hour, MaxSessions: 1000}},
 		Funding: Funding{Minimum: "50.00"},
 		Fraud:   Fraud{HighRiskPrefixes: slices.Clone(DefaultHighRisk)},
 		Payments: Payments{StripeBaseURL: "https://api.stripe.com", RetryBackoff: 2 * time.Second,
@@ -318,6 +343,17 @@ func (c Config) Validate() error {
 	if c.SIP.BurstPerSource < 0 || c.SIP.BurstPerSource > 1e6 {
 		return bad("sip.burst_per_source", "want 0 (the rate) to 1000000, got %d", c.SIP.BurstPerSource)
 	}
+	if len(c.SIP.TrustedProxies) > maxTrustedProxies {
+		return bad("sip.trusted_proxies", "at most %d entries, got %d", maxTrustedProxies, len(c.SIP.TrustedProxies))
+	}
+	for i, a := range c.SIP.TrustedProxies {
+		if !isAddressOrCIDR(a) {
+			return bad(fmt.Sprintf("sip.trusted_proxies[%d]", i), "%q: want a CIDR (10.0.0.0/24), an IP, or IP:port", a)
+		}
+	}
+	if !isHeaderName(c.SIP.SourceHeader) {
+		return bad("sip.source_header", "%q is not a SIP header name (an RFC 3261 token, at most 64 characters)", c.SIP.SourceHeader)
+	}
 	if c.SIP.DrainTimeout < 0 || c.SIP.DrainTimeout > 24*time.Hour {
 		return bad("sip.drain_timeout", "want 0s to 24h, got %s", c.SIP.DrainTimeout)
 	}
@@ -368,6 +404,14 @@ func (c Config) Validate() error {
 	}
 	if c.HTTP.MaxExports < 1 || c.HTTP.MaxExports > 10_000 {
 		return bad("http.max_exports", "want 1 to 10000, got %d", c.HTTP.MaxExports)
+	}
+	if cs := c.HTTP.Console; cs.Enabled {
+		if cs.SessionTTL < time.Minute || cs.SessionTTL > 30*24*time.Hour {
+			return bad("http.console.session_ttl", "want 1m to 720h, got %s", cs.SessionTTL)
+		}
+		if cs.MaxSessions < 1 || cs.MaxSessions > 1_000_000 {
+			return bad("http.console.max_sessions", "want 1 to 1000000, got %d", cs.MaxSessions)
+		}
 	}
 	if c.HTTP.AdminToken != "" && len(c.HTTP.AdminToken) < 16 {
 		return bad("http.admin_token", "at least 16 characters, or leave empty to generate one")
@@ -497,4 +541,36 @@ func (c Config) SMTPPassword() (string, error) {
 		return "", fmt.Errorf("notify.smtp.password_file: %w", err)
 	}
 	return p, nil
+}
+
+// maxTrustedProxies is gateway.MaxTrustedProxies (configs does not import
+// the gateway): every INVITE is checked against each entry.
+const maxTrustedProxies = 256
+
+// isAddressOrCIDR accepts what a trunk address or a trusted proxy may be:
+// a CIDR, an IP, or IP:port with a port from 1 to 65535.
+func isAddressOrCIDR(a string) bool {
+	if _, err := netip.ParsePrefix(a); err == nil {
+		return true
+	}
+	if _, err := netip.ParseAddr(a); err == nil {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(a)
+	return err == nil && ap.Port() != 0
+}
+
+// isHeaderName: an RFC 3261 token (§25.1), which is what a header's name
+// is, bounded.
+func isHeaderName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-.!%*_+`'~", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }

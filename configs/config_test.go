@@ -30,9 +30,15 @@ func TestParseRefuses(t *testing.T) {
 		{"tls without a certificate", "sip:\n  tls_listen: 127.0.0.1:5061\n", "sip.tls_cert"},
 		{"tls listen not host:port", "sip:\n  tls_listen: 5061\n  tls_cert: c.pem\n  tls_key: k.pem\n", "sip.tls_listen"},
 		{"negative rate per source", "sip:\n  rate_per_source: -1\n", "sip.rate_per_source"},
+		{"trusted proxy by name", "sip:\n  trusted_proxies: [10.0.0.1, kamailio.example]\n", "sip.trusted_proxies[1]"},
+		{"trusted proxy port 0", "sip:\n  trusted_proxies: [\"10.0.0.1:0\"]\n", "sip.trusted_proxies[0]"},
+		{"source header with a space", "sip:\n  source_header: \"X AUTH\"\n", "sip.source_header"},
+		{"empty source header", "sip:\n  source_header: \"\"\n", "sip.source_header"},
 		{"zero max calls", "sip:\n  max_calls: 0\n", "sip.max_calls"},
 		{"admin tls without key", "http:\n  tls_cert: c.pem\n", "http.tls_cert"},
 		{"short token", "http:\n  admin_token: abc\n", "http.admin_token"},
+		{"console session ttl", "http:\n  console:\n    session_ttl: 10s\n", "http.console.session_ttl"},
+		{"console max sessions", "http:\n  console:\n    max_sessions: 0\n", "http.console.max_sessions"},
 		{"negative minimum", "funding:\n  minimum: \"-5\"\n", "funding.minimum"},
 		{"too precise minimum", "funding:\n  minimum: \"50.001\"\n", "funding.minimum"},
 		{"bad level", "log:\n  level: loud\n", "log.level"},
@@ -116,4 +122,17 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestTrustedProxiesAccepted: the forms a trunk address takes are taken
+// for a trusted proxy too, and reach the config as written.
+func TestTrustedProxiesAccepted(t *testing.T) {
+	c, err := Parse([]byte("sip:\n  trusted_proxies: [10.0.0.0/8, 192.0.2.5, \"192.0.2.6:5060\", \"[2001:db8::5]:5060\", 2001:db8::/64]\n  source_header: X-Src\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.0.0.0/8", "192.0.2.5", "192.0.2.6:5060", "[2001:db8::5]:5060", "2001:db8::/64"}
+	if !reflect.DeepEqual(c.SIP.TrustedProxies, want) || c.SIP.SourceHeader != "X-Src" {
+		t.Fatalf("trusted_proxies %q, source_header %q", c.SIP.TrustedProxies, c.SIP.SourceHeader)
+	}
 }

@@ -3,7 +3,6 @@ package gateway
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -172,7 +171,13 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool, sessionErr error)
 	if mf := req.MaxForwards(); mf != nil && mf.Val() == 0 {
 		return nil, ErrTooManyHops
 	}
-	trunk, ok := g.routes.Load().source(req.Source())
+	// Behind a trusted front proxy the customer is the address it vouches
+	// for, not the proxy's (front.go says which decisions follow which).
+	src, err := g.front.source(req)
+	if err != nil {
+		return nil, err
+	}
+	trunk, ok := g.routes.Load().sourceAddr(src)
 	if !ok {
 		return nil, ErrUnknownTrunk
 	}
@@ -210,7 +215,7 @@ func (g *Gateway) authorize(req *sip.Request, overloaded bool, sessionErr error)
 	if err := g.admissible(overloaded); err != nil {
 		return nil, err
 	}
-	if src, err := netip.ParseAddrPort(req.Source()); err == nil && !g.perSrc.allow(src.Addr().Unmap(), g.clock.Now()) {
+	if !g.perSrc.allow(src.Addr(), g.clock.Now()) {
 		return nil, ErrRateLimited
 	}
 	user, from, ok := g.callerOf(req, org)

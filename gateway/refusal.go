@@ -39,6 +39,9 @@ var refusals = []struct {
 	// Before no_credit: an inbound refusal for money wraps the ledger's.
 	{rating.ErrTollFreeNoCredit, refusal{480, "Temporarily Unavailable", "toll_free_no_credit", "the toll-free number's org has no credit"}},
 	{ErrUnknownTrunk, refusal{403, "Forbidden", "unknown_trunk", "unknown trunk"}},
+	{ErrSourceHeaderUntrusted, refusal{403, "Forbidden", "source_header_untrusted", "source header from an address that is not a trusted front proxy"}},
+	{ErrSourceNotVouched, refusal{403, "Forbidden", "source_not_vouched", "trusted front proxy sent no source header"}},
+	{ErrBadSourceHeader, refusal{400, "Bad Request", "bad_source_header", "source header is not one IP or IP:port"}},
 	{ErrAuthRequired, refusal{407, "Proxy Authentication Required", "auth_required", "this trunk needs digest credentials"}},
 	{ErrAuthFailed, refusal{403, "Forbidden", "auth_failed", "wrong digest credentials"}},
 	{ErrUnknownCaller, refusal{403, "Forbidden", "unknown_caller", "caller is not a known user"}},

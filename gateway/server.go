@@ -80,6 +80,9 @@ type Config struct {
 	// MaxCallDuration ends a call this long after its answer unless its
 	// trunk or org says otherwise; 0 is no limit.
 	MaxCallDuration time.Duration
+	// Front is the trusted front proxies whose vouched source address
+	// stands for the packet's (front.go); the zero value trusts none.
+	Front FrontConfig
 }
 
 // validate refuses a configuration the gateway cannot run on. It does not
@@ -141,6 +144,7 @@ type Gateway struct {
 
 	digest *digestAuth
 	perSrc *sourceLimiter
+	front  *front // read-only after New
 	deck   atomic.Pointer[rating.Deck]
 	routes atomic.Pointer[router]
 
@@ -198,6 +202,10 @@ func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg pro
 	if log == nil {
 		log = slog.Default()
 	}
+	fr, err := newFront(cfg.Front)
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("gateway metrics: %w", err)
@@ -207,7 +215,7 @@ func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg pro
 			return nil, fmt.Errorf("gateway metrics: %w", err)
 		}
 	}
-	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m,
+	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m, front: fr,
 		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{},
 		bySource: map[string]int{}}
 	g.deck.Store(deck)
@@ -312,7 +320,8 @@ func (g *Gateway) Start() error {
 	go func() { defer g.wg.Done(); g.endLeftCalls() }()
 	g.log.Info("SIP listening", "udp", g.udp.LocalAddr().String(), "tcp", g.tcp.Addr().String(),
 		"max_connections", g.conns.maxConns, "capped_by", g.conns.capBy, "max_connections_per_source", g.cfg.Conns.MaxPerSource,
-		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs)
+		"connection_idle_timeout", g.cfg.Conns.IdleTimeout, "nofile", nofile, "reserved_fds", g.cfg.Conns.ReservedFDs,
+		"trusted_proxies", g.cfg.Front.TrustedProxies, "source_header", g.front.header)
 	return nil
 }
 
@@ -390,6 +399,16 @@ func (g *Gateway) handle() {
 	g.srv.OnOptions(g.contain(func(req *sip.Request, tx sip.ServerTransaction) {
 		if b := checkRequest(req); b != nil {
 			g.refuseBadRequest(req, tx, b)
+			return
+		}
+		if to := req.To(); g.Draining() && (to == nil || !to.Params.Has("tag")) {
+			// A front proxy's probe (front.go): a draining node is taken
+			// out of rotation, so new calls go to the others instead of
+			// each being refused here first; OPTIONS in a dialog (a
+			// keepalive of a call still up) is answered as always.
+			res := sip.NewResponseFromRequest(req, 503, "Service Unavailable", nil)
+			res.AppendHeader(sip.NewHeader("Retry-After", "5"))
+			_ = tx.Respond(res)
 			return
 		}
 		res := sip.NewResponseFromRequest(req, 200, "OK", nil)

@@ -184,6 +184,13 @@ func (r *router) source(hostport string) (ledger.Trunk, bool) {
 	if err != nil {
 		return ledger.Trunk{}, false
 	}
+	return r.sourceAddr(ap)
+}
+
+// sourceAddr is source for a parsed address; port 0 (a front proxy that
+// vouched for an IP only, front.go) matches only trunks listed by IP or
+// CIDR.
+func (r *router) sourceAddr(ap netip.AddrPort) (ledger.Trunk, bool) {
 	ip := ap.Addr().Unmap()
 	best, bestSpec := -1, -1
 	for i, rs := range r.sources {

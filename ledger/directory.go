@@ -31,32 +31,16 @@ func (l *Ledger) loadDirectory() error {
 // PutUser creates or replaces a user. Numbers are E.164 digits without '+'.
 // The org's minute pools of this month follow its licenses.
 func (l *Ledger) PutUser(u User) error {
-	if !ValidID(u.ID) {
-		return invalidf("user id %q: want 1 to %d letters, digits, '.', '_' or '-'", u.ID, MaxIDLength)
+	u, err := PrepareUser(u) // apply.go: the rules a cluster node checks too
+	if err != nil {
+		return err
 	}
-	if len(u.Numbers) > MaxNumbersPerUser {
-		return invalidf("more than %d numbers", MaxNumbersPerUser)
-	}
-	if len(u.Licenses) > MaxLicensesPerUser {
-		return invalidf("more than %d licenses", MaxLicensesPerUser)
-	}
-	u.Numbers = slices.Compact(slices.Sorted(slices.Values(u.Numbers)))
-	u.Licenses = slices.Compact(slices.Sorted(slices.Values(u.Licenses)))
 	at := l.opts.Now().UTC()
-	_, err := l.do(Op{Kind: "put_user", Org: u.Org, Key: u.ID}, at, func(t *txn) error {
-		st, ok := l.orgs[u.Org]
-		if !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, u.Org)
+	_, err = l.do(Op{Kind: "put_user", Org: u.Org, Key: u.ID}, at, func(t *txn) error {
+		if err := CheckPutUser(memDirectory{l}, u); err != nil {
+			return err
 		}
-		key := u.Org + "/" + u.ID
-		for _, n := range u.Numbers {
-			if owner, ok := l.numbers[n]; ok && owner != key {
-				return fmt.Errorf("%w: +%s belongs to %s", ErrNumberTaken, n, owner)
-			}
-			if tf, ok := l.tollFree[n]; ok {
-				return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, n, tf.Org)
-			}
-		}
+		st := l.orgs[u.Org]
 		before := slices.Clone(st.licensed)
 		l.setUser(&u)
 		t.put(keyUser(u.Org, u.ID), u)
@@ -98,10 +82,8 @@ func (l *Ledger) DeleteUser(org, id string) (bool, error) {
 		if !ok {
 			return nil
 		}
-		for _, c := range l.calls {
-			if c.Org == org && c.User == id {
-				return fmt.Errorf("%w: user %s has call %s up", ErrInUse, id, c.ID)
-			}
+		if err := l.userBusy(org, id); err != nil {
+			return err
 		}
 		found = true
 		before := slices.Clone(st.licensed)
@@ -189,24 +171,12 @@ func (l *Ledger) UserByNumber(e164 string) (User, bool) {
 // org, or moves its delivery trunk. A number of a user, or of another org,
 // is refused.
 func (l *Ledger) PutTollFree(tf TollFree) error {
-	if tf.Number == "" || len(tf.Number) > 15 || !allDigits(tf.Number) {
-		return invalidf("toll-free number %q: want E.164 digits", tf.Number)
+	if err := ValidateTollFree(tf); err != nil {
+		return err
 	}
 	_, err := l.do(Op{Kind: "put_toll_free", Org: tf.Org, Key: tf.Number}, l.opts.Now().UTC(), func(t *txn) error {
-		if _, ok := l.orgs[tf.Org]; !ok {
-			return fmt.Errorf("%w: %s", ErrUnknownOrg, tf.Org)
-		}
-		if old, ok := l.tollFree[tf.Number]; ok && old.Org != tf.Org {
-			return fmt.Errorf("%w: +%s is a toll-free number of org %s", ErrNumberTaken, tf.Number, old.Org)
-		}
-		if owner, ok := l.numbers[tf.Number]; ok {
-			return fmt.Errorf("%w: +%s belongs to user %s", ErrNumberTaken, tf.Number, owner)
-		}
-		if tf.Trunk != "" {
-			tr, ok := l.trunks[tf.Trunk]
-			if !ok || tr.Org != tf.Org {
-				return invalidf("trunk %q is not a trunk of org %s", tf.Trunk, tf.Org)
-			}
+		if err := CheckPutTollFree(memDirectory{l}, tf); err != nil {
+			return err
 		}
 		l.tollFree[tf.Number] = tf
 		t.put(keyTollFree(tf.Number), tf)
@@ -224,10 +194,8 @@ func (l *Ledger) DeleteTollFree(org, number string) (bool, error) {
 		if tf, ok := l.tollFree[number]; !ok || tf.Org != org {
 			return nil
 		}
-		for _, c := range l.calls {
-			if c.Org == org && c.Direction == DirectionInbound && c.To == number {
-				return fmt.Errorf("%w: +%s has call %s up", ErrInUse, number, c.ID)
-			}
+		if err := l.tollFreeBusy(org, number); err != nil {
+			return err
 		}
 		found = true
 		delete(l.tollFree, number)
@@ -270,14 +238,12 @@ func allDigits(s string) bool {
 
 // PutTrunk creates or replaces a trunk; the gateway validates its fields.
 func (l *Ledger) PutTrunk(tr Trunk) error {
-	if !ValidID(tr.ID) {
-		return invalidf("trunk id %q: want 1 to %d letters, digits, '.', '_' or '-'", tr.ID, MaxIDLength)
+	if err := ValidateTrunk(tr); err != nil {
+		return err
 	}
 	_, err := l.do(Op{Kind: "put_trunk", Key: tr.ID}, l.opts.Now().UTC(), func(t *txn) error {
-		if tr.Org != "" {
-			if _, ok := l.orgs[tr.Org]; !ok {
-				return fmt.Errorf("%w: %s", ErrUnknownOrg, tr.Org)
-			}
+		if err := CheckPutTrunk(memDirectory{l}, tr); err != nil {
+			return err
 		}
 		l.trunks[tr.ID] = tr
 		t.put(keyTrunk(tr.ID), tr)
@@ -296,10 +262,8 @@ func (l *Ledger) DeleteTrunk(id string) (bool, error) {
 		if _, ok := l.trunks[id]; !ok {
 			return nil
 		}
-		for _, tf := range l.tollFree {
-			if tf.Trunk == id {
-				return fmt.Errorf("%w: trunk %s delivers toll-free +%s", ErrInUse, id, tf.Number)
-			}
+		if err := CheckDeleteTrunk(memDirectory{l}, id); err != nil {
+			return err
 		}
 		found = true
 		delete(l.trunks, id)

@@ -73,15 +73,8 @@ const MaxGuardCalls = 1_000_000
 
 // SetFraudGuard replaces the org's fraud guard.
 func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
-	switch {
-	case fg.MaxCalls < 0 || fg.MaxCalls > MaxGuardCalls:
-		return Org{}, invalidf("max_calls: want 0 (no limit) to %d", MaxGuardCalls)
-	case fg.MaxCallsPerUser < 0 || fg.MaxCallsPerUser > MaxGuardCalls:
-		return Org{}, invalidf("max_calls_per_user: want 0 (no limit) to %d", MaxGuardCalls)
-	case fg.MaxChargePerCall.IsNegative() || fg.MaxCallDurationS < 0 || fg.MaxCallDurationS > 7*24*3600:
-		return Org{}, invalidf("max_charge_per_call must not be negative, max_call_duration_s 0 to one week")
-	case fg.MaxSpendPerHour.IsNegative() || fg.MaxSpendPerHourPerUser.IsNegative():
-		return Org{}, invalidf("spend limits: must not be negative (0: no limit)")
+	if err := ValidateFraudGuard(fg); err != nil { // apply.go
+		return Org{}, err
 	}
 	return l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
 }

@@ -18,6 +18,7 @@ import (
 //     still up holds anything (ended calls are gone from memory by then);
 //   - every call up: its tail (liveness.go) holds only committed increments
 //     that started after its last proof of life, no more than it was charged;
+//   - every pending purchase: what checkPurchasesLocked (purchase.go) says;
 //   - every CDR's charge is the sum of its call's debits minus its refunds,
 //     and all debits minus all refunds are Debited (CheckHistory, which reads
 //     the store).
@@ -88,7 +89,7 @@ func (l *Ledger) checkLocked() error {
 			}
 		}
 	}
-	return nil
+	return l.checkPurchasesLocked()
 }
 
 // CheckHistory verifies the invariants that involve the stored history:
@@ -125,7 +126,7 @@ func (l *Ledger) CheckHistory() error {
 			for _, e := range es {
 				after = e.Seq
 				switch e.Kind {
-				case EntryFunding, EntryRecharge:
+				case EntryFunding, EntryRecharge, EntryPurchase:
 					funded = funded.Add(e.Amount)
 				case EntryDebit:
 					id := fmt.Sprintf("%s#%d", e.CallID, e.N)

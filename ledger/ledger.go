@@ -114,11 +114,16 @@ type Ledger struct {
 	fundKeys map[string]Entry // org + "/" + key
 	ended    endedCalls
 	dialogs  []Dialog // left by the last run, until the SIP side forgets them
+	keys     keyState // admin API keys (keys.go)
 
-	purchases  map[string]*Purchase     // pending auto-recharge purchases
+	purchases  map[string]*Purchase     // pending purchases, auto-recharge and one-time
 	outbox     map[string]*Notification // notifications not yet delivered
 	payerWake  chan struct{}
 	outboxWake chan struct{}
+
+	// purchaseKeys: org + "/" + idempotency key → the one-time purchase it
+	// started, pending or closed (purchase.go).
+	purchaseKeys map[string]purchaseKey
 
 	// trace, when set by tests, sees every operation's outcome in the order
 	// the ledger linearized them, under the lock.
@@ -175,7 +180,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
 		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
 		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
-		purchases: map[string]*Purchase{}, outbox: map[string]*Notification{},
+		purchases: map[string]*Purchase{}, purchaseKeys: map[string]purchaseKey{}, outbox: map[string]*Notification{},
 		payerWake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1),
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
 			Help: "Billing increments committed (debited) from org balances."}),
@@ -224,7 +229,7 @@ func (l *Ledger) load() error {
 	}
 	for _, load := range []func() error{
 		l.loadOrgs, l.loadDirectory, l.loadFundKeys, l.loadCalls,
-		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools,
+		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools, l.loadKeys,
 	} {
 		if err := load(); err != nil {
 			return err

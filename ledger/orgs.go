@@ -67,29 +67,10 @@ func (l *Ledger) loadFundKeys() error {
 
 // CreateOrg adds an org with a zero balance.
 func (l *Ledger) CreateOrg(o Org) (Org, error) {
-	if !ValidID(o.ID) {
-		return Org{}, invalidf("org id %q: want 1 to %d letters, digits, '.', '_' or '-'", o.ID, MaxIDLength)
+	o, err := l.PrepareOrg(o) // apply.go: the rules a cluster node checks too
+	if err != nil {
+		return Org{}, err
 	}
-	if o.Currency == "" {
-		o.Currency = "USD"
-	}
-	if o.BillingRegion == "" {
-		o.BillingRegion = o.Region
-	}
-	if len(o.Currency) != 3 || !isUpper(o.Currency) {
-		return Org{}, invalidf("currency %q: want an ISO 4217 code like USD", o.Currency)
-	}
-	if len(o.Name) > 200 {
-		return Org{}, invalidf("name longer than 200 characters")
-	}
-	if o.Timezone == "UTC" {
-		o.Timezone = ""
-	}
-	if len(o.Timezone) > 64 {
-		return Org{}, invalidf("timezone longer than 64 characters")
-	}
-	o.CreatedAt = l.opts.Now().UTC()
-	o.Balances = Balances{Balance: decimal.Zero, Held: decimal.Zero, Funded: decimal.Zero, Debited: decimal.Zero}
 	st, err := l.newOrgState(o)
 	if err != nil {
 		return Org{}, err

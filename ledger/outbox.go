@@ -26,10 +26,13 @@ const (
 	NotifyBalanceZero       = "balance_zero"
 	NotifyLowBalance        = "low_balance"
 	NotifyFraudGuard        = "fraud_guard"
+	// NotifyPurchaseFailed: a one-time purchase (purchase.go) was declined.
+	NotifyPurchaseFailed = "purchase_failed"
 )
 
 // NotificationKinds lists every kind, for metrics and documentation.
-var NotificationKinds = []string{NotifyRechargeSucceeded, NotifyRechargeFailed, NotifyBalanceZero, NotifyLowBalance, NotifyFraudGuard}
+var NotificationKinds = []string{NotifyRechargeSucceeded, NotifyRechargeFailed, NotifyBalanceZero, NotifyLowBalance, NotifyFraudGuard,
+	NotifyPurchaseFailed}
 
 // Notification is one message to an org's contacts.
 type Notification struct {

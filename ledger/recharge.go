@@ -29,6 +29,12 @@ import (
 //
 // Every outcome queues a notification in the outbox (outbox.go) in the same
 // operation.
+//
+// One-time purchases (purchase.go) are Purchases of kind one_time on the
+// same machinery: pending in Ledger.purchases, paid by the same payer,
+// closed by CompletePurchase and FailPurchase. They are never an org's
+// purchase (orgState.purchase), so they neither block nor replace its
+// auto-recharge, and a failed one suspends nothing.
 
 // Purchase states.
 const (
@@ -55,9 +61,18 @@ type AutoRecharge struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// Purchase is one auto-recharge purchase.
+// Purchase kinds. A record written before kinds existed has none and is an
+// auto-recharge purchase (Purchase.OneTime).
+const (
+	PurchaseAutoRecharge = "auto_recharge"
+	PurchaseOneTime      = "one_time" // an admin's "buy credits" (purchase.go)
+)
+
+// Purchase is one purchase of credits the payer pays: an auto-recharge
+// (below the threshold) or a one-time purchase an admin asked for.
 type Purchase struct {
 	ID            string          `json:"id"` // also the payment's idempotency key
+	Kind          string          `json:"kind,omitempty"`
 	Org           string          `json:"org"`
 	Amount        decimal.Decimal `json:"amount"`
 	Currency      string          `json:"currency"`
@@ -68,12 +83,28 @@ type Purchase struct {
 	Reason        string          `json:"reason,omitempty"`  // why it failed
 	Created       time.Time       `json:"created"`
 	Closed        time.Time       `json:"closed,omitzero"`
-	// Balance is the balance that triggered it.
+	// Balance is the balance that triggered it (a one-time purchase: the
+	// balance when it was asked for).
 	Balance decimal.Decimal `json:"balance"`
+	// Key and Incident are a one-time purchase's: the client's idempotency
+	// key and the support incident that allowed it across regions.
+	Key      string `json:"idempotency_key,omitempty"`
+	Incident string `json:"incident,omitempty"`
+	// Replayed is set, not stored, when a retried StartPurchase found the
+	// purchase its key had started.
+	Replayed bool `json:"-"`
 }
 
-// EntryRecharge is the entry kind of a completed auto-recharge purchase.
-const EntryRecharge = "recharge"
+// OneTime says whether p is a one-time purchase, which neither counts as
+// the org's pending auto-recharge nor suspends auto-recharge when it fails.
+func (p *Purchase) OneTime() bool { return p.Kind == PurchaseOneTime }
+
+// Entry kinds of a completed purchase: an auto-recharge, a one-time
+// purchase.
+const (
+	EntryRecharge = "recharge"
+	EntryPurchase = "purchase"
+)
 
 var (
 	paymentMethodRE = regexp.MustCompile(`^(pm|card|src)_[A-Za-z0-9_]{1,200}$`)
@@ -107,40 +138,18 @@ func keyPurchase(id string) []byte { return []byte("q/" + id) }
 // incident names the support incident that resolved it. If the balance is
 // already below the threshold, a purchase starts at once.
 func (l *Ledger) SetAutoRecharge(org string, ar AutoRecharge) (AutoRecharge, error) {
-	if ar.Enabled {
-		if ar.Threshold.IsNegative() {
-			return AutoRecharge{}, invalidf("threshold: must not be negative")
-		}
-		if ar.Amount.LessThan(l.opts.MinFunding) {
-			return AutoRecharge{}, fmt.Errorf("%w: recharge amount %s is below the minimum funding of %s", ErrBelowMinimum,
-				ar.Amount.StringFixed(2), l.opts.MinFunding.StringFixed(2))
-		}
-		if !paymentMethodRE.MatchString(ar.PaymentMethod) {
-			return AutoRecharge{}, invalidf("payment_method %q: want the provider's saved payment method id (pm_…)", ar.PaymentMethod)
-		}
-		if !customerRE.MatchString(ar.Customer) {
-			return AutoRecharge{}, invalidf("customer %q: want the provider's customer id (cus_…) that owns the payment method", ar.Customer)
-		}
+	ar, err := l.PrepareAutoRecharge(ar) // apply.go: the rules a cluster node checks too
+	if err != nil {
+		return AutoRecharge{}, err
 	}
-	if len(ar.Incident) > 128 {
-		return AutoRecharge{}, invalidf("incident: at most 128 characters")
-	}
-	ar.Suspended = ""
-	ar.UpdatedAt = l.opts.Now().UTC()
 	var out AutoRecharge
-	_, err := l.do(Op{Kind: "auto_recharge", Org: org}, ar.UpdatedAt, func(t *txn) error {
+	_, err = l.do(Op{Kind: "auto_recharge", Org: org}, ar.UpdatedAt, func(t *txn) error {
 		st, ok := l.orgs[org]
 		if !ok {
 			return fmt.Errorf("%w: %s", ErrUnknownOrg, org)
 		}
-		if ar.Enabled {
-			if _, ok := MinorUnits(ar.Amount, st.Currency); !ok {
-				return invalidf("amount %s: more precision than %s has", ar.Amount, st.Currency)
-			}
-			if st.Region != st.BillingRegion && ar.Incident == "" {
-				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits, then pass its id as incident",
-					ErrRegionMismatch, st.ID, st.Region, st.BillingRegion)
-			}
+		if err := CheckAutoRechargeFor(st.Org, ar); err != nil {
+			return err
 		}
 		if ar.Incident != "" && st.Region != st.BillingRegion {
 			l.log.Warn("auto-recharge allowed across regions by a support incident", "org", org,
@@ -173,7 +182,7 @@ func (l *Ledger) maybeRecharge(t *txn, st *orgState) {
 	// purchase — credit without a charge. Hence the random part.
 	var nonce [6]byte
 	_, _ = rand.Read(nonce[:])
-	p := &Purchase{ID: fmt.Sprintf("%s-r%d-%x", st.ID, t.entrySeq(), nonce), Org: st.ID, Amount: ar.Amount, Currency: st.Currency,
+	p := &Purchase{ID: fmt.Sprintf("%s-r%d-%x", st.ID, t.entrySeq(), nonce), Kind: PurchaseAutoRecharge, Org: st.ID, Amount: ar.Amount, Currency: st.Currency,
 		PaymentMethod: ar.PaymentMethod, Customer: ar.Customer, State: PurchasePending, Created: t.at.UTC(), Balance: st.Balance}
 	st.purchase = p
 	l.purchases[p.ID] = p
@@ -205,13 +214,19 @@ func (l *Ledger) PendingPurchaseOf(org string) string {
 	return ""
 }
 
-// Purchase returns a purchase, pending or closed.
+// Purchase returns a purchase, pending or closed. A purchase being closed
+// reads as pending until its close is durable: memory lets it go when the
+// close applies, and the store has the closed record once it is written.
 func (l *Ledger) Purchase(id string) (Purchase, bool, error) {
 	l.mu.Lock()
 	p, ok := l.purchases[id]
+	var pending Purchase
+	if ok {
+		pending = *p // under mu: a close rewrites *p in place
+	}
 	l.mu.Unlock()
 	if ok {
-		return *p, true, nil
+		return pending, true, nil
 	}
 	var stored Purchase
 	found, err := getRecord(l.db, keyPurchase(id), &stored)
@@ -236,15 +251,24 @@ func (l *Ledger) CompletePurchase(id, payment string) (Entry, error) {
 		st := l.orgs[p.Org]
 		st.Balance = st.Balance.Add(p.Amount)
 		st.Funded = st.Funded.Add(p.Amount)
-		en = Entry{Seq: t.entrySeq(), At: at, Kind: EntryRecharge, Amount: p.Amount, Balance: st.Balance, Key: id}
+		kind := EntryRecharge
+		if p.OneTime() {
+			kind = EntryPurchase
+		}
+		en = Entry{Seq: t.entrySeq(), At: at, Kind: kind, Amount: p.Amount, Balance: st.Balance, Key: id, Incident: p.Incident}
 		p.State, p.Payment, p.Closed = PurchaseSucceeded, payment, at
 		t.put(keyBalances(st.ID), st.Balances)
 		t.put(keyEntry(st.ID, en.Seq), en)
 		t.put(keyFunding(st.ID, id), en)
 		t.put(keyPurchase(id), *p)
 		delete(l.purchases, id)
-		st.purchase = nil
 		l.fundKeys[st.ID+"/"+id] = en
+		if p.OneTime() {
+			// The admin who bought it reads the outcome in the API
+			// (GET …/purchases/{id}); only a failure is worth a message.
+			return nil
+		}
+		st.purchase = nil
 		l.notify(t, Notification{Org: st.ID, Kind: NotifyRechargeSucceeded, Amount: p.Amount, Balance: st.Balance,
 			Currency: st.Currency, Purchase: id})
 		return nil
@@ -268,8 +292,11 @@ func (l *Ledger) closedPurchase(id string, en *Entry) error {
 }
 
 // FailPurchase closes a purchase that cannot be paid (a hard decline:
-// expired card, insufficient funds…) and suspends the org's auto-recharge
-// with reason until its setting is put again.
+// expired card, insufficient funds…). An auto-recharge purchase suspends the
+// org's auto-recharge with reason until its setting is put again; a
+// one-time purchase suspends nothing (the card that failed is the admin's
+// choice of the moment, not the saved auto-recharge card) and queues a
+// purchase_failed notification instead of recharge_failed.
 func (l *Ledger) FailPurchase(id, reason string) error {
 	at := l.opts.Now().UTC()
 	_, err := l.do(Op{Kind: "recharge_failed", Key: id}, at, func(t *txn) error {
@@ -282,6 +309,11 @@ func (l *Ledger) FailPurchase(id, reason string) error {
 		p.State, p.Reason, p.Closed = PurchaseFailed, reason, at
 		t.put(keyPurchase(id), *p)
 		delete(l.purchases, id)
+		if p.OneTime() {
+			l.notify(t, Notification{Org: st.ID, Kind: NotifyPurchaseFailed, Amount: p.Amount, Balance: st.Balance,
+				Currency: st.Currency, Purchase: id, Reason: reason})
+			return nil
+		}
 		st.purchase = nil
 		st.AutoRecharge.Suspended = reason
 		t.put(keyOrg(st.ID), st.Org)
@@ -292,14 +324,20 @@ func (l *Ledger) FailPurchase(id, reason string) error {
 	return err
 }
 
-// loadPurchases reads back the purchases still pending.
+// loadPurchases reads back the purchases still pending and the one-time
+// purchases' idempotency keys.
 func (l *Ledger) loadPurchases() error {
 	return scan(l.db, []byte("q/"), func(_ []byte, p *Purchase) error {
+		if p.OneTime() {
+			l.purchaseKeys[p.Org+"/"+p.Key] = purchaseKey{ID: p.ID, Amount: p.Amount, PaymentMethod: p.PaymentMethod, Customer: p.Customer}
+		}
 		if p.State != PurchasePending {
 			return nil
 		}
 		if st, ok := l.orgs[p.Org]; ok {
-			st.purchase = p
+			if !p.OneTime() {
+				st.purchase = p
+			}
 			l.purchases[p.ID] = p
 		}
 		return nil

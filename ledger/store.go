@@ -35,8 +35,10 @@ import (
 //	r/{org}/{start:8}/{call}   CDR, by start time
 //	z/{call}                   → the CDR's key, so a retried close finds it
 //	g/{call}                   the SIP dialogs of an answered call, until its BYEs are done
-//	q/{purchase}               auto-recharge Purchase (pending ones are loaded)
+//	q/{purchase}               Purchase, auto-recharge or one-time (pending ones, and one-time ones' keys, are loaded)
 //	n/{seq:8}                  Notification in the outbox, until delivered
+//	y/{key}                    admin API key (keys.go)
+//	j/{seq:8}                  audit entry, by the sequence number of its operation (audit.go)
 var (
 	keySeq  = []byte("m/seq")
 	keyDeck = []byte("d")

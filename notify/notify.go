@@ -315,6 +315,11 @@ func message(o ledger.Org, n ledger.Notification) (subject, body string) {
 			"Auto-recharge is suspended until its settings are saved again (PUT /v1/orgs/%s/auto-recharge), e.g. with a card that works.\n"+
 			"Calls that no plan includes will be refused once the balance is used up.\n",
 			money(n.Amount), o.Name, o.ID, n.Reason, money(n.Balance), n.Purchase, o.ID)
+	case ledger.NotifyPurchaseFailed:
+		subject = fmt.Sprintf("Communications Credits purchase FAILED for %s", o.Name)
+		body = fmt.Sprintf("A purchase of %s of Communications Credits for %s (%s) could not be paid; nothing was charged or credited.\n\n"+
+			"Reason: %s\nBalance: %s\nPurchase: %s\n\nBuy again with a card that works (POST /v1/orgs/%s/purchases with a new idempotency_key).\n",
+			money(n.Amount), o.Name, o.ID, n.Reason, money(n.Balance), n.Purchase, o.ID)
 	case ledger.NotifyBalanceZero:
 		subject = fmt.Sprintf("Communications Credits used up for %s: paid calls are refused", o.Name)
 		body = fmt.Sprintf("The Communications Credits balance of %s (%s) reached %s.\n\n"+

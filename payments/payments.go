@@ -1,11 +1,11 @@
-// Package recharge pays the ledger's pending auto-recharge purchases with
-// Stripe's PaymentIntents API: one off-session, confirmed payment per
-// purchase, the purchase's ID as the idempotency key, so paying again after
-// a crash or a lost response replays the first payment instead of charging
-// the card twice. The ledger credits a paid purchase once (see
-// ledger.CompletePurchase); a hard decline closes it and suspends the org's
-// auto-recharge; anything transient is retried with capped exponential
-// backoff.
+// Package payments pays the ledger's pending purchases — auto-recharges
+// and one-time purchases an admin asked for — with Stripe's PaymentIntents
+// API: one confirmed payment per purchase, the purchase's ID as the
+// idempotency key, so paying again after a crash or a lost response replays
+// the first payment instead of charging the card twice. The ledger credits
+// a paid purchase once (see ledger.CompletePurchase); a hard decline closes
+// it (and, for an auto-recharge, suspends the org's auto-recharge); anything
+// transient is retried with capped exponential backoff.
 package payments
 
 import (
@@ -106,7 +106,7 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 	})
 	p := &Payer{l: l, sc: stripe.NewClient(cfg.APIKey, stripe.WithBackends(backends)), cfg: cfg, clk: clk, log: log,
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_recharges_total",
-			Help: "Auto-recharge payment attempts by result: succeeded, declined (card), failed (other hard failure), retry (transient)."},
+			Help: "Payment attempts of purchases (auto-recharge and one-time) by result: succeeded, declined (card), failed (other hard failure), retry (transient)."},
 			[]string{"result"}),
 		retry: backoff.New(clk, cfg.Backoff, cfg.MaxBackoff)}
 	for _, r := range []string{ResultSucceeded, ResultDeclined, ResultFailed, ResultRetry} {
@@ -129,7 +129,7 @@ func (p *Payer) Run(ctx context.Context) { backoff.Run(ctx, p.clk, p.l.PayerWake
 func (p *Payer) PayDue(ctx context.Context) time.Time {
 	ps, err := p.l.PendingPurchases()
 	if err != nil {
-		p.log.Error("auto-recharge: cannot read pending purchases", "err", err)
+		p.log.Error("payer: cannot read pending purchases", "err", err)
 		return p.clk.Now().Add(p.cfg.Backoff)
 	}
 	var next time.Time
@@ -152,7 +152,7 @@ func (p *Payer) PayDue(ctx context.Context) time.Time {
 
 // payContained is Pay with a panic turned into a transient failure, retried
 // with backoff: one odd purchase must stop neither the payer (every org's
-// recharges) nor the process. The purchase stays pending in the ledger, so
+// purchases) nor the process. The purchase stays pending in the ledger, so
 // nothing is lost or paid twice (the retry uses the same idempotency key).
 func (p *Payer) payContained(ctx context.Context, pu ledger.Purchase) (next time.Time) {
 	defer panics.Recover(p.log, panics.Payer, func() { _, next = p.retry.Failed(pu.ID) }, "org", pu.Org, "purchase", pu.ID)
@@ -165,6 +165,10 @@ func (p *Payer) payContained(ctx context.Context, pu ledger.Purchase) (next time
 func (p *Payer) Pay(ctx context.Context, pu ledger.Purchase) time.Time {
 	pi, err := p.charge(ctx, pu)
 	result, reason := classify(pi, err)
+	what := "auto-recharge"
+	if pu.OneTime() {
+		what = "one-time purchase"
+	}
 	log := p.log.With("org", pu.Org, "purchase", pu.ID, "amount", pu.Amount.String(), "currency", pu.Currency)
 	switch result {
 	case ResultSucceeded:
@@ -176,18 +180,22 @@ func (p *Payer) Pay(ctx context.Context, pu ledger.Purchase) time.Time {
 		if _, err := p.l.CompletePurchase(pu.ID, pi.ID); err != nil {
 			// Paid but not credited: the purchase stays pending, and
 			// the next attempt replays the payment and credits it.
-			log.Error("auto-recharge paid but not yet credited; will retry", "payment", pi.ID, "err", err)
+			log.Error(what+" paid but not yet credited; will retry", "payment", pi.ID, "err", err)
 			return p.later(pu.ID)
 		}
 		p.retry.Forget(pu.ID)
-		log.Info("auto-recharge paid and credited", "payment", pi.ID)
+		log.Info(what+" paid and credited", "payment", pi.ID)
 	case ResultDeclined, ResultFailed:
 		if err := p.l.FailPurchase(pu.ID, reason); err != nil {
-			log.Error("auto-recharge failed but not yet recorded; will retry", "reason", reason, "err", err)
+			log.Error(what+" failed but not yet recorded; will retry", "reason", reason, "err", err)
 			return p.later(pu.ID)
 		}
 		p.retry.Forget(pu.ID)
-		log.Warn("auto-recharge failed; auto-recharge suspended until its settings are put again", "reason", reason)
+		if pu.OneTime() {
+			log.Warn("one-time purchase failed", "reason", reason)
+		} else {
+			log.Warn("auto-recharge failed; auto-recharge suspended until its settings are put again", "reason", reason)
+		}
 	case ResultRetry:
 		at := p.later(pu.ID)
 		if at.IsZero() {
@@ -196,9 +204,9 @@ func (p *Payer) Pay(ctx context.Context, pu ledger.Purchase) time.Time {
 				p.retry.Forget(pu.ID)
 				result = ResultFailed
 			}
-			log.Error("auto-recharge gave up after repeated transient failures", "attempts", p.cfg.MaxAttempts, "reason", reason)
+			log.Error(what+" gave up after repeated transient failures", "attempts", p.cfg.MaxAttempts, "reason", reason)
 		} else {
-			log.Warn("auto-recharge attempt failed; retrying", "reason", reason, "at", at)
+			log.Warn(what+" attempt failed; retrying", "reason", reason, "at", at)
 		}
 		p.results.WithLabelValues(result).Inc()
 		return at
@@ -215,12 +223,25 @@ func (p *Payer) charge(ctx context.Context, pu ledger.Purchase) (*stripe.Payment
 	params := &stripe.PaymentIntentCreateParams{
 		Amount:        stripe.Int64(minor),
 		Currency:      stripe.String(strings.ToLower(pu.Currency)),
-		Customer:      stripe.String(pu.Customer),
 		PaymentMethod: stripe.String(pu.PaymentMethod),
-		OffSession:    stripe.Bool(true),
 		Confirm:       stripe.Bool(true),
-		Description:   stripe.String("Communications Credits auto-recharge"),
-		Metadata:      map[string]string{"org": pu.Org, "purchase": pu.ID},
+		Metadata:      map[string]string{"org": pu.Org, "purchase": pu.ID, "kind": firstOf(pu.Kind, ledger.PurchaseAutoRecharge)},
+	}
+	if pu.OneTime() {
+		// The admin asked for it just now, with a payment method of the
+		// moment that need not be saved to a customer: an on-session
+		// payment, so Stripe applies the rules of one the holder is
+		// present for.
+		params.Description = stripe.String("Communications Credits purchase")
+		if pu.Customer != "" {
+			params.Customer = stripe.String(pu.Customer)
+		}
+	} else {
+		// Nobody is there when the balance crosses the threshold: an
+		// off-session charge of the saved card, which needs its customer.
+		params.Description = stripe.String("Communications Credits auto-recharge")
+		params.Customer = stripe.String(pu.Customer)
+		params.OffSession = stripe.Bool(true)
 	}
 	params.SetIdempotencyKey(pu.ID)
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
@@ -238,7 +259,7 @@ func classify(pi *stripe.PaymentIntent, err error) (result, reason string) {
 	case err == nil && pi != nil && pi.Status == stripe.PaymentIntentStatusProcessing:
 		return ResultRetry, "payment processing"
 	case err == nil && pi != nil && pi.Status == stripe.PaymentIntentStatusRequiresAction:
-		return ResultDeclined, "authentication_required: the card needs its holder to authenticate, which an off-session recharge cannot do"
+		return ResultDeclined, "authentication_required: the card needs its holder to authenticate, which a payment creditgate makes on its own cannot do"
 	case err == nil && pi != nil:
 		return ResultDeclined, fmt.Sprintf("payment %s: %s", pi.ID, pi.Status)
 	case errors.As(err, &se):

@@ -135,7 +135,7 @@ func serve(configPath string, o overrides) error {
 		gw.Close()
 		return err
 	}
-	srv, apiDone, err := startAPI(cfg, ln, books, gw, token, payments, reg, log)
+	srv, apiDone, err := startAPI(cfg, ln, led, books, gw, token, payments, reg, log)
 	if err != nil {
 		gw.Close()
 		return err
@@ -205,7 +205,8 @@ func startGateway(cfg configs.Config, led *ledger.Ledger, books ledger.Books, re
 			MaxPerSource: cfg.SIP.MaxConnectionsPerSource, IdleTimeout: cfg.SIP.ConnectionIdleTimeout,
 			ReservedFDs: cfg.SIP.ReservedFDs},
 		SessionExpires: cfg.SIP.SessionExpires, MinSE: cfg.SIP.MinSE, KeepaliveInterval: cfg.SIP.KeepaliveInterval,
-		KeepaliveTimeout: cfg.SIP.KeepaliveTimeout, MaxCallDuration: cfg.SIP.MaxCallDuration}, books, deck, clock.Real{}, reg, log)
+		KeepaliveTimeout: cfg.SIP.KeepaliveTimeout, MaxCallDuration: cfg.SIP.MaxCallDuration,
+		Front: gateway.FrontConfig{TrustedProxies: cfg.SIP.TrustedProxies, SourceHeader: cfg.SIP.SourceHeader}}, books, deck, clock.Real{}, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -220,10 +221,18 @@ func startGateway(cfg configs.Config, led *ledger.Ledger, books ledger.Books, re
 
 // startAPI serves the admin API on ln (HTTPS when configured); apiDone
 // gets Serve's error should it ever return.
-func startAPI(cfg configs.Config, ln net.Listener, books ledger.Books, gw *gateway.Gateway, token string, payments bool,
+func startAPI(cfg configs.Config, ln net.Listener, led *ledger.Ledger, books ledger.Books, gw *gateway.Gateway, token string, payments bool,
 	reg *prometheus.Registry, log *slog.Logger) (*api.Server, <-chan error, error) {
 	srv := api.New(books, gw, token, reg, time.Now, log)
+	// API keys and the audit trail live in the same ledger (said
+	// explicitly: New would find them there too).
+	srv.SetAccess(led)
 	srv.SetPayments(payments)
+	srv.SetPurchases(led)
+	if err := mountConsole(cfg, srv, reg, log); err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
 	h := cfg.HTTP
 	srv.SetLimits(api.Limits{ReadTimeout: h.ReadTimeout, WriteTimeout: h.WriteTimeout, IdleTimeout: h.IdleTimeout,
 		MaxConns: h.MaxConns, MaxConnsPerIP: h.MaxConnsPerIP, MaxExports: h.MaxExports})

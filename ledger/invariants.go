@@ -125,7 +125,7 @@ func (l *Ledger) CheckHistory() error {
 			for _, e := range es {
 				after = e.Seq
 				switch e.Kind {
-				case EntryFunding, EntryRecharge:
+				case EntryFunding, EntryRecharge, EntrySlice, EntryReturn:
 					funded = funded.Add(e.Amount)
 				case EntryDebit:
 					id := fmt.Sprintf("%s#%d", e.CallID, e.N)

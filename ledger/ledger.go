@@ -112,8 +112,10 @@ type Ledger struct {
 	deck     []byte
 	calls    map[string]*Call
 	fundKeys map[string]Entry // org + "/" + key
-	ended    endedCalls
-	dialogs  []Dialog // left by the last run, until the SIP side forgets them
+	// sliceMoves is each org's last cluster slice movement (slices.go).
+	sliceMoves map[string]*SliceMove
+	ended      endedCalls
+	dialogs    []Dialog // left by the last run, until the SIP side forgets them
 
 	purchases  map[string]*Purchase     // pending auto-recharge purchases
 	outbox     map[string]*Notification // notifications not yet delivered
@@ -174,7 +176,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	l := &Ledger{
 		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
 		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
-		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{},
+		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{}, sliceMoves: map[string]*SliceMove{},
 		purchases: map[string]*Purchase{}, outbox: map[string]*Notification{},
 		payerWake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1),
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
@@ -224,7 +226,7 @@ func (l *Ledger) load() error {
 	}
 	for _, load := range []func() error{
 		l.loadOrgs, l.loadDirectory, l.loadFundKeys, l.loadCalls,
-		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools,
+		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools, l.loadSliceMoves,
 	} {
 		if err := load(); err != nil {
 			return err

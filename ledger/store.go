@@ -37,6 +37,7 @@ import (
 //	g/{call}                   the SIP dialogs of an answered call, until its BYEs are done
 //	q/{purchase}               auto-recharge Purchase (pending ones are loaded)
 //	n/{seq:8}                  Notification in the outbox, until delivered
+//	c/{org}                    the org's last cluster slice movement (slices.go)
 var (
 	keySeq  = []byte("m/seq")
 	keyDeck = []byte("d")

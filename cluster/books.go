@@ -186,6 +186,11 @@ type orgSpend struct {
 
 var _ ledger.Books = (*Books)(nil)
 
+// maxShare caps a grant at half of what is unallocated (unless a hold
+// needs more): a node with a burst of calls cannot take all of an org's
+// money into its slice and push the other nodes into direct mode.
+var maxShare = decimal.RequireFromString("0.5")
+
 // maxHoldAttempts bounds the local-hold / etcd-fill rounds of one hold: a
 // concurrent hold on this node may take what a fill brought.
 const maxHoldAttempts = 4
@@ -467,7 +472,7 @@ func (b *Books) resizeNamed(ctx context.Context, o *orgSpend, have, min, max dec
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, NewID: newID, Have: have, Min: min, Max: max})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, NewID: newID, Have: have, Min: min, Max: max, Share: maxShare})
 	if err != nil {
 		if errors.Is(err, ErrInsufficientCredit) {
 			b.observe(o, res.Account, s)
@@ -719,18 +724,22 @@ func (b *Books) tick(ctx context.Context) {
 		}
 		used := lo.Debited.Add(lo.Held)
 		b.mu.Lock()
-		if !o.usedAt.IsZero() {
-			if secs := now.Sub(o.usedAt).Seconds(); secs > 0 {
-				rate := used.Sub(o.used).Div(decimal.NewFromFloat(secs))
-				if rate.IsNegative() {
-					rate = decimal.Zero
-				}
-				// Half the last tick, half the past: a burst raises the
-				// burn within a tick or two, a stop lets it decay.
-				o.burn = o.burn.Add(rate).Div(decimal.NewFromInt(2)).Round(6)
+		switch span := now.Sub(o.usedAt); {
+		case o.usedAt.IsZero():
+			o.used, o.usedAt = used, now
+		case span >= b.p.ReportEvery/2:
+			// Measured over at least half a tick, so an early tick (a
+			// test's, or one right after a slow one) does not read a
+			// few milliseconds' spend as a huge burn.
+			rate := used.Sub(o.used).Div(decimal.NewFromFloat(span.Seconds()))
+			if rate.IsNegative() {
+				rate = decimal.Zero
 			}
+			// Half the last span, half the past: a burst raises the burn
+			// within a tick or two, a stop lets it decay.
+			o.burn = o.burn.Add(rate).Div(decimal.NewFromInt(2)).Round(6)
+			o.used, o.usedAt = used, now
 		}
-		o.used, o.usedAt = used, now
 		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
 		watched := !o.lastSeen.IsZero() && now.Sub(o.lastSeen) < 10*b.p.ReportEvery
 		b.mu.Unlock()

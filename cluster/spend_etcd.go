@@ -38,6 +38,10 @@ type ResizeReq struct {
 	NewID    string
 	Have     decimal.Decimal
 	Min, Max decimal.Decimal
+	// Share, when positive, caps what moves in at this fraction of what is
+	// unallocated (but never below Min): one node's top-up leaves the other
+	// nodes something to take.
+	Share decimal.Decimal
 }
 
 // ResizeRes is one request's outcome: the slice after (nil: none held),
@@ -170,6 +174,9 @@ func resized(r ResizeReq, present bool, rev int64, a Account) (*Slice, Account, 
 	}
 	move := r.Max
 	if move.IsPositive() {
+		if r.Share.IsPositive() {
+			move = decimal.Min(move, decimal.Max(r.Min, a.Unallocated.Mul(r.Share).RoundDown(2)))
+		}
 		move = decimal.Min(move, a.Unallocated)
 		if move.LessThan(r.Min) || !move.IsPositive() && r.Min.IsPositive() {
 			return nil, a, decimal.Zero, fmt.Errorf("move %s to %s, unallocated %s: %w", r.Min, r.Max, a.Unallocated, ErrInsufficientCredit)

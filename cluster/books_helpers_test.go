@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/shopspring/decimal"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/creditgate/creditgate/internal/clock"
@@ -104,6 +105,7 @@ var _ SharedConfig = (*testShared)(nil)
 // spender is one cluster node as the tests run it: its etcd client,
 // membership, local Pebble ledger (in dir, kept across restarts) and Books.
 type spender struct {
+	index int // in the shared config's ledgers
 	id    string
 	dir   string
 	cli   *clientv3.Client
@@ -130,7 +132,7 @@ func startSpenders(t testing.TB, newClient func() *clientv3.Client, n int, p Sli
 	shared := &testShared{}
 	sp := make([]*spender, n)
 	for i := range sp {
-		s := &spender{id: fmt.Sprintf("n%d", i), dir: filepath.Join(t.TempDir(), "ledger"), cli: newClient()}
+		s := &spender{index: i, id: fmt.Sprintf("n%d", i), dir: filepath.Join(t.TempDir(), "ledger"), cli: newClient()}
 		s.local = openLedger(t, s.dir)
 		shared.ledgers = append(shared.ledgers, s.local)
 		sp[i] = s
@@ -150,10 +152,19 @@ func startSpenders(t testing.TB, newClient func() *clientv3.Client, n int, p Sli
 // start joins the node and starts its Books (after a restart too).
 func (s *spender) start(t testing.TB, shared *testShared, p SlicePolicy, clk clock.Clock) {
 	t.Helper()
+	s.startOn(t, shared, p, clk, clk)
+}
+
+// startOn is start with the node on nodeClk and the Books on booksClk.
+func (s *spender) startOn(t testing.TB, shared *testShared, p SlicePolicy, nodeClk, clk clock.Clock) {
+	t.Helper()
 	if s.local == nil {
 		s.local = openLedger(t, s.dir)
 	}
-	n, err := Join(context.Background(), s.cli, testConfig(s.id), clk)
+	shared.mu.Lock()
+	shared.ledgers[s.index] = s.local // the restarted node's ledger
+	shared.mu.Unlock()
+	n, err := Join(context.Background(), s.cli, testConfig(s.id), nodeClk)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +208,7 @@ func (s *spender) crash(t testing.TB) {
 	s.node.stopKeepAlive()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := s.cli.Revoke(ctx, s.node.Lease()); err != nil {
+	if _, err := s.cli.Revoke(ctx, s.node.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		t.Fatal(err)
 	}
 	s.node = nil

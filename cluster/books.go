@@ -191,6 +191,9 @@ var _ ledger.Books = (*Books)(nil)
 // money into its slice and push the other nodes into direct mode.
 var maxShare = decimal.RequireFromString("0.5")
 
+// burnSmoothing is the time constant of the burn's moving average.
+const burnSmoothing = 15 * time.Second
+
 // maxHoldAttempts bounds the local-hold / etcd-fill rounds of one hold: a
 // concurrent hold on this node may take what a fill brought.
 const maxHoldAttempts = 4
@@ -653,11 +656,15 @@ func (b *Books) maybeTopUp(o *orgSpend) {
 		if err != nil {
 			return
 		}
+		// A top-up adds a whole slice's worth: the next one comes a
+		// slice's burn later (SliceBurn), not as soon as the available
+		// dips under the low water again.
 		b.mu.Lock()
-		want := b.sliceTarget(o).Sub(lo.Available())
+		want := b.sliceTarget(o)
 		direct := o.direct
+		low := perDuration(o.burn, b.p.LowWater)
 		b.mu.Unlock()
-		if direct || !want.IsPositive() {
+		if direct || !lo.Available().LessThan(low) {
 			return
 		}
 		moved, err := b.resize(b.ctx, o, lo.Balance, decimal.Zero, want)
@@ -735,9 +742,11 @@ func (b *Books) tick(ctx context.Context) {
 			if rate.IsNegative() {
 				rate = decimal.Zero
 			}
-			// Half the last span, half the past: a burst raises the burn
-			// within a tick or two, a stop lets it decay.
-			o.burn = o.burn.Add(rate).Div(decimal.NewFromInt(2)).Round(6)
+			// Smoothed with a 15 s time constant: calls step every few
+			// seconds, so one tick's spend is lumpy; a burst still raises
+			// the burn within seconds, a stop lets it decay.
+			alpha := decimal.NewFromFloat(min(1, span.Seconds()/burnSmoothing.Seconds()))
+			o.burn = o.burn.Add(rate.Sub(o.burn).Mul(alpha)).Round(6)
 			o.used, o.usedAt = used, now
 		}
 		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter

@@ -17,7 +17,9 @@ import (
 //
 // Invariant: 0 ≤ Spent ≤ Granted; Spent only grows; its unspent
 // (Granted − Spent) counts in the org's Account invariant until the slice
-// is returned or reclaimed, which deletes it.
+// is returned or reclaimed, which deletes it. Resize (spend_etcd.go) moves
+// Granted both ways: up when money comes from unallocated (or back from
+// spent after a refund), down when money goes back to unallocated.
 //
 // The slice key is not itself attached to the node's lease, on purpose: a
 // key attached to a lease is deleted by etcd when the lease expires, and

@@ -749,12 +749,20 @@ func (b *Books) tick(ctx context.Context) {
 			o.burn = o.burn.Add(rate.Sub(o.burn).Mul(alpha)).Round(6)
 			o.used, o.usedAt = used, now
 		}
-		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
 		watched := !o.lastSeen.IsZero() && now.Sub(o.lastSeen) < 10*b.p.ReportEvery
 		b.mu.Unlock()
 		// The tick never waits behind a hold or a fill: a busy org is
 		// reported by the operation that holds its lock, or next tick.
 		if !o.etcd.TryLock() {
+			continue
+		}
+		// The slice and the balance are read under the org's etcd lock:
+		// no fill or give-back moves them meanwhile.
+		b.mu.Lock()
+		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
+		b.mu.Unlock()
+		if lo, err = b.local.Org(o.id); err != nil {
+			o.etcd.Unlock()
 			continue
 		}
 		switch {
@@ -944,6 +952,9 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 			return err
 		}
 	}
+	if owed.IsZero() && lo.Balance.IsZero() {
+		return nil
+	}
 	b.log.Info("cluster start: settled the last incarnation's slice", "org", id, "slice", last.Slice,
 		"reported_unspent", unspent.String(), "local_leftover", lo.Balance.String(), "in_flight", inflight.String(), "charged", owed.String())
 	return nil
@@ -951,13 +962,18 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 
 const restartPrefix = "restart."
 
-// cluster returns the org with its money as the cluster has it.
-func (b *Books) cluster(lo ledger.Org) ledger.Org {
+// cluster returns the org with its money as the cluster has it. An org
+// whose account this node never read is read now (read) or, for Money,
+// answered with the node's own view until the next tick has read it.
+func (b *Books) cluster(lo ledger.Org, read bool) ledger.Org {
 	o := b.org(lo.ID)
 	b.mu.Lock()
 	known, a, s := o.known, o.acct, o.slice
 	o.lastSeen = b.clk.Now()
 	b.mu.Unlock()
+	if !known && !read {
+		return lo
+	}
 	if !known {
 		accts, err := b.n.ReadAccounts(b.ctx, []string{lo.ID})
 		b.ops.reads.Add(1)
@@ -991,10 +1007,12 @@ func (b *Books) Org(id string) (ledger.Org, error) {
 	if err != nil {
 		return lo, err
 	}
-	return b.cluster(lo), nil
+	return b.cluster(lo, true), nil
 }
 
-// Money is every org's money as Org gives it.
+// Money is every org's money as Org gives it (without waiting for etcd:
+// an org this node has not read yet shows the node's own balance until the
+// next tick has read it).
 func (b *Books) Money() []ledger.OrgMoney {
 	ms := b.local.Money()
 	for i := range ms {
@@ -1002,7 +1020,7 @@ func (b *Books) Money() []ledger.OrgMoney {
 		if err != nil {
 			continue
 		}
-		c := b.cluster(lo)
+		c := b.cluster(lo, false)
 		ms[i].Balance, ms[i].Held, ms[i].Available = c.Balance, c.Held, c.Available()
 	}
 	return ms

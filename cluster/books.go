@@ -198,9 +198,12 @@ const burnSmoothing = 15 * time.Second
 // concurrent hold on this node may take what a fill brought.
 const maxHoldAttempts = 4
 
-// NewBooks starts spending for node n from its local ledger. It first
-// settles what the node's last incarnation left (see settleRestart), then
-// starts the report tick. Close stops it.
+// NewBooks starts spending for node n from its local ledger (opened, so
+// calls the last run left up are settled already). It first settles what
+// the node's last incarnation left in etcd (see settleRestart) — after a
+// crash that waits until etcd has expired the old lease, up to about
+// LeaseTTL — then starts the report tick. Admin changes go to shared.
+// Close stops it; the node is the caller's to close after that.
 func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy, clk clock.Clock, log *slog.Logger) (*Books, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err

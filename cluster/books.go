@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/shopspring/decimal"
 
 	"github.com/creditgate/creditgate/internal/clock"
@@ -182,6 +181,16 @@ type orgSpend struct {
 	active   time.Time // last hold, step or close of the org on this node
 	topping  bool      // a background top-up is in flight
 	lastSeen time.Time // last Org/Money read of the cluster balance
+	// back is money returned in the local ledger (movement backMove of
+	// slice) that etcd has not taken back yet: its give-back failed. It
+	// is still in the slice's unspent in etcd, so every report counts it
+	// as had, and the next etcd operation of the org completes it first.
+	back     decimal.Decimal
+	backMove int64
+	// unsure: an etcd operation failed without saying whether it landed
+	// (a timeout, a lost connection); the next one first reads the slice
+	// back and adopts what etcd has (reconcile).
+	unsure bool
 }
 
 var _ ledger.Books = (*Books)(nil)
@@ -453,9 +462,15 @@ func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
 	moved, err := b.resize(b.ctx, o, lo.Balance, short, max)
 	if errors.Is(err, ErrInsufficientCredit) {
 		// Not even the shortfall is unallocated: the org's last money is
-		// in slices, ours and others'. Direct mode gives ours back; the
-		// other nodes follow at their next report.
+		// in slices, ours and others'. Direct mode; and what this node
+		// has available (less than this hold needs) goes back now, so
+		// that pieces of the last money stranded on several nodes come
+		// together in unallocated, where one node's hold can take them
+		// (the other nodes do the same at their next refusal or tick).
 		b.setDirect(o, true)
+		if gerr := b.giveBack(b.ctx, o, false); gerr != nil {
+			b.log.Warn("cluster give-back failed", "org", o.id, "error", gerr)
+		}
 		return err
 	}
 	if err != nil {
@@ -471,14 +486,13 @@ func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
 // from unallocated, then credits what came into the local ledger and
 // updates the org's view. Under o.etcd.
 func (b *Books) resize(ctx context.Context, o *orgSpend, have, min, max decimal.Decimal) (decimal.Decimal, error) {
-	return b.resizeNamed(ctx, o, have, min, max, "")
-}
-
-func (b *Books) resizeNamed(ctx context.Context, o *orgSpend, have, min, max decimal.Decimal, newID string) (decimal.Decimal, error) {
+	if err := b.settlePending(ctx, o, have); err != nil {
+		return decimal.Zero, err
+	}
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, NewID: newID, Have: have, Min: min, Max: max, Share: maxShare})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, Min: min, Max: max, Share: maxShare})
 	if err != nil {
 		if errors.Is(err, ErrInsufficientCredit) {
 			b.observe(o, res.Account, s)
@@ -501,6 +515,13 @@ func (b *Books) resizeNamed(ctx context.Context, o *orgSpend, have, min, max dec
 // the books; a slice a survivor reclaimed (this node was taken for dead)
 // fails them too, as its local money is no longer backed.
 func (b *Books) etcdErr(o *orgSpend, err error) error {
+	if !errors.Is(err, ErrFenced) && !errors.Is(err, ErrContention) && !errors.Is(err, ErrInvalid) &&
+		!errors.Is(err, ErrSliceGone) && !errors.Is(err, ErrGrantInFlight) {
+		// Not a refusal: the transaction may or may not have landed.
+		b.mu.Lock()
+		o.unsure = true
+		b.mu.Unlock()
+	}
 	if errors.Is(err, ErrSliceGone) || errors.Is(err, ErrGrantInFlight) {
 		b.mu.Lock()
 		if b.failed == nil {
@@ -528,27 +549,34 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 	if s == nil && !x.IsPositive() {
 		return nil
 	}
-	// Money without a slice (released or refunded after the slice was
-	// given back) goes back through a slice named here first, so the
-	// local return and etcd's slice agree on its id.
-	newID := uuid.NewString()
-	if x.IsPositive() {
-		id, move := newID, int64(1)
-		if s != nil {
-			id, move = s.ID, s.Moves+1
+	if err := b.settlePending(ctx, o, lo.Balance); err != nil {
+		return err
+	}
+	if s == nil {
+		// Money without a slice (released or refunded after the slice
+		// was given back; etcd counts it spent): into a slice first, so
+		// the give-back below is a numbered movement of a slice etcd
+		// has, which a restart or a reconcile can check.
+		if _, err := b.resize(ctx, o, lo.Balance, decimal.Zero, decimal.Zero); err != nil {
+			return err
 		}
-		if _, err := b.local.ReturnSlice(o.id, id, move, x); err != nil {
+		b.mu.Lock()
+		s = o.slice
+		b.mu.Unlock()
+	}
+	if x.IsPositive() && s != nil {
+		if _, err := b.local.ReturnSlice(o.id, s.ID, s.Moves+1, x); err != nil {
 			if errors.Is(err, ledger.ErrInsufficientCredit) {
 				return nil // held meanwhile: the next tick tries again
 			}
 			return b.fail(err)
 		}
-	}
-	if _, err := b.resizeNamed(ctx, o, lo.Balance, x.Neg(), x.Neg(), newID); err != nil {
-		return err
-	}
-	if x.IsPositive() {
-		b.ops.returns.Add(1)
+		b.mu.Lock()
+		o.back, o.backMove = x, s.Moves+1
+		b.mu.Unlock()
+		if err := b.settlePending(ctx, o, lo.Balance.Sub(x)); err != nil {
+			return err
+		}
 	}
 	b.mu.Lock()
 	s = o.slice
@@ -563,6 +591,90 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 		o.slice = nil
 		b.mu.Unlock()
 	}
+	return nil
+}
+
+// settlePending first reconciles the org's slice after an etcd failure
+// that may have landed, then completes a give-back the local ledger made
+// and etcd did not (have is the local balance, which no longer counts
+// it). Under o.etcd.
+func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Decimal) error {
+	b.mu.Lock()
+	unsure := o.unsure
+	b.mu.Unlock()
+	if unsure {
+		if err := b.reconcile(ctx, o); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	back, s := o.back, o.slice
+	b.mu.Unlock()
+	if !back.IsPositive() {
+		return nil
+	}
+	if s == nil {
+		return b.etcdErr(o, fmt.Errorf("give-back of %s pending without a slice: %w", back, ErrSliceGone))
+	}
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), Min: back.Neg(), Max: back.Neg()})
+	if err != nil {
+		return b.etcdErr(o, err)
+	}
+	b.observe(o, res.Account, res.Slice)
+	b.ops.returns.Add(1)
+	b.mu.Lock()
+	o.back, o.backMove = decimal.Zero, 0
+	b.mu.Unlock()
+	return nil
+}
+
+// reconcile reads the node's slice of the org back from etcd after an
+// operation that may or may not have landed, and adopts it: a grant that
+// landed and was not credited is credited now (idempotent on its
+// movement), a give-back that landed is no longer pending. A slice that
+// is gone with a reclaim record was taken for dead: the books fail closed.
+// Under o.etcd.
+func (b *Books) reconcile(ctx context.Context, o *orgSpend) error {
+	got, err := b.n.OwnSlice(ctx, o.id)
+	if err != nil {
+		return b.fail(err)
+	}
+	b.mu.Lock()
+	cur, backMove := o.slice, o.backMove
+	b.mu.Unlock()
+	gone := func(why string) error {
+		return b.etcdErr(o, fmt.Errorf("org %s: %s: %w", o.id, why, ErrSliceGone))
+	}
+	switch {
+	case got == nil && cur != nil:
+		if _, reclaimed, err := b.n.Reclaimed(ctx, cur.ID); err != nil {
+			return b.fail(err)
+		} else if reclaimed {
+			return gone("slice reclaimed")
+		}
+		// The delete landed (a give-back of everything).
+		if backMove == cur.Moves+1 {
+			backMove = 0
+		}
+	case got != nil && got.Epoch != b.n.Epoch():
+		return gone(fmt.Sprintf("etcd has a slice of epoch %d", got.Epoch))
+	case got != nil && (cur == nil || got.ID != cur.ID || got.Moves == cur.Moves+1):
+		if got.LastMove.IsPositive() {
+			if _, err := b.local.CreditSlice(o.id, got.ID, got.Moves, got.LastMove); err != nil {
+				return b.fail(err)
+			}
+		} else if backMove == got.Moves {
+			backMove = 0 // the give-back landed
+		}
+	case got != nil && got.Moves != cur.Moves:
+		return gone(fmt.Sprintf("slice moved %d times, this node knows %d", got.Moves, cur.Moves))
+	}
+	b.mu.Lock()
+	o.slice, o.unsure = got, false
+	if backMove == 0 {
+		o.back, o.backMove = decimal.Zero, 0
+	}
+	b.mu.Unlock()
 	return nil
 }
 
@@ -763,12 +875,19 @@ func (b *Books) tick(ctx context.Context) {
 		// no fill or give-back moves them meanwhile.
 		b.mu.Lock()
 		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
+		pending := o.back.IsPositive() || o.unsure
 		b.mu.Unlock()
 		if lo, err = b.local.Org(o.id); err != nil {
 			o.etcd.Unlock()
 			continue
 		}
 		switch {
+		case pending:
+			// A give-back to complete or an unsure slice: on its own.
+			if err := b.settlePending(ctx, o, lo.Balance); err != nil {
+				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
+			}
+			o.etcd.Unlock()
 		case (direct || idle && lo.Held.IsZero()) && lo.Available().IsPositive():
 			if err := b.giveBack(ctx, o, false); err != nil {
 				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
@@ -813,7 +932,9 @@ func (b *Books) report(ctx context.Context, orgs []*orgSpend, reqs []ResizeReq) 
 	b.ops.reports.Add(1)
 	if err != nil {
 		b.log.Warn("cluster report failed", "orgs", len(reqs), "error", err)
-		b.fail(err)
+		for _, o := range orgs {
+			b.etcdErr(o, err) // unsure if it may have landed; fenced fails
+		}
 		return
 	}
 	for i, r := range res {

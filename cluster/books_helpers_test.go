@@ -164,7 +164,12 @@ func (s *spender) startOn(t testing.TB, shared *testShared, p SlicePolicy, nodeC
 	shared.mu.Lock()
 	shared.ledgers[s.index] = s.local // the restarted node's ledger
 	shared.mu.Unlock()
-	n, err := Join(context.Background(), s.cli, testConfig(s.id), nodeClk)
+	// A 10 s lease: these tests crash nodes by revoking their lease, and
+	// a 2 s one can lapse on a loaded machine (then the node is fenced
+	// in the middle of a test that is not about fencing).
+	cfg := testConfig(s.id)
+	cfg.LeaseTTL, cfg.Margin, cfg.KeepAliveEvery = 10*time.Second, 2*time.Second, time.Second
+	n, err := Join(context.Background(), s.cli, cfg, nodeClk)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,9 @@ func TestLastCentAcrossNodes(t *testing.T) {
 	admin := ec.Client()
 	defer admin.Close()
 	sp, shared := startSpenders(t, ec.Client, 3, fastPolicy(), clock.Real{})
+	for _, s := range sp {
+		s.books.log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
 	createOrg(t, shared, "acme")
 	price := dec("0.10")
 	funded := price.Mul(decimal.NewFromInt(K))
@@ -138,7 +142,16 @@ func TestLastCentAcrossNodes(t *testing.T) {
 	sampler.Wait()
 
 	if got := sold.Load(); got != K {
-		t.Fatalf("sold %d increments cluster-wide, funded for exactly %d", got, K)
+		st, _ := Check(context.Background(), admin, testPrefix, 5*time.Second)
+		for _, s := range sp {
+			lo, _ := s.local.Org("acme")
+			o := s.books.org("acme")
+			berr := s.books.Err()
+			s.books.mu.Lock()
+			t.Logf("%s: local %+v, slice %+v, direct %v, back %s, unsure %v, err %v", s.id, lo.Balances, o.slice, o.direct, o.back, o.unsure, berr)
+			s.books.mu.Unlock()
+		}
+		t.Fatalf("sold %d increments cluster-wide, funded for exactly %d; etcd %+v", got, K, st.Orgs["acme"])
 	}
 	st := mustCheck(t, sp[0].node)
 	a := st.Orgs["acme"]
@@ -283,4 +296,12 @@ func TestNoHoldPastDeadline(t *testing.T) {
 	if err != nil || !cdr.Charge.Equal(dec("0.20")) {
 		t.Fatalf("close: %+v %v: the call pays the two increments it held", cdr, err)
 	}
+}
+
+// testWriter sends a logger's lines to the test's log.
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
 }

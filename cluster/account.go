@@ -105,34 +105,41 @@ func (n *Node) read(ctx context.Context, keys ...string) (map[string]*mvccpb.Key
 // returns nil, with another amount ErrIdempotencyConflict. The first Fund
 // of an org creates its account.
 func (n *Node) Fund(ctx context.Context, org string, amount decimal.Decimal, idempotencyKey string) error {
+	_, err := n.FundReplay(ctx, org, amount, idempotencyKey)
+	return err
+}
+
+// FundReplay is Fund that also says whether the key had funded already
+// (replayed: nothing changed).
+func (n *Node) FundReplay(ctx context.Context, org string, amount decimal.Decimal, idempotencyKey string) (replayed bool, err error) {
 	if err := validID("org", org); err != nil {
-		return err
+		return false, err
 	}
 	if err := validID("idempotency key", idempotencyKey); err != nil {
-		return err
+		return false, err
 	}
 	if err := positive("funding", amount); err != nil {
-		return err
+		return false, err
 	}
 	ak, fk := n.k.account(org), n.k.funding(org, idempotencyKey)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		kvs, err := n.read(ctx, ak, fk)
 		if err != nil {
-			return fmt.Errorf("fund %s: %w", org, err)
+			return false, fmt.Errorf("fund %s: %w", org, err)
 		}
 		if kv := kvs[fk]; kv != nil {
 			var f funding
 			if err := json.Unmarshal(kv.Value, &f); err != nil {
-				return fmt.Errorf("fund %s: funding %s: %w", org, idempotencyKey, err)
+				return false, fmt.Errorf("fund %s: funding %s: %w", org, idempotencyKey, err)
 			}
 			if !f.Amount.Equal(amount) {
-				return fmt.Errorf("fund %s key %s: %s then %s: %w", org, idempotencyKey, f.Amount, amount, ErrIdempotencyConflict)
+				return false, fmt.Errorf("fund %s key %s: %s then %s: %w", org, idempotencyKey, f.Amount, amount, ErrIdempotencyConflict)
 			}
-			return nil
+			return true, nil
 		}
 		a, err := decodeAccount(kvs[ak])
 		if err != nil {
-			return fmt.Errorf("fund %s: %w", org, err)
+			return false, fmt.Errorf("fund %s: %w", org, err)
 		}
 		a.Funded = a.Funded.Add(amount)
 		a.Unallocated = a.Unallocated.Add(amount)
@@ -146,13 +153,13 @@ func (n *Node) Fund(ctx context.Context, org string, amount decimal.Decimal, ide
 				clientv3.OpPut(ak, encode(a)),
 			})
 		if err != nil {
-			return fmt.Errorf("fund %s: %w", org, err)
+			return false, fmt.Errorf("fund %s: %w", org, err)
 		}
 		if ok {
-			return nil
+			return false, nil
 		}
 	}
-	return fmt.Errorf("fund %s: %w", org, ErrContention)
+	return false, fmt.Errorf("fund %s: %w", org, ErrContention)
 }
 
 // DebitReq is one direct-mode debit: amount straight from the org's

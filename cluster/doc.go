@@ -1,7 +1,7 @@
 // Package cluster is the etcd side of cluster mode (issue 16): the money of
 // record lives in etcd; each node spends locally from slices it has
-// reserved. It is the foundation only: nothing outside cluster/ imports it
-// yet, and the single-node build does not link it.
+// reserved (Books). Nothing outside cluster/ imports it yet, and the
+// single-node build does not link it.
 //
 // # Design
 //
@@ -21,6 +21,12 @@
 //	Return(slice, unspent)   → unallocated += unspent, spent += the rest, slice deleted
 //	Reclaim(deadNode)        → per slice of an expired incarnation: unallocated += unspent, slice deleted, once
 //	Debit / DebitMany        → direct mode: unallocated −= a, spent += a (a batch in one transaction)
+//	Resize / ResizeMany      → the holder's slice set to what it has (the difference to or, after a
+//	                           refund, from spent), then up to Max taken from unallocated (≥ Min,
+//	                           at most Share of it) or −Max given back; slice created or deleted
+//	                           as needed (a batch of up to 60 orgs in one transaction)
+//	Charge(org, a, key)      → once per key: a restarted node's unreported spend, unallocated → spent
+//	                           (or back, if negative)
 //
 // # Invariant
 //
@@ -97,31 +103,80 @@
 // decides that); a suspension a payer recorded in its node's ledger stays
 // there until a newer setting is put. No money moves through the replica.
 //
+// # Spending: Books (books.go)
+//
+// Books is the ledger.Books of a cluster node. Calls are held, stepped and
+// closed in the node's own Pebble ledger, at local speed; the money there
+// comes from the node's slice of each org:
+//
+//   - Into the ledger as "slice" entries (ledger.CreditSlice), out of it as
+//     "return" entries (ledger.ReturnSlice, available money only), both
+//     idempotent on (slice id, movement number). Slice.Moves numbers the
+//     movements in etcd; the ledger keeps the org's last one (c/{org}).
+//     Money comes in etcd first, then into the ledger; it goes out of the
+//     ledger first, then back in etcd: a crash between the two never lets
+//     the node sell money etcd did not give it, and the restart sees which
+//     side the movement reached by comparing the numbers.
+//   - A hold (OpenCall, Step) that does not fit locally fills the org from
+//     etcd synchronously, then is decided again locally; a hold that leaves
+//     less than LowWater of the node's burn starts a background top-up of a
+//     slice's worth (SliceBurn of burn, at least MinSlice, at most half of
+//     what is unallocated). One etcd operation per org per node at a time.
+//   - Every ReportEvery, one ResizeMany per 60 orgs sets each slice's
+//     unspent to the local balance (held money included): the node's
+//     spend reaches etcd's spent within a tick. A refund after a report
+//     (liveness.go's BillTo) makes the balance exceed the slice's unspent,
+//     and the difference moves back from spent into the slice, so spent
+//     always equals the ledgers' debits net of refunds once reported.
+//   - Idle orgs (no hold, step or close for IdleAfter, nothing held) give
+//     their slice back; Close gives every slice back.
+//   - Direct mode: when the org's unallocated money covers less than
+//     DirectBelow of the node's burn (or less than MinSlice), the node gives
+//     back its available money (at the next tick) and each hold takes from
+//     etcd exactly its shortfall, with the org's etcd lock held across the
+//     local hold; other nodes follow within a tick (their reports read the
+//     account). Back to normal at twice the threshold.
+//   - Node.Sellable before every hold: past the local deadline the hold is
+//     refused with ledger.ErrUnavailable (a Step's refusal ends the call;
+//     its CloseCall pays the increment it held); fenced, Err() is non-nil
+//     and every change refused.
+//   - Org and Money answer with the cluster's balance (etcd funded − spent
+//     as last read, at most about a tick old for orgs read often, minus
+//     this node's unreported spend) and this node's held.
+//   - NewBooks settles the node's last incarnation: reclaims its slices
+//     (waiting for etcd to expire the old lease), charges its unreported
+//     spend (Charge, idempotent on the old slice), takes the leftover back
+//     in the ledger (ReturnSlice).
+//
 // # Not done yet (for the next session)
 //
-//   - Wiring: a ledger.Books implementation (ledger/seam.go) that feeds a
-//     slice into the node's Pebble ledger as a funding idempotent on the
-//     slice id, asks for the next slice at a low-water mark, Reports
-//     spending (batched), Returns on idle and shutdown, switches an org to
-//     direct mode (DebitMany, batched per node) when unallocated is below a
-//     few seconds of its burn, and checks Node.Sellable before every hold.
-//     No "return" operation exists in the ledger yet; no config section
-//     (cluster: endpoints, TLS, lease TTL, margin, slice policy) and no
-//     --cluster-etcd flag.
-//   - Reclaim returns a dead node's whole unreported remainder to
-//     unallocated: what the node sold after its last Report is then sold
-//     again by others. The exposure is bounded by the slice size and the
-//     reporting interval; settling it exactly from the dead node's ledger
-//     is the takeover of issue 17. Nothing reaps dead nodes automatically:
-//     a survivor must call Reclaim (a watch on members/ is the natural
-//     trigger).
-//   - Minute pools: only credits have accounts; the monthly pools need the
-//     same three terms per pool and month.
-//   - The plan catalogue in etcd (the Replica above carries the rest of the
-//     shared configuration), singletons (payer and
+//   - Exposure at a crash: Reclaim by a survivor returns a dead node's
+//     whole reported remainder to unallocated; the node's unreported spend
+//     (at most a report interval's) is charged only when the node restarts,
+//     and if survivors sold that money meanwhile it was sold twice (logged;
+//     settling it from the dead node's ledger is the takeover of issue 17).
+//     Nothing reaps dead nodes automatically: a survivor must call Reclaim
+//     (a watch on members/ is the natural trigger). A revoked (not
+//     expired) lease is seen by the node at its next keepalive or etcd
+//     operation: until then it may sell from its local slice.
+//   - Direct-mode holds of one node are serialized per org, one etcd
+//     transaction each (DebitMany-style batching of concurrent holds is not
+//     done). Money a node released or was refunded in direct mode waits up
+//     to a tick before it is given back.
+//   - Minute pools: only credits have accounts; the monthly pools are still
+//     each node's own (a cluster of N nodes sells up to N × the pool). They
+//     need the same three terms per pool and month.
+//   - The local ledger's low-balance and zero-balance notifications,
+//     auto-recharge and fraud-guard spend limits look at the node's local
+//     balance and spend, not the cluster's: the payer and notifier must not
+//     run on the local ledgers in cluster mode until they are singletons
+//     reading the cluster.
+//   - Config watching is Replica's (replica*.go); singletons (payer and
 //     notifier behind an etcd election), cross-node reads (cluster-wide
-//     balance, calls on every node, merged histories), TLS to etcd,
-//     metrics, and the README's deployment and capacity sections.
+//     held, calls on every node, merged histories; a funding's entry is in
+//     etcd, not in any node's transaction list), TLS to etcd, metrics
+//     (Books.Ops counts etcd operations), the config section and flag, and
+//     the README's deployment and capacity sections.
 //
 // Tested against Debian's etcd-server 3.4.23 with go.etcd.io/etcd/client/v3
 // v3.6.16 (cluster/etcdtest starts the real binary).

@@ -11,8 +11,9 @@ import (
 //	members/<epoch>          node id; bound to the node's lease (the fence)
 //	accounts/<org>           {funded, unallocated, spent}, decimal strings
 //	fundings/<org>/<key>     one funding's amount (idempotency record)
-//	slices/<node>/<org>      a slice: {id, epoch, granted, spent}
+//	slices/<node>/<org>      a slice: {id, epoch, granted, spent, moves, last_move}
 //	reclaims/<slice id>      who reclaimed a dead node's slice, and how much
+//	charges/<org>/<key>      one Charge (a restarted node's settlement), once per key
 type keys struct{ prefix string }
 
 func (k keys) epoch() string             { return k.prefix + "epoch" }

@@ -17,7 +17,9 @@ import (
 //
 // Invariant: 0 ≤ Spent ≤ Granted; Spent only grows; its unspent
 // (Granted − Spent) counts in the org's Account invariant until the slice
-// is returned or reclaimed, which deletes it.
+// is returned or reclaimed, which deletes it. Resize (spend_etcd.go) moves
+// Granted both ways: up when money comes from unallocated (or back from
+// spent after a refund), down when money goes back to unallocated.
 //
 // The slice key is not itself attached to the node's lease, on purpose: a
 // key attached to a lease is deleted by etcd when the lease expires, and
@@ -32,6 +34,12 @@ type Slice struct {
 	Org     string          `json:"org"`
 	Granted decimal.Decimal `json:"granted"`
 	Spent   decimal.Decimal `json:"spent"`
+	// Moves numbers the slice's movements of money in or out (the grant is
+	// 1, each Resize that moves money adds one) and LastMove is the last
+	// one's amount (negative: given back), so a restarted holder can tell
+	// whether its last movement reached etcd (cluster/books.go).
+	Moves    int64           `json:"moves"`
+	LastMove decimal.Decimal `json:"last_move"`
 
 	modRev int64 // the slice key's mod revision as the holder last wrote it
 }
@@ -77,7 +85,7 @@ func (n *Node) Grant(ctx context.Context, org string, amount decimal.Decimal) (*
 			return nil, fmt.Errorf("grant %s %s, unallocated %s: %w", org, amount, a.Unallocated, ErrInsufficientCredit)
 		}
 		a.Unallocated = a.Unallocated.Sub(amount)
-		s := &Slice{ID: uuid.NewString(), Node: n.cfg.NodeID, Epoch: n.epoch, Org: org, Granted: amount, Spent: decimal.Zero}
+		s := &Slice{ID: uuid.NewString(), Node: n.cfg.NodeID, Epoch: n.epoch, Org: org, Granted: amount, Spent: decimal.Zero, Moves: 1, LastMove: amount}
 		ok, rev, err := n.commit(ctx,
 			[]clientv3.Cmp{
 				clientv3.Compare(clientv3.ModRevision(ak), "=", modRev(kvs[ak])),
@@ -178,10 +186,12 @@ type Reclaimed struct {
 // reclaimRecord is written at reclaims/<slice id>, in the same transaction
 // that deletes the slice: who reclaimed it and how much went back.
 type reclaimRecord struct {
-	By      string          `json:"by"`
-	Epoch   int64           `json:"epoch"`
-	Org     string          `json:"org"`
-	Unspent decimal.Decimal `json:"unspent"`
+	By       string          `json:"by"`
+	Epoch    int64           `json:"epoch"`
+	Org      string          `json:"org"`
+	Unspent  decimal.Decimal `json:"unspent"`
+	Moves    int64           `json:"moves"`
+	LastMove decimal.Decimal `json:"last_move"`
 }
 
 // Reclaim gives the unspent credit of every slice of deadNode whose
@@ -269,7 +279,7 @@ func (n *Node) reclaimOne(ctx context.Context, sk string) (*Reclaimed, error) {
 			[]clientv3.Op{
 				clientv3.OpDelete(sk),
 				clientv3.OpPut(ak, encode(a)),
-				clientv3.OpPut(rk, encode(reclaimRecord{By: n.cfg.NodeID, Epoch: n.epoch, Org: s.Org, Unspent: s.Unspent()})),
+				clientv3.OpPut(rk, encode(reclaimRecord{By: n.cfg.NodeID, Epoch: n.epoch, Org: s.Org, Unspent: s.Unspent(), Moves: s.Moves, LastMove: s.LastMove})),
 			})
 		if err != nil {
 			return nil, err

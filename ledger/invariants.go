@@ -126,7 +126,7 @@ func (l *Ledger) CheckHistory() error {
 			for _, e := range es {
 				after = e.Seq
 				switch e.Kind {
-				case EntryFunding, EntryRecharge, EntryPurchase:
+				case EntryFunding, EntryRecharge, EntryPurchase, EntrySlice, EntryReturn:
 					funded = funded.Add(e.Amount)
 				case EntryDebit:
 					id := fmt.Sprintf("%s#%d", e.CallID, e.N)

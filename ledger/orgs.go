@@ -123,14 +123,8 @@ func (l *Ledger) Fund(orgID string, amount decimal.Decimal, key string) (Entry, 
 // (README, Funding: such purchases are refused until support resolves it). The
 // incident is kept in the entry and logged.
 func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, incident string) (Entry, error) {
-	if key == "" || len(key) > MaxFundingKey {
-		return Entry{}, invalidf("idempotency_key: want 1 to %d characters", MaxFundingKey)
-	}
-	if len(incident) > 128 {
-		return Entry{}, invalidf("incident: at most 128 characters")
-	}
-	if amount.LessThan(l.opts.MinFunding) {
-		return Entry{}, fmt.Errorf("%w: %s is below the minimum funding of %s", ErrBelowMinimum, amount.StringFixed(2), l.opts.MinFunding.StringFixed(2))
+	if err := l.fundingArgs(amount, key, incident); err != nil {
+		return Entry{}, err
 	}
 	var en Entry
 	at := l.opts.Now().UTC()
@@ -148,14 +142,9 @@ func (l *Ledger) FundAcrossRegions(orgID string, amount decimal.Decimal, key, in
 			}
 			return fmt.Errorf("%w: %q funded %s at %s already; nothing changed", ErrDuplicateFunding, key, prev.Amount.StringFixed(2), prev.At.Format(time.RFC3339))
 		}
-		if st.Region != st.BillingRegion {
-			if incident == "" {
-				return fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits", ErrRegionMismatch, st.ID, st.Region, st.BillingRegion)
-			}
-			l.log.Warn("funding allowed across regions by a support incident", "org", orgID, "region", st.Region,
-				"billing_region", st.BillingRegion, "incident", incident, "amount", amount.String(), "idempotency_key", key)
-		} else {
-			incident = ""
+		incident, err := l.fundingRegion(st, amount, key, incident)
+		if err != nil {
+			return err
 		}
 		st.Balance = st.Balance.Add(amount)
 		st.Funded = st.Funded.Add(amount)

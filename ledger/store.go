@@ -39,6 +39,7 @@ import (
 //	n/{seq:8}                  Notification in the outbox, until delivered
 //	y/{key}                    admin API key (keys.go)
 //	j/{seq:8}                  audit entry, by the sequence number of its operation (audit.go)
+//	c/{org}                    the org's last cluster slice movement (slices.go)
 var (
 	keySeq  = []byte("m/seq")
 	keyDeck = []byte("d")

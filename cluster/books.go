@@ -1,0 +1,1281 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
+)
+
+// SharedConfig is where a cluster node's admin changes go: the shared
+// configuration every node applies (Replica), or, for one node, the ledger.
+type SharedConfig interface {
+	CreateOrg(o ledger.Org) (ledger.Org, error)
+	SetBlockPremium(org string, block bool) (ledger.Org, error)
+	SetContacts(org string, c ledger.Contacts) (ledger.Org, error)
+	SetFraudGuard(org string, fg ledger.FraudGuard) (ledger.Org, error)
+	SetAutoRecharge(org string, ar ledger.AutoRecharge) (ledger.AutoRecharge, error)
+	PutUser(u ledger.User) error
+	PutTollFree(tf ledger.TollFree) error
+	DeleteTollFree(org, number string) (bool, error)
+	DeleteUser(org, id string) (bool, error)
+	DeleteTrunk(id string) (bool, error)
+	PutTrunk(tr ledger.Trunk) error
+	PutDeck(csv []byte) error
+}
+
+// SlicePolicy sizes a node's slices from each org's local burn (the money
+// per second its calls on this node take, measured at every report tick).
+type SlicePolicy struct {
+	// MinSlice is the smallest slice a node asks for in normal mode; an
+	// org with less than it unallocated is in direct mode whatever its
+	// burn.
+	MinSlice decimal.Decimal
+	// SliceBurn: a grant or top-up covers this much of the org's burn.
+	SliceBurn time.Duration
+	// LowWater: the node tops up, in the background, once the org's local
+	// available money covers less than this much of its burn.
+	LowWater time.Duration
+	// DirectBelow: the org goes to direct mode once its unallocated money
+	// covers less than this much of the node's burn of it (and back once
+	// it covers twice as much).
+	DirectBelow time.Duration
+	// ReportEvery is the report tick: the node's unreported spend reaches
+	// etcd at least this often, in one transaction per 60 orgs.
+	ReportEvery time.Duration
+	// IdleAfter: a slice of an org with no call up and nothing held or
+	// spent on this node for this long is given back.
+	IdleAfter time.Duration
+}
+
+// DefaultSlicePolicy: a grant covers a minute of burn, so an org calling
+// steadily costs one grant per node per minute; the top-up starts 20 s
+// before the slice runs dry, thousands of times an etcd round trip, so a
+// slow etcd does not stall calls; direct mode takes over when 10 s of burn
+// is left unallocated ("a few seconds" of the design, with room for the
+// report lag of the other nodes); reports every second bound both what a
+// crash leaves unreported and how stale the cluster balance is; an idle org
+// gives its slice back after 2 minutes, long enough not to churn between
+// calls of a quiet org. MinSlice 1.00 keeps slow orgs from taking
+// cent-sized grants.
+func DefaultSlicePolicy() SlicePolicy {
+	return SlicePolicy{
+		MinSlice:    decimal.RequireFromString("1.00"),
+		SliceBurn:   60 * time.Second,
+		LowWater:    20 * time.Second,
+		DirectBelow: 10 * time.Second,
+		ReportEvery: time.Second,
+		IdleAfter:   2 * time.Minute,
+	}
+}
+
+// Validate names the first bad setting.
+func (p SlicePolicy) Validate() error {
+	switch {
+	case !p.MinSlice.IsPositive():
+		return fmt.Errorf("cluster slice min %s: must be positive", p.MinSlice)
+	case p.SliceBurn <= 0 || p.LowWater <= 0 || p.DirectBelow <= 0:
+		return fmt.Errorf("cluster slice burn %s, low water %s, direct below %s: must be positive", p.SliceBurn, p.LowWater, p.DirectBelow)
+	case p.LowWater >= p.SliceBurn:
+		return fmt.Errorf("cluster slice low water %s: must be below the slice's %s of burn", p.LowWater, p.SliceBurn)
+	case p.ReportEvery <= 0 || p.IdleAfter <= 0:
+		return fmt.Errorf("cluster report every %s, idle after %s: must be positive", p.ReportEvery, p.IdleAfter)
+	}
+	return nil
+}
+
+// OpCounts are the etcd operations a Books made, by kind (a batched report
+// of many orgs is one Report).
+type OpCounts struct {
+	Grants  int64 // resizes that took money from unallocated (grants, top-ups, direct-mode holds)
+	Returns int64 // resizes that gave money back (idle, direct-mode switch, Close)
+	Reports int64 // report transactions (each up to 60 orgs)
+	Reads   int64 // account reads for the cluster balance
+	Charges int64 // restart settlements and fundings
+}
+
+// Books is ledger.Books for one node of a cluster: each node spends from
+// its own Pebble ledger (local), fed by slices of the org's money of record
+// in etcd.
+//
+//   - A hold that does not fit locally first asks etcd synchronously for
+//     what it needs (in normal mode a whole slice's worth, in direct mode
+//     exactly the shortfall), then is decided again locally; a hold that
+//     brings the org's available below its low-water mark starts a
+//     background top-up. All of an org's etcd operations on this node are
+//     serialized (orgSpend.etcd): one grant in flight per org per node.
+//   - Every ReportEvery, one transaction per 60 orgs reports what the node
+//     spent (the slice's unspent is set to the local balance: held money
+//     counts as unspent until it is committed; a refund after a report
+//     makes the balance exceed the slice and moves the difference back
+//     from spent), gives back idle orgs' slices and, in direct mode,
+//     whatever the node has available.
+//   - Direct mode: when an org's unallocated money covers less than
+//     DirectBelow of the node's burn, the node gives back its available
+//     money and holds each increment on money taken from etcd for exactly
+//     that increment, with the org's etcd lock held across the local hold,
+//     so no money waits in one node while another node's caller is
+//     refused: the last increments are sold exactly, cluster-wide.
+//   - Before every hold, Node.Sellable: past the local lease deadline the
+//     hold is refused (ErrUnavailable); once fenced, Err is non-nil and
+//     every change is refused.
+//
+// Lock order: orgSpend.etcd, then Books.mu. Books.mu is never held across
+// an etcd request or a ledger call; orgSpend.etcd is held across both (the
+// ledger never calls back). The report tick takes org locks with TryLock
+// only, so it never waits behind a hold.
+type Books struct {
+	n      *Node
+	local  *ledger.Ledger
+	shared SharedConfig
+	p      SlicePolicy
+	clk    clock.Clock
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	orgs   map[string]*orgSpend // guarded by mu
+	failed error                // guarded by mu; set once fenced or the local ledger failed
+
+	ops    opCounters
+	ctx    context.Context // cancelled by Close: background work stops
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the tick loop and the top-ups
+}
+
+type opCounters struct{ grants, returns, reports, reads, charges atomic.Int64 }
+
+// orgSpend is one org's spending on this node.
+//
+// Invariant (between etcd operations, i.e. whenever etcd is not held):
+// slice is this node's slice of the org as etcd has it (nil: none), and the
+// local ledger's balance of the org is slice.Unspent() minus what the node
+// spent since its last report plus what it was refunded since: the
+// difference is exactly what the next report moves to spent.
+type orgSpend struct {
+	id string
+	// etcd serializes the org's etcd operations on this node, and the
+	// local slice movements each one implies (one grant in flight).
+	etcd sync.Mutex
+
+	// Guarded by Books.mu:
+	slice    *Slice
+	acct     Account // as last read or written by this node
+	known    bool    // acct was read at least once
+	direct   bool
+	burn     decimal.Decimal // money per second, smoothed over report ticks
+	used     decimal.Decimal // local Debited + Held at the last tick
+	usedAt   time.Time
+	active   time.Time // last hold, step or close of the org on this node
+	topping  bool      // a background top-up is in flight
+	lastSeen time.Time // last Org/Money read of the cluster balance
+	// back is money returned in the local ledger (movement backMove of
+	// slice) that etcd has not taken back yet: its give-back failed. It
+	// is still in the slice's unspent in etcd, so every report counts it
+	// as had, and the next etcd operation of the org completes it first.
+	back     decimal.Decimal
+	backMove int64
+	// unsure: an etcd operation failed without saying whether it landed
+	// (a timeout, a lost connection); the next one first reads the slice
+	// back and adopts what etcd has (reconcile).
+	unsure bool
+}
+
+var _ ledger.Books = (*Books)(nil)
+
+// maxShare caps a grant at half of what is unallocated (unless a hold
+// needs more): a node with a burst of calls cannot take all of an org's
+// money into its slice and push the other nodes into direct mode.
+var maxShare = decimal.RequireFromString("0.5")
+
+// burnSmoothing is the time constant of the burn's moving average.
+const burnSmoothing = 15 * time.Second
+
+// maxHoldAttempts bounds the local-hold / etcd-fill rounds of one hold: a
+// concurrent hold on this node may take what a fill brought.
+const maxHoldAttempts = 4
+
+// NewBooks starts spending for node n from its local ledger (opened, so
+// calls the last run left up are settled already). It first settles what
+// the node's last incarnation left in etcd (see settleRestart) — after a
+// crash that waits until etcd has expired the old lease, up to about
+// LeaseTTL — then starts the report tick. Admin changes go to shared.
+// Close stops it; the node is the caller's to close after that.
+func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy, clk clock.Clock, log *slog.Logger) (*Books, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, ctx: ctx, cancel: cancel}
+	if err := b.settleRestart(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	b.wg.Add(1)
+	go b.tickLoop()
+	return b, nil
+}
+
+// Ops are the etcd operations made so far.
+func (b *Books) Ops() OpCounts {
+	return OpCounts{Grants: b.ops.grants.Load(), Returns: b.ops.returns.Load(), Reports: b.ops.reports.Load(),
+		Reads: b.ops.reads.Load(), Charges: b.ops.charges.Load()}
+}
+
+// Close stops the tick and the top-ups, then gives every slice's money
+// back: available money to unallocated, money still held (calls up: the
+// gateway ends them first) to spent, and deletes the slices. The node
+// itself is the caller's to close afterwards.
+func (b *Books) Close(ctx context.Context) error {
+	// Cancelled under mu: maybeTopUp adds to wg only under mu and before
+	// the cancel, so Wait never races an Add.
+	b.mu.Lock()
+	b.cancel()
+	b.mu.Unlock()
+	b.wg.Wait()
+	if b.Err() != nil {
+		return nil // fenced or failed: nothing may be written; the survivors reclaim
+	}
+	var errs []error
+	for _, o := range b.orgList() {
+		o.etcd.Lock()
+		if err := b.giveBack(ctx, o, true); err != nil {
+			errs = append(errs, err)
+		}
+		o.etcd.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Books) orgList() []*orgSpend {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]*orgSpend, 0, len(b.orgs))
+	for _, o := range b.orgs {
+		out = append(out, o)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+func (b *Books) org(id string) *orgSpend {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	o, ok := b.orgs[id]
+	if !ok {
+		o = &orgSpend{id: id, burn: decimal.Zero, used: decimal.Zero}
+		b.orgs[id] = o
+	}
+	return o
+}
+
+// Err is non-nil (wrapping ledger.ErrUnavailable) once the node is fenced
+// or the local ledger failed.
+func (b *Books) Err() error {
+	b.mu.Lock()
+	f := b.failed
+	b.mu.Unlock()
+	if f != nil {
+		return f
+	}
+	return b.local.Err()
+}
+
+// fail records an etcd error: a fenced node fails closed for good.
+func (b *Books) fail(err error) error {
+	if errors.Is(err, ErrFenced) {
+		b.mu.Lock()
+		if b.failed == nil {
+			b.failed = fmt.Errorf("%w: %w", ledger.ErrUnavailable, err)
+		}
+		b.mu.Unlock()
+	}
+	if errors.Is(err, ledger.ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ledger.ErrUnavailable, err)
+}
+
+// sellable refuses a hold: once failed, past the local lease deadline, or
+// fenced.
+func (b *Books) sellable() error {
+	if err := b.Err(); err != nil {
+		return err
+	}
+	if err := b.n.Sellable(); err != nil {
+		if errors.Is(err, ErrFenced) {
+			return b.fail(err)
+		}
+		return fmt.Errorf("%w: %w", ledger.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// OpenCall holds the call's first increment on this node's money, asking
+// etcd for what it lacks first (see Books). Free calls hold nothing and are
+// never refused for the cluster's sake. Minute pools are this node's own
+// (not shared across the cluster yet).
+func (b *Books) OpenCall(c ledger.Call, at time.Time) (ledger.Increment, error) {
+	if c.Free {
+		return b.local.OpenCall(c, at)
+	}
+	if err := b.sellable(); err != nil {
+		return ledger.Increment{}, fmt.Errorf("open call %s: %w", c.ID, err)
+	}
+	if !ledger.ValidID(c.Org) {
+		return b.local.OpenCall(c, at) // the ledger names what is wrong
+	}
+	o := b.org(c.Org)
+	b.touch(o)
+	need := func() decimal.Decimal {
+		r := rating.Rate{PerMinute: c.RatePerMinute, ConnectionFee: c.ConnectionFee,
+			FirstIncrement: time.Duration(c.FirstIncrement) * time.Second, NextIncrement: time.Duration(c.NextIncrement) * time.Second}
+		return r.FirstCharge()
+	}
+	var inc ledger.Increment
+	err := b.hold(o, need, func() error {
+		var err error
+		inc, err = b.local.OpenCall(c, at)
+		return err
+	})
+	return inc, err
+}
+
+// Step is StepAlive, alive now.
+func (b *Books) Step(callID string, n int, at time.Time) (ledger.Increment, error) {
+	return b.StepAlive(callID, n, at, ledger.Liveness{})
+}
+
+// StepAlive commits increment n and holds n+1 on this node's money, asking
+// etcd for what it lacks first. Past the local lease deadline, or fenced,
+// it refuses before anything changes (an ErrUnavailable the gateway ends
+// the call on: CloseCall then pays increment n, which was held).
+func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
+	if err := b.sellable(); err != nil {
+		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+	}
+	org, _, credits := b.local.NextCredit(callID)
+	if !credits {
+		return b.local.StepAlive(callID, n, at, live)
+	}
+	o := b.org(org)
+	b.touch(o)
+	need := func() decimal.Decimal {
+		_, price, _ := b.local.NextCredit(callID)
+		return price
+	}
+	var inc ledger.Increment
+	err := b.hold(o, need, func() error {
+		var err error
+		inc, err = b.local.StepAlive(callID, n, at, live)
+		return err
+	})
+	return inc, err
+}
+
+// hold runs try (a local hold) and, while it is refused for want of
+// credit, fills the org from etcd and tries again. In direct mode the
+// org's etcd lock is held across fill and hold, so the money taken for this
+// hold is this hold's.
+func (b *Books) hold(o *orgSpend, need func() decimal.Decimal, try func() error) error {
+	var err error
+	for attempt := 0; attempt < maxHoldAttempts; attempt++ {
+		b.mu.Lock()
+		direct := o.direct
+		b.mu.Unlock()
+		if direct {
+			o.etcd.Lock()
+		}
+		err = try()
+		if !errors.Is(err, ledger.ErrInsufficientCredit) {
+			if direct {
+				o.etcd.Unlock()
+			}
+			if err == nil {
+				b.maybeTopUp(o)
+			}
+			return err
+		}
+		if !direct {
+			o.etcd.Lock()
+		}
+		ferr := b.fill(o, need())
+		if ferr == nil && direct {
+			err = try()
+		}
+		o.etcd.Unlock()
+		if ferr != nil {
+			if errors.Is(ferr, ErrInsufficientCredit) {
+				return err // the ledger's refusal: the org has no more
+			}
+			return ferr
+		}
+		if direct {
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, ledger.ErrInsufficientCredit) {
+				return err
+			}
+		}
+		if serr := b.sellable(); serr != nil {
+			return serr
+		}
+	}
+	return err
+}
+
+// fill brings the org's local available money to at least need, from etcd:
+// in normal mode a whole slice's worth (as much as is unallocated, at
+// least the shortfall), in direct mode exactly the shortfall. Under o.etcd.
+func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
+	lo, err := b.local.Org(o.id)
+	if err != nil {
+		return err
+	}
+	short := need.Sub(lo.Available())
+	if !short.IsPositive() {
+		return nil // another hold's fill brought it
+	}
+	b.mu.Lock()
+	direct, want := o.direct, b.sliceTarget(o)
+	b.mu.Unlock()
+	max := short
+	if !direct && want.GreaterThan(max) {
+		max = want
+	}
+	moved, err := b.resize(b.ctx, o, lo.Balance, short, max)
+	if errors.Is(err, ErrInsufficientCredit) {
+		// Not even the shortfall is unallocated: the org's last money is
+		// in slices, ours and others'. Direct mode; and what this node
+		// has available (less than this hold needs) goes back now, so
+		// that pieces of the last money stranded on several nodes come
+		// together in unallocated, where one node's hold can take them
+		// (the other nodes do the same at their next refusal or tick).
+		b.setDirect(o, true)
+		if gerr := b.giveBack(b.ctx, o, false); gerr != nil {
+			b.log.Warn("cluster give-back failed", "org", o.id, "error", gerr)
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	if moved.IsPositive() {
+		b.ops.grants.Add(1)
+	}
+	return nil
+}
+
+// resize is Resize of this org's slice to have, taking between min and max
+// from unallocated, then credits what came into the local ledger and
+// updates the org's view. Under o.etcd.
+func (b *Books) resize(ctx context.Context, o *orgSpend, have, min, max decimal.Decimal) (decimal.Decimal, error) {
+	if err := b.settlePending(ctx, o, have); err != nil {
+		return decimal.Zero, err
+	}
+	b.mu.Lock()
+	s := o.slice
+	b.mu.Unlock()
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, Min: min, Max: max, Share: maxShare})
+	if err != nil {
+		if errors.Is(err, ErrInsufficientCredit) {
+			b.observe(o, res.Account, s)
+			return decimal.Zero, err
+		}
+		return decimal.Zero, b.etcdErr(o, err)
+	}
+	b.observe(o, res.Account, res.Slice)
+	if res.Moved.IsPositive() {
+		if _, err := b.local.CreditSlice(o.id, res.Slice.ID, res.Slice.Moves, res.Moved); err != nil {
+			// etcd granted it and the local ledger failed: the books
+			// fail closed; the restart counts the grant back (Moves).
+			return decimal.Zero, b.fail(err)
+		}
+	}
+	return res.Moved, nil
+}
+
+// etcdErr handles an etcd refusal of this org's operation: fenced fails
+// the books; a slice a survivor reclaimed (this node was taken for dead)
+// fails them too, as its local money is no longer backed.
+func (b *Books) etcdErr(o *orgSpend, err error) error {
+	if !errors.Is(err, ErrFenced) && !errors.Is(err, ErrContention) && !errors.Is(err, ErrInvalid) &&
+		!errors.Is(err, ErrSliceGone) && !errors.Is(err, ErrGrantInFlight) {
+		// Not a refusal: the transaction may or may not have landed.
+		b.mu.Lock()
+		o.unsure = true
+		b.mu.Unlock()
+	}
+	if errors.Is(err, ErrSliceGone) || errors.Is(err, ErrGrantInFlight) {
+		b.mu.Lock()
+		if b.failed == nil {
+			b.failed = fmt.Errorf("%w: org %s: %w", ledger.ErrUnavailable, o.id, err)
+		}
+		b.mu.Unlock()
+		return b.Err()
+	}
+	return b.fail(err)
+}
+
+// giveBack gives the org's available money back to unallocated (all of the
+// slice when all is true and the node is closing: held money goes to
+// spent and the slice is deleted). The local return comes first, so the
+// money cannot be held meanwhile. Under o.etcd.
+func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
+	b.mu.Lock()
+	s := o.slice
+	b.mu.Unlock()
+	lo, err := b.local.Org(o.id)
+	if err != nil {
+		return err
+	}
+	x := lo.Available()
+	if s == nil && !x.IsPositive() {
+		return nil
+	}
+	if err := b.settlePending(ctx, o, lo.Balance); err != nil {
+		return err
+	}
+	if s == nil {
+		// Money without a slice (released or refunded after the slice
+		// was given back; etcd counts it spent): into a slice first, so
+		// the give-back below is a numbered movement of a slice etcd
+		// has, which a restart or a reconcile can check.
+		if _, err := b.resize(ctx, o, lo.Balance, decimal.Zero, decimal.Zero); err != nil {
+			return err
+		}
+		b.mu.Lock()
+		s = o.slice
+		b.mu.Unlock()
+	}
+	if x.IsPositive() && s != nil {
+		if _, err := b.local.ReturnSlice(o.id, s.ID, s.Moves+1, x); err != nil {
+			if errors.Is(err, ledger.ErrInsufficientCredit) {
+				return nil // held meanwhile: the next tick tries again
+			}
+			return b.fail(err)
+		}
+		b.mu.Lock()
+		o.back, o.backMove = x, s.Moves+1
+		b.mu.Unlock()
+		if err := b.settlePending(ctx, o, lo.Balance.Sub(x)); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	s = o.slice
+	b.mu.Unlock()
+	if all && s != nil {
+		// Money still held: calls up at Close. It counts as spent (a call
+		// settled by the next start pays its started increment).
+		if err := b.n.Return(ctx, s, decimal.Zero); err != nil {
+			return b.etcdErr(o, err)
+		}
+		b.mu.Lock()
+		o.slice = nil
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+// settlePending first reconciles the org's slice after an etcd failure
+// that may have landed, then completes a give-back the local ledger made
+// and etcd did not (have is the local balance, which no longer counts
+// it). Under o.etcd.
+func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Decimal) error {
+	b.mu.Lock()
+	unsure := o.unsure
+	b.mu.Unlock()
+	if unsure {
+		if err := b.reconcile(ctx, o); err != nil {
+			return err
+		}
+	}
+	b.mu.Lock()
+	back, s := o.back, o.slice
+	b.mu.Unlock()
+	if !back.IsPositive() {
+		return nil
+	}
+	if s == nil {
+		return b.etcdErr(o, fmt.Errorf("give-back of %s pending without a slice: %w", back, ErrSliceGone))
+	}
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), Min: back.Neg(), Max: back.Neg()})
+	if err != nil {
+		return b.etcdErr(o, err)
+	}
+	b.observe(o, res.Account, res.Slice)
+	b.ops.returns.Add(1)
+	b.mu.Lock()
+	o.back, o.backMove = decimal.Zero, 0
+	b.mu.Unlock()
+	return nil
+}
+
+// reconcile reads the node's slice of the org back from etcd after an
+// operation that may or may not have landed, and adopts it: a grant that
+// landed and was not credited is credited now (idempotent on its
+// movement), a give-back that landed is no longer pending. A slice that
+// is gone with a reclaim record was taken for dead: the books fail closed.
+// Under o.etcd.
+func (b *Books) reconcile(ctx context.Context, o *orgSpend) error {
+	got, err := b.n.OwnSlice(ctx, o.id)
+	if err != nil {
+		return b.fail(err)
+	}
+	b.mu.Lock()
+	cur, backMove := o.slice, o.backMove
+	b.mu.Unlock()
+	gone := func(why string) error {
+		return b.etcdErr(o, fmt.Errorf("org %s: %s: %w", o.id, why, ErrSliceGone))
+	}
+	switch {
+	case got == nil && cur != nil:
+		if _, reclaimed, err := b.n.Reclaimed(ctx, cur.ID); err != nil {
+			return b.fail(err)
+		} else if reclaimed {
+			return gone("slice reclaimed")
+		}
+		// The delete landed (a give-back of everything).
+		if backMove == cur.Moves+1 {
+			backMove = 0
+		}
+	case got != nil && got.Epoch != b.n.Epoch():
+		return gone(fmt.Sprintf("etcd has a slice of epoch %d", got.Epoch))
+	case got != nil && (cur == nil || got.ID != cur.ID || got.Moves == cur.Moves+1):
+		if got.LastMove.IsPositive() {
+			if _, err := b.local.CreditSlice(o.id, got.ID, got.Moves, got.LastMove); err != nil {
+				return b.fail(err)
+			}
+		} else if backMove == got.Moves {
+			backMove = 0 // the give-back landed
+		}
+	case got != nil && got.Moves != cur.Moves:
+		return gone(fmt.Sprintf("slice moved %d times, this node knows %d", got.Moves, cur.Moves))
+	}
+	b.mu.Lock()
+	o.slice, o.unsure = got, false
+	if backMove == 0 {
+		o.back, o.backMove = decimal.Zero, 0
+	}
+	b.mu.Unlock()
+	return nil
+}
+
+// observe records what etcd said of the org and decides its mode.
+func (b *Books) observe(o *orgSpend, a Account, s *Slice) {
+	b.mu.Lock()
+	o.acct, o.known, o.slice = a, true, s
+	b.mu.Unlock()
+	b.decideMode(o)
+}
+
+// decideMode switches the org to direct mode when its unallocated money
+// covers less than DirectBelow of the node's burn (or is less than
+// MinSlice), and back once it covers twice that.
+func (b *Books) decideMode(o *orgSpend) {
+	b.mu.Lock()
+	t := b.directBelow(o)
+	un := o.acct.Unallocated
+	switch {
+	case !o.direct && un.LessThan(t):
+		o.direct = true
+	case o.direct && un.GreaterThanOrEqual(t.Add(t)):
+		o.direct = false
+	}
+	b.mu.Unlock()
+}
+
+func (b *Books) setDirect(o *orgSpend, direct bool) {
+	b.mu.Lock()
+	o.direct = direct
+	b.mu.Unlock()
+}
+
+// Direct reports whether the org is in direct mode on this node.
+func (b *Books) Direct(org string) bool {
+	o := b.org(org)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return o.direct
+}
+
+// directBelow and sliceTarget are the policy applied to the org's burn.
+// Under b.mu.
+func (b *Books) directBelow(o *orgSpend) decimal.Decimal {
+	return decimal.Max(b.p.MinSlice, perDuration(o.burn, b.p.DirectBelow))
+}
+
+func (b *Books) sliceTarget(o *orgSpend) decimal.Decimal {
+	return decimal.Max(b.p.MinSlice, perDuration(o.burn, b.p.SliceBurn)).Round(2)
+}
+
+func perDuration(perSecond decimal.Decimal, d time.Duration) decimal.Decimal {
+	return perSecond.Mul(decimal.NewFromFloat(d.Seconds()))
+}
+
+func (b *Books) touch(o *orgSpend) {
+	now := b.clk.Now()
+	b.mu.Lock()
+	o.active = now
+	b.mu.Unlock()
+}
+
+// maybeTopUp starts a background top-up when the org's available money
+// covers less than LowWater of its burn (normal mode; one at a time).
+func (b *Books) maybeTopUp(o *orgSpend) {
+	lo, err := b.local.Org(o.id)
+	if err != nil {
+		return
+	}
+	b.mu.Lock()
+	low := perDuration(o.burn, b.p.LowWater)
+	start := !o.direct && !o.topping && o.burn.IsPositive() && lo.Available().LessThan(low) && b.ctx.Err() == nil // cancelled under mu
+	if start {
+		o.topping = true
+		b.wg.Add(1)
+	}
+	b.mu.Unlock()
+	if !start {
+		return
+	}
+	go func() {
+		defer b.wg.Done()
+		defer func() {
+			b.mu.Lock()
+			o.topping = false
+			b.mu.Unlock()
+		}()
+		o.etcd.Lock()
+		defer o.etcd.Unlock()
+		if b.ctx.Err() != nil || b.Err() != nil {
+			return
+		}
+		lo, err := b.local.Org(o.id)
+		if err != nil {
+			return
+		}
+		// A top-up adds a whole slice's worth: the next one comes a
+		// slice's burn later (SliceBurn), not as soon as the available
+		// dips under the low water again.
+		b.mu.Lock()
+		want := b.sliceTarget(o)
+		direct := o.direct
+		low := perDuration(o.burn, b.p.LowWater)
+		b.mu.Unlock()
+		if direct || !lo.Available().LessThan(low) {
+			return
+		}
+		moved, err := b.resize(b.ctx, o, lo.Balance, decimal.Zero, want)
+		if err != nil {
+			b.log.Warn("cluster top-up failed", "org", o.id, "error", err)
+			return
+		}
+		if moved.IsPositive() {
+			b.ops.grants.Add(1)
+		}
+	}()
+}
+
+// tickLoop runs tick every ReportEvery on the injected clock until Close.
+func (b *Books) tickLoop() {
+	defer b.wg.Done()
+	wake := make(chan struct{}, 1)
+	for {
+		t := b.clk.AfterFunc(b.p.ReportEvery, func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		})
+		select {
+		case <-b.ctx.Done():
+			t.Stop()
+			return
+		case <-wake:
+		}
+		b.tick(b.ctx)
+	}
+}
+
+// Tick runs one report tick now (tests drive it on a fake clock the same
+// way; the loop calls it every ReportEvery).
+func (b *Books) Tick() { b.tick(b.ctx) }
+
+// tick measures each org's burn, then, for every org whose etcd lock is
+// free: reports what the node spent (one transaction per 60 orgs), gives
+// back an idle org's slice and a direct-mode org's available money, and
+// refreshes the cluster balance of orgs read lately.
+func (b *Books) tick(ctx context.Context) {
+	if b.Err() != nil || ctx.Err() != nil {
+		return
+	}
+	now := b.clk.Now()
+	var report []*orgSpend
+	var reqs []ResizeReq
+	var read []string
+	flush := func() {
+		if len(reqs) > 0 {
+			b.report(ctx, report, reqs)
+		}
+		for _, o := range report {
+			o.etcd.Unlock()
+		}
+		report, reqs = nil, nil
+	}
+	for _, o := range b.orgList() {
+		lo, err := b.local.Org(o.id)
+		if err != nil {
+			continue
+		}
+		used := lo.Debited.Add(lo.Held)
+		b.mu.Lock()
+		switch span := now.Sub(o.usedAt); {
+		case o.usedAt.IsZero():
+			o.used, o.usedAt = used, now
+		case span >= b.p.ReportEvery/2:
+			// Measured over at least half a tick, so an early tick (a
+			// test's, or one right after a slow one) does not read a
+			// few milliseconds' spend as a huge burn.
+			rate := used.Sub(o.used).Div(decimal.NewFromFloat(span.Seconds()))
+			if rate.IsNegative() {
+				rate = decimal.Zero
+			}
+			// Smoothed with a 15 s time constant: calls step every few
+			// seconds, so one tick's spend is lumpy; a burst still raises
+			// the burn within seconds, a stop lets it decay.
+			alpha := decimal.NewFromFloat(min(1, span.Seconds()/burnSmoothing.Seconds()))
+			o.burn = o.burn.Add(rate.Sub(o.burn).Mul(alpha)).Round(6)
+			o.used, o.usedAt = used, now
+		}
+		watched := !o.lastSeen.IsZero() && now.Sub(o.lastSeen) < 10*b.p.ReportEvery
+		b.mu.Unlock()
+		// The tick never waits behind a hold or a fill: a busy org is
+		// reported by the operation that holds its lock, or next tick.
+		if !o.etcd.TryLock() {
+			continue
+		}
+		// The slice and the balance are read under the org's etcd lock:
+		// no fill or give-back moves them meanwhile.
+		b.mu.Lock()
+		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
+		pending := o.back.IsPositive() || o.unsure
+		b.mu.Unlock()
+		if lo, err = b.local.Org(o.id); err != nil {
+			o.etcd.Unlock()
+			continue
+		}
+		switch {
+		case pending:
+			// A give-back to complete or an unsure slice: on its own.
+			if err := b.settlePending(ctx, o, lo.Balance); err != nil {
+				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
+			}
+			o.etcd.Unlock()
+		case (direct || idle && lo.Held.IsZero()) && lo.Available().IsPositive():
+			if err := b.giveBack(ctx, o, false); err != nil {
+				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
+			}
+			o.etcd.Unlock()
+		case s != nil && !s.Unspent().Equal(lo.Balance):
+			report = append(report, o)
+			reqs = append(reqs, ResizeReq{Org: o.id, Slice: s, Have: lo.Balance, Min: decimal.Zero, Max: decimal.Zero})
+			if len(reqs) == maxResizeOrgs {
+				flush()
+			}
+		default:
+			o.etcd.Unlock()
+			if watched {
+				read = append(read, o.id)
+			}
+		}
+	}
+	flush()
+	for len(read) > 0 {
+		chunk := read[:min(len(read), maxResizeOrgs)]
+		read = read[len(chunk):]
+		accts, err := b.n.ReadAccounts(ctx, chunk)
+		b.ops.reads.Add(1)
+		if err != nil {
+			b.fail(err)
+			return
+		}
+		for _, id := range chunk {
+			o := b.org(id)
+			b.mu.Lock()
+			o.acct, o.known = accts[id], true
+			b.mu.Unlock()
+			b.decideMode(o)
+		}
+	}
+}
+
+// report sends one batch of reports. Its orgs' etcd locks are held.
+func (b *Books) report(ctx context.Context, orgs []*orgSpend, reqs []ResizeReq) {
+	res, err := b.n.ResizeMany(ctx, reqs)
+	b.ops.reports.Add(1)
+	if err != nil {
+		b.log.Warn("cluster report failed", "orgs", len(reqs), "error", err)
+		for _, o := range orgs {
+			b.etcdErr(o, err) // unsure if it may have landed; fenced fails
+		}
+		return
+	}
+	for i, r := range res {
+		if r.Err != nil {
+			b.log.Warn("cluster report refused", "org", orgs[i].id, "error", r.Err)
+			b.etcdErr(orgs[i], r.Err)
+			continue
+		}
+		b.observe(orgs[i], r.Account, r.Slice)
+	}
+}
+
+// settleRestart settles, at start, what the node's last incarnation left
+// in etcd and in the local ledger, org by org:
+//
+//   - its old slice is reclaimed (after etcd has expired the old lease:
+//     NewBooks waits for that), or was reclaimed by a survivor (the
+//     reclaim record), or was given back by its holder (nothing in etcd);
+//   - what the old incarnation spent after its last report is the slice's
+//     reported unspent, minus the local ledger's leftover, minus a movement
+//     that reached only one side (Slice.Moves against the ledger's last
+//     SliceMove); it is charged to etcd (Charge, idempotent on the slice),
+//     or given back if negative (refunds after the last report);
+//   - then the leftover is taken back locally (ReturnSlice), so it is not
+//     spent twice. A crash in between replays both (same keys).
+//
+// Exposure that remains: if survivors reclaimed the slice and sold its
+// money before this restart, the unreported spend may find less than it
+// needs unallocated; Charge takes what there is and the rest was sold
+// twice (logged). It is bounded by what the node sells in one report
+// interval. And a slice the last incarnation created but never credited
+// locally (a crash between the etcd grant and the Pebble write), if a
+// survivor reclaimed it before this restart, is not found: its money went
+// back to unallocated, and the leftover is counted as refunded.
+func (b *Books) settleRestart(ctx context.Context) error {
+	reclaimed, err := b.reclaimSelf(ctx)
+	if err != nil {
+		return err
+	}
+	for _, id := range b.local.OrgIDs() {
+		if err := b.settleOrg(ctx, id, reclaimed[id]); err != nil {
+			return fmt.Errorf("cluster start: settle org %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// reclaimSelf reclaims the slices of this node's earlier incarnations,
+// waiting (real time: it is etcd's lease clock that matters) until etcd
+// has expired their leases. It returns them by org.
+func (b *Books) reclaimSelf(ctx context.Context) (map[string]*Reclaimed, error) {
+	out := map[string]*Reclaimed{}
+	limit := time.Now().Add(3*b.n.cfg.LeaseTTL + b.n.cfg.OpTimeout)
+	for {
+		rs, err := b.n.Reclaim(ctx, b.n.ID())
+		for i := range rs {
+			out[rs[i].Slice.Org] = &rs[i]
+		}
+		if err == nil {
+			return out, nil
+		}
+		if !errors.Is(err, ErrNodeAlive) {
+			return nil, fmt.Errorf("cluster start: reclaim earlier incarnations of %s: %w", b.n.ID(), err)
+		}
+		if time.Now().After(limit) {
+			return nil, fmt.Errorf("cluster start: earlier incarnation of %s still alive after %s: %w", b.n.ID(), 3*b.n.cfg.LeaseTTL, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
+	lo, err := b.local.Org(id)
+	if err != nil {
+		return err
+	}
+	last, moved := b.local.LastSliceMove(id)
+	if !moved {
+		if !lo.Balance.IsZero() {
+			return fmt.Errorf("local balance %s did not come from the cluster (a single-node ledger?): %w", lo.Balance, ErrInvalid)
+		}
+		if r == nil {
+			return nil
+		}
+	}
+	if moved && strings.HasPrefix(last.Slice, restartPrefix) && lo.Balance.IsZero() && r == nil {
+		return nil // settled by an earlier start
+	}
+	// The old slice as etcd last had it.
+	var unspent, inflight decimal.Decimal
+	var moves int64
+	var lastMove decimal.Decimal
+	found := false
+	if r != nil {
+		found, unspent, moves, lastMove = true, r.Unspent, r.Slice.Moves, r.Slice.LastMove
+		if r.Slice.ID != last.Slice {
+			// A slice the local ledger never heard of: created in etcd,
+			// then a crash before its credit landed here.
+			if moves == 1 && lastMove.IsPositive() {
+				inflight = lastMove
+			}
+			found = false
+		}
+	} else if rec, ok, err := b.n.Reclaimed(ctx, last.Slice); err != nil {
+		return err
+	} else if ok {
+		found, unspent, moves, lastMove = true, rec.Unspent, rec.Moves, rec.LastMove
+	}
+	if found {
+		switch {
+		case moves == last.Move+1 && lastMove.IsPositive():
+			inflight = lastMove // granted in etcd, never credited here
+		case last.Move == moves+1 && last.Entry.Amount.IsNegative():
+			inflight = last.Entry.Amount // returned here, never in etcd
+		}
+	}
+	owed := unspent.Sub(lo.Balance).Sub(inflight)
+	key := restartPrefix + last.Slice
+	if !moved {
+		key = restartPrefix + r.Slice.ID
+	}
+	if !owed.IsZero() {
+		charged, err := b.n.Charge(ctx, id, owed, key)
+		b.ops.charges.Add(1)
+		if err != nil {
+			return b.fail(err)
+		}
+		if charged.LessThan(owed) {
+			b.log.Error("cluster start: the last incarnation's unreported spend was sold again by other nodes",
+				"org", id, "owed", owed.String(), "charged", charged.String())
+		}
+	}
+	if lo.Balance.IsPositive() {
+		if _, err := b.local.ReturnSlice(id, key, 1, lo.Balance); err != nil {
+			return err
+		}
+	}
+	if owed.IsZero() && lo.Balance.IsZero() {
+		return nil
+	}
+	b.log.Info("cluster start: settled the last incarnation's slice", "org", id, "slice", last.Slice,
+		"reported_unspent", unspent.String(), "local_leftover", lo.Balance.String(), "in_flight", inflight.String(), "charged", owed.String())
+	return nil
+}
+
+const restartPrefix = "restart."
+
+// cluster returns the org with its money as the cluster has it. An org
+// whose account this node never read is read now (read) or, for Money,
+// answered with the node's own view until the next tick has read it.
+func (b *Books) cluster(lo ledger.Org, read bool) ledger.Org {
+	o := b.org(lo.ID)
+	b.mu.Lock()
+	known, a, s := o.known, o.acct, o.slice
+	o.lastSeen = b.clk.Now()
+	b.mu.Unlock()
+	if !known && !read {
+		return lo
+	}
+	if !known {
+		accts, err := b.n.ReadAccounts(b.ctx, []string{lo.ID})
+		b.ops.reads.Add(1)
+		if err == nil {
+			a = accts[lo.ID]
+			b.mu.Lock()
+			o.acct, o.known = a, true
+			s = o.slice
+			b.mu.Unlock()
+		}
+	}
+	unspent := decimal.Zero
+	if s != nil {
+		unspent = s.Unspent()
+	}
+	// Not yet reported by this node: what its slice still shows minus
+	// what it still has.
+	unreported := unspent.Sub(lo.Balance)
+	bal := a.Funded.Sub(a.Spent).Sub(unreported)
+	lo.Balances = ledger.Balances{Balance: bal, Held: lo.Held, Funded: a.Funded, Debited: a.Funded.Sub(bal)}
+	return lo
+}
+
+// Org returns the org with the cluster's balance: etcd's funded − spent as
+// this node last read it (at most about a report interval old for orgs it
+// reads often), less what this node spent and has not reported; Held is
+// this node's (the cluster-wide held is a later step), and Available is
+// Balance − this node's Held. The other settings are the node's replica.
+func (b *Books) Org(id string) (ledger.Org, error) {
+	lo, err := b.local.Org(id)
+	if err != nil {
+		return lo, err
+	}
+	return b.cluster(lo, true), nil
+}
+
+// Money is every org's money as Org gives it (without waiting for etcd:
+// an org this node has not read yet shows the node's own balance until the
+// next tick has read it).
+func (b *Books) Money() []ledger.OrgMoney {
+	ms := b.local.Money()
+	for i := range ms {
+		lo, err := b.local.Org(ms[i].Org)
+		if err != nil {
+			continue
+		}
+		c := b.cluster(lo, false)
+		ms[i].Balance, ms[i].Held, ms[i].Available = c.Balance, c.Held, c.Available()
+	}
+	return ms
+}
+
+// FundAcrossRegions checks the funding as the ledger does, then funds the
+// org in etcd, once per key. The entry is not in the node's transaction
+// list (the money of record is etcd's): Seq is 0 and Balance the cluster
+// balance after it.
+func (b *Books) FundAcrossRegions(org string, amount decimal.Decimal, key, incident string) (ledger.Entry, error) {
+	incident, err := b.local.CheckFunding(org, amount, key, incident)
+	if err != nil {
+		return ledger.Entry{}, err
+	}
+	if err := b.Err(); err != nil {
+		return ledger.Entry{}, err
+	}
+	replayed, err := b.n.FundReplay(b.ctx, org, amount, fundingKey(key))
+	b.ops.charges.Add(1)
+	switch {
+	case errors.Is(err, ErrIdempotencyConflict):
+		return ledger.Entry{}, fmt.Errorf("%w: %q funded another amount already; nothing changed", ledger.ErrDuplicateFunding, key)
+	case err != nil:
+		return ledger.Entry{}, b.fail(err)
+	}
+	o := b.org(org)
+	accts, err := b.n.ReadAccounts(b.ctx, []string{org})
+	b.ops.reads.Add(1)
+	if err == nil {
+		b.mu.Lock()
+		o.acct, o.known = accts[org], true
+		b.mu.Unlock()
+		b.decideMode(o)
+	}
+	c, _ := b.Org(org)
+	return ledger.Entry{At: b.clk.Now().UTC(), Kind: ledger.EntryFunding, Amount: amount, Balance: c.Balance,
+		Key: key, Incident: incident, Replayed: replayed}, nil
+}
+
+// fundingKey maps an API idempotency key (up to 128 characters, any) to an
+// etcd key segment: '/' and NUL are escaped.
+func fundingKey(key string) string {
+	out := make([]byte, 0, len(key))
+	for i := 0; i < len(key); i++ {
+		switch c := key[i]; c {
+		case '/', 0, '%':
+			out = append(out, fmt.Sprintf("%%%02X", c)...)
+		default:
+			out = append(out, c)
+		}
+	}
+	if len(out) > 128 {
+		return fmt.Sprintf("sha-%x", sha256.Sum256([]byte(key)))
+	}
+	return string(out)
+}
+
+// The rest answers from the local ledger, and the admin changes go to the
+// shared configuration.
+
+func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage) error {
+	return b.local.AnswerDialog(callID, at, dialog)
+}
+
+// CloseCall ends the call on the local ledger; what it releases or refunds
+// stays with this node until the next report (direct mode: given back at
+// the next tick).
+func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error) {
+	cdr, err := b.local.CloseCall(callID, end)
+	if err == nil && cdr.Org != "" {
+		b.touch(b.org(cdr.Org))
+	}
+	return cdr, err
+}
+
+func (b *Books) UpdateDialog(callID string, dialog json.RawMessage) error {
+	return b.local.UpdateDialog(callID, dialog)
+}
+func (b *Books) Dialogs() []ledger.Dialog         { return b.local.Dialogs() }
+func (b *Books) ForgetDialog(callID string) error { return b.local.ForgetDialog(callID) }
+func (b *Books) FraudTripped(tr *ledger.Trip, at time.Time) error {
+	return b.local.FraudTripped(tr, at)
+}
+func (b *Books) User(org, id string) (ledger.User, bool) { return b.local.User(org, id) }
+func (b *Books) UserByNumber(e164 string) (ledger.User, bool) {
+	return b.local.UserByNumber(e164)
+}
+func (b *Books) TollFreeOwner(number string) (ledger.TollFree, bool) {
+	return b.local.TollFreeOwner(number)
+}
+func (b *Books) TollFreeNumbers(org string) []ledger.TollFree { return b.local.TollFreeNumbers(org) }
+func (b *Books) OrgIDs() []string                             { return b.local.OrgIDs() }
+func (b *Books) UsersOf(org string) []ledger.User             { return b.local.UsersOf(org) }
+func (b *Books) Trunks() []ledger.Trunk                       { return b.local.Trunks() }
+func (b *Books) PoolsLeft(org string, at time.Time) (map[string]int, error) {
+	return b.local.PoolsLeft(org, at)
+}
+func (b *Books) Pools(org string, at time.Time) ([]ledger.Pool, error) {
+	return b.local.Pools(org, at)
+}
+func (b *Books) PendingPurchaseOf(org string) string { return b.local.PendingPurchaseOf(org) }
+
+func (b *Books) CreateOrg(o ledger.Org) (ledger.Org, error) { return b.shared.CreateOrg(o) }
+func (b *Books) SetBlockPremium(org string, block bool) (ledger.Org, error) {
+	return b.shared.SetBlockPremium(org, block)
+}
+func (b *Books) SetContacts(org string, c ledger.Contacts) (ledger.Org, error) {
+	return b.shared.SetContacts(org, c)
+}
+func (b *Books) SetFraudGuard(org string, fg ledger.FraudGuard) (ledger.Org, error) {
+	return b.shared.SetFraudGuard(org, fg)
+}
+func (b *Books) SetAutoRecharge(org string, ar ledger.AutoRecharge) (ledger.AutoRecharge, error) {
+	return b.shared.SetAutoRecharge(org, ar)
+}
+func (b *Books) PutUser(u ledger.User) error          { return b.shared.PutUser(u) }
+func (b *Books) PutTollFree(tf ledger.TollFree) error { return b.shared.PutTollFree(tf) }
+func (b *Books) DeleteTollFree(org, number string) (bool, error) {
+	return b.shared.DeleteTollFree(org, number)
+}
+func (b *Books) DeleteUser(org, id string) (bool, error) { return b.shared.DeleteUser(org, id) }
+func (b *Books) DeleteTrunk(id string) (bool, error)     { return b.shared.DeleteTrunk(id) }
+func (b *Books) PutTrunk(tr ledger.Trunk) error          { return b.shared.PutTrunk(tr) }
+func (b *Books) PutDeck(csv []byte) error                { return b.shared.PutDeck(csv) }
+
+func (b *Books) EachCDR(org string, from, to time.Time, fn func(*ledger.CDR) error) error {
+	return b.local.EachCDR(org, from, to, fn)
+}
+func (b *Books) Transactions(org string, after uint64, limit int) ([]ledger.Entry, error) {
+	return b.local.Transactions(org, after, limit)
+}
+func (b *Books) Advise(org string, now time.Time) (ledger.Advice, error) {
+	return b.local.Advise(org, now)
+}

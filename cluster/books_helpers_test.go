@@ -1,0 +1,232 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/shopspring/decimal"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/ledger"
+)
+
+// testShared is a test-only SharedConfig: it applies each admin change to
+// every node's local ledger in turn, which is what the real shared
+// configuration (Replica, watched from etcd) does for cluster nodes. It
+// answers what the first ledger answered.
+type testShared struct {
+	mu      sync.Mutex
+	ledgers []*ledger.Ledger
+}
+
+func (s *testShared) each(f func(l *ledger.Ledger) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var first error
+	for i, l := range s.ledgers {
+		if err := f(l); i == 0 {
+			first = err
+		}
+	}
+	return first
+}
+
+func (s *testShared) CreateOrg(o ledger.Org) (ledger.Org, error) {
+	var out ledger.Org
+	err := s.each(func(l *ledger.Ledger) error {
+		r, err := l.CreateOrg(o)
+		if out.ID == "" {
+			out = r
+		}
+		return err
+	})
+	return out, err
+}
+func (s *testShared) SetBlockPremium(org string, block bool) (ledger.Org, error) {
+	var out ledger.Org
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.SetBlockPremium(org, block); return })
+	return out, err
+}
+func (s *testShared) SetContacts(org string, c ledger.Contacts) (ledger.Org, error) {
+	var out ledger.Org
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.SetContacts(org, c); return })
+	return out, err
+}
+func (s *testShared) SetFraudGuard(org string, fg ledger.FraudGuard) (ledger.Org, error) {
+	var out ledger.Org
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.SetFraudGuard(org, fg); return })
+	return out, err
+}
+func (s *testShared) SetAutoRecharge(org string, ar ledger.AutoRecharge) (ledger.AutoRecharge, error) {
+	var out ledger.AutoRecharge
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.SetAutoRecharge(org, ar); return })
+	return out, err
+}
+func (s *testShared) PutUser(u ledger.User) error {
+	return s.each(func(l *ledger.Ledger) error { return l.PutUser(u) })
+}
+func (s *testShared) PutTollFree(tf ledger.TollFree) error {
+	return s.each(func(l *ledger.Ledger) error { return l.PutTollFree(tf) })
+}
+func (s *testShared) DeleteTollFree(org, number string) (bool, error) {
+	var out bool
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.DeleteTollFree(org, number); return })
+	return out, err
+}
+func (s *testShared) DeleteUser(org, id string) (bool, error) {
+	var out bool
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.DeleteUser(org, id); return })
+	return out, err
+}
+func (s *testShared) DeleteTrunk(id string) (bool, error) {
+	var out bool
+	err := s.each(func(l *ledger.Ledger) (err error) { out, err = l.DeleteTrunk(id); return })
+	return out, err
+}
+func (s *testShared) PutTrunk(tr ledger.Trunk) error {
+	return s.each(func(l *ledger.Ledger) error { return l.PutTrunk(tr) })
+}
+func (s *testShared) PutDeck(csv []byte) error {
+	return s.each(func(l *ledger.Ledger) error { return l.PutDeck(csv) })
+}
+
+var _ SharedConfig = (*testShared)(nil)
+
+// spender is one cluster node as the tests run it: its etcd client,
+// membership, local Pebble ledger (in dir, kept across restarts) and Books.
+type spender struct {
+	index int // in the shared config's ledgers
+	id    string
+	dir   string
+	cli   *clientv3.Client
+	node  *Node
+	local *ledger.Ledger
+	books *Books
+}
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openLedger(t testing.TB, dir string) *ledger.Ledger {
+	t.Helper()
+	l, err := ledger.Open(dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// startSpenders opens n ledgers and their nodes on cli's cluster, with the
+// shared config applying to all of them, and starts their Books.
+func startSpenders(t testing.TB, newClient func() *clientv3.Client, n int, p SlicePolicy, clk clock.Clock) ([]*spender, *testShared) {
+	t.Helper()
+	shared := &testShared{}
+	sp := make([]*spender, n)
+	for i := range sp {
+		s := &spender{index: i, id: fmt.Sprintf("n%d", i), dir: filepath.Join(t.TempDir(), "ledger"), cli: newClient()}
+		s.local = openLedger(t, s.dir)
+		shared.ledgers = append(shared.ledgers, s.local)
+		sp[i] = s
+	}
+	for _, s := range sp {
+		s.start(t, shared, p, clk)
+	}
+	t.Cleanup(func() {
+		for _, s := range sp {
+			s.stop(t)
+			s.cli.Close()
+		}
+	})
+	return sp, shared
+}
+
+// start joins the node and starts its Books (after a restart too).
+func (s *spender) start(t testing.TB, shared *testShared, p SlicePolicy, clk clock.Clock) {
+	t.Helper()
+	s.startOn(t, shared, p, clk, clk)
+}
+
+// startOn is start with the node on nodeClk and the Books on booksClk.
+func (s *spender) startOn(t testing.TB, shared *testShared, p SlicePolicy, nodeClk, clk clock.Clock) {
+	t.Helper()
+	if s.local == nil {
+		s.local = openLedger(t, s.dir)
+	}
+	shared.mu.Lock()
+	shared.ledgers[s.index] = s.local // the restarted node's ledger
+	shared.mu.Unlock()
+	// A 10 s lease: these tests crash nodes by revoking their lease, and
+	// a 2 s one can lapse on a loaded machine (then the node is fenced
+	// in the middle of a test that is not about fencing).
+	cfg := testConfig(s.id)
+	cfg.LeaseTTL, cfg.Margin, cfg.KeepAliveEvery = 10*time.Second, 2*time.Second, time.Second
+	n, err := Join(context.Background(), s.cli, cfg, nodeClk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.node = n
+	b, err := NewBooks(n, s.local, shared, p, clk, quiet())
+	if err != nil {
+		t.Fatalf("books %s: %v", s.id, err)
+	}
+	s.books = b
+}
+
+// stop closes the Books (giving the slices back), the node and the ledger.
+func (s *spender) stop(t testing.TB) {
+	t.Helper()
+	if s.books != nil {
+		if err := s.books.Close(context.Background()); err != nil && s.books.Err() == nil {
+			t.Errorf("close books %s: %v", s.id, err)
+		}
+		s.books = nil
+	}
+	if s.node != nil {
+		s.node.Close(context.Background())
+		s.node = nil
+	}
+	if s.local != nil {
+		s.local.Close()
+		s.local = nil
+	}
+}
+
+// crash stops the node as a killed process would leave it: no slice given
+// back, nothing reported since the last tick, the lease revoked (expired).
+func (s *spender) crash(t testing.TB) {
+	t.Helper()
+	// The Books' goroutines stop without writing: cancel, then wait.
+	s.books.mu.Lock()
+	s.books.cancel()
+	s.books.mu.Unlock()
+	s.books.wg.Wait()
+	s.books = nil
+	s.node.stopKeepAlive()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.cli.Revoke(ctx, s.node.Lease()); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		t.Fatal(err)
+	}
+	s.node = nil
+	s.local.Close()
+	s.local = nil
+}
+
+// testCall is a call on credits: 1.00 a minute in 6 s increments, 0.10 each.
+func testCall(org string) ledger.Call {
+	return ledger.Call{ID: uuid.NewString(), Details: ledger.Details{Org: org, User: "u1", To: "442079460018",
+		RatePerMinute: decimal.NewFromInt(1), Currency: "USD"}, FirstIncrement: 6, NextIncrement: 6, Spill: true, Fresh: true}
+}
+
+func isRefusal(err error) bool {
+	return errors.Is(err, ledger.ErrInsufficientCredit)
+}

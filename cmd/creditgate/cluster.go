@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -17,8 +18,10 @@ import (
 
 	"github.com/creditgate/creditgate/cluster"
 	"github.com/creditgate/creditgate/configs"
+	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/rating"
 )
 
 // clusterNode is this process's part in a cluster: the etcd client, the
@@ -143,4 +146,29 @@ func etcdTLS(c configs.Cluster) (*tls.Config, error) {
 		t.Certificates = []tls.Certificate{cert}
 	}
 	return t, nil
+}
+
+// follow keeps what the gateway holds parsed — the rate deck and the
+// trunks' routing — in step with the shared configuration the replica
+// applies to the local ledger, changes made through other nodes included.
+// It runs until ctx ends; its caller waits for it.
+func (cn *clusterNode) follow(ctx context.Context, gw *gateway.Gateway, local *ledger.Ledger, log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-cn.replica.TrunksChanged():
+			gw.ReloadTrunks()
+		case <-cn.replica.DeckChanged():
+			d, err := rating.ParseDeck(bytes.NewReader(local.Deck()))
+			if err != nil {
+				// Decks are validated before they reach etcd; one that
+				// does not parse here is kept out, the old one stays.
+				log.Error("cluster: the shared rate deck does not parse; keeping the one in force", "error", err)
+				continue
+			}
+			gw.SetDeck(d)
+			log.Info("rate deck replaced from the cluster", "rows", d.Rows())
+		}
+	}
 }

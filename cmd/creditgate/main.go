@@ -103,8 +103,9 @@ func serve(configPath string, o overrides) error {
 	// books is what the gateway and the API spend through: the ledger
 	// itself, or in cluster mode the cluster's Books over it.
 	var books ledger.Books = led
+	var cn *clusterNode
 	if cfg.Cluster.Enabled() {
-		cn, err := joinCluster(context.Background(), cfg, led, log)
+		cn, err = joinCluster(context.Background(), cfg, led, log)
 		if err != nil {
 			return err
 		}
@@ -134,6 +135,9 @@ func serve(configPath string, o overrides) error {
 	if err != nil {
 		gw.Close()
 		return err
+	}
+	if cn != nil {
+		workers.Go(func() { cn.follow(ctx, gw, led, log) })
 	}
 	srv, apiDone, err := startAPI(cfg, ln, led, books, gw, token, payments, reg, log)
 	if err != nil {
@@ -289,6 +293,13 @@ func startWorkers(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config, l
 		wg.Go(func() { payer.Run(ctx) })
 	} else {
 		log.Info("auto-recharge off: no payment provider key (payments.stripe_api_key or CREDITGATE_STRIPE_API_KEY)")
+	}
+	if cfg.Cluster.Enabled() {
+		// The notifier reads its node's ledger, whose balances are that
+		// node's slices, not the org's money: low-balance mail would be
+		// wrong. A cluster-wide sender (one node, elected) is not built yet.
+		log.Warn("notifications off in cluster mode: sent by a single-node gateway only (README, Cluster mode)")
+		return key != "", nil
 	}
 	pass, err := cfg.SMTPPassword()
 	if err != nil {

@@ -136,6 +136,15 @@
 //     etcd exactly its shortfall, with the org's etcd lock held across the
 //     local hold; other nodes follow within a tick (their reports read the
 //     account). Back to normal at twice the threshold.
+//   - A hold refused because not even its shortfall is unallocated gives
+//     back what the node has available at once: pieces of the last money
+//     stranded on several nodes come together in unallocated, where one
+//     node's next hold takes them.
+//   - An etcd failure that may have landed (a timeout, a lost connection)
+//     marks the org unsure: its next etcd operation first reads the slice
+//     back and adopts it (a grant that landed is credited then, by its
+//     movement number). A give-back whose etcd half failed stays pending,
+//     counted as still had by every report, and is completed first.
 //   - Node.Sellable before every hold: past the local deadline the hold is
 //     refused with ledger.ErrUnavailable (a Step's refusal ends the call;
 //     its CloseCall pays the increment it held); fenced, Err() is non-nil
@@ -159,6 +168,10 @@
 //     (a watch on members/ is the natural trigger). A revoked (not
 //     expired) lease is seen by the node at its next keepalive or etcd
 //     operation: until then it may sell from its local slice.
+//   - The unsure/pending recovery above is exercised by no test that
+//     injects etcd failures (the tests run real etcd, which does not fail
+//     on cue); the restart settlement covers the same cases by movement
+//     numbers and is tested (restart_test.go).
 //   - Direct-mode holds of one node are serialized per org, one etcd
 //     transaction each (DebitMany-style batching of concurrent holds is not
 //     done). Money a node released or was refunded in direct mode waits up

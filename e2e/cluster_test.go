@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -247,4 +248,121 @@ func (g *gateway) raw(method, path string) (int, []byte) {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	return res.StatusCode, b
+}
+
+// TestClusterPausedNodeIsFenced: a node SIGSTOPped for three lease TTLs
+// with a call up, then continued. Its lease expired meanwhile; on waking
+// it holds no new increment (its call ends billed to no later than its
+// local deadline, lease_ttl − lease_margin after the pause began, plus the
+// increment it had already held), refuses new calls and changes, says so
+// on /readyz, and the other node goes on selling. etcd's invariant holds.
+func TestClusterPausedNodeIsFenced(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	bin := buildBinary(t)
+	const ttl, margin = 2 * time.Second, 500 * time.Millisecond
+	nodes := startCluster(t, bin, etcd.Endpoints(), 2,
+		"  lease_ttl: 2s\n  lease_margin: 500ms\n  keepalive_every: 500ms\nfunding:\n  minimum: \"1.00\"\n")
+	n1, n2 := nodes[0], nodes[1]
+	carrier := freePort(t)
+	n1.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	n1.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	n1.api("PUT", "/v1/trunks/pbx", "", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"]}`, 200, nil)
+	n1.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, carrier), 200, nil)
+	n1.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,6.00,1,1\n", 200, nil)
+	n1.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"k"}`, 201, nil)
+	visibleWithin(t, nodes, time.Now(), "funding", func(g *gateway) bool {
+		var o struct{ Balance string }
+		g.api("GET", "/v1/orgs/acme", "", "", 200, &o)
+		return o.Balance == "50.00" && g.hasTrunk("carrier")
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	call := func(g *gateway, hold time.Duration) <-chan loadtest.Report {
+		done := make(chan loadtest.Report, 1)
+		go func() {
+			rep, err := loadtest.Run(ctx, loadtest.Config{Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort),
+				Carrier: fmt.Sprintf("127.0.0.1:%d", carrier), Rate: 1, Calls: 1, Hold: hold,
+				Dialled: "+33142278186", From: []string{"+12125550100"}, SetupTimeout: 5 * time.Second}, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- rep
+		}()
+		return done
+	}
+	dialled := time.Now()
+	long := call(n2, 60*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var calls struct{ Calls []struct{ Answer time.Time } }
+		n2.api("GET", "/v1/calls", "", "", 200, &calls)
+		if len(calls.Calls) == 1 && !calls.Calls[0].Answer.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the call on node 2 was not answered: %+v\n%s", calls, n2.log)
+		}
+	}
+	time.Sleep(time.Second) // a paid increment or two on the clock
+
+	paused := time.Now()
+	must(t, n2.cmd.Process.Signal(syscall.SIGSTOP))
+	time.Sleep(3 * ttl)
+	must(t, n2.cmd.Process.Signal(syscall.SIGCONT))
+	woke := time.Now()
+
+	// The call is ended by the node itself, without a further hold.
+	var rep loadtest.Report
+	select {
+	case rep = <-long:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("node 2's call was not ended after it woke fenced\n%s", n2.log)
+	}
+	if rep.Answered != 1 || rep.EndedByGateway != 1 {
+		t.Fatalf("node 2's call: %s", rep)
+	}
+	cdrs := n2.allCDRs()
+	if len(cdrs) != 1 {
+		t.Fatalf("node 2 has %d CDRs, want 1: %v", len(cdrs), cdrs)
+	}
+	billed, _ := strconv.Atoi(cdrs[0]["billed_s"])
+	// Answered after it was dialled; its local deadline came no later than
+	// ttl − margin after the pause began; at most the one increment held
+	// then is paid past it.
+	bound := int((paused.Sub(dialled) + ttl - margin).Seconds()) + 1
+	t.Logf("node 2 paused %.1f s after its call was dialled, for %v; woke and ended the call billed %d s (bound %d s): %v",
+		paused.Sub(dialled).Seconds(), woke.Sub(paused).Round(time.Millisecond), billed, bound, cdrs[0])
+	if billed > bound {
+		t.Fatalf("node 2 billed %d s, past its local deadline (bound %d s): it held after it", billed, bound)
+	}
+
+	// Awake but fenced: not ready, no new call, no change.
+	var ready int
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if res, err := http.Get("http://" + n2.httpAddr + "/readyz"); err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if ready = res.StatusCode; ready == 503 {
+				t.Logf("node 2 /readyz after waking: %d %s", ready, strings.TrimSpace(string(b)))
+				break
+			}
+		}
+	}
+	if ready != 503 {
+		t.Fatalf("node 2's /readyz answers %d after its lease expired", ready)
+	}
+	if rep := <-call(n2, time.Second); rep.Answered != 0 || rep.CarrierInvites != 0 {
+		t.Fatalf("fenced node 2 connected a call: %s", rep)
+	}
+	if code, body := n2.raw("POST", "/v1/orgs/acme/credits"); code < 400 {
+		t.Fatalf("fenced node 2 took a funding: %d %s", code, body)
+	}
+	// Node 1 goes on.
+	if rep := <-call(n1, time.Second); rep.Answered != 1 {
+		t.Fatalf("node 1 after node 2's pause: %s\n%s", rep, n1.log)
+	}
+	if _, err := cluster.Check(context.Background(), etcd.Client(), clusterPrefix, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -184,12 +184,14 @@
 //     balance and spend, not the cluster's: the payer and notifier must not
 //     run on the local ledgers in cluster mode until they are singletons
 //     reading the cluster.
-//   - Config watching is Replica's (replica*.go); singletons (payer and
-//     notifier behind an etcd election), cross-node reads (cluster-wide
-//     held, calls on every node, merged histories; a funding's entry is in
-//     etcd, not in any node's transaction list), TLS to etcd, metrics
-//     (Books.Ops counts etcd operations), the config section and flag, and
-//     the README's deployment and capacity sections.
+//   - Singletons (payer and notifier behind an etcd election: until then
+//     cmd/creditgate runs neither in cluster mode), cross-node reads
+//     (cluster-wide held, calls on every node, merged histories; a
+//     funding's entry is in etcd, not in any node's transaction list), and
+//     a survivor taking over a dead node's calls (issue 17). The wiring
+//     (cmd/creditgate/cluster.go: the cluster: config section,
+//     --cluster-etcd, TLS to etcd) and the README's "Cluster mode" section
+//     (deployment, measured figures, capacity) are done.
 //
 // Tested against Debian's etcd-server 3.4.23 with go.etcd.io/etcd/client/v3
 // v3.6.16 (cluster/etcdtest starts the real binary).

@@ -116,7 +116,7 @@ type spender struct {
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func openLedger(t testing.TB, dir string) *ledger.Ledger {
+func openSpendLedger(t testing.TB, dir string) *ledger.Ledger {
 	t.Helper()
 	l, err := ledger.Open(dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet()})
 	if err != nil {
@@ -133,7 +133,7 @@ func startSpenders(t testing.TB, newClient func() *clientv3.Client, n int, p Sli
 	sp := make([]*spender, n)
 	for i := range sp {
 		s := &spender{index: i, id: fmt.Sprintf("n%d", i), dir: filepath.Join(t.TempDir(), "ledger"), cli: newClient()}
-		s.local = openLedger(t, s.dir)
+		s.local = openSpendLedger(t, s.dir)
 		shared.ledgers = append(shared.ledgers, s.local)
 		sp[i] = s
 	}
@@ -159,7 +159,7 @@ func (s *spender) start(t testing.TB, shared *testShared, p SlicePolicy, clk clo
 func (s *spender) startOn(t testing.TB, shared *testShared, p SlicePolicy, nodeClk, clk clock.Clock) {
 	t.Helper()
 	if s.local == nil {
-		s.local = openLedger(t, s.dir)
+		s.local = openSpendLedger(t, s.dir)
 	}
 	shared.mu.Lock()
 	shared.ledgers[s.index] = s.local // the restarted node's ledger

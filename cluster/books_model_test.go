@@ -68,7 +68,7 @@ func TestBooksModel(t *testing.T) {
 	sp := make([]*spender, 3)
 	for i := range sp {
 		sp[i] = &spender{index: i, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), cli: ec.Client()}
-		sp[i].local = openLedger(t, sp[i].dir)
+		sp[i].local = openSpendLedger(t, sp[i].dir)
 		shared.ledgers = append(shared.ledgers, sp[i].local)
 	}
 	start := func(s *spender) { s.startOn(t, shared, p, clock.Real{}, clk) }

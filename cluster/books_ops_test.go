@@ -44,7 +44,7 @@ func opsPerCall(t *testing.T, orgs int) {
 	sp := make([]*spender, 3)
 	for i := range sp {
 		sp[i] = &spender{index: i, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), cli: ec.Client()}
-		sp[i].local = openLedger(t, sp[i].dir)
+		sp[i].local = openSpendLedger(t, sp[i].dir)
 		shared.ledgers = append(shared.ledgers, sp[i].local)
 	}
 	for _, s := range sp {

@@ -24,7 +24,7 @@ func TestDirectMode(t *testing.T) {
 	sp := make([]*spender, 2)
 	for i := range sp {
 		sp[i] = &spender{index: i, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), cli: ec.Client()}
-		sp[i].local = openLedger(t, sp[i].dir)
+		sp[i].local = openSpendLedger(t, sp[i].dir)
 		shared.ledgers = append(shared.ledgers, sp[i].local)
 	}
 	for _, s := range sp {

@@ -275,3 +275,6 @@ func numberOwner(v []byte) (user string, tollFreeOrg string) {
 	}
 	return "", ""
 }
+
+// *Replica is where a cluster node's Books sends its admin changes.
+var _ SharedConfig = (*Replica)(nil)

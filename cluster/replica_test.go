@@ -134,7 +134,7 @@ func TestReplicaRefusalsMatchLedger(t *testing.T) {
 	plain := openLedger(t, t.TempDir())
 	defer plain.Close()
 	rn := startReplica(t, cli, "n1", t.TempDir())
-	books := map[string]sharedConfig{"ledger": plain, "replica": rn.r}
+	books := map[string]SharedConfig{"ledger": plain, "replica": rn.r}
 
 	// A free call of alice's and an inbound one to the toll-free number,
 	// opened on each side's own ledger as its gateway would, make the
@@ -172,212 +172,212 @@ func TestReplicaRefusalsMatchLedger(t *testing.T) {
 	cases := []struct {
 		name   string
 		before func(t *testing.T)
-		op     func(b sharedConfig) result
+		op     func(b SharedConfig) result
 		want   error // nil: accepted
 	}{
-		{name: "create org bad id", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "create org bad id", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "bad id!", Country: "US"})
 			return result{err: err, org: o}
 		}},
-		{name: "create org bad currency", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "create org bad currency", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "x", Currency: "usd"})
 			return result{err: err, org: o}
 		}},
-		{name: "create org bad timezone", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "create org bad timezone", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "x", Timezone: "Mars/Olympus"})
 			return result{err: err, org: o}
 		}},
-		{name: "create acme", op: func(b sharedConfig) result {
+		{name: "create acme", op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "acme", Name: "Acme", Country: "US", Region: "us", Timezone: "America/New_York"})
 			return result{err: err, org: o}
 		}},
-		{name: "create acme again", want: ledger.ErrOrgExists, op: func(b sharedConfig) result {
+		{name: "create acme again", want: ledger.ErrOrgExists, op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "acme", Country: "GB"})
 			return result{err: err, org: o}
 		}},
-		{name: "create beta", op: func(b sharedConfig) result {
+		{name: "create beta", op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "beta", Country: "GB", Region: "eu"})
 			return result{err: err, org: o}
 		}},
-		{name: "create eu1 billing elsewhere", op: func(b sharedConfig) result {
+		{name: "create eu1 billing elsewhere", op: func(b SharedConfig) result {
 			o, err := b.CreateOrg(ledger.Org{ID: "eu1", Country: "DE", Region: "eu", BillingRegion: "us"})
 			return result{err: err, org: o}
 		}},
-		{name: "user of unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "user of unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "nope", ID: "alice"})}
 		}},
-		{name: "user bad id", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "user bad id", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "acme", ID: "a/b"})}
 		}},
-		{name: "user too many numbers", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "user too many numbers", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "acme", ID: "alice", Numbers: many})}
 		}},
-		{name: "alice", op: func(b sharedConfig) result {
+		{name: "alice", op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "acme", ID: "alice", Numbers: []string{"12125550101", "12125550100", "12125550100"},
 				Licenses: []string{"international_calling_plan", "communications_credits"}})}
 		}},
-		{name: "alice again (idempotent)", op: func(b sharedConfig) result {
+		{name: "alice again (idempotent)", op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "acme", ID: "alice", Numbers: []string{"12125550100", "12125550101"},
 				Licenses: []string{"communications_credits", "international_calling_plan"}})}
 		}},
-		{name: "bob takes alice's number", want: ledger.ErrNumberTaken, op: func(b sharedConfig) result {
+		{name: "bob takes alice's number", want: ledger.ErrNumberTaken, op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "beta", ID: "bob", Numbers: []string{"447700900001", "12125550101"}})}
 		}},
-		{name: "toll-free bad number", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "toll-free bad number", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "1800abc", Org: "acme"})}
 		}},
-		{name: "toll-free unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "toll-free unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "nope"})}
 		}},
-		{name: "toll-free acme", op: func(b sharedConfig) result {
+		{name: "toll-free acme", op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "acme"})}
 		}},
-		{name: "toll-free of another org", want: ledger.ErrNumberTaken, op: func(b sharedConfig) result {
+		{name: "toll-free of another org", want: ledger.ErrNumberTaken, op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "beta"})}
 		}},
-		{name: "toll-free that is alice's", want: ledger.ErrNumberTaken, op: func(b sharedConfig) result {
+		{name: "toll-free that is alice's", want: ledger.ErrNumberTaken, op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "12125550100", Org: "acme"})}
 		}},
-		{name: "bob takes a toll-free number", want: ledger.ErrNumberTaken, op: func(b sharedConfig) result {
+		{name: "bob takes a toll-free number", want: ledger.ErrNumberTaken, op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "beta", ID: "bob", Numbers: []string{"18005550100"}})}
 		}},
-		{name: "trunk bad id", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "trunk bad id", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			return result{err: b.PutTrunk(ledger.Trunk{ID: "", Kind: "carrier"})}
 		}},
-		{name: "trunk of unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "trunk of unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			return result{err: b.PutTrunk(ledger.Trunk{ID: "pbx", Kind: "customer", Org: "nope"})}
 		}},
-		{name: "trunk pbx", op: func(b sharedConfig) result {
+		{name: "trunk pbx", op: func(b SharedConfig) result {
 			return result{err: b.PutTrunk(ledger.Trunk{ID: "pbx", Kind: "customer", Org: "acme", URI: "sip:10.0.0.1"})}
 		}},
-		{name: "trunk pbx-beta", op: func(b sharedConfig) result {
+		{name: "trunk pbx-beta", op: func(b SharedConfig) result {
 			return result{err: b.PutTrunk(ledger.Trunk{ID: "pbx-beta", Kind: "customer", Org: "beta", URI: "sip:10.0.0.2"})}
 		}},
-		{name: "toll-free on another org's trunk", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "toll-free on another org's trunk", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "acme", Trunk: "pbx-beta"})}
 		}},
-		{name: "toll-free on a missing trunk", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "toll-free on a missing trunk", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "acme", Trunk: "gone"})}
 		}},
-		{name: "toll-free delivered by pbx", op: func(b sharedConfig) result {
+		{name: "toll-free delivered by pbx", op: func(b SharedConfig) result {
 			return result{err: b.PutTollFree(ledger.TollFree{Number: "18005550100", Org: "acme", Trunk: "pbx"})}
 		}},
-		{name: "delete trunk delivering", want: ledger.ErrInUse, op: func(b sharedConfig) result {
+		{name: "delete trunk delivering", want: ledger.ErrInUse, op: func(b SharedConfig) result {
 			found, err := b.DeleteTrunk("pbx")
 			return result{err: err, found: found}
 		}},
-		{name: "delete missing trunk", op: func(b sharedConfig) result {
+		{name: "delete missing trunk", op: func(b SharedConfig) result {
 			found, err := b.DeleteTrunk("nope")
 			return result{err: err, found: found}
 		}},
-		{name: "fraud guard negative", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "fraud guard negative", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			o, err := b.SetFraudGuard("acme", ledger.FraudGuard{MaxCalls: -1})
 			return result{err: err, org: o}
 		}},
-		{name: "fraud guard unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "fraud guard unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			o, err := b.SetFraudGuard("nope", ledger.FraudGuard{MaxCalls: 3})
 			return result{err: err, org: o}
 		}},
-		{name: "fraud guard", op: func(b sharedConfig) result {
+		{name: "fraud guard", op: func(b SharedConfig) result {
 			o, err := b.SetFraudGuard("acme", ledger.FraudGuard{MaxCalls: 3, MaxChargePerCall: dec("2.5")})
 			return result{err: err, org: o}
 		}},
-		{name: "contacts bad email", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "contacts bad email", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			o, err := b.SetContacts("acme", ledger.Contacts{Emails: []string{"not an address"}})
 			return result{err: err, org: o}
 		}},
-		{name: "contacts", op: func(b sharedConfig) result {
+		{name: "contacts", op: func(b SharedConfig) result {
 			o, err := b.SetContacts("acme", ledger.Contacts{Emails: []string{"billing@example.com"}})
 			return result{err: err, org: o}
 		}},
-		{name: "block premium unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "block premium unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			o, err := b.SetBlockPremium("nope", true)
 			return result{err: err, org: o}
 		}},
-		{name: "block premium", op: func(b sharedConfig) result {
+		{name: "block premium", op: func(b SharedConfig) result {
 			o, err := b.SetBlockPremium("acme", true)
 			return result{err: err, org: o}
 		}},
-		{name: "block premium again", op: func(b sharedConfig) result {
+		{name: "block premium again", op: func(b SharedConfig) result {
 			o, err := b.SetBlockPremium("acme", true)
 			return result{err: err, org: o}
 		}},
-		{name: "auto-recharge below minimum", want: ledger.ErrBelowMinimum, op: func(b sharedConfig) result {
+		{name: "auto-recharge below minimum", want: ledger.ErrBelowMinimum, op: func(b SharedConfig) result {
 			ar := recharge
 			ar.Amount = dec("49.99")
 			got, err := b.SetAutoRecharge("acme", ar)
 			return result{err: err, ar: got}
 		}},
-		{name: "auto-recharge bad payment method", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "auto-recharge bad payment method", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			ar := recharge
 			ar.PaymentMethod = "visa"
 			got, err := b.SetAutoRecharge("acme", ar)
 			return result{err: err, ar: got}
 		}},
-		{name: "auto-recharge unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "auto-recharge unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			got, err := b.SetAutoRecharge("nope", recharge)
 			return result{err: err, ar: got}
 		}},
-		{name: "auto-recharge more precision than the currency", want: ledger.ErrInvalid, op: func(b sharedConfig) result {
+		{name: "auto-recharge more precision than the currency", want: ledger.ErrInvalid, op: func(b SharedConfig) result {
 			ar := recharge
 			ar.Amount = dec("50.001")
 			got, err := b.SetAutoRecharge("acme", ar)
 			return result{err: err, ar: got}
 		}},
-		{name: "auto-recharge across regions", want: ledger.ErrRegionMismatch, op: func(b sharedConfig) result {
+		{name: "auto-recharge across regions", want: ledger.ErrRegionMismatch, op: func(b SharedConfig) result {
 			got, err := b.SetAutoRecharge("eu1", recharge)
 			return result{err: err, ar: got}
 		}},
-		{name: "auto-recharge across regions with an incident", op: func(b sharedConfig) result {
+		{name: "auto-recharge across regions with an incident", op: func(b SharedConfig) result {
 			ar := recharge
 			ar.Incident = "INC-7"
 			got, err := b.SetAutoRecharge("eu1", ar)
 			return result{err: err, ar: got}
 		}},
-		{name: "auto-recharge off", op: func(b sharedConfig) result {
+		{name: "auto-recharge off", op: func(b SharedConfig) result {
 			got, err := b.SetAutoRecharge("acme", ledger.AutoRecharge{})
 			return result{err: err, ar: got}
 		}},
-		{name: "delete user of unknown org", want: ledger.ErrUnknownOrg, op: func(b sharedConfig) result {
+		{name: "delete user of unknown org", want: ledger.ErrUnknownOrg, op: func(b SharedConfig) result {
 			found, err := b.DeleteUser("nope", "alice")
 			return result{err: err, found: found}
 		}},
-		{name: "delete missing user", op: func(b sharedConfig) result {
+		{name: "delete missing user", op: func(b SharedConfig) result {
 			found, err := b.DeleteUser("acme", "nobody")
 			return result{err: err, found: found}
 		}},
-		{name: "delete alice with a call up", before: openCalls, want: ledger.ErrInUse, op: func(b sharedConfig) result {
+		{name: "delete alice with a call up", before: openCalls, want: ledger.ErrInUse, op: func(b SharedConfig) result {
 			found, err := b.DeleteUser("acme", "alice")
 			return result{err: err, found: found}
 		}},
-		{name: "delete toll-free with a call up", want: ledger.ErrInUse, op: func(b sharedConfig) result {
+		{name: "delete toll-free with a call up", want: ledger.ErrInUse, op: func(b SharedConfig) result {
 			found, err := b.DeleteTollFree("acme", "18005550100")
 			return result{err: err, found: found}
 		}},
-		{name: "delete alice", before: closeCalls, op: func(b sharedConfig) result {
+		{name: "delete alice", before: closeCalls, op: func(b SharedConfig) result {
 			found, err := b.DeleteUser("acme", "alice")
 			return result{err: err, found: found}
 		}},
-		{name: "delete alice again", op: func(b sharedConfig) result {
+		{name: "delete alice again", op: func(b SharedConfig) result {
 			found, err := b.DeleteUser("acme", "alice")
 			return result{err: err, found: found}
 		}},
-		{name: "bob takes alice's old number", op: func(b sharedConfig) result {
+		{name: "bob takes alice's old number", op: func(b SharedConfig) result {
 			return result{err: b.PutUser(ledger.User{Org: "beta", ID: "bob", Numbers: []string{"12125550101"}, Licenses: []string{"domestic_calling_plan"}})}
 		}},
-		{name: "delete toll-free of another org", op: func(b sharedConfig) result {
+		{name: "delete toll-free of another org", op: func(b SharedConfig) result {
 			found, err := b.DeleteTollFree("beta", "18005550100")
 			return result{err: err, found: found}
 		}},
-		{name: "delete toll-free", op: func(b sharedConfig) result {
+		{name: "delete toll-free", op: func(b SharedConfig) result {
 			found, err := b.DeleteTollFree("acme", "18005550100")
 			return result{err: err, found: found}
 		}},
-		{name: "delete trunk no longer delivering", op: func(b sharedConfig) result {
+		{name: "delete trunk no longer delivering", op: func(b SharedConfig) result {
 			found, err := b.DeleteTrunk("pbx")
 			return result{err: err, found: found}
 		}},
-		{name: "deck", op: func(b sharedConfig) result {
+		{name: "deck", op: func(b SharedConfig) result {
 			return result{err: b.PutDeck([]byte("prefix,country,destination,type,rate_per_minute\n1,US,United States,geographic,0.0100\n"))}
 		}},
 	}

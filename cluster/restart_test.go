@@ -149,7 +149,7 @@ func TestRestartSettles(t *testing.T) {
 	// A clean stop gives everything back; the restart has nothing to settle.
 	for _, s := range sp {
 		s.stop(t)
-		s.local = openLedger(t, s.dir)
+		s.local = openSpendLedger(t, s.dir)
 	}
 	for _, s := range sp {
 		s.start(t, shared, p, clock.Real{})

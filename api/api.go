@@ -105,6 +105,14 @@ type Access interface {
 
 var _ Access = (*ledger.Ledger)(nil)
 
+// Readiness is optional on a ledger.Books whose node can be unfit to take
+// calls while its Err is nil: a cluster node past its local lease deadline
+// (cluster.Books). /readyz asks Ready of a Books that has it (Ready
+// includes Err), Err of the others, and answers 503 with the error.
+type Readiness interface {
+	Ready() error
+}
+
 // SetAccess gives the API its key store and audit journal (New takes them
 // from its Books when it implements Access, as *ledger.Ledger does). Call
 // it before Serve: it is read without a lock.
@@ -197,7 +205,11 @@ func (s *Server) Handle(ctx *fasthttp.RequestCtx) {
 		return
 	case "/readyz":
 		ctx.SetContentType("text/plain; charset=utf-8")
-		if err := s.ledger.Err(); err != nil {
+		ready := s.ledger.Err
+		if r, ok := s.ledger.(Readiness); ok {
+			ready = r.Ready
+		}
+		if err := ready(); err != nil {
 			ctx.SetStatusCode(503)
 			ctx.SetBodyString("not ready: " + err.Error() + "\n")
 			return

@@ -28,9 +28,9 @@ var testT0 = time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// openLedger opens a real Pebble ledger in dir; closed when the test ends
+// openReplicaLedger opens a real Pebble ledger in dir; closed when the test ends
 // unless the test closed it first (closeLedger).
-func openLedger(t testing.TB, dir string) *ledger.Ledger {
+func openReplicaLedger(t testing.TB, dir string) *ledger.Ledger {
 	t.Helper()
 	l, err := ledger.Open(dir, ledger.Options{Now: func() time.Time { return testT0 }, Logger: quietLog()})
 	if err != nil {
@@ -58,7 +58,7 @@ func startReplica(t testing.TB, cli *clientv3.Client, node, dir string) *replica
 
 func (rn *replicaNode) open(t testing.TB) {
 	t.Helper()
-	rn.l = openLedger(t, rn.dir)
+	rn.l = openReplicaLedger(t, rn.dir)
 	r, err := NewReplica(context.Background(), rn.n, rn.l, quietLog())
 	if err != nil {
 		rn.l.Close()

@@ -131,7 +131,7 @@ func TestReplicaRefusalsMatchLedger(t *testing.T) {
 	ec := etcdtest.Start(t, 1)
 	cli := ec.Client()
 	defer cli.Close()
-	plain := openLedger(t, t.TempDir())
+	plain := openReplicaLedger(t, t.TempDir())
 	defer plain.Close()
 	rn := startReplica(t, cli, "n1", t.TempDir())
 	books := map[string]SharedConfig{"ledger": plain, "replica": rn.r}
@@ -741,7 +741,7 @@ func TestReplicaSeed(t *testing.T) {
 	cli := ec.Client()
 	defer cli.Close()
 	dir := t.TempDir()
-	l := openLedger(t, dir)
+	l := openReplicaLedger(t, dir)
 	if _, err := l.CreateOrg(ledger.Org{ID: "acme", Country: "US", Region: "us"}); err != nil {
 		t.Fatal(err)
 	}

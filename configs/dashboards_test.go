@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/api"
+	"github.com/creditgate/creditgate/cluster"
+	"github.com/creditgate/creditgate/cluster/etcdtest"
 	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/internal/panics"
@@ -39,6 +42,7 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
+	joinCluster(t, l, reg, quiet)
 	gw, err := gateway.New(gateway.Config{Listen: "127.0.0.1:0", RingTimeout: d.SIP.RingTimeout, ByeTimeout: d.SIP.ByeTimeout,
 		MaxCalls: d.SIP.MaxCalls, MaxPending: d.SIP.MaxPending, FailoverTimeout: d.SIP.FailoverTimeout, Catalog: &d.Catalog,
 		HighRisk: d.Fraud.HighRiskPrefixes, SessionExpires: d.SIP.SessionExpires, MinSE: d.SIP.MinSE,
@@ -75,6 +79,38 @@ func exposed(t *testing.T) map[string]*dto.MetricFamily {
 		out[mf.GetName()] = mf
 	}
 	return out
+}
+
+// joinCluster makes the process a cluster node on a real one-member etcd,
+// as cmd/creditgate does in cluster mode (Node, Replica, Books over the
+// ledger), and registers the cluster's collector: its metrics exist only
+// there.
+func joinCluster(t *testing.T, l *ledger.Ledger, reg prometheus.Registerer, log *slog.Logger) {
+	t.Helper()
+	ec := etcdtest.Start(t, 1)
+	cli := ec.Client()
+	c := Default().Cluster
+	ctx := context.Background()
+	n, err := cluster.Join(ctx, cli, cluster.Config{Prefix: c.Prefix, NodeID: "n1", LeaseTTL: c.LeaseTTL,
+		Margin: c.LeaseMargin, KeepAliveEvery: c.KeepaliveEvery, OpTimeout: c.OpTimeout}, clock.Real{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := cluster.NewReplica(ctx, n, l, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cluster.NewBooks(n, l, r, cluster.DefaultSlicePolicy(), clock.Real{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(cluster.NewCollector(n, b, r))
+	t.Cleanup(func() {
+		_ = b.Close(ctx)
+		_ = r.Close()
+		_ = n.Close(ctx)
+		_ = cli.Close()
+	})
 }
 
 var (

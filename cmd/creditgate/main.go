@@ -30,6 +30,7 @@ import (
 	_ "time/tzdata"
 
 	"github.com/creditgate/creditgate/api"
+	"github.com/creditgate/creditgate/cluster"
 	"github.com/creditgate/creditgate/configs"
 	"github.com/creditgate/creditgate/gateway"
 	"github.com/creditgate/creditgate/internal/clock"
@@ -113,6 +114,9 @@ func serve(configPath string, o overrides) error {
 		// slices go back while the ledger can still record their return.
 		defer cn.stop(log)
 		books = cn.books
+		// Lease, fencing, slices, etcd operations, replica: per node,
+		// labelled node=<id>; registered in cluster mode only.
+		reg.MustRegister(cluster.NewCollector(cn.node, cn.books, cn.replica))
 	}
 
 	gw, err := startGateway(cfg, led, books, reg, log)

@@ -45,7 +45,7 @@ func startHealthNode(t *testing.T, cli *clientv3.Client, cfg Config) *healthNode
 	if h.n, err = Join(context.Background(), cli, cfg, h.clk); err != nil {
 		t.Fatal(err)
 	}
-	h.local = openLedger(t, t.TempDir())
+	h.local = openSpendLedger(t, t.TempDir())
 	if h.r, err = NewReplica(context.Background(), h.n, h.local, quiet()); err != nil {
 		t.Fatal(err)
 	}

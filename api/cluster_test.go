@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -192,5 +194,72 @@ func TestClusterReadsThroughPeers(t *testing.T) {
 	_ = json.Unmarshal(r.body, &usage)
 	if r.status != 200 || len(usage.CDRs) != 2 || !strings.Contains(usage.Unavailable[0].Error, "401") {
 		t.Fatalf("org key through a: %d %s", r.status, r.body)
+	}
+}
+
+// stallingUsagePeer answers a usage request with 200 and the opening of
+// its CDR list, then goes silent: a node paused mid-report.
+func stallingUsagePeer(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Go(func() {
+				buf := make([]byte, 4096)
+				_, _ = c.Read(buf) // the request (small: one read)
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"+
+					"9\r\n{\"cdrs\":[\r\n")
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// TestClusterUsagePeerStallsMidReport: a peer that starts its report and
+// stalls cuts the merged report short after the peer timeout: the client
+// gets a truncated body, never one that looks complete.
+func TestClusterUsagePeerStallsMidReport(t *testing.T) {
+	a := setup(t)
+	const timeout = 300 * time.Millisecond
+	a.srv.SetPeers("a", staticPeers{{Node: "slow", URL: stallingUsagePeer(t)}}, timeout)
+	a.mustDo("PUT", "/v1/orgs/acme/users/alice", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200)
+	endedCall(t, a, "p", time.Now().UTC().Add(-time.Hour))
+	req, _ := http.NewRequest("GET", a.base+"/v1/orgs/acme/usage?format=csv", nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	asked := time.Now()
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	t.Logf("report cut after %v (peer timeout %v): %d bytes, read error %v", time.Since(asked).Round(time.Millisecond), timeout, len(body), err)
+	if res.StatusCode != 200 || err == nil {
+		t.Fatalf("status %d, body read to its end (%v): %q — a stalled peer must cut the report short", res.StatusCode, err, body)
+	}
+	if res.Header.Get(UnavailableHeader) != "" {
+		t.Fatalf("the peer answered in time, yet it is named unavailable: %q", res.Header.Get(UnavailableHeader))
 	}
 }

@@ -52,6 +52,14 @@ type wireCDR struct {
 // next is the peer's next CDR; ok false at the end of its report.
 func (p *peerStream) next() (c ledger.CDR, ok bool, err error) {
 	if !p.dec.More() {
+		// More is false at the list's end and on a read error alike:
+		// only the closing ']' is an end.
+		if tok, err := p.dec.Token(); err != nil || tok != json.Delim(']') {
+			if err == nil {
+				err = fmt.Errorf("unexpected %v", tok)
+			}
+			return c, false, fmt.Errorf("node %s's usage broke off: %w", p.peer.Node, err)
+		}
 		return c, false, nil
 	}
 	var w wireCDR

@@ -249,4 +249,3 @@ func nodesOf(calls []clusterCall) map[string]int {
 	}
 	return m
 }
-

@@ -159,7 +159,7 @@ func TestClusterReadsFromAnyNode(t *testing.T) {
 	entries := 0
 	for i, g := range nodes {
 		var audit struct {
-			Entries []struct{ Target, Action, KeyID string } `json:"entries"`
+			Entries []struct{ Target, Action string } `json:"entries"`
 		}
 		g.api("GET", "/v1/audit?kind=call", "", "", 200, &audit)
 		for _, e := range audit.Entries {

@@ -87,6 +87,10 @@ type Server struct {
 	bootstrapUsed atomic.Int64
 	// console serves /console/... (SetConsole); nil: no console.
 	console fasthttp.RequestHandler
+	// cluster asks the peers for cluster-wide reads (SetPeers,
+	// cluster.go); nil: single-node mode. Set once, when the node has
+	// joined and its API listens; read by every request.
+	cluster atomic.Pointer[fanOut]
 }
 
 // Access is what the API needs besides ledger.Books: the API keys and the
@@ -183,6 +187,7 @@ func (s *Server) Shutdown() error {
 	s.stopStream()
 	err := s.srv.Shutdown()
 	s.streams.Wait()
+	s.cluster.Load().closeIdle()
 	return err
 }
 
@@ -394,6 +399,13 @@ func (s *Server) route(ctx *fasthttp.RequestCtx, path string, who principal) err
 		found = true
 		if r.method != method {
 			continue
+		}
+		if elsewhere, err := s.callElsewhere(ctx, r, args); err != nil || elsewhere {
+			if err != nil {
+				return err
+			}
+			// Not up here: the peer that has it ends and journals it.
+			return s.endCallOnPeers(ctx, who, r, args["id"])
 		}
 		if err := s.permit(who, r, args); err != nil {
 			return err

@@ -3,22 +3,20 @@
 package api
 
 import (
-	"slices"
-
-	"github.com/creditgate/creditgate/gateway"
 	"github.com/valyala/fasthttp"
 )
 
 // listCalls lists the calls up: all of them to an operator, its own org's
-// to an org-scoped key.
+// to an org-scoped key. In cluster mode, every live node's, unless
+// ?scope=local (cluster.go).
 func (s *Server) listCalls(ctx *fasthttp.RequestCtx, who principal) error {
-	calls := s.gw.Calls()
-	if who.Role.OrgScoped() {
-		calls = slices.DeleteFunc(calls, func(c gateway.CallInfo) bool { return c.Org != who.Org })
+	local, err := localOnly(ctx)
+	if err != nil {
+		return err
 	}
-	for i := range calls {
-		// The gateway keeps numbers as digits; the API speaks E.164.
-		calls[i].From, calls[i].To = e164(calls[i].From), e164(calls[i].To)
+	calls := s.localCalls(who)
+	if s.cluster.Load() != nil && !local {
+		return s.clusterCalls(ctx, calls)
 	}
 	writeJSON(ctx, 200, map[string]any{"calls": calls})
 	return nil

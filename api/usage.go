@@ -102,7 +102,11 @@ func writeUsageCSV(w io.Writer, src cdrSource) error {
 var intColumns = map[int]bool{12: true, 13: true, 15: true, 20: true}
 
 // writeUsageJSON writes {"cdrs":[{column: value, …}, …]}.
-func writeUsageJSON(w io.Writer, src cdrSource) error {
+func writeUsageJSON(w io.Writer, src cdrSource) error { return writeUsageJSONWith(w, src, nil) }
+
+// writeUsageJSONWith is writeUsageJSON with, when unavailable is not nil
+// (a cluster-wide report), "unavailable":[…] after the CDRs.
+func writeUsageJSONWith(w io.Writer, src cdrSource, unavailable []Unavailable) error {
 	if _, err := io.WriteString(w, `{"cdrs":[`); err != nil {
 		return err
 	}
@@ -131,6 +135,16 @@ func writeUsageJSON(w io.Writer, src cdrSource) error {
 	})
 	if err != nil {
 		return err
+	}
+	if unavailable != nil {
+		b, err := json.Marshal(unavailable)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(w, "],\"unavailable\":%s}\n", b); err != nil {
+			return err
+		}
+		return nil
 	}
 	_, err = io.WriteString(w, "]}\n")
 	return err
@@ -247,9 +261,14 @@ func (s *Server) usage(ctx *fasthttp.RequestCtx, org string) error {
 	if !from.IsZero() && !to.IsZero() && !from.Before(to) {
 		return badRequest("from must be before to")
 	}
+	local, err := localOnly(ctx)
+	if err != nil {
+		return err
+	}
 	var write func(io.Writer, cdrSource) error
 	name := fmt.Sprintf("pstn-usage-%s", org)
-	switch format := string(ctx.QueryArgs().Peek("format")); format {
+	format := string(ctx.QueryArgs().Peek("format"))
+	switch format {
 	case "csv":
 		ctx.SetContentType("text/csv; charset=utf-8")
 		ctx.Response.Header.Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s.csv"`, name))
@@ -263,6 +282,9 @@ func (s *Server) usage(ctx *fasthttp.RequestCtx, org string) error {
 		write = writeUsageJSON
 	default:
 		return badRequest("format=%q: want csv, xlsx or json", format)
+	}
+	if s.cluster.Load() != nil && !local {
+		return s.clusterUsage(ctx, org, from, to, format, write)
 	}
 	return s.stream(ctx, "usage "+org, func(cctx context.Context, w io.Writer) error {
 		return write(w, func(fn func(*ledger.CDR) error) error {

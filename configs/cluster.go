@@ -37,6 +37,15 @@ type Cluster struct {
 	TLSCA   string `yaml:"tls_ca"`
 	TLSCert string `yaml:"tls_cert"`
 	TLSKey  string `yaml:"tls_key"`
+	// AdvertiseHTTP is this node's admin API as its peers reach it,
+	// http(s)://host:port, registered in etcd so that any node can answer
+	// the calls list, ending a call and usage for the whole cluster.
+	// Empty: http.listen's address (https when http.tls_cert is set), which
+	// must then be a host peers can reach, not 0.0.0.0 or [::].
+	AdvertiseHTTP string `yaml:"advertise_http"`
+	// PeerTimeout bounds each peer's answer to a cluster-wide read; a peer
+	// slower than that is listed as unavailable in the answer.
+	PeerTimeout time.Duration `yaml:"peer_timeout"`
 }
 
 // Enabled says whether the node runs in cluster mode.
@@ -81,6 +90,16 @@ func (c Cluster) validate(bad func(string, string, ...any) error) error {
 	}
 	if c.OpTimeout < 100*time.Millisecond || c.OpTimeout > time.Minute {
 		return bad("cluster.op_timeout", "want 100ms to 1m, got %s", c.OpTimeout)
+	}
+	if c.AdvertiseHTTP != "" {
+		u, err := url.Parse(c.AdvertiseHTTP)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" || u.Port() == "" ||
+			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			return bad("cluster.advertise_http", "%q: want http(s)://host:port, the admin API as peers reach it", c.AdvertiseHTTP)
+		}
+	}
+	if c.PeerTimeout < 100*time.Millisecond || c.PeerTimeout > time.Minute {
+		return bad("cluster.peer_timeout", "want 100ms to 1m, got %s", c.PeerTimeout)
 	}
 	return nil
 }

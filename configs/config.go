@@ -252,7 +252,7 @@ func Default() Config {
 		Catalog: rating.DefaultCatalog(),
 		Log:     Log{Level: "info", Format: "text"},
 		Cluster: Cluster{Prefix: "/creditgate/", LeaseTTL: 5 * time.Second, LeaseMargin: time.Second,
-			KeepaliveEvery: time.Second, OpTimeout: 2 * time.Second},
+			KeepaliveEvery: time.Second, OpTimeout: 2 * time.Second, PeerTimeout: 2 * time.Second},
 	}
 }
 

@@ -70,6 +70,10 @@ func TestParseRefuses(t *testing.T) {
 		{"lease ttl fraction", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  lease_ttl: 2500ms\n", "cluster.lease_ttl"},
 		{"margin over ttl", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  lease_margin: 5s\n", "cluster.lease_margin"},
 		{"keepalive too slow", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  keepalive_every: 4s\n", "cluster.keepalive_every"},
+		{"advertise without a port", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  advertise_http: http://10.0.0.1\n", "cluster.advertise_http"},
+		{"advertise with a path", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  advertise_http: http://10.0.0.1:8080/v1\n", "cluster.advertise_http"},
+		{"advertise not http", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  advertise_http: 10.0.0.1:8080\n", "cluster.advertise_http"},
+		{"peer timeout zero", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  peer_timeout: 0s\n", "cluster.peer_timeout"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,12 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/creditgate/creditgate/api"
 	"github.com/creditgate/creditgate/cluster"
 	"github.com/creditgate/creditgate/configs"
 	"github.com/creditgate/creditgate/gateway"
@@ -171,4 +173,61 @@ func (cn *clusterNode) follow(ctx context.Context, gw *gateway.Gateway, local *l
 			log.Info("rate deck replaced from the cluster", "rows", d.Rows())
 		}
 	}
+}
+
+// serveReads lets the admin API answer the calls list, ending a call and
+// usage for the whole cluster: it gives the API the registry of peers,
+// then registers this node's admin URL (on its lease) so the peers find
+// it. Called once the API listens on ln.
+func (cn *clusterNode) serveReads(cfg configs.Config, srv *api.Server, ln net.Listener) error {
+	u, err := adminURL(cfg, ln.Addr())
+	if err != nil {
+		return err
+	}
+	srv.SetPeers(cn.node.ID(), peerList{cn.node}, cfg.Cluster.PeerTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Cluster.OpTimeout)
+	defer cancel()
+	if err := cn.node.Register(ctx, u); err != nil {
+		return fmt.Errorf("register the admin API %s in the cluster: %w", u, err)
+	}
+	return nil
+}
+
+// adminURL is the admin API as peers reach it: cluster.advertise_http, or
+// http.listen's host with the port the listener got.
+func adminURL(cfg configs.Config, addr net.Addr) (string, error) {
+	if cfg.Cluster.AdvertiseHTTP != "" {
+		return strings.TrimSuffix(cfg.Cluster.AdvertiseHTTP, "/"), nil
+	}
+	host, _, err := net.SplitHostPort(cfg.HTTP.Listen)
+	if err != nil {
+		return "", fmt.Errorf("http.listen %q: %w", cfg.HTTP.Listen, err)
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return "", fmt.Errorf("cluster.advertise_http: http.listen %q listens on every address; set the address peers reach this node's admin API at, e.g. http://10.0.0.5:8080", cfg.HTTP.Listen)
+	}
+	tcp, ok := addr.(*net.TCPAddr)
+	if !ok {
+		return "", fmt.Errorf("admin API listener %s: not TCP", addr)
+	}
+	scheme := "http"
+	if cfg.HTTP.TLSCert != "" {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(host, strconv.Itoa(tcp.Port)), nil
+}
+
+// peerList is the cluster's registry as the API's Peers.
+type peerList struct{ node *cluster.Node }
+
+func (p peerList) Peers(ctx context.Context) ([]api.Peer, error) {
+	ps, err := p.node.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Peer, len(ps))
+	for i, x := range ps {
+		out[i] = api.Peer{Node: x.NodeID, URL: x.AdminURL}
+	}
+	return out, nil
 }

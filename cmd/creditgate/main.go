@@ -148,6 +148,13 @@ func serve(configPath string, o overrides) error {
 		gw.Close()
 		return err
 	}
+	if cn != nil {
+		if err := cn.serveReads(cfg, srv, ln); err != nil {
+			gw.Close()
+			_ = srv.Shutdown()
+			return err
+		}
+	}
 	attrs := []any{"sip", gw.Addr(), "http", ln.Addr().String(), "data_dir", cfg.DataDir}
 	if tokenFile != "" {
 		attrs = append(attrs, "admin_token_file", tokenFile)

@@ -146,8 +146,9 @@ type Books struct {
 	log    *slog.Logger
 
 	mu     sync.Mutex
-	orgs   map[string]*orgSpend // guarded by mu
-	failed error                // guarded by mu; set once fenced or the local ledger failed
+	orgs   map[string]*orgSpend  // guarded by mu
+	pools  map[string]*poolSpend // guarded by mu; by org/plan/month (pools_books.go)
+	failed error                 // guarded by mu; set once fenced or the local ledger failed
 
 	ops    opCounters
 	ctx    context.Context // cancelled by Close: background work stops
@@ -221,8 +222,15 @@ func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy,
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, ctx: ctx, cancel: cancel}
+	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, pools: map[string]*poolSpend{}, ctx: ctx, cancel: cancel}
+	// The ledger holds pool minutes only as far as etcd granted them
+	// (pools_books.go), from before the first call.
+	local.LimitPools()
 	if err := b.settleRestart(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := b.settlePools(ctx); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -258,6 +266,9 @@ func (b *Books) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		o.etcd.Unlock()
+	}
+	if err := b.closePools(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -327,9 +338,10 @@ func (b *Books) sellable() error {
 }
 
 // OpenCall holds the call's first increment on this node's money, asking
-// etcd for what it lacks first (see Books). Free calls hold nothing and are
-// never refused for the cluster's sake. Minute pools are this node's own
-// (not shared across the cluster yet).
+// etcd for what it lacks first (see Books); a call with a plan first gets
+// a minute of the cluster's pool into this node's allowance, if there is
+// one (pools_books.go). Free calls hold nothing and are never refused for
+// the cluster's sake.
 func (b *Books) OpenCall(c ledger.Call, at time.Time) (ledger.Increment, error) {
 	if c.Free {
 		return b.local.OpenCall(c, at)
@@ -339,6 +351,13 @@ func (b *Books) OpenCall(c ledger.Call, at time.Time) (ledger.Increment, error) 
 	}
 	if !ledger.ValidID(c.Org) {
 		return b.local.OpenCall(c, at) // the ledger names what is wrong
+	}
+	if c.Plan != "" {
+		done, err := b.preparePool(c.Org, c.Plan, at)
+		if err != nil {
+			return ledger.Increment{}, fmt.Errorf("open call %s: %w", c.ID, err)
+		}
+		defer done()
 	}
 	o := b.org(c.Org)
 	b.touch(o)
@@ -368,6 +387,13 @@ func (b *Books) Step(callID string, n int, at time.Time) (ledger.Increment, erro
 func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
 	if err := b.sellable(); err != nil {
 		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+	}
+	if org, plan, ok := b.local.CallPool(callID); ok {
+		done, err := b.preparePool(org, plan, at)
+		if err != nil {
+			return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+		}
+		defer done()
 	}
 	org, _, credits := b.local.NextCredit(callID)
 	if !credits {
@@ -907,6 +933,7 @@ func (b *Books) tick(ctx context.Context) {
 		}
 	}
 	flush()
+	b.tickPools(ctx, now)
 	for len(read) > 0 {
 		chunk := read[:min(len(read), maxResizeOrgs)]
 		read = read[len(chunk):]

@@ -216,3 +216,22 @@ func (l *Ledger) loadPoolAllowances() error {
 		return nil
 	})
 }
+
+// checkPoolAllowancesLocked verifies, with LimitPools on, Used + Held ≤
+// Allowance for every pool in memory that has an allowance. Under l.mu.
+func (l *Ledger) checkPoolAllowancesLocked() error {
+	if !l.allow.on {
+		return nil
+	}
+	for id, a := range l.allow.by {
+		org, plan, month := splitPoolID(id)
+		st, i, err := l.poolOf(org, plan, month)
+		if err != nil {
+			continue
+		}
+		if p, ok := st.pools[poolKey{i, month}]; ok && p.Used+p.Held > a {
+			return fmt.Errorf("pool %s: used %d + held %d exceeds its allowance %d", id, p.Used, p.Held, a)
+		}
+	}
+	return nil
+}

@@ -133,10 +133,11 @@ type OpCounts struct {
 //     hold is refused (ErrUnavailable); once fenced, Err is non-nil and
 //     every change is refused.
 //
-// Lock order: orgSpend.etcd, then Books.mu. Books.mu is never held across
-// an etcd request or a ledger call; orgSpend.etcd is held across both (the
-// ledger never calls back). The report tick takes org locks with TryLock
-// only, so it never waits behind a hold.
+// Lock order: poolSpend.etcd (pools_books.go), then orgSpend.etcd, then
+// Books.mu. Books.mu is never held across an etcd request or a ledger call;
+// orgSpend.etcd and poolSpend.etcd are held across both (the ledger never
+// calls back). The report tick takes org and pool locks with TryLock only,
+// so it never waits behind a hold.
 type Books struct {
 	n      *Node
 	local  *ledger.Ledger
@@ -247,7 +248,8 @@ func (b *Books) Ops() OpCounts {
 
 // Close stops the tick and the top-ups, then gives every slice's money
 // back: available money to unallocated, money still held (calls up: the
-// gateway ends them first) to spent, and deletes the slices. The node
+// gateway ends them first) to spent, and deletes the slices; and every
+// pool's unused minutes (pools_books.go). The node
 // itself is the caller's to close afterwards.
 func (b *Books) Close(ctx context.Context) error {
 	// Cancelled under mu: maybeTopUp adds to wg only under mu and before

@@ -98,7 +98,9 @@ func (p SlicePolicy) Validate() error {
 }
 
 // OpCounts are the etcd operations a Books made, by kind (a batched report
-// of many orgs is one Report).
+// of many orgs is one Report). Pool moves count too: one that took minutes
+// as a grant, one that gave minutes back as a return, any other (a report,
+// or a look that found no minute) as a report.
 type OpCounts struct {
 	Grants  int64 // resizes that took money from unallocated (grants, top-ups, direct-mode holds)
 	Returns int64 // resizes that gave money back (idle, direct-mode switch, Close)

@@ -119,11 +119,12 @@ func (n *Node) PoolMove(ctx context.Context, r PoolReq) (PoolRes, error) {
 		if err != nil {
 			return PoolRes{}, err
 		}
-		if s.Node == "" {
+		fresh := kvs[sk] == nil
+		if fresh {
 			s = PoolSlice{Node: n.cfg.NodeID, Org: r.Org, Plan: r.Plan, Month: r.Month}
 		}
 		before, sBefore := a, s
-		res, err := r.apply(&a, &s)
+		res, err := r.apply(&a, &s, fresh)
 		if err != nil {
 			return PoolRes{}, fmt.Errorf("pool move %s: %w", sk, err)
 		}
@@ -169,7 +170,13 @@ func (r PoolReq) valid() error {
 // invariant: the total follows the licenses, the report moves minutes
 // between the slice's unused and the account's used, then minutes are taken
 // or given back.
-func (r PoolReq) apply(a *PoolAccount, s *PoolSlice) (PoolRes, error) {
+//
+// A node's first move of a pool (fresh: no slice yet) may carry minutes its
+// ledger used before it joined the cluster (a single node made the
+// cluster's first node mid-month, Seed): they are adopted as granted and
+// used, taken from unallocated as far as it goes and beyond that added to
+// the total, as a single node's pool total never drops below what was used.
+func (r PoolReq) apply(a *PoolAccount, s *PoolSlice, fresh bool) (PoolRes, error) {
 	switch {
 	case r.Licensed > a.Total:
 		a.Unallocated += r.Licensed - a.Total
@@ -178,6 +185,13 @@ func (r PoolReq) apply(a *PoolAccount, s *PoolSlice) (PoolRes, error) {
 		cut := min(a.Total-r.Licensed, a.Unallocated)
 		a.Total -= cut
 		a.Unallocated -= cut
+	}
+	if fresh && r.Used > 0 {
+		from := min(r.Used, a.Unallocated)
+		a.Unallocated -= from
+		a.Total += r.Used - from
+		a.Used += r.Used
+		s.Granted, s.Used = r.Used, r.Used
 	}
 	if r.Used > s.Granted {
 		return PoolRes{}, fmt.Errorf("node used %d minutes, etcd granted it %d: %w", r.Used, s.Granted, ErrInvalid)

@@ -245,3 +245,54 @@ func TestPoolAcrossNodes(t *testing.T) {
 	t.Logf("pool %d minutes on 3 nodes: used %d; Check held at %d samples; etcd ops (credits and pools) grants %d, returns %d, reports %d",
 		total, used, samples.Load(), ops.Grants, ops.Returns, ops.Reports)
 }
+
+// TestPoolAdoptsUsedBeforeJoin: a ledger that used pool minutes as a
+// single node (a Seed mid-month) joins: its first pool move brings those
+// minutes into etcd as used, so the cluster's pool has the rest left, and
+// Check holds.
+func TestPoolAdoptsUsedBeforeJoin(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	s := &spender{id: "n0", dir: t.TempDir(), cli: ec.Client()}
+	defer s.cli.Close()
+	s.local = openPoolLedger(t, s.dir)
+	shared := &testShared{ledgers: []*ledger.Ledger{s.local}}
+	createOrg(t, shared, "acme")
+	licenseUsers(t, shared, "acme")
+	at := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	month := at.Format("2006-01")
+	c := poolCall("acme", "u4", false)
+	if _, err := s.local.OpenCall(c, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.local.Answer(c.ID, at); err != nil {
+		t.Fatal(err)
+	}
+	for n := 1; n <= 2; n++ {
+		if _, err := s.local.Step(c.ID, n, at.Add(time.Duration(n)*time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.local.CloseCall(c.ID, ledger.CallEnd{At: at.Add(150 * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+		t.Fatal(err)
+	}
+	s.start(t, shared, fastPolicy(), clock.Real{})
+	defer s.stop(t)
+
+	c = poolCall("acme", "u4", false)
+	inc, err := s.books.OpenCall(c, at.Add(time.Hour))
+	if err != nil || inc.Source != ledger.SourcePool {
+		t.Fatalf("open after joining: %+v, %v; want a pool minute", inc, err)
+	}
+	s.books.Tick()
+	st := mustCheck(t, s.node)
+	pt := st.Pools["acme/"+ledger.PlanDomestic+"/"+month]
+	sh, err := s.local.PoolShare("acme", ledger.PlanDomestic, month)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pt.Total != 25 || pt.Used != 3 || sh.Used != 3 || sh.Held != 1 || pt.Unallocated+sh.Allowance != 25 {
+		t.Fatalf("etcd pool %+v, ledger share %+v: want 25 in all, 3 used before joining, 1 held", pt, sh)
+	}
+}

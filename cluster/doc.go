@@ -182,7 +182,8 @@
 // they shrink. A pool hold finding no minute in the allowance asks etcd
 // synchronously for a few (5, at most half of what is unallocated), or
 // exactly one in direct mode (fewer than 10 unallocated: the tick gives
-// every unheld minute back, the pool's lock is held across the hold).
+// every unheld minute back); the pool's lock on the node is held across
+// the local hold, so the minute made sure of is the hold's.
 // Reports ride the report tick (one transaction per changed pool); idle
 // pools and Close give unused minutes back.
 //

@@ -19,13 +19,14 @@ import (
 //     is unallocated), exactly one in direct mode. If etcd has none, the
 //     ledger decides as a single node does with an empty pool: credits if
 //     the call may spill, else ErrPoolExhausted.
+//   - The pool's lock is held across the local hold (preparePool), so the
+//     minute a hold made sure of is the one it takes.
 //   - Direct mode: when a pool's unallocated minutes are fewer than
 //     poolDirectBelow, the node gives back every minute it is not holding
-//     (at the next tick) and holds each minute on one taken from etcd for
-//     it, with the pool's lock held across the local hold, so no minute
-//     waits on one node while another node's call goes on credits or ends:
-//     the pool's last minutes are used exactly, cluster-wide. Back to
-//     normal at twice the threshold.
+//     (at the next tick) and asks etcd for exactly the minute each hold
+//     needs, so no minute waits on one node while another node's call goes
+//     on credits or ends: the pool's last minutes are used exactly,
+//     cluster-wide. Back to normal at twice the threshold.
 //   - Every tick reports each pool's used minutes whose count changed
 //     (one transaction per pool), gives back an idle pool's unused minutes
 //     (nothing held, no hold for IdleAfter) and a direct pool's; Close
@@ -87,9 +88,15 @@ func (b *Books) poolList() []*poolSpend {
 }
 
 // preparePool makes sure the pool a hold of (org, plan) at draws from has
-// a minute in this node's allowance if the cluster has one. It returns the
-// function to call once the local hold is done: in direct mode the pool's
-// lock is held until then, so the minute taken is this hold's.
+// a minute in this node's allowance if the cluster has one. It returns,
+// with the pool's lock held, the function that unlocks it, to call once
+// the local hold is done: so the minute taken is this hold's, and a call
+// never goes on credits (or ends) for want of a minute a concurrent hold
+// on this node took while etcd had more. The cost is that one pool's holds
+// on one node are serialized, each a local durable write (and an etcd
+// round trip when the node's minutes ran out); pool increments are a
+// minute long, so even thousands of calls on one pool make tens of holds a
+// second.
 func (b *Books) preparePool(org, plan string, at time.Time) (func(), error) {
 	month, err := b.local.PoolMonth(org, at)
 	if err != nil {
@@ -111,15 +118,8 @@ func (b *Books) preparePool(org, plan string, at time.Time) (func(), error) {
 			p.etcd.Unlock()
 			return func() {}, b.fail(err)
 		}
-		b.mu.Lock()
-		direct = p.direct
-		b.mu.Unlock()
 	}
-	if direct {
-		return p.etcd.Unlock, nil
-	}
-	p.etcd.Unlock()
-	return func() {}, nil
+	return p.etcd.Unlock, nil
 }
 
 // poolMove runs one PoolMove with the ledger's numbers sh, then raises the

@@ -46,7 +46,9 @@ const (
 	poolDirectBelow = 2 * poolSliceMinutes
 )
 
-// poolSpend is one pool (org, plan, month) on this node.
+// poolSpend is one pool (org, plan, month) on this node: Books.pools keeps
+// the pools used since about last month (tickPools forgets older ones once
+// they are idle and given back).
 type poolSpend struct {
 	org, plan, month string
 	// etcd serializes the pool's etcd operations and allowance changes on
@@ -209,6 +211,16 @@ func (b *Books) tickPools(ctx context.Context, now time.Time) {
 		case !known || s.Used != sh.Used:
 			err = b.poolMove(ctx, p, sh, 0, 0, -1)
 		}
+		// A month before last, idle and all given back, is forgotten, so
+		// the map holds about two months of the pools this node used. A
+		// hold that found it just before still works on it (its state is
+		// etcd's and the ledger's); the next one makes a new entry.
+		b.mu.Lock()
+		if err == nil && idle && sh.Held == 0 && p.known && p.slice.Granted == p.slice.Used &&
+			p.month < now.UTC().AddDate(0, -1, 0).Format("2006-01") {
+			delete(b.pools, p.org+"/"+p.plan+"/"+p.month)
+		}
+		b.mu.Unlock()
 		p.etcd.Unlock()
 		if err != nil {
 			b.log.Warn("cluster pool report failed", "org", p.org, "plan", p.plan, "month", p.month, "error", err)

@@ -301,3 +301,49 @@ func TestPoolAdoptsUsedBeforeJoin(t *testing.T) {
 		t.Fatalf("etcd pool %+v, ledger share %+v: want 25 in all, 3 used before joining, 1 held", pt, sh)
 	}
 }
+
+// TestPoolForgetsOldMonths: once idle and given back, a pool of the month
+// before last leaves the node's map; this month's stays (given back).
+func TestPoolForgetsOldMonths(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	clk := clock.NewFake(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+	p := DefaultSlicePolicy()
+	p.ReportEvery = time.Hour // ticks are the test's
+	s := &spender{id: "n0", dir: t.TempDir(), cli: ec.Client()}
+	defer s.cli.Close()
+	s.local = openPoolLedger(t, s.dir)
+	shared := &testShared{ledgers: []*ledger.Ledger{s.local}}
+	s.startOn(t, shared, p, clock.Real{}, clk)
+	defer s.stop(t)
+	createOrg(t, shared, "acme")
+	licenseUsers(t, shared, "acme")
+	for _, at := range []time.Time{time.Date(2026, 10, 20, 9, 0, 0, 0, time.UTC), clk.Now()} {
+		c := poolCall("acme", "u4", false)
+		if _, err := s.books.OpenCall(c, at); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.books.AnswerDialog(c.ID, at, nil); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.books.CloseCall(c.ID, ledger.CallEnd{At: at.Add(30 * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.books.Tick()
+	if n := len(s.books.poolList()); n != 2 {
+		t.Fatalf("%d pools tracked before idle, want 2", n)
+	}
+	clk.Advance(p.IdleAfter)
+	s.books.Tick()
+	ps := s.books.poolList()
+	if len(ps) != 1 || ps[0].month != "2026-12" {
+		t.Fatalf("pools tracked after idle: %d, want this month's only", len(ps))
+	}
+	st := mustCheck(t, s.node)
+	for _, month := range []string{"2026-10", "2026-12"} {
+		pt := st.Pools["acme/"+ledger.PlanDomestic+"/"+month]
+		if pt.Used != 1 || pt.Outstanding != 0 || pt.Unallocated != 24 {
+			t.Errorf("pool %s after idle: %+v, want 1 used, the rest unallocated", month, pt)
+		}
+	}
+}

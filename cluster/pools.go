@@ -229,14 +229,3 @@ func decodePool(akv, skv *mvccpb.KeyValue) (PoolAccount, PoolSlice, error) {
 	}
 	return a, s, nil
 }
-
-// ReadPool is a pool's account as etcd has it now (zero if none).
-func (n *Node) ReadPool(ctx context.Context, org, plan, month string) (PoolAccount, error) {
-	ak := n.k.poolAccount(org, plan, month)
-	kvs, err := n.read(ctx, ak)
-	if err != nil {
-		return PoolAccount{}, fmt.Errorf("read pool %s: %w", ak, err)
-	}
-	a, _, err := decodePool(kvs[ak], nil)
-	return a, err
-}

@@ -98,7 +98,9 @@ func (p SlicePolicy) Validate() error {
 }
 
 // OpCounts are the etcd operations a Books made, by kind (a batched report
-// of many orgs is one Report).
+// of many orgs is one Report). Pool moves count too: one that took minutes
+// as a grant, one that gave minutes back as a return, any other (a report,
+// or a look that found no minute) as a report.
 type OpCounts struct {
 	Grants  int64 // resizes that took money from unallocated (grants, top-ups, direct-mode holds)
 	Returns int64 // resizes that gave money back (idle, direct-mode switch, Close)
@@ -133,10 +135,11 @@ type OpCounts struct {
 //     hold is refused (ErrUnavailable); once fenced, Err is non-nil and
 //     every change is refused.
 //
-// Lock order: orgSpend.etcd, then Books.mu. Books.mu is never held across
-// an etcd request or a ledger call; orgSpend.etcd is held across both (the
-// ledger never calls back). The report tick takes org locks with TryLock
-// only, so it never waits behind a hold.
+// Lock order: poolSpend.etcd (pools_books.go), then orgSpend.etcd, then
+// Books.mu. Books.mu is never held across an etcd request or a ledger call;
+// orgSpend.etcd and poolSpend.etcd are held across both (the ledger never
+// calls back). The report tick takes org and pool locks with TryLock only,
+// so it never waits behind a hold.
 type Books struct {
 	n      *Node
 	local  *ledger.Ledger
@@ -146,8 +149,9 @@ type Books struct {
 	log    *slog.Logger
 
 	mu     sync.Mutex
-	orgs   map[string]*orgSpend // guarded by mu
-	failed error                // guarded by mu; set once fenced or the local ledger failed
+	orgs   map[string]*orgSpend  // guarded by mu
+	pools  map[string]*poolSpend // guarded by mu; by org/plan/month (pools_books.go)
+	failed error                 // guarded by mu; set once fenced or the local ledger failed
 
 	ops    opCounters
 	ctx    context.Context // cancelled by Close: background work stops
@@ -221,8 +225,15 @@ func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy,
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, ctx: ctx, cancel: cancel}
+	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, pools: map[string]*poolSpend{}, ctx: ctx, cancel: cancel}
+	// The ledger holds pool minutes only as far as etcd granted them
+	// (pools_books.go), from before the first call.
+	local.LimitPools()
 	if err := b.settleRestart(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := b.settlePools(ctx); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -239,7 +250,8 @@ func (b *Books) Ops() OpCounts {
 
 // Close stops the tick and the top-ups, then gives every slice's money
 // back: available money to unallocated, money still held (calls up: the
-// gateway ends them first) to spent, and deletes the slices. The node
+// gateway ends them first) to spent, and deletes the slices; and every
+// pool's unused minutes (pools_books.go). The node
 // itself is the caller's to close afterwards.
 func (b *Books) Close(ctx context.Context) error {
 	// Cancelled under mu: maybeTopUp adds to wg only under mu and before
@@ -258,6 +270,9 @@ func (b *Books) Close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		o.etcd.Unlock()
+	}
+	if err := b.closePools(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
@@ -327,9 +342,10 @@ func (b *Books) sellable() error {
 }
 
 // OpenCall holds the call's first increment on this node's money, asking
-// etcd for what it lacks first (see Books). Free calls hold nothing and are
-// never refused for the cluster's sake. Minute pools are this node's own
-// (not shared across the cluster yet).
+// etcd for what it lacks first (see Books); a call with a plan first gets
+// a minute of the cluster's pool into this node's allowance, if there is
+// one (pools_books.go). Free calls hold nothing and are never refused for
+// the cluster's sake.
 func (b *Books) OpenCall(c ledger.Call, at time.Time) (ledger.Increment, error) {
 	if c.Free {
 		return b.local.OpenCall(c, at)
@@ -339,6 +355,13 @@ func (b *Books) OpenCall(c ledger.Call, at time.Time) (ledger.Increment, error) 
 	}
 	if !ledger.ValidID(c.Org) {
 		return b.local.OpenCall(c, at) // the ledger names what is wrong
+	}
+	if c.Plan != "" {
+		done, err := b.preparePool(c.Org, c.Plan, at)
+		if err != nil {
+			return ledger.Increment{}, fmt.Errorf("open call %s: %w", c.ID, err)
+		}
+		defer done()
 	}
 	o := b.org(c.Org)
 	b.touch(o)
@@ -368,6 +391,13 @@ func (b *Books) Step(callID string, n int, at time.Time) (ledger.Increment, erro
 func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
 	if err := b.sellable(); err != nil {
 		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+	}
+	if org, plan, ok := b.local.CallPool(callID); ok {
+		done, err := b.preparePool(org, plan, at)
+		if err != nil {
+			return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+		}
+		defer done()
 	}
 	org, _, credits := b.local.NextCredit(callID)
 	if !credits {
@@ -907,6 +937,7 @@ func (b *Books) tick(ctx context.Context) {
 		}
 	}
 	flush()
+	b.tickPools(ctx, now)
 	for len(read) > 0 {
 		chunk := read[:min(len(read), maxResizeOrgs)]
 		read = read[len(chunk):]

@@ -27,6 +27,9 @@
 //	                           as needed (a batch of up to 60 orgs in one transaction)
 //	Charge(org, a, key)      → once per key: a restarted node's unreported spend, unallocated → spent
 //	                           (or back, if negative)
+//	PoolMove(pool, req)      → minute pools (pools.go): the pool's total follows the licenses, the
+//	                           node's used minutes reported, minutes taken (≥ Need, ≤ Want, at most
+//	                           half of unallocated) or given back (Granted lowered to GiveTo)
 //
 // # Invariant
 //
@@ -35,8 +38,14 @@
 //	funded = unallocated + Σ (granted − spent) of its slices + spent
 //
 // every term ≥ 0, each slice 0 ≤ spent ≤ granted, and funded = Σ fundings.
-// Check reads the whole prefix in one revision and verifies it; so spent
-// never exceeds funded.
+// For every minute pool (org, plan, month), in whole minutes:
+//
+//	total = unallocated + Σ (granted − used) of its slices + used
+//
+// every term ≥ 0, each pool slice 0 ≤ used ≤ granted, and the account's
+// used = Σ its slices' used. Check reads the whole prefix in one revision
+// and verifies both; so spent never exceeds funded, nor used minutes the
+// pool's total.
 //
 // # Fencing
 //
@@ -157,6 +166,27 @@
 //     spend (Charge, idempotent on the old slice), takes the leftover back
 //     in the ledger (ReturnSlice).
 //
+// # Minute pools (pools.go, pools_books.go)
+//
+// Pools are spent the way credits are, in whole minutes, per (org, plan,
+// month): etcd's pools/<org>/<plan>/<month> {total, unallocated, used},
+// each node's poolslices/<node>/… {granted, used}, and in the node's ledger
+// an allowance (ledger/poolslices.go: with LimitPools, a hold needs
+// used + held + 1 ≤ allowance). The slice is two absolute numbers, not
+// movements: minutes enter etcd first, then the allowance; leave the
+// allowance first, then etcd; so the allowance is never above granted and
+// any retry or restart just sets the numbers again (the slice is per node,
+// adopted by its next incarnation). Total follows the licenses every node
+// applies from the shared configuration: created by the pool's first
+// PoolMove, raised when licenses grow, lowered by at most unallocated when
+// they shrink. A pool hold finding no minute in the allowance asks etcd
+// synchronously for a few (5, at most half of what is unallocated), or
+// exactly one in direct mode (fewer than 10 unallocated: the tick gives
+// every unheld minute back); the pool's lock on the node is held across
+// the local hold, so the minute made sure of is the hold's.
+// Reports ride the report tick (one transaction per changed pool); idle
+// pools and Close give unused minutes back.
+//
 // # Not done yet (for the next session)
 //
 //   - Exposure at a crash: Reclaim by a survivor returns a dead node's
@@ -176,9 +206,14 @@
 //     transaction each (DebitMany-style batching of concurrent holds is not
 //     done). Money a node released or was refunded in direct mode waits up
 //     to a tick before it is given back.
-//   - Minute pools: only credits have accounts; the monthly pools are still
-//     each node's own (a cluster of N nodes sells up to N × the pool). They
-//     need the same three terms per pool and month.
+//   - Minute pools: a dead node's unused pool minutes are not reclaimed by
+//     survivors; they wait in its slice until it restarts (at most one
+//     grant, 5 minutes, per pool). Pool reports are one transaction per
+//     changed pool per tick (not batched like ResizeMany). Once a pool is
+//     used up, every increment of a call of its plan (going on credits)
+//     reads etcd once to look for minutes given back. Pools and PoolsLeft
+//     answer from the node's ledger: the licensed total, this node's used
+//     and held (PoolsLeft over-estimates; OpenCall and Step decide again).
 //   - The local ledger's low-balance and zero-balance notifications,
 //     auto-recharge and fraud-guard spend limits look at the node's local
 //     balance and spend, not the cluster's: the payer and notifier must not

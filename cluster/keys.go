@@ -14,6 +14,8 @@ import (
 //	slices/<node>/<org>      a slice: {id, epoch, granted, spent, moves, last_move}
 //	reclaims/<slice id>      who reclaimed a dead node's slice, and how much
 //	charges/<org>/<key>      one Charge (a restarted node's settlement), once per key
+//	pools/<org>/<plan>/<month>             a minute pool: {total, unallocated, used}
+//	poolslices/<node>/<org>/<plan>/<month> a node's part of it: {granted, used} (pools.go)
 type keys struct{ prefix string }
 
 func (k keys) epoch() string             { return k.prefix + "epoch" }
@@ -28,6 +30,14 @@ func (k keys) slice(node, org string) string { return k.prefix + "slices/" + nod
 func (k keys) slicesOf(node string) string   { return k.prefix + "slices/" + node + "/" }
 func (k keys) slices() string                { return k.prefix + "slices/" }
 func (k keys) reclaim(sliceID string) string { return k.prefix + "reclaims/" + sliceID }
+func (k keys) poolAccount(org, plan, month string) string {
+	return k.prefix + "pools/" + org + "/" + plan + "/" + month
+}
+func (k keys) pools() string { return k.prefix + "pools/" }
+func (k keys) poolSlice(node, org, plan, month string) string {
+	return k.prefix + "poolslices/" + node + "/" + org + "/" + plan + "/" + month
+}
+func (k keys) poolSlices() string { return k.prefix + "poolslices/" }
 
 // validID refuses what would break the key layout: empty ids, '/', and ids
 // long enough to bloat every key.

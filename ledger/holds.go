@@ -417,7 +417,8 @@ func settled(c *Call, n int) Increment {
 func (l *Ledger) next(st *orgState, c *Call, n int, at time.Time) (Increment, error) {
 	if c.Plan != "" {
 		month := at.In(st.loc).Format("2006-01")
-		if p := l.peekPool(st, l.planIndex(c.Plan), month); p.Available() >= 1 {
+		i := l.planIndex(c.Plan)
+		if p := l.peekPool(st, i, month); l.poolAvailable(st, i, p) >= 1 {
 			return Increment{N: n, Source: SourcePool, Seconds: 60, Minutes: 1, Month: month}, nil
 		}
 		if !c.Spill {

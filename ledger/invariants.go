@@ -89,6 +89,9 @@ func (l *Ledger) checkLocked() error {
 			}
 		}
 	}
+	if err := l.checkPoolAllowancesLocked(); err != nil {
+		return err
+	}
 	return l.checkPurchasesLocked()
 }
 

@@ -114,9 +114,11 @@ type Ledger struct {
 	fundKeys map[string]Entry // org + "/" + key
 	// sliceMoves is each org's last cluster slice movement (slices.go).
 	sliceMoves map[string]*SliceMove
-	ended      endedCalls
-	dialogs    []Dialog // left by the last run, until the SIP side forgets them
-	keys       keyState // admin API keys (keys.go)
+	// allow is the cluster's pool allowances (poolslices.go).
+	allow   poolAllowances
+	ended   endedCalls
+	dialogs []Dialog // left by the last run, until the SIP side forgets them
+	keys    keyState // admin API keys (keys.go)
 
 	purchases  map[string]*Purchase     // pending purchases, auto-recharge and one-time
 	outbox     map[string]*Notification // notifications not yet delivered
@@ -182,6 +184,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		opts: opts, db: db, log: opts.Logger, plans: opts.Plans,
 		orgs: map[string]*orgState{}, users: map[string]*User{}, numbers: map[string]string{},
 		trunks: map[string]Trunk{}, tollFree: map[string]TollFree{}, calls: map[string]*Call{}, fundKeys: map[string]Entry{}, sliceMoves: map[string]*SliceMove{},
+		allow:     poolAllowances{by: map[string]int{}},
 		purchases: map[string]*Purchase{}, purchaseKeys: map[string]purchaseKey{}, outbox: map[string]*Notification{},
 		payerWake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1),
 		debits: prometheus.NewCounter(prometheus.CounterOpts{Name: "creditgate_debits_total",
@@ -232,6 +235,7 @@ func (l *Ledger) load() error {
 	for _, load := range []func() error{
 		l.loadOrgs, l.loadDirectory, l.loadFundKeys, l.loadCalls,
 		l.loadDialogs, l.loadPurchases, l.loadOutbox, l.loadPools, l.loadKeys, l.loadSliceMoves,
+		l.loadPoolAllowances,
 	} {
 		if err := load(); err != nil {
 			return err

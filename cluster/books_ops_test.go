@@ -2,6 +2,9 @@ package cluster
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,7 +33,20 @@ func (manualTicks) AfterFunc(time.Duration, func()) clock.Timer { return neverTi
 // every second). The first simulated minute is warm-up; the next three are
 // counted. Run: go test -run TestOpsPerCall -v ./cluster/
 func TestOpsPerCall(t *testing.T) {
-	for _, orgs := range []int{1, 100} {
+	counts := []int{1, 100}
+	// CLUSTER_OPS_ORGS=1000,10000 measures other org counts by hand (each
+	// takes minutes: every org is created, funded and called).
+	if v := os.Getenv("CLUSTER_OPS_ORGS"); v != "" {
+		counts = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				t.Fatalf("CLUSTER_OPS_ORGS=%q: want whole numbers like 1000,10000", v)
+			}
+			counts = append(counts, n)
+		}
+	}
+	for _, orgs := range counts {
 		t.Run(fmt.Sprintf("orgs=%d", orgs), func(t *testing.T) { opsPerCall(t, orgs) })
 	}
 }

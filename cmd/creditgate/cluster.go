@@ -67,6 +67,9 @@ func joinCluster(ctx context.Context, cfg configs.Config, local *ledger.Ledger, 
 	}
 	if cn.replica, err = cluster.NewReplica(ctx, cn.node, local, log.With("component", "replica")); err != nil {
 		cn.stop(log)
+		if errors.Is(err, cluster.ErrUnseeded) {
+			return nil, fmt.Errorf("cluster configuration: %w: start a cluster node on an empty --data-dir (moving a single node's orgs and money into a cluster is not built yet)", err)
+		}
 		return nil, fmt.Errorf("cluster configuration: %w", err)
 	}
 	if cn.books, err = cluster.NewBooks(cn.node, local, cn.replica, cluster.DefaultSlicePolicy(), clock.Real{},

@@ -1,0 +1,86 @@
+// Books' methods that the local ledger (calls' dialogs and closes,
+// lookups, history) or the shared configuration (admin changes) answer.
+
+package cluster
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/creditgate/creditgate/ledger"
+)
+
+func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage) error {
+	return b.local.AnswerDialog(callID, at, dialog)
+}
+
+// CloseCall ends the call on the local ledger; what it releases or refunds
+// stays with this node until the next report (direct mode: given back at
+// the next tick).
+func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error) {
+	cdr, err := b.local.CloseCall(callID, end)
+	if err == nil && cdr.Org != "" {
+		b.touch(b.org(cdr.Org))
+	}
+	return cdr, err
+}
+
+func (b *Books) UpdateDialog(callID string, dialog json.RawMessage) error {
+	return b.local.UpdateDialog(callID, dialog)
+}
+func (b *Books) Dialogs() []ledger.Dialog         { return b.local.Dialogs() }
+func (b *Books) ForgetDialog(callID string) error { return b.local.ForgetDialog(callID) }
+func (b *Books) FraudTripped(tr *ledger.Trip, at time.Time) error {
+	return b.local.FraudTripped(tr, at)
+}
+func (b *Books) User(org, id string) (ledger.User, bool) { return b.local.User(org, id) }
+func (b *Books) UserByNumber(e164 string) (ledger.User, bool) {
+	return b.local.UserByNumber(e164)
+}
+func (b *Books) TollFreeOwner(number string) (ledger.TollFree, bool) {
+	return b.local.TollFreeOwner(number)
+}
+func (b *Books) TollFreeNumbers(org string) []ledger.TollFree { return b.local.TollFreeNumbers(org) }
+func (b *Books) OrgIDs() []string                             { return b.local.OrgIDs() }
+func (b *Books) UsersOf(org string) []ledger.User             { return b.local.UsersOf(org) }
+func (b *Books) Trunks() []ledger.Trunk                       { return b.local.Trunks() }
+func (b *Books) PoolsLeft(org string, at time.Time) (map[string]int, error) {
+	return b.local.PoolsLeft(org, at)
+}
+func (b *Books) Pools(org string, at time.Time) ([]ledger.Pool, error) {
+	return b.local.Pools(org, at)
+}
+func (b *Books) PendingPurchaseOf(org string) string { return b.local.PendingPurchaseOf(org) }
+
+func (b *Books) CreateOrg(o ledger.Org) (ledger.Org, error) { return b.shared.CreateOrg(o) }
+func (b *Books) SetBlockPremium(org string, block bool) (ledger.Org, error) {
+	return b.shared.SetBlockPremium(org, block)
+}
+func (b *Books) SetContacts(org string, c ledger.Contacts) (ledger.Org, error) {
+	return b.shared.SetContacts(org, c)
+}
+func (b *Books) SetFraudGuard(org string, fg ledger.FraudGuard) (ledger.Org, error) {
+	return b.shared.SetFraudGuard(org, fg)
+}
+func (b *Books) SetAutoRecharge(org string, ar ledger.AutoRecharge) (ledger.AutoRecharge, error) {
+	return b.shared.SetAutoRecharge(org, ar)
+}
+func (b *Books) PutUser(u ledger.User) error          { return b.shared.PutUser(u) }
+func (b *Books) PutTollFree(tf ledger.TollFree) error { return b.shared.PutTollFree(tf) }
+func (b *Books) DeleteTollFree(org, number string) (bool, error) {
+	return b.shared.DeleteTollFree(org, number)
+}
+func (b *Books) DeleteUser(org, id string) (bool, error) { return b.shared.DeleteUser(org, id) }
+func (b *Books) DeleteTrunk(id string) (bool, error)     { return b.shared.DeleteTrunk(id) }
+func (b *Books) PutTrunk(tr ledger.Trunk) error          { return b.shared.PutTrunk(tr) }
+func (b *Books) PutDeck(csv []byte) error                { return b.shared.PutDeck(csv) }
+
+func (b *Books) EachCDR(org string, from, to time.Time, fn func(*ledger.CDR) error) error {
+	return b.local.EachCDR(org, from, to, fn)
+}
+func (b *Books) Transactions(org string, after uint64, limit int) ([]ledger.Entry, error) {
+	return b.local.Transactions(org, after, limit)
+}
+func (b *Books) Advise(org string, now time.Time) (ledger.Advice, error) {
+	return b.local.Advise(org, now)
+}

@@ -129,11 +129,18 @@ func openSpendLedger(t testing.TB, dir string) *ledger.Ledger {
 // shared config applying to all of them, and starts their Books.
 func startSpenders(t testing.TB, newClient func() *clientv3.Client, n int, p SlicePolicy, clk clock.Clock) ([]*spender, *testShared) {
 	t.Helper()
+	return startSpendersOn(t, openSpendLedger, newClient, n, p, clk)
+}
+
+// startSpendersOn is startSpenders with the ledgers opened by open.
+func startSpendersOn(t testing.TB, open func(testing.TB, string) *ledger.Ledger, newClient func() *clientv3.Client, n int,
+	p SlicePolicy, clk clock.Clock) ([]*spender, *testShared) {
+	t.Helper()
 	shared := &testShared{}
 	sp := make([]*spender, n)
 	for i := range sp {
 		s := &spender{index: i, id: fmt.Sprintf("n%d", i), dir: filepath.Join(t.TempDir(), "ledger"), cli: newClient()}
-		s.local = openSpendLedger(t, s.dir)
+		s.local = open(t, s.dir)
 		shared.ledgers = append(shared.ledgers, s.local)
 		sp[i] = s
 	}

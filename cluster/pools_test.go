@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,24 +34,7 @@ func poolPlans() []ledger.Plan {
 // startPoolSpenders is startSpenders with ledgers on poolPlans.
 func startPoolSpenders(t testing.TB, newClient func() *clientv3.Client, n int, p SlicePolicy, clk clock.Clock) ([]*spender, *testShared) {
 	t.Helper()
-	shared := &testShared{}
-	sp := make([]*spender, n)
-	for i := range sp {
-		s := &spender{index: i, id: fmt.Sprintf("n%d", i), dir: filepath.Join(t.TempDir(), "ledger"), cli: newClient()}
-		s.local = openPoolLedger(t, s.dir)
-		shared.ledgers = append(shared.ledgers, s.local)
-		sp[i] = s
-	}
-	for _, s := range sp {
-		s.start(t, shared, p, clk)
-	}
-	t.Cleanup(func() {
-		for _, s := range sp {
-			s.stop(t)
-			s.cli.Close()
-		}
-	})
-	return sp, shared
+	return startSpendersOn(t, openPoolLedger, newClient, n, p, clk)
 }
 
 func openPoolLedger(t testing.TB, dir string) *ledger.Ledger {

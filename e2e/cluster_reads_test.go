@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/creditgate/creditgate/cluster/etcdtest"
-	"github.com/creditgate/creditgate/loadtest"
 )
 
 // clusterCall is one call of a cluster-wide GET /v1/calls.
@@ -67,22 +65,9 @@ func TestClusterReadsFromAnyNode(t *testing.T) {
 	// Two calls through each node, held far longer than the test.
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	reports := make([]loadtest.Report, len(nodes))
-	var wg sync.WaitGroup
-	for i, g := range nodes {
-		wg.Go(func() {
-			rep, err := loadtest.Run(ctx, loadtest.Config{
-				Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[i]),
-				Rate: 10, Calls: 2, Hold: 90 * time.Second, Dialled: fmt.Sprintf("+3314227818%d", i+1),
-				From: []string{"+12125550100"}, SetupTimeout: 10 * time.Second}, nil)
-			if err != nil {
-				t.Errorf("load tool on node %d: %v", i+1, err)
-			}
-			reports[i] = rep
-		})
-	}
+	reports, wait := callThroughEveryNode(ctx, t, nodes, carriers, 2, 90*time.Second)
 	// Whatever happens below, the calls end before the test does.
-	defer func() { cancel(); wg.Wait() }()
+	defer func() { cancel(); wait() }()
 
 	var all clusterCalls
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
@@ -193,7 +178,7 @@ func TestClusterReadsFromAnyNode(t *testing.T) {
 			n1.api("DELETE", "/v1/calls/"+url.PathEscape(c.ID), "", "", 204, nil)
 		}
 	}
-	wg.Wait()
+	wait()
 	for i, rep := range reports {
 		if rep.Answered != 2 || rep.EndedByGateway != 2 {
 			t.Fatalf("load tool on node %d: %s", i+1, rep)

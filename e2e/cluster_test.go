@@ -137,21 +137,8 @@ func TestClusterLastCentAcrossNodes(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	reports := make([]loadtest.Report, len(nodes))
-	var wg sync.WaitGroup
-	for i, g := range nodes {
-		wg.Go(func() {
-			rep, err := loadtest.Run(ctx, loadtest.Config{
-				Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[i]),
-				Rate: 10, Calls: 30, Hold: 4 * time.Second, Dialled: fmt.Sprintf("+3314227818%d", i+1),
-				From: []string{"+12125550100"}, SetupTimeout: 10 * time.Second}, nil)
-			if err != nil {
-				t.Errorf("load tool on node %d: %v", i+1, err)
-			}
-			reports[i] = rep
-		})
-	}
-	wg.Wait()
+	reports, wait := callThroughEveryNode(ctx, t, nodes, carriers, 30, 4*time.Second)
+	wait()
 	stopSampling()
 	sampling.Wait()
 	if sampleErr != nil {
@@ -366,4 +353,25 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 	if _, err := cluster.Check(context.Background(), etcd.Client(), clusterPrefix, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// callThroughEveryNode starts one load tool per node, calls of hold at 10
+// a second, each node's calls to its own number and carrier (carriers[i],
+// prefix 3314227818<i+1>). The reports are filled once wait returns.
+func callThroughEveryNode(ctx context.Context, t *testing.T, nodes []*gateway, carriers []int, calls int, hold time.Duration) (reports []loadtest.Report, wait func()) {
+	reports = make([]loadtest.Report, len(nodes))
+	var wg sync.WaitGroup
+	for i, g := range nodes {
+		wg.Go(func() {
+			rep, err := loadtest.Run(ctx, loadtest.Config{
+				Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[i]),
+				Rate: 10, Calls: calls, Hold: hold, Dialled: fmt.Sprintf("+3314227818%d", i+1),
+				From: []string{"+12125550100"}, SetupTimeout: 10 * time.Second}, nil)
+			if err != nil {
+				t.Errorf("load tool on node %d: %v", i+1, err)
+			}
+			reports[i] = rep
+		})
+	}
+	return reports, wg.Wait
 }

@@ -22,6 +22,7 @@ import (
 //	config/trunk/<id>             ledger.Trunk
 //	config/tollfree/<number>      ledger.TollFree
 //	config/deck                   deckPointer: which chunks are the rate deck
+//	config/key/<id>               ledger.APIKey: an admin API key, its secret's hash, never the secret (replica_keys.go)
 //	index/number/<e164>           who has the number: "u:<org>/<user>" or "t:<org>"
 //	index/delivers/<trunk>/<num>  the toll-free numbers a trunk delivers (empty value)
 //	deck/<id>/<chunk>             one chunk of a rate deck (raw bytes)
@@ -130,6 +131,9 @@ func NewReplica(ctx context.Context, n *Node, local *ledger.Ledger, log *slog.Lo
 		return nil, fmt.Errorf("cluster replica %s: first sync: %w", n.ID(), err)
 	}
 	r.start(rev)
+	// API keys are shared records too (replica_keys.go): the ledger's key
+	// changes come here from now on.
+	local.ShareKeys(r)
 	return r, nil
 }
 

@@ -151,6 +151,11 @@ func (r *Replica) changeOf(ev *clientv3.Event) (ledger.Change, bool, error) {
 		c.Kind, rec = ledger.ChangeTollFree, &c.TollFree
 	case kind == "tollfree":
 		c.Kind, c.TollFree = ledger.ChangeDeleteTollFree, ledger.TollFree{Number: id}
+	case kind == "key" && !del:
+		c.Kind, rec = ledger.ChangeKey, &c.Key
+	case kind == "key":
+		r.log.Warn("an API key's shared record was deleted; keys are never deleted, the local one stays", "key_id", id)
+		return c, false, nil
 	case rest == "deck" && del:
 		c.Kind = ledger.ChangeDeck
 	case rest == "deck":
@@ -184,12 +189,13 @@ type snapshot struct {
 	users    map[string]ledger.User // "org/id"
 	trunks   map[string]ledger.Trunk
 	tollFree map[string]ledger.TollFree
+	apiKeys  map[string]ledger.APIKey
 }
 
 // readAll reads config/ in pages, all at the revision of the first.
 func (r *Replica) readAll(ctx context.Context) (*snapshot, error) {
 	s := &snapshot{orgs: map[string]ledger.Org{}, users: map[string]ledger.User{},
-		trunks: map[string]ledger.Trunk{}, tollFree: map[string]ledger.TollFree{}}
+		trunks: map[string]ledger.Trunk{}, tollFree: map[string]ledger.TollFree{}, apiKeys: map[string]ledger.APIKey{}}
 	prefix := r.k.config()
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	from := prefix
@@ -224,6 +230,8 @@ func (r *Replica) readAll(ctx context.Context) (*snapshot, error) {
 				s.trunks[c.Trunk.ID] = c.Trunk
 			case ledger.ChangeTollFree:
 				s.tollFree[c.TollFree.Number] = c.TollFree
+			case ledger.ChangeKey:
+				s.apiKeys[c.Key.ID] = c.Key
 			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
@@ -309,6 +317,15 @@ func (r *Replica) resync(ctx context.Context) (int64, error) {
 		tf := s.tollFree[n]
 		if cur, ok := r.local.TollFreeOwner(n); !ok || cur != tf {
 			changes = append(changes, ledger.Change{Kind: ledger.ChangeTollFree, TollFree: tf})
+		}
+	}
+	// API keys: applied when the local one differs. A key this ledger
+	// has and etcd does not (made before the node joined a cluster) is
+	// left alone: it goes on working on this node only.
+	for _, id := range sortedKeys(s.apiKeys) {
+		k := s.apiKeys[id]
+		if cur, ok := r.local.Key(id); !ok || encode(cur) != encode(k) {
+			changes = append(changes, ledger.Change{Kind: ledger.ChangeKey, Key: k})
 		}
 	}
 	local := r.local.Deck()

@@ -319,6 +319,7 @@ const (
 	ChangeTollFree       ChangeKind = "toll_free"        // upsert TollFree
 	ChangeDeleteTollFree ChangeKind = "delete_toll_free" // TollFree.Number
 	ChangeDeck           ChangeKind = "deck"             // Deck; nil removes the stored deck
+	ChangeKey            ChangeKind = "key"              // upsert Key (an API key: keys_shared.go)
 )
 
 // Change is one record of a shared configuration, as Apply makes the
@@ -330,6 +331,7 @@ type Change struct {
 	Trunk    Trunk
 	TollFree TollFree
 	Deck     []byte
+	Key      APIKey
 }
 
 // Apply makes the ledger hold the changes, in order, in one durable
@@ -355,6 +357,8 @@ type Change struct {
 //     even while it delivers toll-free numbers (those keep its id until
 //     their own change comes).
 //   - Deleting what the ledger does not have changes nothing.
+//   - ChangeKey creates or replaces an API key (its hash, rotation and
+//     revocation), never its in-memory last use; keys are never deleted.
 //
 // Orgs are never deleted: the ledger has no such operation.
 func (l *Ledger) Apply(changes ...Change) error {
@@ -450,6 +454,8 @@ func (l *Ledger) applyOne(t *txn, c *Change, at time.Time) {
 		}
 		l.deck = slices.Clone(c.Deck)
 		t.raw(keyDeck, l.deck)
+	case ChangeKey:
+		l.applyKey(t, c.Key)
 	default:
 		// A programmer's error in the caller, never data: the kinds are
 		// this file's constants.

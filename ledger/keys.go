@@ -68,9 +68,12 @@ func (k APIKey) audit() keyAudit {
 }
 
 // keyState is the keys in memory, guarded by Ledger.mu like the rest of
-// its state. byID holds every key ever created (revoked ones too).
+// its state. byID holds every key ever created (revoked ones too); on a
+// cluster node, every key of the shared configuration this ledger has
+// applied. shared is set once (ShareKeys) before the API serves.
 type keyState struct {
-	byID map[string]*APIKey
+	byID   map[string]*APIKey
+	shared SharedKeys
 }
 
 func keyAPIKey(id string) []byte { return []byte("y/" + id) }
@@ -82,6 +85,14 @@ func (l *Ledger) loadKeys() error {
 		return nil
 	})
 }
+
+// keyRule decides what a key becomes: cur is the key as stored (nil: no
+// key has the id), d the configuration to check it against (an org's
+// existence), at the change's time. It returns the key as it is to be
+// stored, a value of its own (cur is never changed), or a refusal. The same
+// rule decides a single node's change (under Ledger.mu, on its own maps)
+// and a cluster node's (on the shared record read from etcd: keys_shared.go).
+type keyRule func(d Directory, cur *APIKey, at time.Time) (*APIKey, error)
 
 // CreateKey stores a new key and its audit entry in one durable change.
 // The entry's kind, org, target, before and after are the ledger's (the
@@ -101,23 +112,19 @@ func (l *Ledger) CreateKey(k APIKey, a AuditEntry) (AuditEntry, error) {
 	}
 	k.RotatedAt, k.RevokedAt, k.LastUsedAt = time.Time{}, time.Time{}, time.Time{}
 	a.Kind, a.Org, a.Target = AuditKey, k.Org, k.ID
-	return l.keyChange(Op{Kind: "create_key", Org: k.Org, Key: k.ID}, a, func(t *txn) (*APIKey, *APIKey, error) {
-		if _, ok := l.keys.byID[k.ID]; ok {
-			return nil, nil, invalidf("key id %s is taken", k.ID)
-		}
-		if len(l.keys.byID) >= MaxKeys {
-			return nil, nil, invalidf("at most %d keys, revoked ones included", MaxKeys)
+	return l.keyChange(Op{Kind: "create_key", Org: k.Org, Key: k.ID}, k.ID, a, func(d Directory, cur *APIKey, at time.Time) (*APIKey, error) {
+		if cur != nil {
+			return nil, invalidf("key id %s is taken", k.ID)
 		}
 		if k.Org != "" {
-			if _, ok := l.orgs[k.Org]; !ok {
-				return nil, nil, fmt.Errorf("%w: %s", ErrUnknownOrg, k.Org)
+			if _, ok := d.LookupOrg(k.Org); !ok {
+				return nil, fmt.Errorf("%w: %s", ErrUnknownOrg, k.Org)
 			}
 		}
-		k.CreatedAt = t.at
-		stored := k
-		stored.Hash = append([]byte(nil), k.Hash...)
-		l.keys.byID[k.ID] = &stored
-		return nil, &stored, nil
+		nk := k
+		nk.CreatedAt = at
+		nk.Hash = append([]byte(nil), k.Hash...)
+		return &nk, nil
 	})
 }
 
@@ -129,18 +136,17 @@ func (l *Ledger) RotateKey(id string, hash []byte, a AuditEntry) (AuditEntry, er
 		return AuditEntry{}, invalidf("key hash: want a SHA-256")
 	}
 	a.Kind, a.Target = AuditKey, id
-	return l.keyChange(Op{Kind: "rotate_key", Key: id}, a, func(t *txn) (*APIKey, *APIKey, error) {
-		k, ok := l.keys.byID[id]
-		if !ok {
-			return nil, nil, fmt.Errorf("%w: %s", ErrUnknownKey, id)
+	return l.keyChange(Op{Kind: "rotate_key", Key: id}, id, a, func(_ Directory, cur *APIKey, at time.Time) (*APIKey, error) {
+		if cur == nil {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownKey, id)
 		}
-		if k.Revoked() {
-			return nil, nil, invalidf("key %s is revoked; create a new one", id)
+		if cur.Revoked() {
+			return nil, invalidf("key %s is revoked; create a new one", id)
 		}
-		before := *k
-		k.Hash = append([]byte(nil), hash...)
-		k.RotatedAt = t.at
-		return &before, k, nil
+		nk := *cur
+		nk.Hash = append([]byte(nil), hash...)
+		nk.RotatedAt = at
+		return &nk, nil
 	})
 }
 
@@ -150,39 +156,57 @@ func (l *Ledger) RotateKey(id string, hash []byte, a AuditEntry) (AuditEntry, er
 // ErrUnknownKey, ErrInvalid (a bad entry).
 func (l *Ledger) RevokeKey(id string, a AuditEntry) (AuditEntry, error) {
 	a.Kind, a.Target = AuditKey, id
-	return l.keyChange(Op{Kind: "revoke_key", Key: id}, a, func(t *txn) (*APIKey, *APIKey, error) {
-		k, ok := l.keys.byID[id]
-		if !ok {
-			return nil, nil, fmt.Errorf("%w: %s", ErrUnknownKey, id)
+	return l.keyChange(Op{Kind: "revoke_key", Key: id}, id, a, func(_ Directory, cur *APIKey, at time.Time) (*APIKey, error) {
+		if cur == nil {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownKey, id)
 		}
-		before := *k
-		if !k.Revoked() {
-			k.RevokedAt = t.at
+		nk := *cur
+		if !nk.Revoked() {
+			nk.RevokedAt = at
 		}
-		return &before, k, nil
+		return &nk, nil
 	})
 }
 
-// keyChange runs one change to a key and journals it: fn checks and
-// applies it under Ledger.mu and returns the key before (nil: it did not
-// exist) and after; the key's record and the audit entry are written in
-// the same operation, so both are durable or neither is.
-func (l *Ledger) keyChange(op Op, a AuditEntry, fn func(t *txn) (before, after *APIKey, err error)) (AuditEntry, error) {
+// keyChange runs one change to key id and journals it. On a single node
+// the rule decides on the ledger's own keys under Ledger.mu, and the key's
+// record and the audit entry are written in the same operation, so both
+// are durable or neither is. On a cluster node (ShareKeys) the shared
+// record is changed instead and the entry written after (keys_shared.go).
+func (l *Ledger) keyChange(op Op, id string, a AuditEntry, rule keyRule) (AuditEntry, error) {
 	at := a.At
 	if at.IsZero() {
 		at = l.opts.Now()
 	}
 	at = at.UTC()
 	a.At = at
+	l.mu.Lock()
+	shared := l.keys.shared
+	l.mu.Unlock()
+	if shared != nil {
+		return l.sharedKeyChange(shared, id, a, rule)
+	}
 	var out AuditEntry
 	_, err := l.do(op, at, func(t *txn) error {
 		if err := a.check(); err != nil {
 			return err
 		}
-		before, after, err := fn(t)
+		var before *APIKey
+		if cur, ok := l.keys.byID[id]; ok {
+			c := *cur
+			before = &c
+		}
+		after, err := rule(memDirectory{l}, before, t.at)
 		if err != nil {
 			return err
 		}
+		if before == nil && len(l.keys.byID) >= MaxKeys {
+			return invalidf("at most %d keys, revoked ones included", MaxKeys)
+		}
+		if before != nil {
+			after.LastUsedAt = before.LastUsedAt
+		}
+		l.keys.byID[id] = after
 		a.Org = after.Org
 		a.Before, a.After = nil, nil
 		if before != nil {

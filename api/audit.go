@@ -252,17 +252,28 @@ func (s *Server) callUp(id string) (gateway.CallInfo, bool) {
 
 // listAudit is GET /v1/audit?org=&kind=&key=&after=&limit=: entries
 // oldest first, paged by seq. An org-scoped key sees its own org's only.
+// In cluster mode, unless ?scope=local, every live node's entries merged
+// (cluster_audit.go), paged by a cursor of one seq per node.
 func (s *Server) listAudit(ctx *fasthttp.RequestCtx, who principal) error {
 	if s.access == nil {
 		return fmt.Errorf("%w: no audit journal is configured", ledger.ErrUnavailable)
 	}
+	local, err := localOnly(ctx)
+	if err != nil {
+		return err
+	}
+	fanOut := s.cluster.Load() != nil && !local
 	q := ctx.QueryArgs()
 	f := ledger.AuditFilter{Org: string(q.Peek("org")), Kind: string(q.Peek("kind")), KeyID: string(q.Peek("key"))}
 	if f.Kind != "" && !validKind(f.Kind) {
 		return badRequest("kind=%q: want one of %s", f.Kind, strings.Join(ledger.AuditKinds, ", "))
 	}
-	after, err := uintArg(ctx, "after", 0, math.MaxUint64)
-	if err != nil {
+	var after uint64
+	if !fanOut {
+		if after, err = uintArg(ctx, "after", 0, math.MaxUint64); err != nil {
+			return err
+		}
+	} else if _, err := parseAuditCursor(string(q.Peek("after"))); err != nil {
 		return err
 	}
 	limit, err := uintArg(ctx, "limit", 1000, 10000)
@@ -277,11 +288,17 @@ func (s *Server) listAudit(ctx *fasthttp.RequestCtx, who principal) error {
 	if who.Role.OrgScoped() && f.Org != "" && f.Org != who.Org {
 		// Another org's entries: none, as for an org with no entries.
 		resp["entries"] = entries
+		if fanOut {
+			resp["unavailable"] = []Unavailable{}
+		}
 		writeJSON(ctx, 200, resp)
 		return nil
 	}
 	if who.Role.OrgScoped() {
 		f.Org = who.Org
+	}
+	if fanOut {
+		return s.clusterAudit(ctx, f, string(q.Peek("after")), int(limit))
 	}
 	es, next, err := s.access.AuditEntries(f, after, int(limit))
 	if err != nil {

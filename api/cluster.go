@@ -1,5 +1,6 @@
-// Cluster-wide reads (README, Cluster mode): in cluster mode the calls list
-// and ending a call answer for every live node, whichever node is asked.
+// Cluster-wide reads (README, Cluster mode): in cluster mode the calls list,
+// ending a call, the usage report (cluster_usage.go) and the audit trail
+// (cluster_audit.go) answer for every live node, whichever node is asked.
 // The node asked answers its own part and asks each live peer (the
 // cluster's registry of admin URLs, set with SetPeers) for the local-only
 // form of the same request, ?scope=local, which never fans out again.
@@ -133,6 +134,12 @@ func (a peerAnswer) reason() string {
 // all of them, each bounded by the peer timeout. listErr is set when the
 // peers could not be listed.
 func (s *Server) askPeers(ctx *fasthttp.RequestCtx, method, path string, query url.Values) (answers []peerAnswer, listErr error) {
+	return s.askPeersEach(ctx, method, path, func(Peer) url.Values { return query })
+}
+
+// askPeersEach is askPeers with each peer's own query (query(p) is not
+// changed; scope=local is added to a copy).
+func (s *Server) askPeersEach(ctx *fasthttp.RequestCtx, method, path string, query func(p Peer) url.Values) (answers []peerAnswer, listErr error) {
 	f := s.cluster.Load()
 	lctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 	peers, err := f.peers.Peers(lctx)
@@ -140,17 +147,17 @@ func (s *Server) askPeers(ctx *fasthttp.RequestCtx, method, path string, query u
 	if err != nil {
 		return nil, err
 	}
-	q := url.Values{}
-	for k, v := range query {
-		q[k] = v
-	}
-	q.Set("scope", "local")
 	auth := string(ctx.Request.Header.Peek("Authorization"))
 	via := string(ctx.Request.Header.Peek(ViaHeader))
 	answers = make([]peerAnswer, len(peers))
 	var wg sync.WaitGroup
 	for i, p := range peers {
 		answers[i].peer = p
+		q := url.Values{}
+		for k, v := range query(p) {
+			q[k] = v
+		}
+		q.Set("scope", "local")
 		wg.Go(func() {
 			rctx, cancel := context.WithTimeout(context.Background(), f.timeout)
 			defer cancel()

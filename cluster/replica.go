@@ -89,7 +89,9 @@ const (
 //     in the local ledger (resync sets it to the revision it read, each
 //     applied watch response to its last event's revision);
 //   - the watcher is the only writer of the local ledger's configuration
-//     while the replica runs (a cluster node calls no ledger admin method);
+//     while the replica runs (a cluster node calls no ledger admin method;
+//     the ledger's key methods come here through ledger.ShareKeys and
+//     write nothing locally);
 //   - in etcd, a number is in at most one user's record or one toll-free
 //     record, and index/number/<n> names it (a stale index entry whose user
 //     no longer lists n counts as free); every toll-free record with a

@@ -1,6 +1,9 @@
 // API keys: create (the secret shown once), list, rotate, revoke, and
 // whoami. The ledger stores each key with the SHA-256 of its secret and
-// journals every change in the same durable operation (ledger/keys.go).
+// journals every change in the same durable operation (ledger/keys.go); on
+// a cluster node the key is a record of the shared configuration, so it
+// works on every node, and its entry follows the change
+// (ledger/keys_shared.go, cluster/replica_keys.go).
 
 package api
 

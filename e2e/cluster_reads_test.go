@@ -146,7 +146,7 @@ func TestClusterReadsFromAnyNode(t *testing.T) {
 		var audit struct {
 			Entries []struct{ Target, Action string } `json:"entries"`
 		}
-		g.api("GET", "/v1/audit?kind=call", "", "", 200, &audit)
+		g.api("GET", "/v1/audit?kind=call&scope=local", "", "", 200, &audit)
 		for _, e := range audit.Entries {
 			if e.Target == victim.ID {
 				entries++
@@ -158,6 +158,14 @@ func TestClusterReadsFromAnyNode(t *testing.T) {
 	}
 	if entries != 1 {
 		t.Fatalf("%d audit entries for the call ended through node 1, want exactly 1 (node 3's)", entries)
+	}
+	// Node 1's merged trail has it once, as node 3's.
+	var trail struct {
+		Entries []struct{ Target, Node string } `json:"entries"`
+	}
+	n1.api("GET", "/v1/audit?kind=call", "", "", 200, &trail)
+	if len(trail.Entries) != 1 || trail.Entries[0].Target != victim.ID || trail.Entries[0].Node != "n3" {
+		t.Fatalf("node 1's merged trail of ended calls: %+v, want node 3's one entry", trail.Entries)
 	}
 	var cdr3 []cdr
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {

@@ -108,8 +108,8 @@ type Outbox interface {
 
 // Sender delivers the outbox. Run it once; it stops when its context ends.
 type Sender struct {
-	box Outbox
-	l   *ledger.Ledger // the low-balance sweep's; nil for a sender built by NewFor
+	box  Outbox
+	l    *ledger.Ledger // the low-balance sweep's; nil for a sender built by NewFor
 	cfg  Config
 	clk  clock.Clock
 	log  *slog.Logger

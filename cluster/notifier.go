@@ -197,8 +197,12 @@ func (o *Outbox) Forward(ctx context.Context, clk clock.Clock, log *slog.Logger)
 				return time.Time{}
 			}
 			if n.Kind == ledger.NotifyFraudGuard {
-				n.ID = "f-" + o.n.ID() + "-" + fmt.Sprint(o.n.Epoch()) + "-" + n.ID
-				if err := o.Queue(ctx, n); err != nil {
+				// Named after the node's incarnation and its own id:
+				// unique in the cluster, and a retry after a crash
+				// between the two writes below queues it once.
+				fwd := n
+				fwd.ID = "f-" + o.n.ID() + "-" + fmt.Sprint(o.n.Epoch()) + "-" + n.ID
+				if err := o.Queue(ctx, fwd); err != nil {
 					log.Warn("notifications: fraud_guard not yet in the cluster's outbox; will retry", "org", n.Org, "err", err)
 					return clk.Now().Add(o.n.cfg.KeepAliveEvery)
 				}

@@ -127,7 +127,7 @@ func (s *Singleton) campaign(ctx context.Context) {
 			// about to end this lease (a key of ours waits for us).
 			s.sleep(ctx, s.n.cfg.KeepAliveEvery)
 		case leader != nil && leader.Lease == int64(s.n.lease):
-			s.lead(ctx, key, leader.CreateRevision)
+			s.lead(ctx, key, leader.CreateRevision, rev)
 			// Not straight back: work that returned on its own would
 			// spin. Peers take over meanwhile if the lease is gone.
 			s.sleep(ctx, s.n.cfg.KeepAliveEvery)
@@ -159,10 +159,10 @@ func (s *Singleton) take(ctx context.Context, key, value string) (rev int64, lea
 	return resp.Header.Revision, leader, nil
 }
 
-// lead runs the work while the key created at createRev is this node's and
-// the node may sell; then stops it, waits, and gives the key up if the
-// singleton is closing.
-func (s *Singleton) lead(ctx context.Context, key string, createRev int64) {
+// lead runs the work while the key created at createRev (as read at
+// revision rev) is this node's and the node may sell; then stops it,
+// waits, and gives the key up if the singleton is closing.
+func (s *Singleton) lead(ctx context.Context, key string, createRev, rev int64) {
 	wctx, stopWork := context.WithCancel(ctx)
 	defer stopWork()
 	s.leading.Store(true)
@@ -174,7 +174,7 @@ func (s *Singleton) lead(ctx context.Context, key string, createRev int64) {
 		s.work(wctx) // the payer and notifier contain their own items' panics
 
 	}()
-	why := s.watchLead(wctx, key, createRev, done)
+	why := s.watchLead(wctx, key, createRev, rev, done)
 	stopWork()
 	<-done
 	s.leading.Store(false)
@@ -189,12 +189,15 @@ func (s *Singleton) lead(ctx context.Context, key string, createRev int64) {
 }
 
 // watchLead returns, with the reason, when the leader must stop: its key
-// gone or changed, the node not selling (deadline or fenced), the work
-// returned on its own, or ctx ended.
-func (s *Singleton) watchLead(ctx context.Context, key string, createRev int64, done <-chan struct{}) string {
+// gone or changed after revision rev, the node not selling (deadline or
+// fenced), the work returned on its own, or ctx ended.
+func (s *Singleton) watchLead(ctx context.Context, key string, createRev, rev int64, done <-chan struct{}) string {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	events := s.n.cli.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(createRev+1))
+	// From the revision the key was read at (not its creation, which etcd
+	// may have compacted since: a leader that keeps its key across a
+	// lapse leads again from a later read).
+	events := s.n.cli.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(rev+1))
 	tick := make(chan struct{}, 1)
 	for {
 		t := s.clk.AfterFunc(s.n.cfg.KeepAliveEvery, func() {

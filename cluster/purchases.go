@@ -115,8 +115,11 @@ func (p *Purchases) StartPurchase(org string, amount decimal.Decimal, key, payme
 	if err != nil {
 		return ledger.Purchase{}, err
 	}
-	if incident, err = p.local.CheckFunding(org, amount, key, incident); err != nil {
-		return ledger.Purchase{}, err
+	if o.Region == o.BillingRegion {
+		incident = ""
+	} else if incident == "" {
+		return ledger.Purchase{}, fmt.Errorf("%w: org %s is in region %q but bills in %q; open a support incident to purchase Communications Credits, then pass its id as incident",
+			ledger.ErrRegionMismatch, o.ID, o.Region, o.BillingRegion)
 	}
 	if _, ok := ledger.MinorUnits(amount, o.Currency); !ok {
 		return ledger.Purchase{}, fmt.Errorf("%w: amount %s: more precision than %s has", ledger.ErrInvalid, amount, o.Currency)

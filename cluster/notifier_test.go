@@ -132,3 +132,44 @@ func TestNotificationsOnceAcrossLeaderChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestQueuedNotificationOutlivesItsLeader: a notification queued while no
+// node runs the notifier (its leader gone, the next not yet elected)
+// waits in etcd and is delivered, once, by whichever node leads next.
+func TestQueuedNotificationOutlivesItsLeader(t *testing.T) {
+	m := notifytest.Start(t)
+	ec := etcdtest.Start(t, 1)
+	cfg := NotifierConfig{CheckEvery: 50 * time.Millisecond, SweepEvery: time.Hour, LowBalanceHorizon: time.Hour, LowBalanceEvery: time.Hour}
+	ns := startSNodes(t, ec, 2, sopts{mail: m, notifier: cfg})
+	setupOrg(t, ns, "50.00", []string{"billing@acme.example"})
+	leader := leaderOf(t, ns, func(s *snode) *Singleton { return s.notifierS })
+	other := otherThan(ns, leader)
+	// No notifier anywhere: the leader resigns, the other stops
+	// campaigning.
+	for _, s := range ns {
+		s.notifierS.Close()
+	}
+	if err := other.b.FraudTripped(&ledger.Trip{Guard: "max_concurrent", Org: "acme", User: "u1", Detail: "5 calls up"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the trip queued in etcd", func() bool { return len(outboxOf(t, leader)) == 1 })
+	time.Sleep(200 * time.Millisecond)
+	if got := subjects(m); len(got) != 0 {
+		t.Fatalf("mails with no notifier running: %v", got)
+	}
+	// A notifier starts again, on the node that did not lead.
+	work, err := notifierWork(other, m, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.notifierS, err = other.n.RunSingleton("notifier", clockReal, quiet(), work); err != nil {
+		t.Fatal(err)
+	}
+	took := eventually(t, "the queued trip mailed", func() bool { return subjects(m)[ledger.NotifyFraudGuard] == 1 })
+	t.Logf("queued with no leader; mailed %s after %s began to lead", took, other.id)
+	eventually(t, "the outbox empty", func() bool { return len(outboxOf(t, other)) == 0 })
+	time.Sleep(200 * time.Millisecond)
+	if got := subjects(m); got[ledger.NotifyFraudGuard] != 1 || len(got) != 1 {
+		t.Fatalf("mails %v", got)
+	}
+}

@@ -108,9 +108,10 @@
 // toll-free number while a call of it is up is checked against this node's
 // calls; a call up on another node goes on after the delete (that node
 // applies it anyway), billed to its org. SetAutoRecharge stores the
-// setting but starts no purchase (the cluster's one payer, not yet built,
-// decides that); a suspension a payer recorded in its node's ledger stays
-// there until a newer setting is put. No money moves through the replica.
+// setting but starts no purchase (the cluster's one payer decides that,
+// below); a decline is a new version of the setting with Suspended set
+// (Payer.suspend), so every node applies it, and putting the setting
+// again clears it. No money moves through the replica.
 //
 // # Spending: Books (books.go)
 //
@@ -187,6 +188,35 @@
 // Reports ride the report tick (one transaction per changed pool); idle
 // pools and Close give unused minutes back.
 //
+// # Singletons: the payer and the notifier (singleton.go, payer.go,
+// purchases.go, notifier.go)
+//
+// Work that must run once per cluster runs on the node that created
+// singleton/<name> on its own lease (Singleton: a fenced create-if-absent;
+// the others watch the key and try again when etcd deletes it). A leader
+// stops its work when its key goes or its local deadline passes, which is
+// before etcd can expire the lease and a peer take over; every write of
+// the work is fenced and idempotent anyway.
+//
+//	payer     every second: each org with auto-recharge on, not suspended,
+//	          whose cluster balance (funded − spent) is below its threshold
+//	          gets a purchase — purchases/<org>/<id> and pending/<org>/<id>,
+//	          with recharging/<org> created if absent (one pending per org);
+//	          one-time purchases are started by any node's API the same way
+//	          (purchasekeys/<org>/<key> for idempotency). Each pending one is
+//	          charged through payments.Charger with its id as Stripe's
+//	          idempotency key; paid: Fund(org, amount, "%P"+id), then closed
+//	          with recharge_succeeded queued in the same transaction;
+//	          declined: the setting suspended, then closed with
+//	          recharge_failed / purchase_failed queued.
+//	notifier  package notify's Sender over the outbox in etcd (outbox/<id>);
+//	          every second balance_zero for orgs whose cluster balance went
+//	          to zero (zeroed/<org> until funded again), and the low-balance
+//	          sweep (lowwarned/<org>), each mark written in the transaction
+//	          that queues its notification. Every node forwards its own
+//	          ledger's fraud_guard notifications there and drops the rest
+//	          of its ledger's outbox (they speak of its slices).
+//
 // # Not done yet (for the next session)
 //
 //   - Exposure at a crash: Reclaim by a survivor returns a dead node's
@@ -214,13 +244,15 @@
 //     reads etcd once to look for minutes given back. Pools and PoolsLeft
 //     answer from the node's ledger: the licensed total, this node's used
 //     and held (PoolsLeft over-estimates; OpenCall and Step decide again).
-//   - The local ledger's low-balance and zero-balance notifications,
-//     auto-recharge and fraud-guard spend limits look at the node's local
-//     balance and spend, not the cluster's: the payer and notifier must not
-//     run on the local ledgers in cluster mode until they are singletons
-//     reading the cluster.
-//   - Singletons (payer and notifier behind an etcd election: until then
-//     cmd/creditgate runs neither in cluster mode), cross-node reads
+//   - The local ledgers still run their own auto-recharge trigger and
+//     balance notifications on their slices: a node's ledger may hold a
+//     pending auto-recharge purchase nobody pays (harmless: no money
+//     moves; but Books.PendingPurchaseOf answers it — it should answer
+//     Purchases.PendingRecharge), and its outbox's balance_zero is dropped
+//     by Outbox.Forward. Fraud-guard spend limits still look at the node's
+//     own spend. The low-balance forecast's burn rate is the notifier
+//     node's own history, not the cluster's.
+//   - Cross-node reads
 //     (cluster-wide held, calls on every node, merged histories; a
 //     funding's entry is in etcd, not in any node's transaction list), and
 //     a survivor taking over a dead node's calls (issue 17). The wiring

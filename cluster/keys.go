@@ -16,6 +16,11 @@ import (
 //	charges/<org>/<key>      one Charge (a restarted node's settlement), once per key
 //	pools/<org>/<plan>/<month>             a minute pool: {total, unallocated, used}
 //	poolslices/<node>/<org>/<plan>/<month> a node's part of it: {granted, used} (pools.go)
+//	singleton/<name>         the leader of a singleton (payer, notifier), on its lease (singleton.go)
+//	purchases/<org>/<id>, pending/<org>/<id>, recharging/<org>, purchasekeys/<org>/<key>
+//	                         purchases (purchases.go)
+//	outbox/<id>, lowwarned/<org>, zeroed/<org>
+//	                         notifications (notifier.go)
 type keys struct{ prefix string }
 
 func (k keys) epoch() string             { return k.prefix + "epoch" }

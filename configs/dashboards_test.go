@@ -105,7 +105,20 @@ func joinCluster(t *testing.T, l *ledger.Ledger, reg prometheus.Registerer, log 
 		t.Fatal(err)
 	}
 	reg.MustRegister(cluster.NewCollector(n, b, r))
+	// The payer's and notifier's leadership (cmd/creditgate/singletons.go).
+	var ss []*cluster.Singleton
+	for _, name := range []string{"payer", "notifier"} {
+		s, err := n.RunSingleton(name, clock.Real{}, log, func(ctx context.Context) { <-ctx.Done() })
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss = append(ss, s)
+	}
+	reg.MustRegister(cluster.NewSingletonCollector(n, ss...))
 	t.Cleanup(func() {
+		for _, s := range ss {
+			s.Close()
+		}
 		_ = b.Close(ctx)
 		_ = r.Close()
 		_ = n.Close(ctx)

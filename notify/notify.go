@@ -93,9 +93,23 @@ const (
 // HMAC-SHA256 with the org's webhook secret over "UNIX." + body.
 const SignatureHeader = "Creditgate-Signature"
 
+// Outbox is where a Sender finds what to deliver and records what went
+// out: the single node's *ledger.Ledger, or a cluster's outbox in etcd
+// (package cluster). Org gives the contacts and name of a notification's
+// org. The contracts are the ledger's (ledger/outbox.go): Outbox lists
+// what is not yet delivered, oldest first, each durable; Delivered records
+// the channels n went out on (Emailed, Posted), done removes it.
+type Outbox interface {
+	Outbox() ([]ledger.Notification, error)
+	OutboxWake() <-chan struct{}
+	Delivered(n ledger.Notification, done bool) error
+	Org(id string) (ledger.Org, error)
+}
+
 // Sender delivers the outbox. Run it once; it stops when its context ends.
 type Sender struct {
-	l    *ledger.Ledger
+	box  Outbox
+	l    *ledger.Ledger // the low-balance sweep's; nil for a sender built by NewFor
 	cfg  Config
 	clk  clock.Clock
 	log  *slog.Logger
@@ -109,12 +123,26 @@ type Sender struct {
 // New builds a sender. reg receives creditgate_notifications_total; nil
 // registers nothing.
 func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Sender, error) {
+	s, err := NewFor(l, cfg, clk, reg, log)
+	if err != nil {
+		return nil, err
+	}
+	s.l = l
+	return s, nil
+}
+
+// NewFor builds a sender of another outbox than a ledger's (a cluster's,
+// in etcd). It delivers only: it runs no low-balance sweep (whoever fills
+// box decides those) and LowBalanceHorizon and LowBalanceEvery are not
+// needed.
+func NewFor(box Outbox, cfg Config, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Sender, error) {
+	_, sweeps := box.(*ledger.Ledger)
 	// No defaults for what the config file sets: configs.Default() has
 	// them, and a zero is a caller that forgot to pass one.
 	switch {
 	case cfg.Backoff <= 0 || cfg.MaxBackoff < cfg.Backoff:
 		return nil, fmt.Errorf("notify: backoff %s up to %s: want 0 < Backoff ≤ MaxBackoff", cfg.Backoff, cfg.MaxBackoff)
-	case cfg.LowBalanceHorizon <= 0 || cfg.LowBalanceEvery <= 0:
+	case sweeps && (cfg.LowBalanceHorizon <= 0 || cfg.LowBalanceEvery <= 0):
 		return nil, fmt.Errorf("notify: low balance horizon %s, every %s: want both positive", cfg.LowBalanceHorizon, cfg.LowBalanceEvery)
 	}
 	if cfg.Timeout <= 0 {
@@ -142,7 +170,7 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Sender{l: l, cfg: cfg, clk: clk, log: log, http: &http.Client{Timeout: cfg.Timeout},
+	s := &Sender{box: box, cfg: cfg, clk: clk, log: log, http: &http.Client{Timeout: cfg.Timeout},
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_notifications_total",
 			Help: "Notification deliveries by kind and result: sent, failed (retried), no_recipient (the org has no contact)."},
 			[]string{"kind", "result"}),
@@ -164,7 +192,10 @@ func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registere
 // and sweeps for low balances every SweepEvery, until ctx ends.
 func (s *Sender) Run(ctx context.Context) {
 	nextSweep := s.clk.Now()
-	backoff.Run(ctx, s.clk, s.l.OutboxWake(), func(ctx context.Context) time.Time {
+	backoff.Run(ctx, s.clk, s.box.OutboxWake(), func(ctx context.Context) time.Time {
+		if s.l == nil {
+			return s.DeliverDue(ctx)
+		}
 		if !s.clk.Now().Before(nextSweep) {
 			func() {
 				defer panics.Recover(s.log, panics.Notify, nil, "job", "low_balance_sweep")
@@ -184,6 +215,9 @@ func (s *Sender) Run(ctx context.Context) {
 // working auto-recharge to prevent it. It returns how many it queued.
 func (s *Sender) SweepLowBalance(now time.Time) int {
 	n := 0
+	if s.l == nil {
+		return 0 // NewFor: the outbox's owner decides low balances
+	}
 	for _, id := range s.l.OrgIDs() {
 		o, err := s.l.Org(id)
 		if err != nil {
@@ -216,7 +250,7 @@ func (s *Sender) SweepLowBalance(now time.Time) int {
 // DeliverDue tries every notification whose backoff has passed and returns
 // when the earliest of the others is due (zero: none waits).
 func (s *Sender) DeliverDue(ctx context.Context) time.Time {
-	ns, err := s.l.Outbox()
+	ns, err := s.box.Outbox()
 	if err != nil {
 		s.log.Error("notifications: cannot read the outbox", "err", err)
 		return s.clk.Now().Add(s.cfg.Backoff)
@@ -258,7 +292,7 @@ func (s *Sender) deliverContained(ctx context.Context, n ledger.Notification) (e
 // deliver sends n on each channel it has not gone out on yet, recording
 // each success at once.
 func (s *Sender) deliver(ctx context.Context, n ledger.Notification) error {
-	o, err := s.l.Org(n.Org)
+	o, err := s.box.Org(n.Org)
 	if err != nil {
 		return err
 	}
@@ -268,7 +302,7 @@ func (s *Sender) deliver(ctx context.Context, n ledger.Notification) error {
 		s.results.WithLabelValues(n.Kind, ResultNoRecipient).Inc()
 		s.log.Warn("notification has no recipient: the org has no contacts (or no SMTP server is configured)",
 			"id", n.ID, "org", n.Org, "kind", n.Kind)
-		return s.l.Delivered(n, true)
+		return s.box.Delivered(n, true)
 	}
 	var errs []error
 	if emails && !n.Emailed {
@@ -278,7 +312,7 @@ func (s *Sender) deliver(ctx context.Context, n ledger.Notification) error {
 		} else {
 			s.results.WithLabelValues(n.Kind, ResultSent).Inc()
 			n.Emailed = true
-			if err := s.l.Delivered(n, false); err != nil {
+			if err := s.box.Delivered(n, false); err != nil {
 				return err
 			}
 		}
@@ -290,7 +324,7 @@ func (s *Sender) deliver(ctx context.Context, n ledger.Notification) error {
 		} else {
 			s.results.WithLabelValues(n.Kind, ResultSent).Inc()
 			n.Posted = true
-			if err := s.l.Delivered(n, false); err != nil {
+			if err := s.box.Delivered(n, false); err != nil {
 				return err
 			}
 		}
@@ -298,7 +332,7 @@ func (s *Sender) deliver(ctx context.Context, n ledger.Notification) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	return s.l.Delivered(n, true)
+	return s.box.Delivered(n, true)
 }
 
 // Subject and text of each kind; the operator's contacts read these.

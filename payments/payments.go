@@ -10,11 +10,7 @@ package payments
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
-	"strings"
 	"time"
 
 	"github.com/creditgate/creditgate/internal/backoff"
@@ -58,12 +54,10 @@ const (
 // Payer pays pending purchases. Run it once; it stops when its context ends.
 type Payer struct {
 	l   *ledger.Ledger
-	sc  *stripe.Client
+	c   *Charger
 	cfg Config
 	clk clock.Clock
 	log *slog.Logger
-
-	results *prometheus.CounterVec
 
 	retry *backoff.Schedule // purchase → when to try again
 
@@ -75,49 +69,14 @@ type Payer struct {
 // New builds a payer. reg receives creditgate_recharges_total; nil
 // registers nothing.
 func New(l *ledger.Ledger, cfg Config, clk clock.Clock, reg prometheus.Registerer, log *slog.Logger) (*Payer, error) {
-	// No defaults here: configs.Default() has them, and a zero is a caller
-	// that forgot to pass one.
-	if cfg.APIKey == "" {
-		return nil, errors.New("recharge: no payment provider API key")
-	}
-	if !strings.HasPrefix(cfg.BaseURL, "https://") && !strings.HasPrefix(cfg.BaseURL, "http://") {
-		return nil, fmt.Errorf("recharge: base URL %q: want http(s)://", cfg.BaseURL)
-	}
-	if cfg.Backoff <= 0 || cfg.MaxBackoff < cfg.Backoff {
-		return nil, fmt.Errorf("recharge: backoff %s up to %s: want 0 < Backoff ≤ MaxBackoff", cfg.Backoff, cfg.MaxBackoff)
-	}
-	if cfg.MaxAttempts < 1 {
-		return nil, fmt.Errorf("recharge: MaxAttempts %d: want at least 1", cfg.MaxAttempts)
-	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = defaultTimeout
+	c, err := NewCharger(cfg, reg)
+	if err != nil {
+		return nil, err
 	}
 	if log == nil {
 		log = slog.Default()
 	}
-	// The SDK's own retries are off: the payer retries, with its backoff,
-	// the same idempotency key, and counts every attempt.
-	retries := int64(0)
-	backends := stripe.NewBackendsWithConfig(&stripe.BackendConfig{
-		URL:               stripe.String(strings.TrimSuffix(cfg.BaseURL, "/")),
-		MaxNetworkRetries: &retries,
-		HTTPClient:        &http.Client{Timeout: cfg.Timeout},
-		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
-	})
-	p := &Payer{l: l, sc: stripe.NewClient(cfg.APIKey, stripe.WithBackends(backends)), cfg: cfg, clk: clk, log: log,
-		results: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "creditgate_recharges_total",
-			Help: "Payment attempts of purchases (auto-recharge and one-time) by result: succeeded, declined (card), failed (other hard failure), retry (transient)."},
-			[]string{"result"}),
-		retry: backoff.New(clk, cfg.Backoff, cfg.MaxBackoff)}
-	for _, r := range []string{ResultSucceeded, ResultDeclined, ResultFailed, ResultRetry} {
-		p.results.WithLabelValues(r)
-	}
-	if reg != nil {
-		if err := reg.Register(p.results); err != nil {
-			return nil, fmt.Errorf("register recharge metrics: %w", err)
-		}
-	}
-	return p, nil
+	return &Payer{l: l, c: c, cfg: c.cfg, clk: clk, log: log, retry: backoff.New(clk, cfg.Backoff, cfg.MaxBackoff)}, nil
 }
 
 // Run pays what is pending now and whatever becomes pending, until ctx
@@ -163,8 +122,7 @@ func (p *Payer) payContained(ctx context.Context, pu ledger.Purchase) (next time
 // outcome is final. It returns when to try again after a transient
 // failure, zero otherwise.
 func (p *Payer) Pay(ctx context.Context, pu ledger.Purchase) time.Time {
-	pi, err := p.charge(ctx, pu)
-	result, reason := classify(pi, err)
+	pi, result, reason := p.c.Charge(ctx, pu)
 	what := "auto-recharge"
 	if pu.OneTime() {
 		what = "one-time purchase"
@@ -208,85 +166,11 @@ func (p *Payer) Pay(ctx context.Context, pu ledger.Purchase) time.Time {
 		} else {
 			log.Warn(what+" attempt failed; retrying", "reason", reason, "at", at)
 		}
-		p.results.WithLabelValues(result).Inc()
+		p.c.Count(result)
 		return at
 	}
-	p.results.WithLabelValues(result).Inc()
+	p.c.Count(result)
 	return time.Time{}
-}
-
-func (p *Payer) charge(ctx context.Context, pu ledger.Purchase) (*stripe.PaymentIntent, error) {
-	minor, ok := ledger.MinorUnits(pu.Amount, pu.Currency)
-	if !ok {
-		return nil, fmt.Errorf("amount %s has more precision than %s", pu.Amount, pu.Currency)
-	}
-	params := &stripe.PaymentIntentCreateParams{
-		Amount:        stripe.Int64(minor),
-		Currency:      stripe.String(strings.ToLower(pu.Currency)),
-		PaymentMethod: stripe.String(pu.PaymentMethod),
-		Confirm:       stripe.Bool(true),
-		Metadata:      map[string]string{"org": pu.Org, "purchase": pu.ID, "kind": firstOf(pu.Kind, ledger.PurchaseAutoRecharge)},
-	}
-	if pu.OneTime() {
-		// The admin asked for it just now, with a payment method of the
-		// moment that need not be saved to a customer: an on-session
-		// payment, so Stripe applies the rules of one the holder is
-		// present for.
-		params.Description = stripe.String("Communications Credits purchase")
-		if pu.Customer != "" {
-			params.Customer = stripe.String(pu.Customer)
-		}
-	} else {
-		// Nobody is there when the balance crosses the threshold: an
-		// off-session charge of the saved card, which needs its customer.
-		params.Description = stripe.String("Communications Credits auto-recharge")
-		params.Customer = stripe.String(pu.Customer)
-		params.OffSession = stripe.Bool(true)
-	}
-	params.SetIdempotencyKey(pu.ID)
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
-	defer cancel()
-	return p.sc.V1PaymentIntents.Create(ctx, params)
-}
-
-// classify turns a payment's outcome into a result and, when it is not a
-// success, the reason an operator reads in the notification.
-func classify(pi *stripe.PaymentIntent, err error) (result, reason string) {
-	var se *stripe.Error
-	switch {
-	case err == nil && pi != nil && pi.Status == stripe.PaymentIntentStatusSucceeded:
-		return ResultSucceeded, ""
-	case err == nil && pi != nil && pi.Status == stripe.PaymentIntentStatusProcessing:
-		return ResultRetry, "payment processing"
-	case err == nil && pi != nil && pi.Status == stripe.PaymentIntentStatusRequiresAction:
-		return ResultDeclined, "authentication_required: the card needs its holder to authenticate, which a payment creditgate makes on its own cannot do"
-	case err == nil && pi != nil:
-		return ResultDeclined, fmt.Sprintf("payment %s: %s", pi.ID, pi.Status)
-	case errors.As(err, &se):
-		switch {
-		case se.Type == stripe.ErrorTypeCard:
-			// The decline code says why (expired_card, insufficient_funds,
-			// generic_decline); the error code is the fallback.
-			code := firstOf(string(se.DeclineCode), firstOf(string(se.Code), "card_declined"))
-			return ResultDeclined, fmt.Sprintf("%s: %s", code, se.Msg)
-		case se.Type == stripe.ErrorTypeRateLimit || se.HTTPStatusCode == http.StatusTooManyRequests ||
-			se.HTTPStatusCode >= 500 || se.Type == stripe.ErrorTypeAPI:
-			return ResultRetry, fmt.Sprintf("%s (HTTP %d): %s", se.Type, se.HTTPStatusCode, se.Msg)
-		default:
-			// invalid_request_error and the like: settings no retry fixes
-			// (no such customer, a detached card).
-			return ResultFailed, fmt.Sprintf("%s: %s", firstOf(string(se.Code), string(se.Type)), se.Msg)
-		}
-	default:
-		return ResultRetry, err.Error() // the network, a timeout
-	}
-}
-
-func firstOf(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // later records one more failed attempt and returns when to try again, or

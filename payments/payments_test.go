@@ -96,7 +96,7 @@ func TestThresholdCrossingRechargesOnce(t *testing.T) {
 	if n, total := srv.Charges(); n != 1 || total != 10000 {
 		t.Fatalf("Stripe charged %d payments, %d cents; want one of 10000", n, total)
 	}
-	if got := testutil.ToFloat64(p.results.WithLabelValues(ResultSucceeded)); got != 1 {
+	if got := testutil.ToFloat64(p.c.results.WithLabelValues(ResultSucceeded)); got != 1 {
 		t.Fatalf("recharges_total{result=succeeded} = %v", got)
 	}
 	ns, err := l.Outbox()
@@ -141,7 +141,7 @@ func TestDeclinesStopAndSaySo(t *testing.T) {
 			if len(ns) != 1 || ns[0].Kind != ledger.NotifyRechargeFailed || ns[0].Reason != tc.reason {
 				t.Fatalf("outbox %+v", ns)
 			}
-			if got := testutil.ToFloat64(p.results.WithLabelValues(ResultDeclined)); got != 1 {
+			if got := testutil.ToFloat64(p.c.results.WithLabelValues(ResultDeclined)); got != 1 {
 				t.Fatalf("declined = %v", got)
 			}
 		})
@@ -184,7 +184,7 @@ func TestOutageRetriesWithBackoff(t *testing.T) {
 	if n, _ := srv.Charges(); n != 1 {
 		t.Fatalf("%d charges", n)
 	}
-	if got := testutil.ToFloat64(p.results.WithLabelValues(ResultRetry)); got != 3 {
+	if got := testutil.ToFloat64(p.c.results.WithLabelValues(ResultRetry)); got != 3 {
 		t.Fatalf("retry = %v, want 3", got)
 	}
 }

@@ -53,7 +53,7 @@ func TestOneTimePurchasePaidAndCreditedOnce(t *testing.T) {
 	if n, total := srv.Charges(); n != 1 || total != 7525 || srv.Requests() != 1 {
 		t.Fatalf("%d charges of %d cents in %d requests; want one of 7525", n, total, srv.Requests())
 	}
-	if got := testutil.ToFloat64(p.results.WithLabelValues(ResultSucceeded)); got != 1 {
+	if got := testutil.ToFloat64(p.c.results.WithLabelValues(ResultSucceeded)); got != 1 {
 		t.Fatalf("recharges_total{result=succeeded} = %v", got)
 	}
 	if ns, err := l.Outbox(); err != nil || len(ns) != 0 {
@@ -106,7 +106,7 @@ func TestOneTimeDeclineLeavesAutoRechargeAlone(t *testing.T) {
 	if err != nil || len(ns) != 2 || kinds[ledger.NotifyPurchaseFailed] != reason || kinds[ledger.NotifyRechargeSucceeded] != "" {
 		t.Fatalf("outbox %+v, %v: want purchase_failed and recharge_succeeded", ns, err)
 	}
-	if got := testutil.ToFloat64(p.results.WithLabelValues(ResultDeclined)); got != 1 {
+	if got := testutil.ToFloat64(p.c.results.WithLabelValues(ResultDeclined)); got != 1 {
 		t.Fatalf("declined = %v", got)
 	}
 }

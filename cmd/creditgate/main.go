@@ -135,7 +135,7 @@ func serve(configPath string, o overrides) error {
 	ctx, stopWorkers := context.WithCancel(context.Background())
 	var workers sync.WaitGroup
 	defer func() { stopWorkers(); workers.Wait() }()
-	payments, err := startWorkers(ctx, &workers, cfg, led, reg, log)
+	payments, purchases, err := startNodeWorkers(ctx, &workers, cfg, cn, led, reg, log)
 	if err != nil {
 		gw.Close()
 		return err
@@ -143,7 +143,7 @@ func serve(configPath string, o overrides) error {
 	if cn != nil {
 		workers.Go(func() { cn.follow(ctx, gw, led, log) })
 	}
-	srv, apiDone, err := startAPI(cfg, ln, led, books, gw, token, payments, reg, log)
+	srv, apiDone, err := startAPI(cfg, ln, led, books, gw, token, payments, purchases, reg, log)
 	if err != nil {
 		gw.Close()
 		return err
@@ -237,13 +237,13 @@ func startGateway(cfg configs.Config, led *ledger.Ledger, books ledger.Books, re
 // startAPI serves the admin API on ln (HTTPS when configured); apiDone
 // gets Serve's error should it ever return.
 func startAPI(cfg configs.Config, ln net.Listener, led *ledger.Ledger, books ledger.Books, gw *gateway.Gateway, token string, payments bool,
-	reg *prometheus.Registry, log *slog.Logger) (*api.Server, <-chan error, error) {
+	purchases api.Purchases, reg *prometheus.Registry, log *slog.Logger) (*api.Server, <-chan error, error) {
 	srv := api.New(books, gw, token, reg, time.Now, log)
 	// API keys and the audit trail live in the same ledger (said
 	// explicitly: New would find them there too).
 	srv.SetAccess(led)
 	srv.SetPayments(payments)
-	srv.SetPurchases(led)
+	srv.SetPurchases(purchases) // the ledger's, or etcd's in cluster mode (singletons.go)
 	if err := mountConsole(cfg, srv, reg, log); err != nil {
 		ln.Close()
 		return nil, nil, err
@@ -281,18 +281,13 @@ func waitForSignal(log *slog.Logger, gw *gateway.Gateway, sigs <-chan os.Signal,
 	}
 }
 
-// startWorkers starts the auto-recharge payer (when a payment provider is
-// configured; it says whether one is) and the notification sender.
+// startWorkers starts a single node's auto-recharge payer (when a payment
+// provider is configured; it says whether one is) and notification sender;
+// a cluster node runs the cluster's instead (singletons.go).
 func startWorkers(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config, led *ledger.Ledger, reg prometheus.Registerer, log *slog.Logger) (bool, error) {
 	key, err := cfg.StripeAPIKey()
 	if err != nil {
 		return false, err
-	}
-	if key != "" && cfg.Cluster.Enabled() {
-		// A payer per node would charge a card once per node; the
-		// cluster-wide payer (one node, elected in etcd) is not built yet.
-		log.Warn("auto-recharge off in cluster mode: purchases are paid by a single-node gateway only (README, Cluster mode)")
-		key = ""
 	}
 	if key != "" {
 		p := cfg.Payments
@@ -304,13 +299,6 @@ func startWorkers(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config, l
 		wg.Go(func() { payer.Run(ctx) })
 	} else {
 		log.Info("auto-recharge off: no payment provider key (payments.stripe_api_key or CREDITGATE_STRIPE_API_KEY)")
-	}
-	if cfg.Cluster.Enabled() {
-		// The notifier reads its node's ledger, whose balances are that
-		// node's slices, not the org's money: low-balance mail would be
-		// wrong. A cluster-wide sender (one node, elected) is not built yet.
-		log.Warn("notifications off in cluster mode: sent by a single-node gateway only (README, Cluster mode)")
-		return key != "", nil
 	}
 	pass, err := cfg.SMTPPassword()
 	if err != nil {

@@ -115,10 +115,12 @@ type Ledger struct {
 	// sliceMoves is each org's last cluster slice movement (slices.go).
 	sliceMoves map[string]*SliceMove
 	// allow is the cluster's pool allowances (poolslices.go).
-	allow   poolAllowances
-	ended   endedCalls
-	dialogs []Dialog // left by the last run, until the SIP side forgets them
-	keys    keyState // admin API keys (keys.go)
+	allow poolAllowances
+	// sliceOnly: the balances are a cluster node's slices (slicemode.go).
+	sliceOnly bool
+	ended     endedCalls
+	dialogs   []Dialog // left by the last run, until the SIP side forgets them
+	keys      keyState // admin API keys (keys.go)
 
 	purchases  map[string]*Purchase     // pending purchases, auto-recharge and one-time
 	outbox     map[string]*Notification // notifications not yet delivered

@@ -169,7 +169,7 @@ func (l *Ledger) SetAutoRecharge(org string, ar AutoRecharge) (AutoRecharge, err
 // balance, so the purchase is durable exactly when that movement is.
 func (l *Ledger) maybeRecharge(t *txn, st *orgState) {
 	ar := st.AutoRecharge
-	if !ar.Enabled || ar.Suspended != "" || st.purchase != nil || !st.Balance.LessThan(ar.Threshold) {
+	if l.sliceOnly || !ar.Enabled || ar.Suspended != "" || st.purchase != nil || !st.Balance.LessThan(ar.Threshold) {
 		return
 	}
 	if st.Region != st.BillingRegion && ar.Incident == "" {

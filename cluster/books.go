@@ -61,14 +61,14 @@ type Books struct {
 	pools  map[string]*poolSpend // guarded by mu; by org/plan/month (pools_books.go)
 	failed error                 // guarded by mu; set once fenced or the local ledger failed
 
-	ops    opCounters
-	rec    *recorder // takeover records (takeover.go)
+	ops opCounters
+	rec *recorder // takeover records (takeover.go)
 	// recLatency: record batches' write times (figures only).
 	recLatency latencies
-	reap       reapState // the reaper (reap.go)
+	reap       reapState       // the reaper (reap.go)
 	ctx        context.Context // cancelled by Close: background work stops
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the tick loop and the top-ups
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup // the tick loop and the top-ups
 }
 
 type opCounters struct{ grants, returns, reports, reads, charges atomic.Int64 }

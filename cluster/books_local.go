@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -53,7 +54,7 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 		}
 		return cdr, err
 	}
-	if err := b.sellable(); err != nil {
+	if err := b.closable(); err != nil {
 		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, err)
 	}
 	o := b.org(org)
@@ -68,6 +69,30 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, b.fail(err))
 	}
 	return cdr, nil
+}
+
+// closable says whether a call with a takeover record may be closed here:
+// not once the books failed or the node is fenced; past the local lease
+// deadline only once etcd confirms the lease still stands (a fenced
+// transaction that writes nothing): a survivor acts only after etcd
+// removed the member key, and the closed record that follows is written
+// fenced too, so the survivor finds it closed or this close fails.
+func (b *Books) closable() error {
+	if err := b.Err(); err != nil {
+		return err
+	}
+	err := b.n.Sellable()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrLeaseDeadline):
+		if _, _, err := b.n.commit(b.ctx, nil, nil); err != nil {
+			return b.fail(err)
+		}
+		return nil
+	default:
+		return b.fail(err)
+	}
 }
 
 // UpdateDialog replaces the dialog record locally, then in the call's

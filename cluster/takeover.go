@@ -464,8 +464,12 @@ func (b *Books) dropCovered(org string) {
 // in the local ledger).
 func (b *Books) dropAllRecords(ctx context.Context) error {
 	b.rec.mu.Lock()
+	had := len(b.rec.recs) > 0 || b.rec.batches > 0
 	b.rec.recs = map[string]*Record{}
 	b.rec.mu.Unlock()
+	if !had {
+		return nil // this incarnation never wrote one
+	}
 	return b.n.commitRetrying(ctx, nil, []clientv3.Op{clientv3.OpDelete(b.n.k.takeoverOf(b.n.ID(), b.n.Epoch()), clientv3.WithPrefix())})
 }
 

@@ -18,7 +18,7 @@ import (
 // a survivor can end and settle. Refused once the books failed; a record
 // that cannot land fails them (ErrUnavailable: the gateway answers 503).
 func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage) error {
-	if err := b.Err(); err != nil {
+	if err := b.writable(); err != nil {
 		return fmt.Errorf("answer call %s: %w", callID, err)
 	}
 	if err := b.local.AnswerDialog(callID, at, dialog); err != nil {
@@ -71,6 +71,18 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 	return cdr, nil
 }
 
+// writable refuses a change whose takeover record could not land: the
+// books failed, or the node knows it is fenced.
+func (b *Books) writable() error {
+	if err := b.Err(); err != nil {
+		return err
+	}
+	if err := b.n.Sellable(); errors.Is(err, ErrFenced) {
+		return b.fail(err)
+	}
+	return nil
+}
+
 // closable says whether a call with a takeover record may be closed here:
 // not once the books failed or the node is fenced; past the local lease
 // deadline only once etcd confirms the lease still stands (a fenced
@@ -98,7 +110,7 @@ func (b *Books) closable() error {
 // UpdateDialog replaces the dialog record locally, then in the call's
 // takeover record (waiting until it landed).
 func (b *Books) UpdateDialog(callID string, dialog json.RawMessage) error {
-	if err := b.Err(); err != nil {
+	if err := b.writable(); err != nil {
 		return fmt.Errorf("update dialog %s: %w", callID, err)
 	}
 	if err := b.local.UpdateDialog(callID, dialog); err != nil {

@@ -219,6 +219,14 @@ func TestReapDeadNode(t *testing.T) {
 		s.books.StartReaper()
 	}
 	cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+	// The reaper counts the reap once its last step landed: just after.
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		i1, _ := sp[1].books.Reaped()
+		i2, _ := sp[2].books.Reaped()
+		if i1+i2 > 0 {
+			break
+		}
+	}
 	var reaper *spender
 	for _, s := range sp[1:] {
 		if inc, calls := s.books.Reaped(); inc == 1 {

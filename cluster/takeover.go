@@ -276,13 +276,20 @@ func (b *Books) writeBatch(batch []*recOp) error {
 
 // commitRetrying is commit (fenced, unconditional otherwise) retried on
 // errors that are not a refusal until OpTimeout has passed since the
-// first attempt. Only for idempotent writes (puts and deletes of whole
-// values).
+// first attempt. Each attempt gets a third of OpTimeout (at least 500 ms):
+// a request sent to a member that lost its leader waits for a new one,
+// and a retry may reach the member that has it. Only for idempotent
+// writes (puts and deletes of whole values).
 func (n *Node) commitRetrying(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) error {
 	deadline := time.Now().Add(n.cfg.OpTimeout)
+	per := max(n.cfg.OpTimeout/3, 500*time.Millisecond)
 	pause := 50 * time.Millisecond
 	for {
-		actx, cancel := context.WithDeadline(ctx, deadline)
+		until := time.Now().Add(per)
+		if until.After(deadline) {
+			until = deadline
+		}
+		actx, cancel := context.WithDeadline(ctx, until)
 		ok, _, err := n.commit(actx, cmps, ops)
 		cancel()
 		switch {

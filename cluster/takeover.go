@@ -50,8 +50,11 @@ type Record struct {
 	Call        ledger.Call     `json:"call"`
 	Dialog      json.RawMessage `json:"dialog,omitempty"`
 	PaidThrough time.Time       `json:"paid_through"`
-	History     []Point         `json:"history"`
-	Closed      *ledger.CDR     `json:"closed,omitempty"`
+	// PoolMonth is the month of the pool the call last drew a minute
+	// from ("" if none): a call that spilled to credits keeps it.
+	PoolMonth string      `json:"pool_month,omitempty"`
+	History   []Point     `json:"history"`
+	Closed    *ledger.CDR `json:"closed,omitempty"`
 }
 
 // Point is a call's committed charge and pool minutes after the local
@@ -91,10 +94,10 @@ func (r *Record) final() (decimal.Decimal, int) {
 // poolID is the pool (org/plan/month) the call last drew minutes from; ""
 // if none.
 func (r *Record) poolID() string {
-	if r.Call.Plan == "" || r.Call.Hold.Month == "" {
+	if r.Call.Plan == "" || r.PoolMonth == "" {
 		return ""
 	}
-	return r.Call.Org + "/" + r.Call.Plan + "/" + r.Call.Hold.Month
+	return r.Call.Org + "/" + r.Call.Plan + "/" + r.PoolMonth
 }
 
 func paidThrough(c ledger.Call) time.Time {
@@ -390,7 +393,10 @@ func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) e
 	}
 	rec := &Record{Node: b.n.ID(), Epoch: b.n.Epoch(), Call: c, PaidThrough: paidThrough(c)}
 	if ok {
-		rec.Dialog, rec.History = old.Dialog, old.History
+		rec.Dialog, rec.History, rec.PoolMonth = old.Dialog, old.History, old.PoolMonth
+	}
+	if c.Hold.Source == ledger.SourcePool {
+		rec.PoolMonth = c.Hold.Month
 	}
 	if dialog != nil {
 		rec.Dialog = append(json.RawMessage(nil), dialog...)

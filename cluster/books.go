@@ -375,6 +375,10 @@ func (b *Books) stepRecorded(o *orgSpend, callID string, n int, at time.Time, li
 	return inc, err
 }
 
+// keep says whether the org's slice stays in etcd at zero unspent: while
+// the node has calls of the org up (a refund may follow).
+func (b *Books) keep(o *orgSpend) bool { return b.local.CallsUp(o.id) > 0 }
+
 // balanceAsOf reads the org's local balance and the ledger's sequence
 // number at one instant, with no step or close between its local change and
 // its record landing (orgSpend.gate): what a report may set the slice to.
@@ -489,7 +493,7 @@ func (b *Books) resize(ctx context.Context, o *orgSpend, have decimal.Decimal, a
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, AsOf: asOf, Min: min, Max: max, Share: maxShare})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, AsOf: asOf, Keep: b.keep(o), Min: min, Max: max, Share: maxShare})
 	if err != nil {
 		if errors.Is(err, ErrInsufficientCredit) {
 			b.observe(o, res.Account, s)
@@ -614,7 +618,7 @@ func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Dec
 	if s == nil {
 		return b.etcdErr(o, fmt.Errorf("give-back of %s pending without a slice: %w", back, ErrSliceGone))
 	}
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), AsOf: asOf, Min: back.Neg(), Max: back.Neg()})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), AsOf: asOf, Keep: b.keep(o), Min: back.Neg(), Max: back.Neg()})
 	if err != nil {
 		return b.etcdErr(o, err)
 	}

@@ -621,12 +621,13 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 		defer b.wg.Done()
 		defer b.reapDone(ck)
 		var byes sync.WaitGroup
+		sem := make(chan struct{}, maxReapByes)
 		for id, rc := range cl.Calls {
 			if r := recs[id]; rc.Live && r != nil {
 				byes.Add(1)
 				go func() {
 					defer byes.Done()
-					b.endLegs(id, r.Dialog, rc.End)
+					b.endLegs(id, r.Dialog, rc.End, sem)
 				}()
 			}
 		}
@@ -820,9 +821,14 @@ func reapCDR(r *Record, end time.Time) ledger.CDR {
 	return cdr
 }
 
+// maxReapByes bounds the calls whose legs one reap ends at once (as the
+// gateway's own restart does).
+const maxReapByes = 64
+
 // endLegs ends the call's legs at `at` (at once if it is past) through
-// the LegEnder; it returns when they were, or when the Books close.
-func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time) {
+// the LegEnder, holding a place in sem meanwhile; it returns when they
+// were, or when the Books close.
+func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem chan struct{}) {
 	b.reap.mu.Lock()
 	ender := b.reap.ender
 	b.reap.mu.Unlock()
@@ -839,6 +845,12 @@ func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time) {
 			return
 		case <-fire:
 		}
+	}
+	select {
+	case sem <- struct{}{}:
+		defer func() { <-sem }()
+	case <-b.ctx.Done():
+		return
 	}
 	if err := ender(b.ctx, callID, dialog); err != nil {
 		b.log.Warn("cluster reaper: ending a dead node's call's legs failed", "call_id", callID, "error", err)

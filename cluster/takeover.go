@@ -119,7 +119,9 @@ const maxRecordOps = 120
 // for, and the group committer that writes them.
 //
 // Invariant: recs holds every record of this incarnation that is in etcd
-// or queued for it; a record leaves recs when its delete is queued.
+// or queued for it; a record leaves recs when its delete is queued. The
+// queue is bounded by the calls up: each put has its writer waiting for
+// it, each delete is of a record in recs.
 // Lock order: after orgSpend.gate and Books.mu is never held with it.
 type recorder struct {
 	mu     sync.Mutex

@@ -365,14 +365,34 @@ func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Livene
 // under the org's gate (orgSpend.gate): the step returns once the record
 // landed. A record that cannot land fails the books closed and the step
 // with ErrUnavailable (the gateway ends the call).
+//
+// A refused step (the call must end now) does not wait: its record lands
+// behind it, the gate held until then. Should the node die first, the
+// record a survivor reads holds increment n, which the step committed:
+// the same final charge.
 func (b *Books) stepRecorded(o *orgSpend, callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
 	o.gate.RLock()
-	defer o.gate.RUnlock()
 	inc, err := b.local.StepAlive(callID, n, at, live)
-	if rerr := b.recordCall(callID, nil, false); rerr != nil {
+	rec, rerr := b.nextRecord(callID, nil, false)
+	switch {
+	case rerr != nil:
+		o.gate.RUnlock()
 		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(rerr))
+	case rec == nil:
+		o.gate.RUnlock()
+		return inc, err
+	case err != nil:
+		if werr := b.writeRecordThen(rec, o.gate.RUnlock); werr != nil {
+			return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(werr))
+		}
+		return inc, err
 	}
-	return inc, err
+	werr := b.writeRecord(rec)
+	o.gate.RUnlock()
+	if werr != nil {
+		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(werr))
+	}
+	return inc, nil
 }
 
 // keep says whether the org's slice stays in etcd at zero unspent: while

@@ -378,20 +378,63 @@ func (b *Books) coveredAsOf(org, pool string) uint64 {
 	return asOf
 }
 
+// writeRecordThen queues the record and returns at once; release runs
+// once it landed or failed (a failure fails the books closed). For a
+// change whose caller need not wait: a refused step or a close, whose call
+// ends anyway; release keeps the org's gate held until then.
+func (b *Books) writeRecordThen(rec *Record, release func()) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		release()
+		return fmt.Errorf("takeover record of %s: %w", rec.Call.ID, err)
+	}
+	b.mu.Lock()
+	if b.ctx.Err() != nil { // cancelled under mu: no Add after Close's Wait
+		b.mu.Unlock()
+		release()
+		return fmt.Errorf("takeover record of %s: %w: the node is closing", rec.Call.ID, ledger.ErrUnavailable)
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	done := make(chan error, 1)
+	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), val: string(v), done: done}); err != nil {
+		b.wg.Done()
+		release()
+		return err
+	}
+	go func() {
+		defer b.wg.Done()
+		defer release()
+		<-done
+	}()
+	return nil
+}
+
 // recordCall brings the call's record up to date with the local ledger
 // after a change (answer, step, dialog update) and waits until it landed.
 // Under the org's gate (shared) when the charge may have changed. A call
 // not up, free or without a record (not answered) has nothing to write.
 func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) error {
+	rec, err := b.nextRecord(callID, dialog, answer)
+	if rec == nil || err != nil {
+		return err
+	}
+	return b.writeRecord(rec)
+}
+
+// nextRecord is the call's record brought up to date with the local
+// ledger, kept as this node's (nil: nothing to write), for the caller to
+// write.
+func (b *Books) nextRecord(callID string, dialog json.RawMessage, answer bool) (*Record, error) {
 	c, seq, up := b.local.CallAsOf(callID)
 	if !up || c.Free || !c.Answered() {
-		return nil
+		return nil, nil
 	}
 	b.rec.mu.Lock()
 	old, ok := b.rec.recs[callID]
 	if !ok && !answer {
 		b.rec.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	rec := &Record{Node: b.n.ID(), Epoch: b.n.Epoch(), Call: c, PaidThrough: paidThrough(c)}
 	if ok {
@@ -414,30 +457,35 @@ func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) e
 		// (the gateway serializes a call's operations, so this is a
 		// retry racing itself): the later one stands.
 		b.rec.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	b.rec.recs[callID] = rec
 	b.rec.mu.Unlock()
-	return b.writeRecord(rec)
+	return rec, nil
 }
 
-// recordClose rewrites the record of a call that ended as closed, with its
-// CDR, and waits until it landed. Under the org's gate (shared).
-func (b *Books) recordClose(cdr ledger.CDR) error {
+// closedRecord is the record of a call that ended, rewritten as closed with
+// its CDR and kept as this node's (nil: the call has none), for the caller
+// to write. Under the org's gate (shared), after the local close.
+func (b *Books) closedRecord(cdr ledger.CDR) *Record {
+	seq := b.local.Seq()
 	b.rec.mu.Lock()
 	old, ok := b.rec.recs[cdr.CallID]
+	b.rec.mu.Unlock()
 	if !ok || old.Closed != nil {
-		b.rec.mu.Unlock()
 		return nil
 	}
-	seq := b.local.Seq()
+	covered := b.coveredAsOf(cdr.Org, old.poolID())
 	rec := *old
 	rec.Closed = &cdr
-	rec.History = append(append([]Point(nil), old.History...), Point{Seq: seq, Charge: cdr.Charge, Minutes: cdr.PoolMinutes})
+	rec.History = trimHistory(append(append([]Point(nil), old.History...), Point{Seq: seq, Charge: cdr.Charge, Minutes: cdr.PoolMinutes}), covered)
+	b.rec.mu.Lock()
+	defer b.rec.mu.Unlock()
+	if cur := b.rec.recs[cdr.CallID]; cur != old {
+		return nil // a retried close racing itself: the other one writes
+	}
 	b.rec.recs[cdr.CallID] = &rec
-	b.rec.mu.Unlock()
-	rec.History = trimHistory(rec.History, b.coveredAsOf(cdr.Org, rec.poolID()))
-	return b.writeRecord(&rec)
+	return &rec
 }
 
 // dropCovered queues the deletion of the org's closed records that landed

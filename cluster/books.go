@@ -68,7 +68,10 @@ type Books struct {
 	reap       reapState       // the reaper (reap.go)
 	ctx        context.Context // cancelled by Close: background work stops
 	cancel     context.CancelFunc
-	wg         sync.WaitGroup // the tick loop and the top-ups
+	// wg: the tick loop, the top-ups, the record committer, the records
+	// landing behind a refused step or a close, the reaper's loops and
+	// its reaps' last steps.
+	wg sync.WaitGroup
 }
 
 type opCounters struct{ grants, returns, reports, reads, charges atomic.Int64 }

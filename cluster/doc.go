@@ -179,8 +179,10 @@
 //     and settle it: the call (CDR fields, committed charge and minutes,
 //     the increment it holds), the gateway's dialog record, the end of
 //     what it paid, and its committed (charge, minutes) history by local
-//     ledger sequence number. AnswerDialog, Step, UpdateDialog and
-//     CloseCall (closed: with the CDR) return only once it landed; one
+//     ledger sequence number. AnswerDialog, Step and UpdateDialog return
+//     only once it landed; a refused Step and CloseCall (the record
+//     rewritten closed, with the CDR) let it land behind them, the org's
+//     gate held until then, so the legs' BYEs wait for no etcd trip; one
 //     committer per node writes the queued records in fenced transactions
 //     of up to 120 keys, a batch as soon as the previous one returned (no
 //     timer), retried through an etcd leader election within OpTimeout;

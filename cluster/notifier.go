@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shopspring/decimal"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/creditgate/creditgate/internal/backoff"
@@ -288,19 +289,22 @@ func (nt *Notifier) balances(ctx context.Context) (map[string]Account, map[strin
 	n := nt.box.n
 	accts := map[string]Account{}
 	prefix := n.k.accounts()
-	if err := n.eachKV(ctx, prefix, func(key string, v []byte) error {
+	if err := n.eachKV(ctx, prefix, false, func(kv *mvccpb.KeyValue) error {
 		var a Account
-		if err := json.Unmarshal(v, &a); err != nil {
-			return fmt.Errorf("account %s: %w", key, err)
+		if err := json.Unmarshal(kv.Value, &a); err != nil {
+			return fmt.Errorf("account %s: %w", kv.Key, err)
 		}
-		accts[key[len(prefix):]] = a
+		accts[string(kv.Key[len(prefix):])] = a
 		return nil
 	}); err != nil {
 		return nil, nil, err
 	}
 	zeroed := map[string]int64{}
 	prefix = n.k.prefix + "zeroed/"
-	err := n.eachKVRev(ctx, prefix, func(key string, mod int64) { zeroed[key[len(prefix):]] = mod })
+	err := n.eachKV(ctx, prefix, true, func(kv *mvccpb.KeyValue) error {
+		zeroed[string(kv.Key[len(prefix):])] = kv.ModRevision
+		return nil
+	})
 	return accts, zeroed, err
 }
 
@@ -424,43 +428,6 @@ func (nt *Notifier) warnLow(ctx context.Context, o ledger.Org, bal decimal.Decim
 		nt.box.signal()
 	}
 	return ok, err
-}
-
-// eachKV calls fn for every key under prefix, paged.
-func (n *Node) eachKV(ctx context.Context, prefix string, fn func(key string, v []byte) error) error {
-	end := clientv3.GetPrefixRangeEnd(prefix)
-	from := prefix
-	for {
-		rctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-		resp, err := n.cli.Get(rctx, from, clientv3.WithRange(end), clientv3.WithLimit(1000))
-		cancel()
-		if err != nil {
-			return err
-		}
-		for _, kv := range resp.Kvs {
-			if err := fn(string(kv.Key), kv.Value); err != nil {
-				return err
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			return nil
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-	}
-}
-
-// eachKVRev calls fn with the mod revision of every key under prefix.
-func (n *Node) eachKVRev(ctx context.Context, prefix string, fn func(key string, mod int64)) error {
-	rctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
-	defer cancel()
-	resp, err := n.cli.Get(rctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
-	if err != nil {
-		return err
-	}
-	for _, kv := range resp.Kvs {
-		fn(string(kv.Key), kv.ModRevision)
-	}
-	return nil
 }
 
 // sleepCtx waits d on clk, or until ctx ends.

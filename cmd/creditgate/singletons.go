@@ -58,6 +58,7 @@ func startSingletons(ctx context.Context, wg *sync.WaitGroup, cfg configs.Config
 	}
 	n := cn.node
 	purchases := cluster.NewPurchases(n, led, clock.Real{}, log.With("component", "purchases"))
+	cn.books.UsePurchases(purchases)
 	box := cluster.NewOutbox(n, led)
 	var singletons []*cluster.Singleton
 

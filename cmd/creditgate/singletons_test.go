@@ -41,12 +41,19 @@ func TestClusterWorkersWiring(t *testing.T) {
 		cfg := configs.Default()
 		cfg.Cluster.Etcd, cfg.Cluster.NodeID = ec.Endpoints(), id
 		cfg.Payments.StripeAPIKey, cfg.Payments.StripeBaseURL = "sk_test_creditgate", srv.URL
-		led, err := ledger.Open(filepath.Join(t.TempDir(), "ledger"), ledger.Options{MinFunding: cfg.MinFunding(), Logger: log})
+		cfg.DataDir = t.TempDir()
+		// As serve does: join (and claim earlier incarnations) before the
+		// ledger opens, then start the replica and Books on it.
+		cn, err := joinCluster(context.Background(), cfg, log)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cn, err := joinCluster(context.Background(), cfg, led, log)
+		led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{MinFunding: cfg.MinFunding(), Logger: log,
+			SettledElsewhere: cn.rejoin.SettledElsewhere})
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cn.start(context.Background(), cfg, led, log); err != nil {
 			t.Fatal(err)
 		}
 		n := &node{cn: cn, led: led, reg: prometheus.NewRegistry(), wg: &sync.WaitGroup{}}

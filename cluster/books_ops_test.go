@@ -89,12 +89,14 @@ func opsPerCall(t *testing.T, orgs int) {
 	active := make([][]*up, orgs)
 	started := make([]int, orgs)
 	var before [3]OpCounts
+	var recBefore [3]RecordStats
 	callsBefore := 0
 	wall := time.Now()
 	for sec := 0; sec < warmup+measured; sec++ {
 		if sec == warmup {
 			for i, s := range sp {
 				before[i] = s.books.Ops()
+				recBefore[i] = s.books.RecordStats()
 			}
 			for _, n := range started {
 				callsBefore += n
@@ -168,9 +170,22 @@ func opsPerCall(t *testing.T, orgs int) {
 		d.Charges += o.Charges - before[i].Charges
 	}
 	writes := d.Grants + d.Returns + d.Reports + d.Charges
+	// The takeover records (issue 17): one put per answer, step and close
+	// of each call, group-committed into transactions.
+	var recTxns, recPuts int64
+	for i, s := range sp {
+		r := s.books.RecordStats()
+		recTxns += r.Batches - recBefore[i].Batches
+		recPuts += r.Ops - recBefore[i].Ops
+	}
+	if recPuts == 0 {
+		t.Fatal("no takeover record was written for answered calls")
+	}
 	per := func(n int64) string { return fmt.Sprintf("%.4f", float64(n)/float64(calls)) }
 	t.Logf("%d orgs, 3 nodes, %d calls (%.1f calls/s) over %d simulated s (%s wall): per call grants %s, returns %s, report txns %s, reads %s, charges %s; etcd writes per call %s, per simulated second %.1f",
 		orgs, calls, float64(calls)/measured, measured, time.Since(wall).Round(time.Millisecond),
 		per(d.Grants), per(d.Returns), per(d.Reports), per(d.Reads), per(d.Charges), per(writes), float64(writes)/measured)
+	t.Logf("%d orgs: takeover records per call: %s transactions, %s keys written (each call: answer, %d steps, close); per simulated second %.1f transactions, %.1f keys",
+		orgs, per(recTxns), per(recPuts), incs-1, float64(recTxns)/measured, float64(recPuts)/measured)
 	mustCheck(t, sp[0].node)
 }

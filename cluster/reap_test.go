@@ -60,7 +60,7 @@ func (s *spender) rejoin(t testing.TB, shared *testShared, p SlicePolicy, clk cl
 		t.Fatalf("claim own %s: %v", s.id, err)
 	}
 	s.local, err = ledger.Open(s.dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), Plans: poolPlans(),
-		SettledElsewhere: rj.SettledElsewhere})
+		SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,6 +202,20 @@ func TestReapDeadNode(t *testing.T) {
 	}
 	running := open(testCall("acme"), time.Now()) // paid until 6 s from now
 	paidUntil := time.Now().Add(6 * time.Second)
+	// Answered in the local ledger, its record still in flight when the
+	// node died (AnswerDialog commits locally first): no record, so the
+	// reaper returns its held increment as unspent; the restart must not
+	// charge it (credits), nor count its pool minute (pools).
+	var unrecorded []ledger.Call
+	for _, c := range []ledger.Call{testCall("acme"), poolCall("acme", "u2", true)} {
+		if _, err := a.OpenCall(c, past); err != nil {
+			t.Fatal(err)
+		}
+		if err := sp[0].local.AnswerDialog(c.ID, past, nil); err != nil {
+			t.Fatal(err)
+		}
+		unrecorded = append(unrecorded, c)
+	}
 
 	deadCDRs := cdrsOf(t, sp[0].local, "acme")
 	deadEpoch := sp[0].node.Epoch()
@@ -315,9 +329,14 @@ func TestReapDeadNode(t *testing.T) {
 		t.Fatalf("closing a reaped call after the restart: %v", err)
 	}
 	back := cdrsOf(t, sp[0].local, "acme")
-	for _, id := range []string{upLate.ID, onPool.ID, running.ID} {
+	for _, id := range []string{upLate.ID, onPool.ID, running.ID, unrecorded[0].ID, unrecorded[1].ID} {
 		if c, ok := back[id]; ok {
 			t.Errorf("the restarted node wrote a CDR for reaped call %s: %+v", id, c)
+		}
+	}
+	for _, c := range unrecorded {
+		if _, err := sp[0].books.CloseCall(c.ID, ledger.CallEnd{At: time.Now(), Reason: ledger.ReasonCallerHangup}); !errors.Is(err, ledger.ErrCallEnded) {
+			t.Fatalf("closing an unrecorded call after the restart: %v", err)
 		}
 	}
 	if c, ok := back[unanswered.ID]; !ok || !c.Charge.IsZero() {

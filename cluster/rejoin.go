@@ -35,7 +35,9 @@ type Rejoin struct {
 	// LastReaped: the latest earlier incarnation found was reaped by a
 	// survivor, who settled its money exactly in etcd: the restart
 	// settlement charges nothing for it, and the ledger's leftover goes
-	// back locally only.
+	// back locally only. It goes to ledger.Options.LastReaped: an
+	// answered call whose record never landed is released there, not
+	// charged (the survivor returned its hold as unspent).
 	LastReaped bool
 }
 

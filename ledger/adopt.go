@@ -21,6 +21,8 @@ import (
 //     released to match), without a CDR; a marker (h/{call}) takes the
 //     CDR's place, so the call id stays ended (CloseCall answers
 //     ErrCallEnded) and CheckHistory matches the call's debits against it.
+//     With Options.LastReaped, an answered call it does not name (its
+//     record never landed) is ended the same way at its committed charge.
 //   - Reports to etcd carry the ledger's operation sequence number at which
 //     the balance they report was read (OrgAsOf), and each takeover record
 //     the sequence number of the call's charge (CallAsOf), so a survivor

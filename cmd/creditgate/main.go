@@ -103,7 +103,7 @@ func serve(configPath string, o overrides) error {
 		if cn, err = joinCluster(context.Background(), cfg, log); err != nil {
 			return err
 		}
-		opts.SettledElsewhere = cn.rejoin.SettledElsewhere
+		opts.SettledElsewhere, opts.LastReaped = cn.rejoin.SettledElsewhere, cn.rejoin.LastReaped
 	}
 	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), opts)
 	if err != nil {

@@ -181,23 +181,23 @@ func (r *recorder) enqueue(ops ...*recOp) error {
 // commitLoop is the group committer: whatever is queued when the previous
 // batch returns goes in the next (up to maxRecordOps distinct keys per
 // transaction, the last write of a key winning), so batches grow with the
-// load and no timer delays a lone write. Runs until Close.
+// load and no timer delays a lone write. Runs until Close, and on Close
+// finishes what is queued or in flight first (the queue closed to new
+// writes): a call's closed record queued just before a graceful stop
+// must land, or a survivor reading the call as up would settle it again
+// should the stop's give-back fail. Each batch is bounded by
+// commitRetrying's deadline, not by b.ctx.
 func (b *Books) commitLoop() {
 	defer b.wg.Done()
 	r := b.rec
 	for {
+		stopping := false
 		select {
 		case <-b.ctx.Done():
 			r.mu.Lock()
-			q := r.queue
-			r.queue, r.closed = nil, true
+			r.closed = true
 			r.mu.Unlock()
-			for _, op := range q {
-				if op.done != nil {
-					op.done <- fmt.Errorf("%w: the node is closing", ledger.ErrUnavailable)
-				}
-			}
-			return
+			stopping = true
 		case <-r.wake:
 		}
 		for {
@@ -211,6 +211,9 @@ func (b *Books) commitLoop() {
 					op.done <- err
 				}
 			}
+		}
+		if stopping {
+			return
 		}
 	}
 }
@@ -264,7 +267,10 @@ func (b *Books) writeBatch(batch []*recOp) error {
 		}
 	}
 	start := time.Now()
-	err := b.n.commitRetrying(b.ctx, nil, ops)
+	// Not b.ctx: Close cancels it and then waits for the queue to drain
+	// (commitLoop); commitRetrying bounds the attempt by OpTimeout or the
+	// lease deadline. A cancelled write is no reason to fail closed.
+	err := b.n.commitRetrying(context.WithoutCancel(b.ctx), nil, ops)
 	b.rec.mu.Lock()
 	b.rec.batches++
 	b.rec.ops += int64(len(ops))

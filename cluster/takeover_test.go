@@ -252,3 +252,61 @@ func BenchmarkStepRecorded(b *testing.B) {
 		})
 	}
 }
+
+// TestCloseFinishesRecords: a graceful stop right after calls closed (their
+// closed records queued, the batch perhaps in flight) finishes those writes
+// before it gives the slices back: it never fails the books closed because
+// its own context was cancelled, every slice goes back, the records are
+// deleted, and etcd's spent is what the ledger debited. Ten rounds, each
+// closing five calls and stopping at once.
+func TestCloseFinishesRecords(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour // reports only at the stop
+	sp, shared := startSpenders(t, ec.Client, 1, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	funded := dec("50.00")
+	if _, err := sp[0].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	s := sp[0]
+	for round := 0; round < 10; round++ {
+		now := time.Now()
+		var ids []string
+		for k := 0; k < 5; k++ {
+			c := testCall("acme")
+			if _, err := s.books.OpenCall(c, now); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.books.AnswerDialog(c.ID, now, nil); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, c.ID)
+		}
+		for _, id := range ids {
+			if _, err := s.books.CloseCall(id, ledger.CallEnd{At: now.Add(6 * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := s.books
+		if err := b.Close(context.Background()); err != nil {
+			t.Fatalf("round %d: close: %v", round, err)
+		}
+		if err := b.Err(); err != nil {
+			t.Fatalf("round %d: a graceful stop failed the books: %v", round, err)
+		}
+		s.books = nil
+		a := mustCheck(t, s.node).Orgs["acme"]
+		if d := debited(t, sp, "acme"); a.Slices != 0 || !a.Spent.Equal(d) {
+			t.Fatalf("round %d: after the stop etcd has %+v, the ledger debited %s", round, a, d)
+		}
+		if n := countKeys(t, admin, testPrefix+"takeover/"); n != 0 {
+			t.Fatalf("round %d: %d takeover records left after a graceful stop", round, n)
+		}
+		s.node.Close(context.Background())
+		s.node = nil
+		s.start(t, shared, p, clock.Real{})
+	}
+}

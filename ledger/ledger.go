@@ -277,11 +277,11 @@ func (l *Ledger) settleOpenCalls() error {
 		for _, id := range ids {
 			c := l.calls[id]
 			if s, ok := l.opts.SettledElsewhere[id]; ok {
-				l.settleElsewhere(t, l.orgs[c.Org], c, s)
+				l.settleElsewhere(t, l.orgs[c.Org], c, s, true)
 				continue
 			}
 			if l.opts.LastReaped && c.Answered() && !c.Free {
-				l.settleElsewhere(t, l.orgs[c.Org], c, Settled{Charge: c.Charge, PoolMinutes: c.PoolMinutes})
+				l.settleElsewhere(t, l.orgs[c.Org], c, Settled{Charge: c.Charge, PoolMinutes: c.PoolMinutes}, false)
 				unrecorded = append(unrecorded, c.ID)
 				continue
 			}

@@ -598,19 +598,27 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 		defer b.wg.Done()
 		defer b.reapDone(ck)
 		var byes sync.WaitGroup
+		var unsent atomic.Int64
 		sem := make(chan struct{}, maxReapByes)
 		for id, rc := range cl.Calls {
 			if r := recs[id]; rc.Live && r != nil {
 				byes.Add(1)
 				go func() {
 					defer byes.Done()
-					b.endLegs(id, r.Dialog, rc.End, sem)
+					if !b.endLegs(id, r.Dialog, rc.End, sem) {
+						unsent.Add(1)
+					}
 				}()
 			}
 		}
 		byes.Wait()
-		if b.ctx.Err() != nil {
-			return // closing: a survivor takes the claim over and sends them again
+		if b.ctx.Err() != nil || unsent.Load() > 0 {
+			// Closing (the Books, or the gateway whose BYEs could not
+			// leave): the claim stays undone, and a survivor takes it
+			// over once this node's member key is gone and sends them
+			// again.
+			b.log.Warn("cluster reaper: a reap's BYEs did not all leave; leaving it to be taken over", "node", c.node, "epoch", c.epoch, "unsent", unsent.Load())
+			return
 		}
 		cl.Done = true
 		if err := step(nil, []clientv3.Op{clientv3.OpDelete(b.n.k.takeoverOf(c.node, c.epoch), clientv3.WithPrefix())}); err != nil {
@@ -804,14 +812,15 @@ const maxReapByes = 64
 
 // endLegs ends the call's legs at `at` (at once if it is past) through
 // the LegEnder, holding a place in sem meanwhile; it returns when they
-// were, or when the Books close.
-func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem chan struct{}) {
+// were (true), or when the Books close or the LegEnder failed (false: the
+// reap is not done).
+func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem chan struct{}) bool {
 	b.reap.mu.Lock()
 	ender := b.reap.ender
 	b.reap.mu.Unlock()
 	if ender == nil {
 		b.log.Error("cluster reaper: no leg ender; a dead node's call's legs are not ended", "call_id", callID)
-		return
+		return true // nobody could ever end them here
 	}
 	if d := at.Sub(b.clk.Now()); d > 0 {
 		fire := make(chan struct{})
@@ -819,7 +828,7 @@ func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem
 		select {
 		case <-b.ctx.Done():
 			t.Stop()
-			return
+			return false
 		case <-fire:
 		}
 	}
@@ -827,9 +836,14 @@ func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem
 	case sem <- struct{}{}:
 		defer func() { <-sem }()
 	case <-b.ctx.Done():
-		return
+		return false
 	}
 	if err := ender(b.ctx, callID, dialog); err != nil {
 		b.log.Warn("cluster reaper: ending a dead node's call's legs failed", "call_id", callID, "error", err)
+		// Cancelled: the gateway is closing and the BYEs may not have
+		// left; another survivor sends them. Any other failure (a
+		// record that does not parse) a retry would not mend.
+		return !errors.Is(err, context.Canceled)
 	}
+	return true
 }

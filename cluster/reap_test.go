@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -535,4 +536,72 @@ func TestReapClaimTakenOver(t *testing.T) {
 		t.Fatalf("%d records of n0 left", n)
 	}
 	t.Logf("n0's call: settled by n1 (%+v), legs ended by n2", settled)
+}
+
+// TestReapByesNotSent: a reaper whose LegEnder could not send the BYEs
+// (its gateway closing: context.Canceled) leaves the claim undone and the
+// records in place, so the survivor that takes it over sends them; it
+// does not mark the reap done with the legs still up.
+func TestReapByesNotSent(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared := startSpenders(t, ec.Client, 3, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	if _, err := sp[0].books.FundAcrossRegions("acme", dec("20.00"), "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	c := testCall("acme")
+	past := time.Now().Add(-time.Minute) // its BYEs are due at once
+	if _, err := sp[0].books.OpenCall(c, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp[0].books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+
+	var tried sync.WaitGroup
+	tried.Add(1)
+	var once sync.Once
+	sp[1].books.SetLegEnder(func(context.Context, string, json.RawMessage) error {
+		defer once.Do(tried.Done)
+		return fmt.Errorf("the gateway is closing: %w", context.Canceled)
+	})
+	if err := sp[1].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tried.Wait()
+	ck := sp[1].node.k.reap("n0", deadEpoch)
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		sp[1].books.reap.mu.Lock()
+		_, busy := sp[1].books.reap.active[ck]
+		sp[1].books.reap.mu.Unlock()
+		if !busy {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the reap's last step never finished")
+		}
+	}
+	cl, _, err := sp[1].node.readClaim(context.Background(), ck)
+	if err != nil || cl == nil || !cl.Settled || cl.Done {
+		t.Fatalf("claim after BYEs that could not leave: %+v %v (want settled, not done)", cl, err)
+	}
+	if n := countKeys(t, admin, testPrefix+"takeover/n0/"); n == 0 {
+		t.Fatal("the records went with the BYEs unsent")
+	}
+	sp[1].crash(t)
+	var legs legLog
+	sp[2].books.SetLegEnder(legs.ender("n2"))
+	if err := sp[2].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitClaimDone(t, sp[2].node, "n0", deadEpoch, 20*time.Second)
+	if got := legs.snapshot(); len(got) != 1 || got[0].id != c.ID {
+		t.Fatalf("legs ended after the take-over: %+v", got)
+	}
 }

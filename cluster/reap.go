@@ -75,6 +75,25 @@ type reapState struct {
 
 	reaps, calls atomic.Int64
 	kick         chan struct{}
+
+	// ctx is the reaper's: a child of the Books' context, cancelled by
+	// StopReaper (or Close). Its goroutines are in wg as well as in
+	// Books.wg, added under Books.mu while ctx stands and cancelled
+	// under Books.mu, so StopReaper's Wait never races an Add.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// StopReaper stops the reaper and waits for its goroutines: a reap under
+// way stops before its next step, its claim left for a survivor to take
+// over (its BYEs, if due, sent by that survivor). The binary calls it
+// before closing the gateway, whose closing would make the BYEs fail.
+func (b *Books) StopReaper() {
+	b.mu.Lock()
+	b.reap.cancel()
+	b.mu.Unlock()
+	b.reap.wg.Wait()
 }
 
 // SetLegEnder gives the reaper the function that ends a dead node's call's
@@ -102,12 +121,13 @@ func (b *Books) StartReaper() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.ctx.Err() != nil {
+	if b.reap.ctx.Err() != nil {
 		return
 	}
 	b.reap.started = true
 	b.reap.kick = make(chan struct{}, 1)
 	b.wg.Add(2)
+	b.reap.wg.Add(2)
 	go b.watchMembers()
 	go b.reapLoop()
 }
@@ -123,8 +143,9 @@ func (b *Books) kickReaper() {
 // that ends (compaction, lost connection) is started again after a pause.
 func (b *Books) watchMembers() {
 	defer b.wg.Done()
-	for b.ctx.Err() == nil {
-		wch := b.n.cli.Watch(clientv3.WithRequireLeader(b.ctx), b.n.k.members(), clientv3.WithPrefix(),
+	defer b.reap.wg.Done()
+	for b.reap.ctx.Err() == nil {
+		wch := b.n.cli.Watch(clientv3.WithRequireLeader(b.reap.ctx), b.n.k.members(), clientv3.WithPrefix(),
 			clientv3.WithFilterPut())
 		for resp := range wch {
 			if resp.Err() != nil {
@@ -135,7 +156,7 @@ func (b *Books) watchMembers() {
 			}
 		}
 		select {
-		case <-b.ctx.Done():
+		case <-b.reap.ctx.Done():
 			return
 		case <-time.After(time.Second):
 			b.kickReaper() // a deletion may have come while no watch was up
@@ -148,6 +169,7 @@ func (b *Books) watchMembers() {
 // reach, an election) is tried again after a second.
 func (b *Books) reapLoop() {
 	defer b.wg.Done()
+	defer b.reap.wg.Done()
 	wake := make(chan struct{}, 1)
 	b.kickReaper()
 	next := 5 * b.n.cfg.LeaseTTL
@@ -159,7 +181,7 @@ func (b *Books) reapLoop() {
 			}
 		})
 		select {
-		case <-b.ctx.Done():
+		case <-b.reap.ctx.Done():
 			t.Stop()
 			return
 		case <-wake:
@@ -170,7 +192,7 @@ func (b *Books) reapLoop() {
 		if b.Err() != nil {
 			continue
 		}
-		if err := b.ReapDead(b.ctx); err != nil && b.ctx.Err() == nil {
+		if err := b.ReapDead(b.reap.ctx); err != nil && b.reap.ctx.Err() == nil {
 			b.log.Warn("cluster reaper: scan failed; trying again in a second", "error", err)
 			next = time.Second
 		}
@@ -588,14 +610,16 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 		"calls_up", live, "records", len(recs), "slices", len(slices), "money_returned", cl.Returned.String())
 	// 4. The BYEs, then done.
 	b.mu.Lock()
-	if b.ctx.Err() != nil {
+	if b.reap.ctx.Err() != nil {
 		b.mu.Unlock()
-		return false, b.ctx.Err()
+		return false, b.reap.ctx.Err()
 	}
 	b.wg.Add(1)
+	b.reap.wg.Add(1)
 	b.mu.Unlock()
 	go func() {
 		defer b.wg.Done()
+		defer b.reap.wg.Done()
 		defer b.reapDone(ck)
 		var byes sync.WaitGroup
 		var unsent atomic.Int64
@@ -612,7 +636,7 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 			}
 		}
 		byes.Wait()
-		if b.ctx.Err() != nil || unsent.Load() > 0 {
+		if b.reap.ctx.Err() != nil || unsent.Load() > 0 {
 			// Closing (the Books, or the gateway whose BYEs could not
 			// leave): the claim stays undone, and a survivor takes it
 			// over once this node's member key is gone and sends them
@@ -826,7 +850,7 @@ func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem
 		fire := make(chan struct{})
 		t := b.clk.AfterFunc(d, func() { close(fire) })
 		select {
-		case <-b.ctx.Done():
+		case <-b.reap.ctx.Done():
 			t.Stop()
 			return false
 		case <-fire:
@@ -835,10 +859,10 @@ func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem
 	select {
 	case sem <- struct{}{}:
 		defer func() { <-sem }()
-	case <-b.ctx.Done():
+	case <-b.reap.ctx.Done():
 		return false
 	}
-	if err := ender(b.ctx, callID, dialog); err != nil {
+	if err := ender(b.reap.ctx, callID, dialog); err != nil {
 		b.log.Warn("cluster reaper: ending a dead node's call's legs failed", "call_id", callID, "error", err)
 		// Cancelled: the gateway is closing and the BYEs may not have
 		// left; another survivor sends them. Any other failure (a

@@ -356,8 +356,15 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 		if !self {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(c.epoch)), "=", 0))
 		}
+		// A rejoining node may take over a survivor's claim whose claimer
+		// died before it adopted a CDR (so before any money moved): in a
+		// two-node cluster nobody else would, and ClaimOwn would wait out
+		// its limit on every restart. It starts afresh, settling from its
+		// own disk. A claim that adopted CDRs is left to survivors (doc.go,
+		// edges).
+		selfOverDead := self && cur != nil && !cur.Self && !cur.Adopted
 		if cur != nil {
-			if cur.Done || cur.Self != self || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
+			if cur.Done || (cur.Self != self && !selfOverDead) || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
 				if cur.By == n.ID() && cur.ByEpoch == n.Epoch() && !cur.Done {
 					return cur, rev, nil, nil // ours already (a retried reap)
 				}
@@ -370,9 +377,13 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 			if alive {
 				return nil, 0, cur, nil
 			}
-			// The claimer died mid-way: take over its progress.
-			next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
-				cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+			// The claimer died mid-way: take over its progress (a
+			// survivor's unadopted plan, taken over by the node itself,
+			// has none worth keeping).
+			if !selfOverDead {
+				next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
+					cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(cur.ByEpoch)), "=", 0))
 		}
 		ok, nrev, err := n.commit(ctx, cmps, []clientv3.Op{clientv3.OpPut(ck, encode(next))})

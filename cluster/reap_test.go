@@ -605,3 +605,57 @@ func TestReapByesNotSent(t *testing.T) {
 		t.Fatalf("legs ended after the take-over: %+v", got)
 	}
 }
+
+// TestRejoinOverDeadReaper: in a two-node cluster n0 dies, n1 claims its
+// incarnation and dies itself before adopting anything; n0 restarts with
+// no survivor to take the claim over: it takes it over itself (the claimer's
+// member key gone), settles from its own disk, and the money adds up.
+func TestRejoinOverDeadReaper(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared := startSpenders(t, ec.Client, 2, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	funded := dec("20.00")
+	if _, err := sp[1].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	c := testCall("acme")
+	past := time.Now().Add(-time.Minute)
+	if _, err := sp[0].books.OpenCall(c, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp[0].books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+	// n1 claims it (the reaper's first step) and dies before planning on.
+	cl, _, other, err := sp[1].node.takeClaim(context.Background(), incarnation{node: "n0", epoch: deadEpoch}, false)
+	if err != nil || cl == nil || other != nil {
+		t.Fatalf("n1's claim: %+v %+v %v", cl, other, err)
+	}
+	sp[1].crash(t)
+	start := time.Now()
+	rj := sp[0].rejoin(t, shared, p, clock.Real{})
+	t.Logf("rejoined in %s: %+v", time.Since(start), rj)
+	if len(rj.Claimed) != 1 || rj.Claimed[0] != deadEpoch || rj.LastReaped {
+		t.Fatalf("rejoin: %+v (dead epoch %d)", rj, deadEpoch)
+	}
+	if n := countKeys(t, admin, testPrefix+"takeover/n0/"); n != 0 {
+		t.Errorf("%d takeover records of n0 left", n)
+	}
+	if cdr, ok := cdrsOf(t, sp[0].local, "acme")[c.ID]; !ok || cdr.DisconnectReason != ledger.ReasonRestart {
+		t.Fatalf("the call after the restart: %+v", cdr)
+	}
+	sp[1].start(t, shared, p, clock.Real{})
+	for _, s := range sp {
+		s.books.Tick()
+	}
+	acct := conserved(t, sp, "acme", funded)
+	if d := debited(t, sp, "acme"); !acct.Spent.Equal(d) {
+		t.Fatalf("etcd spent %s, the ledgers debited %s", acct.Spent, d)
+	}
+}

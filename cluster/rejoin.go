@@ -47,7 +47,9 @@ type Rejoin struct {
 // caller holds the data directory's lock, so the old process is gone. An
 // earlier incarnation a survivor is reaping is waited for until its money
 // is settled (up to 3 lease TTLs + OpTimeout; the survivor's BYEs may
-// still be due). Call it after Join and before opening the ledger; the
+// still be due) — unless its claimer died before adopting a CDR: then it
+// is taken over here and settled from disk (a two-node cluster has nobody
+// else to take it over). Call it after Join and before opening the ledger; the
 // result goes to ledger.Options.SettledElsewhere, and NewBooks reads it
 // from the node.
 func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {

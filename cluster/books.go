@@ -158,6 +158,7 @@ func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy,
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, pools: map[string]*poolSpend{}, ctx: ctx, cancel: cancel,
 		rec: newRecorder()}
+	b.reap.ctx, b.reap.cancel = context.WithCancel(ctx)
 	// The ledger holds pool minutes only as far as etcd granted them
 	// (pools_books.go), from before the first call; and it starts no
 	// auto-recharge purchase from a slice's balance (the cluster's payer

@@ -17,8 +17,13 @@ import (
 // relays the 200 only after that, so a call a caller hears answered is one
 // a survivor can end and settle. Refused once the books failed; a record
 // that cannot land fails them (ErrUnavailable: the gateway answers 503).
+// Past the local lease deadline it is answered only once etcd confirms
+// the lease (closable): a survivor may be reaping this node, and the call
+// would be answered here with a record that can no longer land. (Should
+// the node die with the record in flight anyway, the restart releases the
+// call: ledger.Options.LastReaped.)
 func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage) error {
-	if err := b.writable(); err != nil {
+	if err := b.closable(); err != nil {
 		return fmt.Errorf("answer call %s: %w", callID, err)
 	}
 	if err := b.local.AnswerDialog(callID, at, dialog); err != nil {

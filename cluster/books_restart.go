@@ -120,7 +120,7 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 		case moves == last.Move+1 && lastMove.IsPositive():
 			inflight = lastMove // granted in etcd, never credited here
 		case last.Move == moves+1 && last.Entry.Amount.IsNegative():
-			inflight = last.Entry.Amount // returned here, never in etcd
+			inflight = last.Entry.Amount.Neg() // returned here (a negative entry), never in etcd
 		}
 	}
 	owed := unspent.Sub(lo.Balance).Sub(inflight)

@@ -205,16 +205,30 @@
 //     (reason node_failure) adopted into its own ledger (AdoptCDR), BYEs
 //     to both legs at the end of what each call paid (at once if past)
 //     through the LegEnder the binary gives (gateway.EndLegs), the money
-//     (see reap above), the records deleted, the claim done.
+//     (see reap above), the records deleted, the claim done — not done if
+//     a BYE could not leave (the gateway closing: EndLegs answers an
+//     error), so a survivor takes it over; the binary stops the reaper
+//     (StopReaper) before it closes the gateway.
 //   - Rejoin: a restarted node (same id, same data directory, locked)
 //     claims, before opening its ledger, each of its earlier incarnations
 //     nobody claimed (ClaimOwn: at once, the lock proves the old process
 //     gone) and settles them from its disk as before (restart CDRs, own
 //     BYEs, settleRestart's charge), then deletes their records. The calls
 //     survivors reaped go to ledger.Options.SettledElsewhere: ended without
-//     a CDR or a charge of their own, CloseCall answers ErrCallEnded; if
-//     the last incarnation was reaped, settleRestart charges nothing (the
-//     reaper settled etcd exactly) and the leftover goes back locally.
+//     a CDR or a charge of their own, CloseCall answers ErrCallEnded, and
+//     their dialog records go (the survivor owns their BYEs); if the last
+//     incarnation was reaped, settleRestart charges nothing (the reaper
+//     settled etcd exactly) and the leftover goes back locally, and
+//     (ledger.Options.LastReaped) an answered call the reaper had no
+//     record of (the node died with it in flight; the caller never got
+//     the 200) is released at its committed charge, no CDR, its dialog
+//     kept for the callee's BYE. A survivor's claim on it whose claimer
+//     died before adopting a CDR is taken over by the node itself (a
+//     two-node cluster has nobody else); one that adopted CDRs is waited
+//     for (a survivor finishes it).
+//   - Graceful stop: Close finishes the takeover record writes queued or
+//     in flight (closed records of calls the gateway just ended) before it
+//     gives the slices back and deletes the records.
 //   - A node that is fenced, or past its deadline without etcd confirming
 //     its lease, closes no answered call (ErrUnavailable: no CDR of its
 //     own; a survivor or its restart settles it) and answers no call.

@@ -75,6 +75,25 @@ type reapState struct {
 
 	reaps, calls atomic.Int64
 	kick         chan struct{}
+
+	// ctx is the reaper's: a child of the Books' context, cancelled by
+	// StopReaper (or Close). Its goroutines are in wg as well as in
+	// Books.wg, added under Books.mu while ctx stands and cancelled
+	// under Books.mu, so StopReaper's Wait never races an Add.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// StopReaper stops the reaper and waits for its goroutines: a reap under
+// way stops before its next step, its claim left for a survivor to take
+// over (its BYEs, if due, sent by that survivor). The binary calls it
+// before closing the gateway, whose closing would make the BYEs fail.
+func (b *Books) StopReaper() {
+	b.mu.Lock()
+	b.reap.cancel()
+	b.mu.Unlock()
+	b.reap.wg.Wait()
 }
 
 // SetLegEnder gives the reaper the function that ends a dead node's call's
@@ -102,12 +121,13 @@ func (b *Books) StartReaper() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.ctx.Err() != nil {
+	if b.reap.ctx.Err() != nil {
 		return
 	}
 	b.reap.started = true
 	b.reap.kick = make(chan struct{}, 1)
 	b.wg.Add(2)
+	b.reap.wg.Add(2)
 	go b.watchMembers()
 	go b.reapLoop()
 }
@@ -123,8 +143,9 @@ func (b *Books) kickReaper() {
 // that ends (compaction, lost connection) is started again after a pause.
 func (b *Books) watchMembers() {
 	defer b.wg.Done()
-	for b.ctx.Err() == nil {
-		wch := b.n.cli.Watch(clientv3.WithRequireLeader(b.ctx), b.n.k.members(), clientv3.WithPrefix(),
+	defer b.reap.wg.Done()
+	for b.reap.ctx.Err() == nil {
+		wch := b.n.cli.Watch(clientv3.WithRequireLeader(b.reap.ctx), b.n.k.members(), clientv3.WithPrefix(),
 			clientv3.WithFilterPut())
 		for resp := range wch {
 			if resp.Err() != nil {
@@ -135,7 +156,7 @@ func (b *Books) watchMembers() {
 			}
 		}
 		select {
-		case <-b.ctx.Done():
+		case <-b.reap.ctx.Done():
 			return
 		case <-time.After(time.Second):
 			b.kickReaper() // a deletion may have come while no watch was up
@@ -148,6 +169,7 @@ func (b *Books) watchMembers() {
 // reach, an election) is tried again after a second.
 func (b *Books) reapLoop() {
 	defer b.wg.Done()
+	defer b.reap.wg.Done()
 	wake := make(chan struct{}, 1)
 	b.kickReaper()
 	next := 5 * b.n.cfg.LeaseTTL
@@ -159,7 +181,7 @@ func (b *Books) reapLoop() {
 			}
 		})
 		select {
-		case <-b.ctx.Done():
+		case <-b.reap.ctx.Done():
 			t.Stop()
 			return
 		case <-wake:
@@ -170,7 +192,7 @@ func (b *Books) reapLoop() {
 		if b.Err() != nil {
 			continue
 		}
-		if err := b.ReapDead(b.ctx); err != nil && b.ctx.Err() == nil {
+		if err := b.ReapDead(b.reap.ctx); err != nil && b.reap.ctx.Err() == nil {
 			b.log.Warn("cluster reaper: scan failed; trying again in a second", "error", err)
 			next = time.Second
 		}
@@ -334,8 +356,15 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 		if !self {
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(c.epoch)), "=", 0))
 		}
+		// A rejoining node may take over a survivor's claim whose claimer
+		// died before it adopted a CDR (so before any money moved): in a
+		// two-node cluster nobody else would, and ClaimOwn would wait out
+		// its limit on every restart. It starts afresh, settling from its
+		// own disk. A claim that adopted CDRs is left to survivors (doc.go,
+		// edges).
+		selfOverDead := self && cur != nil && !cur.Self && !cur.Adopted
 		if cur != nil {
-			if cur.Done || cur.Self != self || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
+			if cur.Done || (cur.Self != self && !selfOverDead) || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
 				if cur.By == n.ID() && cur.ByEpoch == n.Epoch() && !cur.Done {
 					return cur, rev, nil, nil // ours already (a retried reap)
 				}
@@ -348,9 +377,13 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 			if alive {
 				return nil, 0, cur, nil
 			}
-			// The claimer died mid-way: take over its progress.
-			next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
-				cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+			// The claimer died mid-way: take over its progress (a
+			// survivor's unadopted plan, taken over by the node itself,
+			// has none worth keeping).
+			if !selfOverDead {
+				next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
+					cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(cur.ByEpoch)), "=", 0))
 		}
 		ok, nrev, err := n.commit(ctx, cmps, []clientv3.Op{clientv3.OpPut(ck, encode(next))})
@@ -588,29 +621,39 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 		"calls_up", live, "records", len(recs), "slices", len(slices), "money_returned", cl.Returned.String())
 	// 4. The BYEs, then done.
 	b.mu.Lock()
-	if b.ctx.Err() != nil {
+	if b.reap.ctx.Err() != nil {
 		b.mu.Unlock()
-		return false, b.ctx.Err()
+		return false, b.reap.ctx.Err()
 	}
 	b.wg.Add(1)
+	b.reap.wg.Add(1)
 	b.mu.Unlock()
 	go func() {
 		defer b.wg.Done()
+		defer b.reap.wg.Done()
 		defer b.reapDone(ck)
 		var byes sync.WaitGroup
+		var unsent atomic.Int64
 		sem := make(chan struct{}, maxReapByes)
 		for id, rc := range cl.Calls {
 			if r := recs[id]; rc.Live && r != nil {
 				byes.Add(1)
 				go func() {
 					defer byes.Done()
-					b.endLegs(id, r.Dialog, rc.End, sem)
+					if !b.endLegs(id, r.Dialog, rc.End, sem) {
+						unsent.Add(1)
+					}
 				}()
 			}
 		}
 		byes.Wait()
-		if b.ctx.Err() != nil {
-			return // closing: a survivor takes the claim over and sends them again
+		if b.reap.ctx.Err() != nil || unsent.Load() > 0 {
+			// Closing (the Books, or the gateway whose BYEs could not
+			// leave): the claim stays undone, and a survivor takes it
+			// over once this node's member key is gone and sends them
+			// again.
+			b.log.Warn("cluster reaper: a reap's BYEs did not all leave; leaving it to be taken over", "node", c.node, "epoch", c.epoch, "unsent", unsent.Load())
+			return
 		}
 		cl.Done = true
 		if err := step(nil, []clientv3.Op{clientv3.OpDelete(b.n.k.takeoverOf(c.node, c.epoch), clientv3.WithPrefix())}); err != nil {
@@ -804,32 +847,38 @@ const maxReapByes = 64
 
 // endLegs ends the call's legs at `at` (at once if it is past) through
 // the LegEnder, holding a place in sem meanwhile; it returns when they
-// were, or when the Books close.
-func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem chan struct{}) {
+// were (true), or when the Books close or the LegEnder failed (false: the
+// reap is not done).
+func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem chan struct{}) bool {
 	b.reap.mu.Lock()
 	ender := b.reap.ender
 	b.reap.mu.Unlock()
 	if ender == nil {
 		b.log.Error("cluster reaper: no leg ender; a dead node's call's legs are not ended", "call_id", callID)
-		return
+		return true // nobody could ever end them here
 	}
 	if d := at.Sub(b.clk.Now()); d > 0 {
 		fire := make(chan struct{})
 		t := b.clk.AfterFunc(d, func() { close(fire) })
 		select {
-		case <-b.ctx.Done():
+		case <-b.reap.ctx.Done():
 			t.Stop()
-			return
+			return false
 		case <-fire:
 		}
 	}
 	select {
 	case sem <- struct{}{}:
 		defer func() { <-sem }()
-	case <-b.ctx.Done():
-		return
+	case <-b.reap.ctx.Done():
+		return false
 	}
-	if err := ender(b.ctx, callID, dialog); err != nil {
+	if err := ender(b.reap.ctx, callID, dialog); err != nil {
 		b.log.Warn("cluster reaper: ending a dead node's call's legs failed", "call_id", callID, "error", err)
+		// Cancelled: the gateway is closing and the BYEs may not have
+		// left; another survivor sends them. Any other failure (a
+		// record that does not parse) a retry would not mend.
+		return !errors.Is(err, context.Canceled)
 	}
+	return true
 }

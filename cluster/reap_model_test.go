@@ -80,7 +80,7 @@ func TestReapModel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s.local, err = ledger.Open(s.dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), SettledElsewhere: rj.SettledElsewhere}); err != nil {
+		if s.local, err = ledger.Open(s.dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped}); err != nil {
 			t.Fatal(err)
 		}
 		shared.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"testing"
@@ -60,7 +61,7 @@ func (s *spender) rejoin(t testing.TB, shared *testShared, p SlicePolicy, clk cl
 		t.Fatalf("claim own %s: %v", s.id, err)
 	}
 	s.local, err = ledger.Open(s.dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), Plans: poolPlans(),
-		SettledElsewhere: rj.SettledElsewhere})
+		SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,6 +203,20 @@ func TestReapDeadNode(t *testing.T) {
 	}
 	running := open(testCall("acme"), time.Now()) // paid until 6 s from now
 	paidUntil := time.Now().Add(6 * time.Second)
+	// Answered in the local ledger, its record still in flight when the
+	// node died (AnswerDialog commits locally first): no record, so the
+	// reaper returns its held increment as unspent; the restart must not
+	// charge it (credits), nor count its pool minute (pools).
+	var unrecorded []ledger.Call
+	for _, c := range []ledger.Call{testCall("acme"), poolCall("acme", "u2", true)} {
+		if _, err := a.OpenCall(c, past); err != nil {
+			t.Fatal(err)
+		}
+		if err := sp[0].local.AnswerDialog(c.ID, past, nil); err != nil {
+			t.Fatal(err)
+		}
+		unrecorded = append(unrecorded, c)
+	}
 
 	deadCDRs := cdrsOf(t, sp[0].local, "acme")
 	deadEpoch := sp[0].node.Epoch()
@@ -315,9 +330,14 @@ func TestReapDeadNode(t *testing.T) {
 		t.Fatalf("closing a reaped call after the restart: %v", err)
 	}
 	back := cdrsOf(t, sp[0].local, "acme")
-	for _, id := range []string{upLate.ID, onPool.ID, running.ID} {
+	for _, id := range []string{upLate.ID, onPool.ID, running.ID, unrecorded[0].ID, unrecorded[1].ID} {
 		if c, ok := back[id]; ok {
 			t.Errorf("the restarted node wrote a CDR for reaped call %s: %+v", id, c)
+		}
+	}
+	for _, c := range unrecorded {
+		if _, err := sp[0].books.CloseCall(c.ID, ledger.CallEnd{At: time.Now(), Reason: ledger.ReasonCallerHangup}); !errors.Is(err, ledger.ErrCallEnded) {
+			t.Fatalf("closing an unrecorded call after the restart: %v", err)
 		}
 	}
 	if c, ok := back[unanswered.ID]; !ok || !c.Charge.IsZero() {
@@ -516,4 +536,126 @@ func TestReapClaimTakenOver(t *testing.T) {
 		t.Fatalf("%d records of n0 left", n)
 	}
 	t.Logf("n0's call: settled by n1 (%+v), legs ended by n2", settled)
+}
+
+// TestReapByesNotSent: a reaper whose LegEnder could not send the BYEs
+// (its gateway closing: context.Canceled) leaves the claim undone and the
+// records in place, so the survivor that takes it over sends them; it
+// does not mark the reap done with the legs still up.
+func TestReapByesNotSent(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared := startSpenders(t, ec.Client, 3, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	if _, err := sp[0].books.FundAcrossRegions("acme", dec("20.00"), "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	c := testCall("acme")
+	past := time.Now().Add(-time.Minute) // its BYEs are due at once
+	if _, err := sp[0].books.OpenCall(c, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp[0].books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+
+	var tried sync.WaitGroup
+	tried.Add(1)
+	var once sync.Once
+	sp[1].books.SetLegEnder(func(context.Context, string, json.RawMessage) error {
+		defer once.Do(tried.Done)
+		return fmt.Errorf("the gateway is closing: %w", context.Canceled)
+	})
+	if err := sp[1].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	tried.Wait()
+	ck := sp[1].node.k.reap("n0", deadEpoch)
+	for end := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		sp[1].books.reap.mu.Lock()
+		_, busy := sp[1].books.reap.active[ck]
+		sp[1].books.reap.mu.Unlock()
+		if !busy {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the reap's last step never finished")
+		}
+	}
+	cl, _, err := sp[1].node.readClaim(context.Background(), ck)
+	if err != nil || cl == nil || !cl.Settled || cl.Done {
+		t.Fatalf("claim after BYEs that could not leave: %+v %v (want settled, not done)", cl, err)
+	}
+	if n := countKeys(t, admin, testPrefix+"takeover/n0/"); n == 0 {
+		t.Fatal("the records went with the BYEs unsent")
+	}
+	sp[1].crash(t)
+	var legs legLog
+	sp[2].books.SetLegEnder(legs.ender("n2"))
+	if err := sp[2].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitClaimDone(t, sp[2].node, "n0", deadEpoch, 20*time.Second)
+	if got := legs.snapshot(); len(got) != 1 || got[0].id != c.ID {
+		t.Fatalf("legs ended after the take-over: %+v", got)
+	}
+}
+
+// TestRejoinOverDeadReaper: in a two-node cluster n0 dies, n1 claims its
+// incarnation and dies itself before adopting anything; n0 restarts with
+// no survivor to take the claim over: it takes it over itself (the claimer's
+// member key gone), settles from its own disk, and the money adds up.
+func TestRejoinOverDeadReaper(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared := startSpenders(t, ec.Client, 2, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	funded := dec("20.00")
+	if _, err := sp[1].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	c := testCall("acme")
+	past := time.Now().Add(-time.Minute)
+	if _, err := sp[0].books.OpenCall(c, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp[0].books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+	// n1 claims it (the reaper's first step) and dies before planning on.
+	cl, _, other, err := sp[1].node.takeClaim(context.Background(), incarnation{node: "n0", epoch: deadEpoch}, false)
+	if err != nil || cl == nil || other != nil {
+		t.Fatalf("n1's claim: %+v %+v %v", cl, other, err)
+	}
+	sp[1].crash(t)
+	start := time.Now()
+	rj := sp[0].rejoin(t, shared, p, clock.Real{})
+	t.Logf("rejoined in %s: %+v", time.Since(start), rj)
+	if len(rj.Claimed) != 1 || rj.Claimed[0] != deadEpoch || rj.LastReaped {
+		t.Fatalf("rejoin: %+v (dead epoch %d)", rj, deadEpoch)
+	}
+	if n := countKeys(t, admin, testPrefix+"takeover/n0/"); n != 0 {
+		t.Errorf("%d takeover records of n0 left", n)
+	}
+	if cdr, ok := cdrsOf(t, sp[0].local, "acme")[c.ID]; !ok || cdr.DisconnectReason != ledger.ReasonRestart {
+		t.Fatalf("the call after the restart: %+v", cdr)
+	}
+	sp[1].start(t, shared, p, clock.Real{})
+	for _, s := range sp {
+		s.books.Tick()
+	}
+	acct := conserved(t, sp, "acme", funded)
+	if d := debited(t, sp, "acme"); !acct.Spent.Equal(d) {
+		t.Fatalf("etcd spent %s, the ledgers debited %s", acct.Spent, d)
+	}
 }

@@ -35,7 +35,9 @@ type Rejoin struct {
 	// LastReaped: the latest earlier incarnation found was reaped by a
 	// survivor, who settled its money exactly in etcd: the restart
 	// settlement charges nothing for it, and the ledger's leftover goes
-	// back locally only.
+	// back locally only. It goes to ledger.Options.LastReaped: an
+	// answered call whose record never landed is released there, not
+	// charged (the survivor returned its hold as unspent).
 	LastReaped bool
 }
 
@@ -45,7 +47,9 @@ type Rejoin struct {
 // caller holds the data directory's lock, so the old process is gone. An
 // earlier incarnation a survivor is reaping is waited for until its money
 // is settled (up to 3 lease TTLs + OpTimeout; the survivor's BYEs may
-// still be due). Call it after Join and before opening the ledger; the
+// still be due) — unless its claimer died before adopting a CDR: then it
+// is taken over here and settled from disk (a two-node cluster has nobody
+// else to take it over). Call it after Join and before opening the ledger; the
 // result goes to ledger.Options.SettledElsewhere, and NewBooks reads it
 // from the node.
 func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {

@@ -122,6 +122,18 @@ func TestRestartSettles(t *testing.T) {
 				t.Fatal(err)
 			}
 		},
+		// A return the ledger made and etcd never heard of (a crash
+		// between the local ReturnSlice and its Resize): the returned
+		// money is etcd's unspent but not the ledger's leftover, and is
+		// not spend.
+		func(s *spender) {
+			spend(t, s.books, 2, now, time.Time{})
+			o := s.books.org("acme")
+			last, _ := s.local.LastSliceMove("acme")
+			if _, err := s.local.ReturnSlice("acme", o.slice.ID, last.Move+1, dec("0.20")); err != nil {
+				t.Fatal(err)
+			}
+		},
 	} {
 		s := sp[0]
 		spend(t, s.books, 3, now, time.Time{})

@@ -136,9 +136,14 @@ type recorder struct {
 // recOp is one queued write: a put (rec non-nil) or a delete, and the
 // channel its writer waits on (nil: nobody waits).
 type recOp struct {
-	key  string
+	key string
+	// call, for a put: the record written is recs[call] as it is when the
+	// batch is taken (the latest), not as it was when the op was queued,
+	// so an older write queued after a newer one cannot land over it.
+	call string
 	val  string
 	del  bool
+	skip bool // a put whose record left recs (its delete is queued)
 	done chan error
 }
 
@@ -181,23 +186,23 @@ func (r *recorder) enqueue(ops ...*recOp) error {
 // commitLoop is the group committer: whatever is queued when the previous
 // batch returns goes in the next (up to maxRecordOps distinct keys per
 // transaction, the last write of a key winning), so batches grow with the
-// load and no timer delays a lone write. Runs until Close.
+// load and no timer delays a lone write. Runs until Close, and on Close
+// finishes what is queued or in flight first (the queue closed to new
+// writes): a call's closed record queued just before a graceful stop
+// must land, or a survivor reading the call as up would settle it again
+// should the stop's give-back fail. Each batch is bounded by
+// commitRetrying's deadline, not by b.ctx.
 func (b *Books) commitLoop() {
 	defer b.wg.Done()
 	r := b.rec
 	for {
+		stopping := false
 		select {
 		case <-b.ctx.Done():
 			r.mu.Lock()
-			q := r.queue
-			r.queue, r.closed = nil, true
+			r.closed = true
 			r.mu.Unlock()
-			for _, op := range q {
-				if op.done != nil {
-					op.done <- fmt.Errorf("%w: the node is closing", ledger.ErrUnavailable)
-				}
-			}
-			return
+			stopping = true
 		case <-r.wake:
 		}
 		for {
@@ -211,6 +216,9 @@ func (b *Books) commitLoop() {
 					op.done <- err
 				}
 			}
+		}
+		if stopping {
+			return
 		}
 	}
 }
@@ -237,6 +245,21 @@ func (r *recorder) take() []*recOp {
 	if len(r.queue) == 0 {
 		r.queue = nil
 	}
+	for _, op := range batch {
+		if op.del || op.call == "" {
+			continue
+		}
+		rec, ok := r.recs[op.call]
+		if !ok {
+			op.skip = true
+			continue
+		}
+		v, err := json.Marshal(rec)
+		if err != nil { // a Record always marshals; keep the queued value
+			continue
+		}
+		op.val = string(v)
+	}
 	return batch
 }
 
@@ -250,10 +273,16 @@ func (b *Books) writeBatch(batch []*recOp) error {
 	last := map[string]*recOp{}
 	var order []string
 	for _, op := range batch {
+		if op.skip {
+			continue
+		}
 		if _, ok := last[op.key]; !ok {
 			order = append(order, op.key)
 		}
 		last[op.key] = op
+	}
+	if len(order) == 0 {
+		return nil
 	}
 	ops := make([]clientv3.Op, 0, len(order))
 	for _, k := range order {
@@ -264,7 +293,10 @@ func (b *Books) writeBatch(batch []*recOp) error {
 		}
 	}
 	start := time.Now()
-	err := b.n.commitRetrying(b.ctx, nil, ops)
+	// Not b.ctx: Close cancels it and then waits for the queue to drain
+	// (commitLoop); commitRetrying bounds the attempt by OpTimeout or the
+	// lease deadline. A cancelled write is no reason to fail closed.
+	err := b.n.commitRetrying(context.WithoutCancel(b.ctx), nil, ops)
 	b.rec.mu.Lock()
 	b.rec.batches++
 	b.rec.ops += int64(len(ops))
@@ -338,7 +370,7 @@ func (b *Books) writeRecord(rec *Record) error {
 		return fmt.Errorf("takeover record of %s: %w", rec.Call.ID, err)
 	}
 	done := make(chan error, 1)
-	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), val: string(v), done: done}); err != nil {
+	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), call: rec.Call.ID, val: string(v), done: done}); err != nil {
 		return err
 	}
 	if err := <-done; err != nil {
@@ -401,7 +433,7 @@ func (b *Books) writeRecordThen(rec *Record, release func()) error {
 	b.wg.Add(1)
 	b.mu.Unlock()
 	done := make(chan error, 1)
-	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), val: string(v), done: done}); err != nil {
+	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), call: rec.Call.ID, val: string(v), done: done}); err != nil {
 		b.wg.Done()
 		release()
 		return err
@@ -430,15 +462,28 @@ func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) e
 // ledger, kept as this node's (nil: nothing to write), for the caller to
 // write.
 func (b *Books) nextRecord(callID string, dialog json.RawMessage, answer bool) (*Record, error) {
+	for {
+		rec, lost := b.nextRecordOnce(callID, dialog, answer)
+		if !lost {
+			return rec, nil
+		}
+		// Another change of the call rewrote its record meanwhile, from a
+		// read that may be older or newer than ours: read both again.
+	}
+}
+
+// nextRecordOnce is one attempt of nextRecord; lost: the call's record
+// changed between the read and the store (try again from the top).
+func (b *Books) nextRecordOnce(callID string, dialog json.RawMessage, answer bool) (_ *Record, lost bool) {
 	c, seq, up := b.local.CallAsOf(callID)
 	if !up || c.Free || !c.Answered() {
-		return nil, nil
+		return nil, false
 	}
 	b.rec.mu.Lock()
 	old, ok := b.rec.recs[callID]
 	if !ok && !answer {
 		b.rec.mu.Unlock()
-		return nil, nil
+		return nil, false
 	}
 	rec := &Record{Node: b.n.ID(), Epoch: b.n.Epoch(), Call: c, PaidThrough: paidThrough(c)}
 	if ok {
@@ -456,16 +501,16 @@ func (b *Books) nextRecord(callID string, dialog json.RawMessage, answer bool) (
 	}
 	rec.History = trimHistory(rec.History, b.coveredAsOf(c.Org, rec.poolID()))
 	b.rec.mu.Lock()
-	if cur, still := b.rec.recs[callID]; ok && (!still || cur != old) {
-		// Closed or rewritten meanwhile by a later change of the call
-		// (the gateway serializes a call's operations, so this is a
-		// retry racing itself): the later one stands.
+	if cur, still := b.rec.recs[callID]; still != ok || cur != old {
+		// Rewritten meanwhile (the gateway serializes a call's
+		// operations, but a retry or a dialog update may race): try
+		// again from the top. Closed: CallAsOf will say it is not up.
 		b.rec.mu.Unlock()
-		return nil, nil
+		return nil, true
 	}
 	b.rec.recs[callID] = rec
 	b.rec.mu.Unlock()
-	return rec, nil
+	return rec, false
 }
 
 // closedRecord is the record of a call that ended, rewritten as closed with
@@ -473,23 +518,27 @@ func (b *Books) nextRecord(callID string, dialog json.RawMessage, answer bool) (
 // to write. Under the org's gate (shared), after the local close.
 func (b *Books) closedRecord(cdr ledger.CDR) *Record {
 	seq := b.local.Seq()
-	b.rec.mu.Lock()
-	old, ok := b.rec.recs[cdr.CallID]
-	b.rec.mu.Unlock()
-	if !ok || old.Closed != nil {
-		return nil
+	for {
+		b.rec.mu.Lock()
+		old, ok := b.rec.recs[cdr.CallID]
+		b.rec.mu.Unlock()
+		if !ok || old.Closed != nil {
+			return nil // none, or a retried close: the other one writes
+		}
+		covered := b.coveredAsOf(cdr.Org, old.poolID())
+		rec := *old
+		rec.Closed = &cdr
+		rec.History = trimHistory(append(append([]Point(nil), old.History...), Point{Seq: seq, Charge: cdr.Charge, Minutes: cdr.PoolMinutes}), covered)
+		b.rec.mu.Lock()
+		if cur := b.rec.recs[cdr.CallID]; cur == old {
+			b.rec.recs[cdr.CallID] = &rec
+			b.rec.mu.Unlock()
+			return &rec
+		}
+		// Rewritten meanwhile (a step's or a dialog update's record):
+		// the close builds on the new one, or it is lost.
+		b.rec.mu.Unlock()
 	}
-	covered := b.coveredAsOf(cdr.Org, old.poolID())
-	rec := *old
-	rec.Closed = &cdr
-	rec.History = trimHistory(append(append([]Point(nil), old.History...), Point{Seq: seq, Charge: cdr.Charge, Minutes: cdr.PoolMinutes}), covered)
-	b.rec.mu.Lock()
-	defer b.rec.mu.Unlock()
-	if cur := b.rec.recs[cdr.CallID]; cur != old {
-		return nil // a retried close racing itself: the other one writes
-	}
-	b.rec.recs[cdr.CallID] = &rec
-	return &rec
 }
 
 // dropCovered queues the deletion of the org's closed records that landed

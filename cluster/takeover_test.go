@@ -252,3 +252,128 @@ func BenchmarkStepRecorded(b *testing.B) {
 		})
 	}
 }
+
+// TestCloseFinishesRecords: a graceful stop right after calls closed (their
+// closed records queued, the batch perhaps in flight) finishes those writes
+// before it gives the slices back: it never fails the books closed because
+// its own context was cancelled, every slice goes back, the records are
+// deleted, and etcd's spent is what the ledger debited. Ten rounds, each
+// closing five calls and stopping at once.
+func TestCloseFinishesRecords(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour // reports only at the stop
+	sp, shared := startSpenders(t, ec.Client, 1, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	funded := dec("50.00")
+	if _, err := sp[0].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	s := sp[0]
+	for round := 0; round < 10; round++ {
+		now := time.Now()
+		var ids []string
+		for k := 0; k < 5; k++ {
+			c := testCall("acme")
+			if _, err := s.books.OpenCall(c, now); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.books.AnswerDialog(c.ID, now, nil); err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, c.ID)
+		}
+		for _, id := range ids {
+			if _, err := s.books.CloseCall(id, ledger.CallEnd{At: now.Add(6 * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b := s.books
+		if err := b.Close(context.Background()); err != nil {
+			t.Fatalf("round %d: close: %v", round, err)
+		}
+		if err := b.Err(); err != nil {
+			t.Fatalf("round %d: a graceful stop failed the books: %v", round, err)
+		}
+		s.books = nil
+		a := mustCheck(t, s.node).Orgs["acme"]
+		if d := debited(t, sp, "acme"); a.Slices != 0 || !a.Spent.Equal(d) {
+			t.Fatalf("round %d: after the stop etcd has %+v, the ledger debited %s", round, a, d)
+		}
+		if n := countKeys(t, admin, testPrefix+"takeover/"); n != 0 {
+			t.Fatalf("round %d: %d takeover records left after a graceful stop", round, n)
+		}
+		s.node.Close(context.Background())
+		s.node = nil
+		s.start(t, shared, p, clock.Real{})
+	}
+}
+
+// TestRecordRacingWrites: a call's dialog updates and steps racing each
+// other (a relayed re-INVITE during a boundary) leave etcd with the latest
+// record: the last dialog written and the call's committed charge as the
+// last history point, whatever order the writes were queued in.
+func TestRecordRacingWrites(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared := startSpenders(t, ec.Client, 1, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	if _, err := sp[0].books.FundAcrossRegions("acme", dec("50.00"), "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	b := sp[0].books
+	for round := 0; round < 5; round++ {
+		c := testCall("acme")
+		now := time.Now()
+		if _, err := b.OpenCall(c, now); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.AnswerDialog(c.ID, now, json.RawMessage(`{"n":0}`)); err != nil {
+			t.Fatal(err)
+		}
+		const n = 20
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*n)
+		wg.Go(func() {
+			for i := 1; i <= n; i++ {
+				if err := b.UpdateDialog(c.ID, json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))); err != nil {
+					errs <- err
+				}
+			}
+		})
+		wg.Go(func() {
+			for i := 1; i <= n; i++ {
+				if _, err := b.Step(c.ID, i, now.Add(time.Duration(6*i)*time.Second)); err != nil {
+					errs <- err
+				}
+			}
+		})
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		resp, err := admin.Get(context.Background(), sp[0].node.k.takeover("n0", sp[0].node.Epoch(), c.ID))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("round %d: record: %v %d", round, err, len(resp.Kvs))
+		}
+		var rec Record
+		if err := json.Unmarshal(resp.Kvs[0].Value, &rec); err != nil {
+			t.Fatal(err)
+		}
+		local, _, _ := sp[0].local.CallAsOf(c.ID)
+		last := rec.History[len(rec.History)-1]
+		if string(rec.Dialog) != fmt.Sprintf(`{"n":%d}`, n) || !rec.Call.Charge.Equal(local.Charge) || !last.Charge.Equal(local.Charge) {
+			t.Fatalf("round %d: etcd has dialog %s, charge %s, last point %+v; the ledger's charge is %s",
+				round, rec.Dialog, rec.Call.Charge, last, local.Charge)
+		}
+		if _, err := b.CloseCall(c.ID, ledger.CallEnd{At: now.Add(time.Duration(6*n) * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -65,12 +65,20 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	// The relay moved our CSeq on in that leg; a BYE after a crash must
-	// go above it.
-	if rec := c.dialogRecord(); rec != nil {
-		if err := g.ledger.UpdateDialog(c.id, rec); err != nil && !errors.Is(err, ledger.ErrCallEnded) {
-			g.log.Warn("could not update the call's dialog record", "call_id", c.id, "error", err)
+	// go above it. Under c.mu, as the boundary's step and the end's state
+	// change are: in cluster mode the update rewrites the call's takeover
+	// record, and a write racing a step or a close could land an older
+	// record over a newer one (a lost history point, a stale CSeq, a close
+	// undone). Once the call ended there is nothing to update.
+	c.mu.Lock()
+	if c.state == stateAnswered {
+		if rec := c.dialogRecord(); rec != nil {
+			if err := g.ledger.UpdateDialog(c.id, rec); err != nil && !errors.Is(err, ledger.ErrCallEnded) {
+				g.log.Warn("could not update the call's dialog record", "call_id", c.id, "error", err)
+			}
 		}
 	}
+	c.mu.Unlock()
 	if res.IsSuccess() {
 		// Both legs took part: proof of life of both, and a session
 		// refresh if it was a re-INVITE or UPDATE (liveness.go). The

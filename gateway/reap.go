@@ -18,8 +18,11 @@ import (
 // new connection from here. It returns once both BYEs were answered or
 // timed out (sip.bye_timeout); a record that does not parse is an error.
 // ctx only bounds the wait for the gateway's own shutdown: the BYEs use
-// the gateway's context and timeout.
-func (g *Gateway) EndLegs(ctx context.Context, callID string, dialog json.RawMessage) error {
+// the gateway's context and timeout. Once the gateway is closing (its
+// context cancelled) a BYE may not have left at all, so EndLegs answers
+// an error then: the reaper must not count the legs ended (another
+// survivor takes the reap over and sends them again).
+func (g *Gateway) EndLegs(ctx context.Context, callID string, dialog json.RawMessage) (err error) {
 	var st dialogState
 	if err := json.Unmarshal(dialog, &st); err != nil {
 		return fmt.Errorf("call %s: dialog record: %w", callID, err)
@@ -27,7 +30,16 @@ func (g *Gateway) EndLegs(ctx context.Context, callID string, dialog json.RawMes
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	closing := func() error {
+		if err := g.ctx.Err(); err != nil {
+			return fmt.Errorf("call %s: the gateway is closing, its BYEs may not have left: %w", callID, err)
+		}
+		return nil
+	}
+	if err := closing(); err != nil {
+		return err
+	}
 	defer panics.Recover(g.log, panics.Call, nil, "call_id", callID)
 	g.byeBoth(callID, st)
-	return nil
+	return closing()
 }

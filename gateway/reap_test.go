@@ -154,3 +154,26 @@ func TestEndLegsUDPAndTCP(t *testing.T) {
 		t.Errorf("the TCP leg took %d connections, want the survivor's one new connection", n)
 	}
 }
+
+// TestEndLegsClosing: once the gateway is closing its BYEs cannot leave,
+// and EndLegs says so (an error), so the reaper does not count the legs
+// ended; nothing reaches the far end.
+func TestEndLegsClosing(t *testing.T) {
+	e := newEnv(t, testDeck)
+	udp := newByeSink(t, "udp")
+	st := dialogState{
+		In: legState{CallID: "in-leg@pbx", From: "<sip:+33142278186@gw>;tag=gw-in", To: "<sip:+12125550100@pbx>;tag=pbx",
+			Target: "sip:pbx@" + udp.addr, CSeq: 1, Transport: "UDP"},
+		Out: legState{CallID: "out-leg@gw", From: "<sip:+12125550100@gw>;tag=gw-out", To: "<sip:+33142278186@carrier>;tag=carrier",
+			Target: "sip:carrier@" + udp.addr, CSeq: 2, Transport: "UDP"},
+	}
+	rec, err := json.Marshal(st)
+	must(t, err)
+	must(t, e.gw.Close())
+	if err := e.gw.EndLegs(context.Background(), "dead-call", rec); err == nil {
+		t.Fatal("EndLegs on a closed gateway answered nil: the reap would be marked done with its BYEs never sent")
+	}
+	if udp.got("in-leg@pbx") || udp.got("out-leg@gw") {
+		t.Fatal("a BYE left a closed gateway")
+	}
+}

@@ -21,6 +21,8 @@ import (
 //     released to match), without a CDR; a marker (h/{call}) takes the
 //     CDR's place, so the call id stays ended (CloseCall answers
 //     ErrCallEnded) and CheckHistory matches the call's debits against it.
+//     With Options.LastReaped, an answered call it does not name (its
+//     record never landed) is ended the same way at its committed charge.
 //   - Reports to etcd carry the ledger's operation sequence number at which
 //     the balance they report was read (OrgAsOf), and each takeover record
 //     the sequence number of the call's charge (CallAsOf), so a survivor
@@ -140,9 +142,13 @@ func (l *Ledger) CallAsOf(id string) (Call, uint64, bool) {
 // settleElsewhere ends, at Open, a call a survivor settled: its open
 // increment is committed as far as the survivor's charge says (whole or
 // not at all: the survivor charged committed + held, or committed), the
-// call is removed without a CDR and the marker written. Under l.mu, in
-// settleOpenCalls' operation.
-func (l *Ledger) settleElsewhere(t *txn, st *orgState, c *Call, s Settled) {
+// call is removed without a CDR and the marker written. With reaped (the
+// survivor ended its legs, and BYEs them at what it paid through) its
+// dialog record goes too: this node's start must not BYE the legs early.
+// Without (a call whose record never landed, Options.LastReaped) the record
+// stays: the callee's leg was answered and only this node can end it.
+// Under l.mu, in settleOpenCalls' operation.
+func (l *Ledger) settleElsewhere(t *txn, st *orgState, c *Call, s Settled, reaped bool) {
 	if c.Hold.Open {
 		pay := s.Charge.GreaterThan(c.Charge) || s.PoolMinutes > c.PoolMinutes
 		l.settle(t, st, c, map[bool]Amount{true: full(c.Hold), false: {}}[pay])
@@ -155,6 +161,15 @@ func (l *Ledger) settleElsewhere(t *txn, st *orgState, c *Call, s Settled) {
 	delete(l.calls, c.ID)
 	st.countCall(c, -1)
 	l.ended.add(c.ID, string(keySettled(c.ID)))
+	if reaped {
+		t.del(keyDialog(c.ID))
+		for i, d := range l.dialogs {
+			if d.Call == c.ID {
+				l.dialogs = append(l.dialogs[:i], l.dialogs[i+1:]...)
+				break
+			}
+		}
+	}
 }
 
 // errSettledElsewhere answers CloseCall of a call a survivor settled.

@@ -114,6 +114,10 @@ func TestSettledElsewhere(t *testing.T) {
 		"gone":     {Charge: d("5.00")}, // not up here: nothing to do
 	}}
 	l = openWith(t, dir, opts)
+	// The survivor owns the reaped calls' BYEs: only mine's dialog stays.
+	if ds := l.Dialogs(); len(ds) != 1 || ds[0].Call != "mine" {
+		t.Fatalf("dialog records after the restart: %+v, want only mine's", ds)
+	}
 	cs := cdrs(t, l, "acme")
 	if len(cs) != 1 || cs[0].CallID != "mine" || cs[0].DisconnectReason != ReasonRestart || !cs[0].Charge.Equal(d("0.30")) {
 		t.Fatalf("CDRs after the restart: %+v, want only mine's restart CDR", cs)

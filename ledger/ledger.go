@@ -44,6 +44,15 @@ type Options struct {
 	// what it settled them at: Open ends them without a CDR (adopt.go)
 	// instead of settling them as ReasonRestart.
 	SettledElsewhere map[string]Settled
+	// LastReaped (cluster mode, issue 17): a survivor reaped the
+	// incarnation that left these calls up, settling its money in etcd
+	// from its takeover records alone. An answered, non-free call left up
+	// that SettledElsewhere does not name had no record land (the node
+	// died while it was in flight, so its caller never got the 200): the
+	// survivor returned its held increment as unspent, so Open ends it
+	// too without a CDR, at its committed charge, the hold released —
+	// charging it here would be money etcd never counted as spent.
+	LastReaped bool
 }
 
 // Limits that keep one org or one hostile client from growing memory without
@@ -258,6 +267,7 @@ func (l *Ledger) load() error {
 // unanswered ones cost nothing.
 func (l *Ledger) settleOpenCalls() error {
 	var settled []CDR
+	var unrecorded []string
 	_, err := l.do(Op{Kind: "settle"}, l.opts.Now(), func(t *txn) error {
 		ids := make([]string, 0, len(l.calls))
 		for id := range l.calls {
@@ -267,7 +277,12 @@ func (l *Ledger) settleOpenCalls() error {
 		for _, id := range ids {
 			c := l.calls[id]
 			if s, ok := l.opts.SettledElsewhere[id]; ok {
-				l.settleElsewhere(t, l.orgs[c.Org], c, s)
+				l.settleElsewhere(t, l.orgs[c.Org], c, s, true)
+				continue
+			}
+			if l.opts.LastReaped && c.Answered() && !c.Free {
+				l.settleElsewhere(t, l.orgs[c.Org], c, Settled{Charge: c.Charge, PoolMinutes: c.PoolMinutes}, false)
+				unrecorded = append(unrecorded, c.ID)
 				continue
 			}
 			end := CallEnd{At: c.LastAt, Reason: ReasonRestart}
@@ -286,6 +301,9 @@ func (l *Ledger) settleOpenCalls() error {
 	})
 	if err != nil {
 		return fmt.Errorf("settle calls left open by the last run: %w", err)
+	}
+	for _, id := range unrecorded {
+		l.log.Warn("released a call left open whose takeover record never landed (its incarnation was reaped)", "call_id", id)
 	}
 	for _, cdr := range settled {
 		l.log.Warn("settled call left open by the last run", "call_id", cdr.CallID, "org", cdr.Org,

@@ -121,6 +121,15 @@ func (cn *clusterNode) startReaper(gw *gateway.Gateway) {
 	cn.books.StartReaper()
 }
 
+// stopReaper stops the reaper before the gateway closes: once the
+// gateway's context is cancelled a reap's BYEs cannot leave, and the reap
+// under way is left for a survivor to take over.
+func (cn *clusterNode) stopReaper() {
+	if cn != nil && cn.books != nil {
+		cn.books.StopReaper()
+	}
+}
+
 // lockDataDir takes data_dir/cluster.lock (flock, held until the process
 // exits): a second process on the data directory is refused before it
 // claims anything in etcd.

@@ -103,7 +103,7 @@ func serve(configPath string, o overrides) error {
 		if cn, err = joinCluster(context.Background(), cfg, log); err != nil {
 			return err
 		}
-		opts.SettledElsewhere = cn.rejoin.SettledElsewhere
+		opts.SettledElsewhere, opts.LastReaped = cn.rejoin.SettledElsewhere, cn.rejoin.LastReaped
 	}
 	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), opts)
 	if err != nil {
@@ -159,11 +159,13 @@ func serve(configPath string, o overrides) error {
 	}
 	srv, apiDone, err := startAPI(cfg, ln, led, books, gw, token, payments, purchases, reg, log)
 	if err != nil {
+		cn.stopReaper()
 		gw.Close()
 		return err
 	}
 	if cn != nil {
 		if err := cn.serveReads(cfg, srv, ln); err != nil {
+			cn.stopReaper()
 			gw.Close()
 			_ = srv.Shutdown()
 			return err
@@ -181,6 +183,7 @@ func serve(configPath string, o overrides) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	sig := waitForSignal(log, gw, sigs, apiDone, cfg.SIP.DrainTimeout)
+	cn.stopReaper() // its BYEs go through the gateway
 	err = gw.Close()
 	_ = srv.Shutdown()
 	log.Info("stopped", "reason", "signal "+sig.String())

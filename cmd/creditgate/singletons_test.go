@@ -49,7 +49,7 @@ func TestClusterWorkersWiring(t *testing.T) {
 			t.Fatal(err)
 		}
 		led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{MinFunding: cfg.MinFunding(), Logger: log,
-			SettledElsewhere: cn.rejoin.SettledElsewhere})
+			SettledElsewhere: cn.rejoin.SettledElsewhere, LastReaped: cn.rejoin.LastReaped})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -96,7 +96,7 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 	// The old slice as etcd last had it.
 	var unspent, inflight decimal.Decimal
 	var moves int64
-	reaped := false // a reaper settled the slice exactly (reap.go)
+	reaped := false // a reaper settled the slice exactly (reap_money.go)
 	var lastMove decimal.Decimal
 	found := false
 	if r != nil {
@@ -126,7 +126,7 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 	owed := unspent.Sub(lo.Balance).Sub(inflight)
 	if r := b.n.rejoin; reaped || r != nil && r.LastReaped {
 		// A survivor reaped the last incarnation: it settled the money
-		// in etcd exactly, from the takeover records (reap.go); the
+		// in etcd exactly, from the takeover records (reap_money.go); the
 		// leftover here goes back locally only.
 		owed = decimal.Zero
 	}

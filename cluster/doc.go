@@ -30,7 +30,7 @@
 //	PoolMove(pool, req)      → minute pools (pools.go): the pool's total follows the licenses, the
 //	                           node's used minutes reported, minutes taken (≥ Need, ≤ Want, at most
 //	                           half of unallocated) or given back (Granted lowered to GiveTo)
-//	reap (reap.go)           → a dead incarnation's slices: unallocated += reported unspent − spent
+//	reap (reap_money.go)     → a dead incarnation's slices: unallocated += reported unspent − spent
 //	                           after the report (from its takeover records), spent += the rest,
 //	                           slice deleted, reclaim record (reaped); its pool slices likewise
 //

@@ -22,7 +22,7 @@ import (
 //	outbox/<id>, lowwarned/<org>, zeroed/<org>
 //	                         notifications (notifier.go)
 //	takeover/<node>/<epoch>/<call>         an answered call's takeover record (takeover.go)
-//	reaps/<node>/<epoch>     the claim on a dead incarnation's takeover (reap.go)
+//	reaps/<node>/<epoch>     the claim on a dead incarnation's takeover (reap_claim.go)
 type keys struct{ prefix string }
 
 func (k keys) epoch() string             { return k.prefix + "epoch" }

@@ -66,7 +66,7 @@ type PoolSlice struct {
 	Granted int    `json:"granted"`
 	Used    int    `json:"used"`
 	// AsOf is the holder's local ledger sequence number at which it read
-	// the Used it last reported (PoolReq.AsOf), for a reaper (reap.go).
+	// the Used it last reported (PoolReq.AsOf), for a reaper (reap_money.go).
 	AsOf uint64 `json:"as_of,omitempty"`
 }
 

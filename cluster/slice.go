@@ -43,7 +43,7 @@ type Slice struct {
 	// AsOf is the holder's local ledger sequence number at which it read
 	// the balance the slice's unspent was last set to (ResizeReq.AsOf; 0:
 	// never set so). A survivor reaping the holder counts a call's charge
-	// changes after it as spent since (reap.go).
+	// changes after it as spent since (reap_money.go).
 	AsOf uint64 `json:"as_of,omitempty"`
 
 	modRev int64 // the slice key's mod revision as the holder last wrote it
@@ -197,7 +197,7 @@ type reclaimRecord struct {
 	Unspent  decimal.Decimal `json:"unspent"`
 	Moves    int64           `json:"moves"`
 	LastMove decimal.Decimal `json:"last_move"`
-	// Reaped: a reaper (reap.go) settled the slice exactly, from the dead
+	// Reaped: a reaper (reap_money.go) settled the slice exactly, from the dead
 	// incarnation's takeover records: SpentAfter (what its calls committed
 	// after its last report) went to spent, Unspent back to unallocated.
 	// The node's next incarnation charges nothing more for it.

@@ -1,8 +1,9 @@
-// The org's slice moving between etcd and the local ledger: a fill from
-// etcd (a grant, or a direct-mode debit), a resize, a give-back, and the
-// recovery after an etcd failure (a pending give-back completed, an unsure
-// slice read back and adopted). All of an org's etcd operations on this
-// node are serialized by orgSpend.etcd (see Books).
+// The org's slice moving between etcd and the local ledger: a hold's fill
+// (a slice's worth, or in direct mode exactly the shortfall), the resize
+// under it, a give-back, and the recovery after an etcd failure (a pending
+// give-back completed, an unsure slice read back and adopted). All of an
+// org's etcd operations on this node are serialized by orgSpend.etcd (see
+// Books).
 
 package cluster
 

@@ -116,7 +116,7 @@
 // (Payer.suspend), so every node applies it, and putting the setting
 // again clears it. No money moves through the replica.
 //
-// # Spending: Books (books.go)
+// # Spending: Books (books.go, books_slice.go, books_tick.go)
 //
 // Books is the ledger.Books of a cluster node. Calls are held, stepped and
 // closed in the node's own Pebble ledger, at local speed; the money there
@@ -170,7 +170,7 @@
 //     spend (Charge, idempotent on the old slice), takes the leftover back
 //     in the ledger (ReturnSlice).
 //
-// # Takeover (takeover.go, reap.go, rejoin.go; issue 17)
+// # Takeover (takeover.go, books_takeover.go, reap*.go, rejoin.go; issue 17)
 //
 // A node that dies mid-call must not leave its calls running unpaid nor
 // its money stranded until it comes back:
@@ -285,7 +285,7 @@
 //
 // # Not done yet (for the next session)
 //
-//   - Takeover edges (reap.go): a call whose local close landed and whose
+//   - Takeover edges (reap*.go): a call whose local close landed and whose
 //     closed record did not (the node died between the two) gets a CDR on
 //     the survivor too; a reaper that dies after adopting some CDRs leaves
 //     them on its ledger while its successor adopts them again on its own;

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +19,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/creditgate/creditgate/cluster/etcdtest"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 )
@@ -236,4 +240,56 @@ func testCall(org string) ledger.Call {
 
 func isRefusal(err error) bool {
 	return errors.Is(err, ledger.ErrInsufficientCredit)
+}
+
+// modelRand is a model test's random source: seeded from CLUSTER_SEED if
+// it is set (to replay a failure), else from the time, the seed logged so
+// that a failure can be replayed; stream tells the tests' sequences apart.
+func modelRand(t testing.TB, stream uint64) *rand.Rand {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("CLUSTER_SEED"); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("CLUSTER_SEED=%d", seed)
+	return rand.New(rand.NewPCG(seed, seed^stream))
+}
+
+// modelSetup is what the Books model tests (books, pools, reap) start
+// from: their random source (modelRand), one etcd and an admin client on
+// it (closed when the test ends), the books' fake clock at 2026-12-03
+// 12:00 UTC, the default slice policy with reports and idle give-backs
+// left to the test's driver (ReportEvery an hour, IdleAfter 20 s), and
+// three spenders n0–n2, not started, each with its ledger (open) in a
+// t.TempDir() of its own, all in shared.
+type modelSetup struct {
+	r      *rand.Rand
+	admin  *clientv3.Client
+	clk    *clock.Fake
+	p      SlicePolicy
+	shared *testShared
+	sp     []*spender
+}
+
+func newModelSetup(t *testing.T, stream uint64, open func(testing.TB, string) *ledger.Ledger) modelSetup {
+	t.Helper()
+	r := modelRand(t, stream)
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	t.Cleanup(func() { admin.Close() })
+	clk := clock.NewFake(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+	p := DefaultSlicePolicy()
+	p.ReportEvery = time.Hour // ticks are the driver's
+	p.IdleAfter = 20 * time.Second
+	shared := &testShared{}
+	sp := make([]*spender, 3)
+	for i := range sp {
+		sp[i] = &spender{index: i, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), cli: ec.Client()}
+		sp[i].local = open(t, sp[i].dir)
+		shared.ledgers = append(shared.ledgers, sp[i].local)
+	}
+	return modelSetup{r: r, admin: admin, clk: clk, p: p, shared: shared, sp: sp}
 }

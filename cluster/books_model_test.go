@@ -4,16 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/shopspring/decimal"
 
-	"github.com/creditgate/creditgate/cluster/etcdtest"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 )
@@ -47,30 +43,9 @@ type refCall struct {
 }
 
 func TestBooksModel(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CLUSTER_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Logf("CLUSTER_SEED=%d", seed)
-	r := rand.New(rand.NewPCG(seed, seed^0x5eed))
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	clk := clock.NewFake(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
-	p := DefaultSlicePolicy()
+	m := newModelSetup(t, 0x5eed, openSpendLedger)
+	r, admin, clk, p, shared, sp := m.r, m.admin, m.clk, m.p, m.shared, m.sp
 	p.MinSlice = dec("0.30")
-	p.ReportEvery = time.Hour // ticks are the driver's
-	p.IdleAfter = 20 * time.Second
-	shared := &testShared{}
-	sp := make([]*spender, 3)
-	for i := range sp {
-		sp[i] = &spender{index: i, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), cli: ec.Client()}
-		sp[i].local = openSpendLedger(t, sp[i].dir)
-		shared.ledgers = append(shared.ledgers, sp[i].local)
-	}
 	start := func(s *spender) { s.startOn(t, shared, p, clock.Real{}, clk) }
 	for _, s := range sp {
 		start(s)

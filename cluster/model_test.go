@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -74,15 +72,7 @@ func (mn *modelNode) run(f func()) {
 func cents(r *rand.Rand, max int) decimal.Decimal { return decimal.New(int64(1+r.IntN(max)), -2) }
 
 func TestModel(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CLUSTER_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Logf("CLUSTER_SEED=%d", seed)
-	r := rand.New(rand.NewPCG(seed, seed))
+	r := modelRand(t, 0)
 	ec := etcdtest.Start(t, 1)
 	admin := ec.Client()
 	defer admin.Close()

@@ -5,14 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"os"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
-	"github.com/creditgate/creditgate/cluster/etcdtest"
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 )
@@ -47,30 +43,9 @@ type refPoolCall struct {
 }
 
 func TestPoolsModel(t *testing.T) {
-	seed := uint64(time.Now().UnixNano())
-	if s := os.Getenv("CLUSTER_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Logf("CLUSTER_SEED=%d", seed)
-	r := rand.New(rand.NewPCG(seed, seed^0x9001))
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	clk := clock.NewFake(time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC))
+	m := newModelSetup(t, 0x9001, openPoolLedger)
+	r, admin, clk, p, shared, sp := m.r, m.admin, m.clk, m.p, m.shared, m.sp
 	month := "2026-12"
-	p := DefaultSlicePolicy()
-	p.ReportEvery = time.Hour // ticks are the driver's
-	p.IdleAfter = 20 * time.Second
-	shared := &testShared{}
-	sp := make([]*spender, 3)
-	for i := range sp {
-		sp[i] = &spender{index: i, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), cli: ec.Client()}
-		sp[i].local = openPoolLedger(t, sp[i].dir)
-		shared.ledgers = append(shared.ledgers, sp[i].local)
-	}
 	start := func(s *spender) {
 		if s.local == nil {
 			s.local = openPoolLedger(t, s.dir)

@@ -293,3 +293,24 @@ func newModelSetup(t *testing.T, stream uint64, open func(testing.TB, string) *l
 	}
 	return modelSetup{r: r, admin: admin, clk: clk, p: p, shared: shared, sp: sp}
 }
+
+// startAcme is how the takeover and reap tests begin: one etcd and an
+// admin client on it (closed when the test ends), n spenders with their
+// ledgers opened by open, on fastPolicy with reports only where the test
+// ticks (ReportEvery an hour), and org acme created and funded with amount
+// through spender funder (key f1). p is the policy, for restarts.
+func startAcme(t *testing.T, open func(testing.TB, string) *ledger.Ledger, n, funder int, amount decimal.Decimal) (
+	admin *clientv3.Client, sp []*spender, shared *testShared, p SlicePolicy) {
+	t.Helper()
+	ec := etcdtest.Start(t, 1)
+	admin = ec.Client()
+	t.Cleanup(func() { admin.Close() })
+	p = fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared = startSpendersOn(t, open, ec.Client, n, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	if _, err := sp[funder].books.FundAcrossRegions("acme", amount, "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	return admin, sp, shared, p
+}

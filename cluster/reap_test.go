@@ -389,17 +389,8 @@ func TestReapDeadNode(t *testing.T) {
 // unreported spend charged), deletes its records; a survivor's reaper then
 // finds nothing to do, and the money adds up to the cent.
 func TestRejoinSelfClaim(t *testing.T) {
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	p := fastPolicy()
-	p.ReportEvery = time.Hour
-	sp, shared := startSpendersOn(t, openPoolLedger, ec.Client, 2, p, clock.Real{})
-	createOrg(t, shared, "acme")
 	funded := dec("20.00")
-	if _, err := sp[1].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
-		t.Fatal(err)
-	}
+	admin, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
 	a := sp[0].books
 	past := time.Now().Add(-10 * time.Minute)
 	var up []string
@@ -469,17 +460,8 @@ func TestRejoinSelfClaim(t *testing.T) {
 // the first one's lease is gone, ends the legs, and finishes the reap,
 // moving no money twice and adopting no CDR twice.
 func TestReapClaimTakenOver(t *testing.T) {
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	p := fastPolicy()
-	p.ReportEvery = time.Hour
-	sp, shared := startSpenders(t, ec.Client, 3, p, clock.Real{})
-	createOrg(t, shared, "acme")
 	funded := dec("20.00")
-	if _, err := sp[0].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
-		t.Fatal(err)
-	}
+	admin, sp, _, _ := startAcme(t, openSpendLedger, 3, 0, funded)
 	a := sp[0].books
 	c := testCall("acme")
 	// Paid until 6 s after the answer: n1 dies before.
@@ -543,16 +525,7 @@ func TestReapClaimTakenOver(t *testing.T) {
 // records in place, so the survivor that takes it over sends them; it
 // does not mark the reap done with the legs still up.
 func TestReapByesNotSent(t *testing.T) {
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	p := fastPolicy()
-	p.ReportEvery = time.Hour
-	sp, shared := startSpenders(t, ec.Client, 3, p, clock.Real{})
-	createOrg(t, shared, "acme")
-	if _, err := sp[0].books.FundAcrossRegions("acme", dec("20.00"), "f1", ""); err != nil {
-		t.Fatal(err)
-	}
+	admin, sp, _, _ := startAcme(t, openSpendLedger, 3, 0, dec("20.00"))
 	c := testCall("acme")
 	past := time.Now().Add(-time.Minute) // its BYEs are due at once
 	if _, err := sp[0].books.OpenCall(c, past); err != nil {
@@ -611,17 +584,8 @@ func TestReapByesNotSent(t *testing.T) {
 // no survivor to take the claim over: it takes it over itself (the claimer's
 // member key gone), settles from its own disk, and the money adds up.
 func TestRejoinOverDeadReaper(t *testing.T) {
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	p := fastPolicy()
-	p.ReportEvery = time.Hour
-	sp, shared := startSpenders(t, ec.Client, 2, p, clock.Real{})
-	createOrg(t, shared, "acme")
 	funded := dec("20.00")
-	if _, err := sp[1].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
-		t.Fatal(err)
-	}
+	admin, sp, shared, p := startAcme(t, openSpendLedger, 2, 1, funded)
 	c := testCall("acme")
 	past := time.Now().Add(-time.Minute)
 	if _, err := sp[0].books.OpenCall(c, past); err != nil {

@@ -260,17 +260,8 @@ func BenchmarkStepRecorded(b *testing.B) {
 // deleted, and etcd's spent is what the ledger debited. Ten rounds, each
 // closing five calls and stopping at once.
 func TestCloseFinishesRecords(t *testing.T) {
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	p := fastPolicy()
-	p.ReportEvery = time.Hour // reports only at the stop
-	sp, shared := startSpenders(t, ec.Client, 1, p, clock.Real{})
-	createOrg(t, shared, "acme")
 	funded := dec("50.00")
-	if _, err := sp[0].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
-		t.Fatal(err)
-	}
+	admin, sp, shared, p := startAcme(t, openSpendLedger, 1, 0, funded) // reports only at the stop
 	s := sp[0]
 	for round := 0; round < 10; round++ {
 		now := time.Now()
@@ -316,16 +307,7 @@ func TestCloseFinishesRecords(t *testing.T) {
 // record: the last dialog written and the call's committed charge as the
 // last history point, whatever order the writes were queued in.
 func TestRecordRacingWrites(t *testing.T) {
-	ec := etcdtest.Start(t, 1)
-	admin := ec.Client()
-	defer admin.Close()
-	p := fastPolicy()
-	p.ReportEvery = time.Hour
-	sp, shared := startSpenders(t, ec.Client, 1, p, clock.Real{})
-	createOrg(t, shared, "acme")
-	if _, err := sp[0].books.FundAcrossRegions("acme", dec("50.00"), "f1", ""); err != nil {
-		t.Fatal(err)
-	}
+	admin, sp, _, _ := startAcme(t, openSpendLedger, 1, 0, dec("50.00"))
 	b := sp[0].books
 	for round := 0; round < 5; round++ {
 		c := testCall("acme")

@@ -526,16 +526,7 @@ func TestReapClaimTakenOver(t *testing.T) {
 // does not mark the reap done with the legs still up.
 func TestReapByesNotSent(t *testing.T) {
 	admin, sp, _, _ := startAcme(t, openSpendLedger, 3, 0, dec("20.00"))
-	c := testCall("acme")
-	past := time.Now().Add(-time.Minute) // its BYEs are due at once
-	if _, err := sp[0].books.OpenCall(c, past); err != nil {
-		t.Fatal(err)
-	}
-	if err := sp[0].books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
-		t.Fatal(err)
-	}
-	deadEpoch := sp[0].node.Epoch()
-	sp[0].crash(t)
+	c, deadEpoch := dieInCall(t, sp[0])
 
 	var tried sync.WaitGroup
 	tried.Add(1)
@@ -586,16 +577,7 @@ func TestReapByesNotSent(t *testing.T) {
 func TestRejoinOverDeadReaper(t *testing.T) {
 	funded := dec("20.00")
 	admin, sp, shared, p := startAcme(t, openSpendLedger, 2, 1, funded)
-	c := testCall("acme")
-	past := time.Now().Add(-time.Minute)
-	if _, err := sp[0].books.OpenCall(c, past); err != nil {
-		t.Fatal(err)
-	}
-	if err := sp[0].books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
-		t.Fatal(err)
-	}
-	deadEpoch := sp[0].node.Epoch()
-	sp[0].crash(t)
+	c, deadEpoch := dieInCall(t, sp[0])
 	// n1 claims it (the reaper's first step) and dies before planning on.
 	cl, _, other, err := sp[1].node.takeClaim(context.Background(), incarnation{node: "n0", epoch: deadEpoch}, false)
 	if err != nil || cl == nil || other != nil {
@@ -622,4 +604,22 @@ func TestRejoinOverDeadReaper(t *testing.T) {
 	if d := debited(t, sp, "acme"); !acct.Spent.Equal(d) {
 		t.Fatalf("etcd spent %s, the ledgers debited %s", acct.Spent, d)
 	}
+}
+
+// dieInCall answers a call of acme on s, begun a minute ago (its BYEs are
+// due at once), then crashes s with the call up; it returns the call and
+// the epoch of the incarnation that died.
+func dieInCall(t *testing.T, s *spender) (ledger.Call, int64) {
+	t.Helper()
+	c := testCall("acme")
+	past := time.Now().Add(-time.Minute)
+	if _, err := s.books.OpenCall(c, past); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.books.AnswerDialog(c.ID, past, json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadEpoch := s.node.Epoch()
+	s.crash(t)
+	return c, deadEpoch
 }

@@ -134,7 +134,8 @@ func (g *gateway) ready() int {
 
 // upCall is one call up on a node, as its /v1/calls?scope=local shows it.
 type upCall struct {
-	Node        int // index in the test's nodes
+	Index       int    `json:"-"` // the node's, in the test's nodes
+	NodeID      string `json:"node"`
 	ID          string
 	State       string
 	Answer      time.Time
@@ -150,7 +151,7 @@ func callsUp(nodes []*gateway, which ...int) []upCall {
 		nodes[i].api("GET", "/v1/calls?scope=local", "", "", 200, &up)
 		for _, c := range up.Calls {
 			if c.State == "answered" {
-				c.Node = i
+				c.Index = i
 				all = append(all, c)
 			}
 		}

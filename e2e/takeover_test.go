@@ -1,0 +1,392 @@
+//go:build takeover
+
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/creditgate/creditgate/cluster/etcdtest"
+	"github.com/creditgate/creditgate/loadtest"
+)
+
+// The takeover tests' lease: a node's lease expires 2 s after its last
+// keepalive (one every 500 ms), its local deadline 500 ms before that.
+const (
+	takeoverTTL       = 2 * time.Second
+	takeoverMargin    = 500 * time.Millisecond
+	takeoverKeepalive = 500 * time.Millisecond
+	// byeSlack is the issue's allowance past TTL + one increment for a
+	// survivor's BYE: noticing the expiry, claiming, sending.
+	byeSlack = 500 * time.Millisecond
+	// meterSlack is how far from its paid time a call a live node meters
+	// may end.
+	meterSlack = 50 * time.Millisecond
+)
+
+// TestClusterKillNineBehindKamailio: three nodes behind Kamailio's
+// dispatcher (configs/kamailio), the load tool as PBX and carrier, 30
+// calls up spread over the nodes, acme funded so that they end only when
+// its money runs out, and one node killed with SIGKILL:
+//   - both legs of each of the dead node's calls get a BYE from a survivor
+//     (the carrier's from a survivor's SIP address, the PBX's through the
+//     proxy with the survivor's Via under the proxy's) within lease TTL +
+//     one increment + 0.5 s of the kill, and a survivor wrote its CDR
+//     (node_failure);
+//   - the survivors' own calls still end within 50 ms of their paid time;
+//   - new calls go to the survivors: every one is answered, and the last
+//     new call the proxy offered the dead port is logged (and bounded as
+//     in TestFrontKamailioDispatcher);
+//   - every answered call has exactly one CDR across the nodes' own
+//     ledgers, and etcd's spent is Σ of their charges to the cent;
+//   - restarted on its data directory, the dead node serves again, its
+//     CDRs from before the kill are still there, and it settled nothing
+//     twice (no CDR of a reaped call, money of record unchanged).
+func TestClusterKillNineBehindKamailio(t *testing.T) {
+	kamailio := requireKamailio(t)
+	etcd := etcdtest.Start(t, 1)
+	bin := buildBinary(t)
+	frontPort, pbxPort, newPBXPort := freePort(t), freePort(t), freePort(t)
+	carriers := []int{freePort(t), freePort(t)}
+	const incr = 3 // seconds an increment
+	nodes := startCluster(t, bin, etcd.Endpoints(), 3,
+		leaseConf(takeoverTTL, takeoverMargin, takeoverKeepalive)+frontConf(frontPort))
+	// 6.00 a minute: 0.30 an increment of 3 s. 60.00 pays the warm-up,
+	// the new calls and the 30 calls' increments for about 20 s.
+	setupClusterAcme(t, nodes, orgSetup{PBX: []string{fmt.Sprintf("127.0.0.1:%d", pbxPort), fmt.Sprintf("127.0.0.1:%d", newPBXPort)},
+		Carriers: carriers, PerMinute: "6.00", Increment: incr, Funding: "60.00"})
+	var ports []int
+	for _, g := range nodes {
+		ports = append(ports, g.sipPort)
+	}
+	front := startFront(t, kamailio, frontPort, ports)
+	target := fmt.Sprintf("127.0.0.1:%d", front.port)
+	addr := func(g *gateway) string { return fmt.Sprintf("127.0.0.1:%d", g.sipPort) }
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	run := func(cfg loadtest.Config) loadtest.Report {
+		cfg.Target, cfg.From, cfg.SetupTimeout, cfg.HangupTimeout = target, []string{"+12125550100"}, 10*time.Second, 5*time.Second
+		rep, err := loadtest.Run(ctx, cfg, nil)
+		if err != nil {
+			t.Error(err)
+		}
+		return rep
+	}
+
+	// Old CDRs on every node, to find again after the restart.
+	if rep := run(loadtest.Config{Caller: fmt.Sprintf("127.0.0.1:%d", newPBXPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
+		Dialled: carrierNumber(1), Rate: 10, Calls: 6, Hold: 300 * time.Millisecond}); rep.ByStatus["200"] != 6 {
+		t.Fatalf("warm-up calls: %s", rep)
+	}
+	victimIdx, victim := 1, nodes[1]
+	oldCDRs := victim.allCDRs()
+	if len(oldCDRs) == 0 {
+		t.Fatal("the victim took none of the warm-up calls")
+	}
+
+	// 30 calls that hang up only when the money runs out.
+	legs := &loadtest.Legs{}
+	longDone := make(chan loadtest.Report, 1)
+	go func() {
+		longDone <- run(loadtest.Config{Caller: fmt.Sprintf("127.0.0.1:%d", pbxPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[0]),
+			Dialled: carrierNumber(0), Rate: 15, Calls: 30, Hold: 2 * time.Minute, Legs: legs})
+	}()
+	up := waitCallsUp(t, nodes, 30, 0, 1, 2)
+	perNode := make([]int, len(nodes))
+	for _, c := range up {
+		perNode[c.Index]++
+	}
+	t.Logf("30 calls up, per node %v", perNode)
+	if perNode[victimIdx] == 0 {
+		t.Fatal("the victim has no call up")
+	}
+
+	killed := victim.kill9()
+	dead := listenDead(t, victim.sipPort)
+	t.Logf("node 2 killed with SIGKILL (%d calls up on it)", perNode[victimIdx])
+
+	// New calls, from the first instant after the kill, for 2 s.
+	newLegs := &loadtest.Legs{}
+	newRep := run(loadtest.Config{Caller: fmt.Sprintf("127.0.0.1:%d", newPBXPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
+		Dialled: carrierNumber(1), Rate: 10, Calls: 20, Hold: 300 * time.Millisecond, Legs: newLegs})
+	offered, lastOffer := dead.invites()
+	cutoff := time.Duration(0)
+	if offered > 0 {
+		cutoff = lastOffer.Sub(killed)
+	}
+	t.Logf("new calls after the kill: %d of %d answered, setup p50 %.1f ms p99 %.1f ms max %.1f ms; %d offered to the dead port, the last %v after the kill (probe interval %v)",
+		newRep.ByStatus["200"], newRep.Attempted, newRep.SetupMS.P50, newRep.SetupMS.P99, newRep.SetupMS.Max, offered, cutoff.Round(time.Millisecond), frontPingInterval)
+	if newRep.ByStatus["200"] != newRep.Attempted {
+		t.Errorf("new calls after the kill: %v; every one should have gone to a survivor", newRep.ByStatus)
+	}
+	if bound := frontPingInterval*time.Duration(1+frontThreshold) + frontFRTimer; cutoff > bound+time.Second {
+		t.Errorf("the proxy offered new calls to the dead node for %v, past %v (+1 s slack)", cutoff, bound)
+	}
+	for _, l := range newLegs.Side(loadtest.CallerSide) {
+		if l.Node == addr(victim) {
+			t.Errorf("new call %s answered by the dead node's address %s", l.CallID, l.Node)
+		}
+	}
+
+	longRep := <-longDone
+	t.Logf("the 30 calls: %s", longRep)
+
+	// Each of the dead node's calls: both legs' BYE from a survivor, in time.
+	survivors := []string{addr(nodes[0]), addr(nodes[2])}
+	callerLegs := legsByCallID(legs.Side(loadtest.CallerSide))
+	carrierLegs := legsByCallID(legs.Side(loadtest.CarrierSide))
+	bound := killed.Add(takeoverTTL + incr*time.Second + byeSlack)
+	var reapedAfter []time.Duration
+	deadCalls := map[string]bool{}
+	for _, c := range up {
+		if c.Index != victimIdx {
+			continue
+		}
+		deadCalls[c.ID] = true
+		cl, ok := callerLegs[c.InboundCall]
+		if !ok || cl.Bye.IsZero() {
+			t.Errorf("dead node's call %s: its PBX leg %s got no BYE", c.ID, c.InboundCall)
+		} else {
+			reapedAfter = append(reapedAfter, cl.Bye.Sub(killed))
+			// Through the proxy: its Via on top, the sender's under it.
+			if len(cl.ByeVia) < 2 || !slices.Contains(survivors, cl.ByeVia[1]) || !cl.ByeMatched {
+				t.Errorf("dead node's call %s: PBX leg's BYE via %v (matched %v), want the proxy's then a survivor's %v", c.ID, cl.ByeVia, cl.ByeMatched, survivors)
+			}
+			if cl.Bye.After(bound) {
+				t.Errorf("dead node's call %s: PBX leg's BYE %v after the kill, past TTL + increment + %v", c.ID, cl.Bye.Sub(killed).Round(time.Millisecond), byeSlack)
+			}
+		}
+		kl, ok := carrierLegs[c.ID]
+		if !ok || kl.Bye.IsZero() {
+			t.Errorf("dead node's call %s: its carrier leg got no BYE", c.ID)
+			continue
+		}
+		reapedAfter = append(reapedAfter, kl.Bye.Sub(killed))
+		if !slices.Contains(survivors, kl.ByeFrom) || !kl.ByeMatched {
+			t.Errorf("dead node's call %s: carrier leg's BYE from %s (matched %v), want a survivor's %v", c.ID, kl.ByeFrom, kl.ByeMatched, survivors)
+		}
+		if kl.Bye.After(bound) {
+			t.Errorf("dead node's call %s: carrier leg's BYE %v after the kill, past TTL + increment + %v", c.ID, kl.Bye.Sub(killed).Round(time.Millisecond), byeSlack)
+		}
+	}
+	t.Logf("the dead node's %d calls: BYEs (both legs) arrived after the kill: %s (bound %v)", len(deadCalls), stats(reapedAfter), bound.Sub(killed))
+
+	// The books, with the dead node's own part once it is back.
+	dead.close()
+	back := victim.restart()
+	nodes[victimIdx] = back
+	cli := etcd.Client()
+	defer cli.Close()
+	acme, cdrs := settledMoney(t, cli, nodes)
+	var survivorsOff []time.Duration
+	answered := 0
+	for id, l := range carrierLegs {
+		if l.Answered.IsZero() {
+			continue
+		}
+		answered++
+		base := baseCallID(id, cdrs)
+		c, ok := cdrs[base]
+		if !ok {
+			t.Errorf("answered call %s has no CDR on any node", id)
+			continue
+		}
+		if deadCalls[base] {
+			if c.Node == victimIdx || c.cdr["disconnect_reason"] != "node_failure" {
+				t.Errorf("dead node's call %s: CDR on node %d %v, want node_failure on a survivor", base, c.Node+1, c.cdr)
+			}
+			continue
+		}
+		if c.cdr["disconnect_reason"] != "credit_exhausted" {
+			t.Errorf("survivor's call %s: CDR %v, want credit_exhausted", base, c.cdr)
+		}
+		off := l.Bye.Sub(paidThrough(l, c.cdr))
+		survivorsOff = append(survivorsOff, off)
+		if off > meterSlack || off < -meterSlack {
+			t.Errorf("survivor's call %s ended %v from its paid time (%s s billed)", base, off.Round(time.Millisecond), c.cdr["billed_s"])
+		}
+	}
+	t.Logf("survivors' calls: carrier BYE − paid-through: %s", stats(survivorsOff))
+	for _, l := range newLegs.Side(loadtest.CarrierSide) {
+		if !l.Answered.IsZero() {
+			answered++
+		}
+	}
+	if len(cdrs) != answered+6 {
+		t.Errorf("%d CDRs across the nodes for %d answered calls (+6 warm-up)", len(cdrs), answered)
+	}
+	funded := acme.Funded
+	t.Logf("etcd: funded %s, spent %s = Σ %d CDR charges, unallocated %s, in slices %s",
+		funded, acme.Spent, len(cdrs), acme.Unallocated, acme.Outstanding)
+
+	// Back on its data: its old CDRs are there, no reaped call settled
+	// again, and it takes calls.
+	have := map[string]bool{}
+	for _, c := range back.allCDRs() {
+		have[c["call_id"]] = true
+		if deadCalls[c["call_id"]] {
+			t.Errorf("the restarted node settled reaped call %s again: %v", c["call_id"], c)
+		}
+	}
+	for _, c := range oldCDRs {
+		if !have[c["call_id"]] {
+			t.Errorf("the restarted node lost its CDR %s from before the kill", c["call_id"])
+		}
+	}
+	before := acme.Spent
+	nodes[0].api("POST", "/v1/orgs/acme/credits", "", `{"amount":"5.00","idempotency_key":"fund-2"}`, 201, nil)
+	againLegs := &loadtest.Legs{}
+	again := run(loadtest.Config{Caller: fmt.Sprintf("127.0.0.1:%d", newPBXPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
+		Dialled: carrierNumber(1), Rate: 10, Calls: 9, Hold: 300 * time.Millisecond, Legs: againLegs})
+	took := 0
+	for _, l := range againLegs.Side(loadtest.CallerSide) {
+		if l.Node == addr(back) {
+			took++
+		}
+	}
+	t.Logf("after its restart: %d of 9 new calls on the restarted node (%v)", took, again.ByStatus)
+	if again.ByStatus["200"] != 9 || took == 0 {
+		t.Errorf("after the restart: %v, %d on the restarted node", again.ByStatus, took)
+	}
+	acme, cdrs = settledMoney(t, cli, nodes)
+	if len(cdrs) != answered+6+9 {
+		t.Errorf("%d CDRs after 9 more calls, want %d", len(cdrs), answered+6+9)
+	}
+	if !acme.Funded.Equal(funded.Add(decimal.RequireFromString("5.00"))) || acme.Spent.LessThan(before) {
+		t.Errorf("etcd after the restart: %+v; funded was %s, spent %s", acme, funded, before)
+	}
+}
+
+// TestClusterPausedNodeReaped: a node SIGSTOPped for three lease TTLs with
+// calls up, then continued. While it is frozen its lease expires and the
+// other node reaps its calls: both legs of each get a BYE from the
+// survivor's address, the survivor writes each CDR (node_failure), billed
+// no further than the paused node could have held (its local deadline,
+// lease_ttl − lease_margin after the pause began, plus the increment it
+// held then). Woken, the node writes nothing for those calls (its writes
+// are fenced: no CDR of a reaped call in its ledger), and it is out of
+// service (/readyz 503, or exited) until restarted; restarted on its data
+// it serves again and settles nothing twice. The money of record is Σ of
+// every CDR's charge to the cent.
+func TestClusterPausedNodeReaped(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	bin := buildBinary(t)
+	nodes := startCluster(t, bin, etcd.Endpoints(), 2, leaseConf(takeoverTTL, takeoverMargin, takeoverKeepalive))
+	n1, n2 := nodes[0], nodes[1]
+	carriers := []int{freePort(t), freePort(t)}
+	const incr = 1
+	setupClusterAcme(t, nodes, orgSetup{PBX: []string{"127.0.0.1"}, Carriers: carriers, PerMinute: "6.00", Increment: incr, Funding: "50.00"})
+	addr := func(g *gateway) string { return fmt.Sprintf("127.0.0.1:%d", g.sipPort) }
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	legs := &loadtest.Legs{}
+	call := func(g *gateway, calls int, hold time.Duration, legs *loadtest.Legs) <-chan loadtest.Report {
+		done := make(chan loadtest.Report, 1)
+		go func() {
+			rep, err := loadtest.Run(ctx, loadtest.Config{Target: addr(g), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
+				Rate: 10, Calls: calls, Hold: hold, Dialled: carrierNumber(1), From: []string{"+12125550100"},
+				SetupTimeout: 5 * time.Second, HangupTimeout: 5 * time.Second, Legs: legs}, nil)
+			if err != nil {
+				t.Error(err)
+			}
+			done <- rep
+		}()
+		return done
+	}
+	const calls = 3
+	long := call(n2, calls, time.Minute, legs)
+	up := waitCallsUp(t, nodes, calls, 1)
+	time.Sleep(time.Second) // a paid increment or two on the clock
+
+	paused := time.Now()
+	n2.pause()
+	time.Sleep(3 * takeoverTTL)
+	n2.resume()
+	woke := time.Now()
+	var rep loadtest.Report
+	select {
+	case rep = <-long:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("node 2's calls were not ended\n%s", n2.log)
+	}
+	t.Logf("node 2 paused %v with %d calls up: %s", woke.Sub(paused).Round(time.Millisecond), calls, rep)
+
+	callerLegs := legsByCallID(legs.Side(loadtest.CallerSide))
+	carrierLegs := legsByCallID(legs.Side(loadtest.CarrierSide))
+	bound := paused.Add(takeoverTTL + incr*time.Second + byeSlack)
+	reaped := map[string]upCall{}
+	for _, c := range up {
+		reaped[c.ID] = c
+		for _, l := range []loadtest.Leg{callerLegs[c.InboundCall], carrierLegs[c.ID]} {
+			switch {
+			case l.Bye.IsZero():
+				t.Errorf("call %s: its %s leg got no BYE", c.ID, l.Side)
+			case l.ByeFrom != addr(n1) || !l.ByeMatched:
+				t.Errorf("call %s: its %s leg's BYE came from %s (matched %v), want the survivor %s", c.ID, l.Side, l.ByeFrom, l.ByeMatched, addr(n1))
+			case l.Bye.After(bound):
+				t.Errorf("call %s: its %s leg's BYE came %v after the pause, past TTL + increment + %v", c.ID, l.Side, l.Bye.Sub(paused).Round(time.Millisecond), byeSlack)
+			default:
+				t.Logf("call %s: %s leg's BYE from the survivor %v after the pause began", c.ID, l.Side, l.Bye.Sub(paused).Round(time.Millisecond))
+			}
+		}
+	}
+
+	// The survivor's CDRs, billed no later than the paused node could hold.
+	survivorCDRs := map[string]cdr{}
+	for _, c := range n1.cdrs(calls) {
+		survivorCDRs[c["call_id"]] = c
+	}
+	for id, c := range reaped {
+		cd, ok := survivorCDRs[id]
+		if !ok || cd["disconnect_reason"] != "node_failure" {
+			t.Errorf("call %s: survivor's CDR %v, want node_failure", id, cd)
+			continue
+		}
+		billed, _ := strconv.Atoi(cd["billed_s"])
+		limit := int((paused.Sub(c.Answer) + takeoverTTL - takeoverMargin).Seconds()) + incr
+		t.Logf("call %s: answered %v before the pause, billed %d s (bound %d s)", id, paused.Sub(c.Answer).Round(time.Millisecond), billed, limit)
+		if billed > limit {
+			t.Errorf("call %s billed %d s, past the paused node's local deadline (bound %d s): it held after it", id, billed, limit)
+		}
+	}
+
+	// Woken: nothing written for the reaped calls, and out of service.
+	time.Sleep(2 * time.Second) // anything it was going to write, written
+	readiness := n2.ready()
+	t.Logf("node 2 after waking: /readyz %d (0: exited)", readiness)
+	if readiness == 200 {
+		t.Errorf("node 2 answers /readyz 200 after its lease expired under it")
+	}
+	if readiness != 0 {
+		for _, c := range n2.allCDRs() {
+			if _, ok := reaped[c["call_id"]]; ok {
+				t.Errorf("woken node 2 wrote a CDR for reaped call %s: %v", c["call_id"], c)
+			}
+		}
+	}
+	back := n2.restart()
+	nodes[1] = back
+	for _, c := range back.allCDRs() {
+		if _, ok := reaped[c["call_id"]]; ok {
+			t.Errorf("restarted node 2 settled reaped call %s again: %v", c["call_id"], c)
+		}
+	}
+	if rep := <-call(back, 1, time.Second, nil); rep.ByStatus["200"] != 1 {
+		t.Errorf("restarted node 2 does not serve: %s\n%s", rep, back.log)
+	}
+	cli := etcd.Client()
+	defer cli.Close()
+	acme, cdrs := settledMoney(t, cli, nodes)
+	if len(cdrs) != calls+1 {
+		t.Errorf("%d CDRs across the nodes, want %d", len(cdrs), calls+1)
+	}
+	t.Logf("etcd: funded %s, spent %s = Σ %d CDR charges, unallocated %s, in slices %s", acme.Funded, acme.Spent, len(cdrs), acme.Unallocated, acme.Outstanding)
+}

@@ -56,7 +56,7 @@ func TestClusterKillNineBehindKamailio(t *testing.T) {
 	carriers := []int{freePort(t), freePort(t)}
 	const incr = 3 // seconds an increment
 	nodes := startCluster(t, bin, etcd.Endpoints(), 3,
-		leaseConf(takeoverTTL, takeoverMargin, takeoverKeepalive)+frontConf(frontPort))
+		leaseConf(takeoverTTL, takeoverMargin, takeoverKeepalive)+"funding:\n  minimum: \"1.00\"\n"+frontConf(frontPort))
 	// 6.00 a minute: 0.30 an increment of 3 s. 60.00 pays the warm-up,
 	// the new calls and the 30 calls' increments for about 20 s.
 	setupClusterAcme(t, nodes, orgSetup{PBX: []string{fmt.Sprintf("127.0.0.1:%d", pbxPort), fmt.Sprintf("127.0.0.1:%d", newPBXPort)},

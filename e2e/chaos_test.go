@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -99,6 +100,8 @@ func TestClusterChaos(t *testing.T) {
 		// of that node ended inside such a window by its own restart is
 		// the one overrun allowed besides a reaper's.
 		outages = map[int][][2]time.Time{}
+		// past is every node process the chaos replaced, for their logs.
+		past []*gateway
 	)
 	sleep := func(d time.Duration) bool {
 		select {
@@ -125,6 +128,7 @@ func TestClusterChaos(t *testing.T) {
 			// had the time to reap its calls.
 			sleep(2*takeoverTTL + 500*time.Millisecond)
 			nodes[i] = g.restart()
+			past = append(past, g)
 			outages[i] = append(outages[i], [2]time.Time{from, time.Now()})
 			t.Logf("%5.1fs  node %d killed, back after %v", time.Since(began).Seconds(), i+1, time.Since(from).Round(time.Millisecond))
 		case 1:
@@ -138,6 +142,7 @@ func TestClusterChaos(t *testing.T) {
 			state := g.ready()
 			if state != 200 {
 				nodes[i] = g.restart()
+				past = append(past, g)
 				restartsFenced++
 			}
 			outages[i] = append(outages[i], [2]time.Time{from, time.Now()})
@@ -159,7 +164,20 @@ func TestClusterChaos(t *testing.T) {
 	for i, g := range nodes {
 		if g.ready() != 200 {
 			nodes[i] = g.restart()
+			past = append(past, g)
 		}
+	}
+	// logOf is what every process of every node logged about a call.
+	logOf := func(id string) string {
+		var b strings.Builder
+		for _, g := range append(slices.Clone(past), nodes...) {
+			for _, line := range strings.Split(g.log.String(), "\n") {
+				if strings.Contains(line, id) {
+					fmt.Fprintf(&b, "\n  node :%d: %s", g.sipPort, line)
+				}
+			}
+		}
+		return b.String()
 	}
 	cli := etcd.Client()
 	defer cli.Close()
@@ -181,11 +199,11 @@ func TestClusterChaos(t *testing.T) {
 		withAnswer[id] = true
 		c, ok := cdrs[id]
 		if !ok {
-			t.Errorf("answered call %s (node %s) has no CDR on any node", id, l.Node)
+			t.Errorf("answered call %s (node %s) has no CDR on any node; logs:%s", id, l.Node, logOf(id))
 			continue
 		}
 		if l.Bye.IsZero() {
-			t.Errorf("answered call %s (node %s) never got a BYE on its carrier leg; CDR %v", id, l.Node, c.cdr)
+			t.Errorf("answered call %s (node %s) never got a BYE on its carrier leg; CDR %v; logs:%s", id, l.Node, c.cdr, logOf(id))
 			continue
 		}
 		over := l.Bye.Sub(paidThrough(l, c.cdr))
@@ -194,7 +212,7 @@ func TestClusterChaos(t *testing.T) {
 			reaped++
 			reapedOver = append(reapedOver, over)
 			if over > takeoverTTL+byeSlack {
-				t.Errorf("reaped call %s ended %v after its paid-through: past lease TTL + %v", id, over.Round(time.Millisecond), byeSlack)
+				t.Errorf("reaped call %s ended %v after its paid-through: past lease TTL + %v; logs:%s", id, over.Round(time.Millisecond), byeSlack, logOf(id))
 			}
 		case "gateway_restart":
 			restarted++
@@ -204,7 +222,7 @@ func TestClusterChaos(t *testing.T) {
 		default:
 			normal = append(normal, over)
 			if over > meterSlack {
-				t.Errorf("call %s ran %v past what it paid (CDR %v)", id, over.Round(time.Millisecond), c.cdr)
+				t.Errorf("call %s ran %v past what it paid (CDR %v); logs:%s", id, over.Round(time.Millisecond), c.cdr, logOf(id))
 			}
 		}
 	}

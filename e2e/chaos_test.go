@@ -75,7 +75,10 @@ func TestClusterChaos(t *testing.T) {
 	}
 	front := startFront(t, kamailio, frontPort, ports)
 
-	const rate = 5 // calls a second
+	// 5 calls a second, each hung up by its caller 2.5 s after its answer:
+	// mid-increment, so a hang-up never races an increment's boundary
+	// (see TestClusterEtcdLeaderKilled).
+	const rate = 5
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds)*time.Second+3*time.Minute)
 	defer cancel()
 	legs := &loadtest.Legs{}
@@ -83,7 +86,7 @@ func TestClusterChaos(t *testing.T) {
 	go func() {
 		rep, err := loadtest.Run(ctx, loadtest.Config{Target: fmt.Sprintf("127.0.0.1:%d", front.port),
 			Caller: fmt.Sprintf("127.0.0.1:%d", pbxPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carrierPort),
-			Rate: rate, Calls: rate * seconds, Hold: 2 * time.Second, Dialled: carrierNumber(0), From: []string{"+12125550100"},
+			Rate: rate, Calls: rate * seconds, Hold: 2500 * time.Millisecond, Dialled: carrierNumber(0), From: []string{"+12125550100"},
 			SetupTimeout: 10 * time.Second, HangupTimeout: 5 * time.Second, Legs: legs}, nil)
 		if err != nil {
 			t.Errorf("load tool: %v", err)

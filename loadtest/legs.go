@@ -193,3 +193,15 @@ func contactHostPort(m interface{ Contact() *sip.ContactHeader }) string {
 	}
 	return c.Address.HostPort()
 }
+
+// drain waits, at most timeout, until every carrier leg the run answered
+// has ended. The caller's BYE is answered by the gateway before the
+// gateway's BYE reaches the carrier, so a run that closed its carrier
+// socket as soon as its last caller was done would miss the last calls'
+// carrier BYEs; a run recording Legs waits for them (without Legs, Run
+// ends as it always has).
+func (c *carrier) drain(timeout time.Duration) {
+	for deadline := time.Now().Add(timeout); c.up.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+}

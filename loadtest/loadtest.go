@@ -264,6 +264,9 @@ type carrier struct {
 	*endpoint
 	dialogs *sipgo.DialogServerCache
 	invites atomic.Int64
+	// up is the carrier legs answered and not yet ended (legs.go's
+	// drain waits for it).
+	up atomic.Int64
 }
 
 func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, error) {
@@ -292,6 +295,8 @@ func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, 
 			return
 		}
 		cfg.Legs.answered(CarrierSide, req.CallID().Value(), req.Source(), answered)
+		c.up.Add(1)
+		defer c.up.Add(-1)
 		select {
 		case <-dlg.Context().Done():
 		case <-ctx.Done():
@@ -436,6 +441,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 	}
 	defer call.close()
 	r, err := run(runCtx, cfg, call, carr, progress)
+	if cfg.Legs != nil {
+		carr.drain(cfg.HangupTimeout)
+	}
 	return r, err
 }
 

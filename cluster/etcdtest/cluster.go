@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -30,28 +31,67 @@ func (m *Member) Running() bool {
 
 // Leader is the member that answers, through its own Status, that it leads
 // the raft group; an error when no member does within ctx (an election in
-// progress, or a majority down).
+// progress, or a majority down), naming what each member last answered.
 func (c *Cluster) Leader(ctx context.Context) (*Member, error) {
 	cli := c.Client()
 	defer cli.Close()
+	last := map[string]string{}
 	for {
 		for _, m := range c.Members {
 			if !m.Running() {
+				last[m.Name] = "not running"
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, time.Second)
 			st, err := cli.Status(sctx, m.ClientURL)
 			cancel()
-			if err == nil && st.Leader != 0 && st.Leader == st.Header.MemberId {
+			if err != nil {
+				last[m.Name] = err.Error()
+				continue
+			}
+			if st.Leader != 0 && st.Leader == st.Header.MemberId {
 				return m, nil
 			}
+			last[m.Name] = fmt.Sprintf("member %x, leader %x, raft term %d, index %d, errors %v", st.Header.MemberId, st.Leader, st.RaftTerm, st.RaftIndex, st.Errors)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("etcdtest: no leader among the members: %w", ctx.Err())
+			var b strings.Builder
+			for _, m := range c.Members {
+				fmt.Fprintf(&b, "; %s: %s", m.Name, last[m.Name])
+			}
+			return nil, fmt.Errorf("etcdtest: no leader among the members%s: %w\n%s", b.String(), ctx.Err(), c.Logs())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// Logs is the end of every member's log (its last 4 KiB), for a failing
+// test's message.
+func (c *Cluster) Logs() string {
+	var b strings.Builder
+	for _, m := range c.Members {
+		data, err := os.ReadFile(c.logPath(m))
+		if err != nil {
+			fmt.Fprintf(&b, "--- %s: %v\n", m.Name, err)
+			continue
+		}
+		if len(data) > 4096 {
+			data = data[len(data)-4096:]
+		}
+		fmt.Fprintf(&b, "--- %s (pid %d, running %v)\n%s\n", m.Name, m.PID(), m.Running(), data)
+	}
+	return b.String()
+}
+
+// logPath is where the member's output goes: beside its data directory.
+func (c *Cluster) logPath(m *Member) string {
+	for i, a := range m.cmd.Args {
+		if a == "--data-dir" && i+1 < len(m.cmd.Args) {
+			return filepath.Join(filepath.Dir(m.cmd.Args[i+1]), m.Name+".log")
+		}
+	}
+	return ""
 }
 
 // Restart starts a killed member again with the arguments it first ran
@@ -65,16 +105,11 @@ func (c *Cluster) Restart(m *Member) {
 	if m.Running() {
 		c.t.Fatalf("etcdtest: restart of %s, which is running (pid %d)", m.Name, m.PID())
 	}
-	dataDir := ""
-	for i, a := range m.cmd.Args {
-		if a == "--data-dir" && i+1 < len(m.cmd.Args) {
-			dataDir = m.cmd.Args[i+1]
-		}
-	}
-	if dataDir == "" {
+	logPath := c.logPath(m)
+	if logPath == "" {
 		c.t.Fatalf("etcdtest: %s was started without --data-dir", m.Name)
 	}
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(dataDir), m.Name+".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		c.t.Fatal(err)
 	}

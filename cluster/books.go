@@ -61,10 +61,14 @@ type Books struct {
 	pools  map[string]*poolSpend // guarded by mu; by org/plan/month (pools_books.go)
 	failed error                 // guarded by mu; set once fenced or the local ledger failed
 
-	ops    opCounters
-	ctx    context.Context // cancelled by Close: background work stops
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the tick loop and the top-ups
+	ops opCounters
+	rec *recorder // takeover records (takeover.go)
+	// recLatency: record batches' write times (figures only).
+	recLatency latencies
+	reap       reapState       // the reaper (reap.go)
+	ctx        context.Context // cancelled by Close: background work stops
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup // the tick loop and the top-ups
 }
 
 type opCounters struct{ grants, returns, reports, reads, charges atomic.Int64 }
@@ -103,6 +107,20 @@ type orgSpend struct {
 	// (a timeout, a lost connection); the next one first reads the slice
 	// back and adopts what etcd has (reconcile).
 	unsure bool
+	// asOf is the local ledger sequence number of the last balance a
+	// landed write set the slice to (takeover.go).
+	asOf uint64
+
+	// gate orders the org's local charge changes against the balance
+	// reads that reports send (takeover.go). Invariant: a step or close
+	// holds it shared from before its local change until its takeover
+	// record has landed in etcd; balanceAsOf holds it exclusively only
+	// while it reads the balance and the ledger's sequence number, never
+	// across an etcd request. So every charge change at or before a
+	// reported AsOf is in a landed record. Lock order: after
+	// poolSpend.etcd and orgSpend.etcd (a direct-mode hold takes it under
+	// both), before Books.mu and the recorder's mutex.
+	gate sync.RWMutex
 }
 
 var _ ledger.Books = (*Books)(nil)
@@ -133,7 +151,8 @@ func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy,
 		log = slog.Default()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, pools: map[string]*poolSpend{}, ctx: ctx, cancel: cancel}
+	b := &Books{n: n, local: local, shared: shared, p: p, clk: clk, log: log, orgs: map[string]*orgSpend{}, pools: map[string]*poolSpend{}, ctx: ctx, cancel: cancel,
+		rec: newRecorder()}
 	// The ledger holds pool minutes only as far as etcd granted them
 	// (pools_books.go), from before the first call.
 	local.LimitPools()
@@ -145,8 +164,13 @@ func NewBooks(n *Node, local *ledger.Ledger, shared SharedConfig, p SlicePolicy,
 		cancel()
 		return nil, err
 	}
-	b.wg.Add(1)
+	if err := b.finishRejoin(ctx); err != nil {
+		cancel()
+		return nil, err
+	}
+	b.wg.Add(2)
 	go b.tickLoop()
+	go b.commitLoop()
 	return b, nil
 }
 
@@ -181,6 +205,13 @@ func (b *Books) Close(ctx context.Context) error {
 	}
 	if err := b.closePools(ctx); err != nil {
 		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		// Every slice went back with the calls' money in it: the takeover
+		// records have nothing left to settle.
+		if err := b.dropAllRecords(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("delete takeover records: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -309,7 +340,11 @@ func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Livene
 	}
 	org, _, credits := b.local.NextCredit(callID)
 	if !credits {
-		return b.local.StepAlive(callID, n, at, live)
+		c, _, up := b.local.CallAsOf(callID)
+		if !up {
+			return b.local.StepAlive(callID, n, at, live) // the ledger says why
+		}
+		return b.stepRecorded(b.org(c.Org), callID, n, at, live)
 	}
 	o := b.org(org)
 	b.touch(o)
@@ -320,10 +355,33 @@ func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Livene
 	var inc ledger.Increment
 	err := b.hold(o, need, func() error {
 		var err error
-		inc, err = b.local.StepAlive(callID, n, at, live)
+		inc, err = b.stepRecorded(o, callID, n, at, live)
 		return err
 	})
 	return inc, err
+}
+
+// stepRecorded is the local step and the call's takeover record after it,
+// under the org's gate (orgSpend.gate): the step returns once the record
+// landed. A record that cannot land fails the books closed and the step
+// with ErrUnavailable (the gateway ends the call).
+func (b *Books) stepRecorded(o *orgSpend, callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
+	o.gate.RLock()
+	defer o.gate.RUnlock()
+	inc, err := b.local.StepAlive(callID, n, at, live)
+	if rerr := b.recordCall(callID, nil, false); rerr != nil {
+		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(rerr))
+	}
+	return inc, err
+}
+
+// balanceAsOf reads the org's local balance and the ledger's sequence
+// number at one instant, with no step or close between its local change and
+// its record landing (orgSpend.gate): what a report may set the slice to.
+func (b *Books) balanceAsOf(o *orgSpend) (ledger.Org, uint64, error) {
+	o.gate.Lock()
+	defer o.gate.Unlock()
+	return b.local.OrgAsOf(o.id)
 }
 
 // hold runs try (a local hold) and, while it is refused for want of
@@ -382,7 +440,7 @@ func (b *Books) hold(o *orgSpend, need func() decimal.Decimal, try func() error)
 // in normal mode a whole slice's worth (as much as is unallocated, at
 // least the shortfall), in direct mode exactly the shortfall. Under o.etcd.
 func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
-	lo, err := b.local.Org(o.id)
+	lo, asOf, err := b.balanceAsOf(o)
 	if err != nil {
 		return err
 	}
@@ -397,7 +455,7 @@ func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
 	if !direct && want.GreaterThan(max) {
 		max = want
 	}
-	moved, err := b.resize(b.ctx, o, lo.Balance, short, max)
+	moved, err := b.resize(b.ctx, o, lo.Balance, asOf, short, max)
 	if errors.Is(err, ErrInsufficientCredit) {
 		// Not even the shortfall is unallocated: the org's last money is
 		// in slices, ours and others'. Direct mode; and what this node
@@ -422,15 +480,16 @@ func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
 
 // resize is Resize of this org's slice to have, taking between min and max
 // from unallocated, then credits what came into the local ledger and
-// updates the org's view. Under o.etcd.
-func (b *Books) resize(ctx context.Context, o *orgSpend, have, min, max decimal.Decimal) (decimal.Decimal, error) {
-	if err := b.settlePending(ctx, o, have); err != nil {
+// updates the org's view. have is the local balance as of the ledger's
+// sequence number asOf (balanceAsOf). Under o.etcd.
+func (b *Books) resize(ctx context.Context, o *orgSpend, have decimal.Decimal, asOf uint64, min, max decimal.Decimal) (decimal.Decimal, error) {
+	if err := b.settlePending(ctx, o, have, asOf); err != nil {
 		return decimal.Zero, err
 	}
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, Min: min, Max: max, Share: maxShare})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, AsOf: asOf, Min: min, Max: max, Share: maxShare})
 	if err != nil {
 		if errors.Is(err, ErrInsufficientCredit) {
 			b.observe(o, res.Account, s)
@@ -439,6 +498,7 @@ func (b *Books) resize(ctx context.Context, o *orgSpend, have, min, max decimal.
 		return decimal.Zero, b.etcdErr(o, err)
 	}
 	b.observe(o, res.Account, res.Slice)
+	b.landed(o, asOf)
 	if res.Moved.IsPositive() {
 		if _, err := b.local.CreditSlice(o.id, res.Slice.ID, res.Slice.Moves, res.Moved); err != nil {
 			// etcd granted it and the local ledger failed: the books
@@ -479,7 +539,7 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	lo, err := b.local.Org(o.id)
+	lo, asOf, err := b.balanceAsOf(o)
 	if err != nil {
 		return err
 	}
@@ -487,7 +547,7 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 	if s == nil && !x.IsPositive() {
 		return nil
 	}
-	if err := b.settlePending(ctx, o, lo.Balance); err != nil {
+	if err := b.settlePending(ctx, o, lo.Balance, asOf); err != nil {
 		return err
 	}
 	if s == nil {
@@ -495,7 +555,7 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 		// was given back; etcd counts it spent): into a slice first, so
 		// the give-back below is a numbered movement of a slice etcd
 		// has, which a restart or a reconcile can check.
-		if _, err := b.resize(ctx, o, lo.Balance, decimal.Zero, decimal.Zero); err != nil {
+		if _, err := b.resize(ctx, o, lo.Balance, asOf, decimal.Zero, decimal.Zero); err != nil {
 			return err
 		}
 		b.mu.Lock()
@@ -512,7 +572,7 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 		b.mu.Lock()
 		o.back, o.backMove = x, s.Moves+1
 		b.mu.Unlock()
-		if err := b.settlePending(ctx, o, lo.Balance.Sub(x)); err != nil {
+		if err := b.settlePending(ctx, o, lo.Balance.Sub(x), asOf); err != nil {
 			return err
 		}
 	}
@@ -535,8 +595,8 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 // settlePending first reconciles the org's slice after an etcd failure
 // that may have landed, then completes a give-back the local ledger made
 // and etcd did not (have is the local balance, which no longer counts
-// it). Under o.etcd.
-func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Decimal) error {
+// it, as of the ledger's sequence number asOf). Under o.etcd.
+func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Decimal, asOf uint64) error {
 	b.mu.Lock()
 	unsure := o.unsure
 	b.mu.Unlock()
@@ -554,11 +614,12 @@ func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Dec
 	if s == nil {
 		return b.etcdErr(o, fmt.Errorf("give-back of %s pending without a slice: %w", back, ErrSliceGone))
 	}
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), Min: back.Neg(), Max: back.Neg()})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), AsOf: asOf, Min: back.Neg(), Max: back.Neg()})
 	if err != nil {
 		return b.etcdErr(o, err)
 	}
 	b.observe(o, res.Account, res.Slice)
+	b.landed(o, asOf)
 	b.ops.returns.Add(1)
 	b.mu.Lock()
 	o.back, o.backMove = decimal.Zero, 0
@@ -622,6 +683,18 @@ func (b *Books) observe(o *orgSpend, a Account, s *Slice) {
 	o.acct, o.known, o.slice = a, true, s
 	b.mu.Unlock()
 	b.decideMode(o)
+}
+
+// landed records that a write setting the org's slice from the local
+// balance read as of asOf reached etcd: the closed takeover records it
+// covers may go (takeover.go).
+func (b *Books) landed(o *orgSpend, asOf uint64) {
+	b.mu.Lock()
+	if asOf > o.asOf {
+		o.asOf = asOf
+	}
+	b.mu.Unlock()
+	b.dropCovered(o.id)
 }
 
 // decideMode switches the org to direct mode when its unallocated money

@@ -5,28 +5,121 @@ package cluster
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
 )
 
+// AnswerDialog answers the call in the local ledger, then writes its
+// takeover record (takeover.go) and returns once etcd has it: the gateway
+// relays the 200 only after that, so a call a caller hears answered is one
+// a survivor can end and settle. Refused once the books failed; a record
+// that cannot land fails them (ErrUnavailable: the gateway answers 503).
 func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage) error {
-	return b.local.AnswerDialog(callID, at, dialog)
+	if err := b.writable(); err != nil {
+		return fmt.Errorf("answer call %s: %w", callID, err)
+	}
+	if err := b.local.AnswerDialog(callID, at, dialog); err != nil {
+		return err
+	}
+	if err := b.recordCall(callID, dialog, true); err != nil {
+		return fmt.Errorf("answer call %s: %w", callID, b.fail(err))
+	}
+	return nil
 }
 
 // CloseCall ends the call on the local ledger; what it releases or refunds
 // stays with this node until the next report (direct mode: given back at
-// the next tick).
+// the next tick). A call with a takeover record (answered, not free) is
+// closed only while the node may sell: fenced or past its lease deadline,
+// a survivor may be ending and settling it (reap.go), so this node writes
+// no CDR of its own (ErrUnavailable; a restart settles it, or knows the
+// survivor did). Its record is rewritten as closed, with the CDR, before
+// CloseCall returns.
 func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error) {
-	cdr, err := b.local.CloseCall(callID, end)
-	if err == nil && cdr.Org != "" {
-		b.touch(b.org(cdr.Org))
+	b.rec.mu.Lock()
+	rec, recorded := b.rec.recs[callID]
+	var org string
+	if recorded {
+		org = rec.Call.Org
+		recorded = rec.Closed == nil
 	}
-	return cdr, err
+	b.rec.mu.Unlock()
+	if !recorded {
+		cdr, err := b.local.CloseCall(callID, end)
+		if err == nil && cdr.Org != "" {
+			b.touch(b.org(cdr.Org))
+		}
+		return cdr, err
+	}
+	if err := b.closable(); err != nil {
+		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, err)
+	}
+	o := b.org(org)
+	o.gate.RLock()
+	defer o.gate.RUnlock()
+	cdr, err := b.local.CloseCall(callID, end)
+	if err != nil {
+		return cdr, err
+	}
+	b.touch(o)
+	if err := b.recordClose(cdr); err != nil {
+		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, b.fail(err))
+	}
+	return cdr, nil
 }
 
+// writable refuses a change whose takeover record could not land: the
+// books failed, or the node knows it is fenced.
+func (b *Books) writable() error {
+	if err := b.Err(); err != nil {
+		return err
+	}
+	if err := b.n.Sellable(); errors.Is(err, ErrFenced) {
+		return b.fail(err)
+	}
+	return nil
+}
+
+// closable says whether a call with a takeover record may be closed here:
+// not once the books failed or the node is fenced; past the local lease
+// deadline only once etcd confirms the lease still stands (a fenced
+// transaction that writes nothing): a survivor acts only after etcd
+// removed the member key, and the closed record that follows is written
+// fenced too, so the survivor finds it closed or this close fails.
+func (b *Books) closable() error {
+	if err := b.Err(); err != nil {
+		return err
+	}
+	err := b.n.Sellable()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrLeaseDeadline):
+		if _, _, err := b.n.commit(b.ctx, nil, nil); err != nil {
+			return b.fail(err)
+		}
+		return nil
+	default:
+		return b.fail(err)
+	}
+}
+
+// UpdateDialog replaces the dialog record locally, then in the call's
+// takeover record (waiting until it landed).
 func (b *Books) UpdateDialog(callID string, dialog json.RawMessage) error {
-	return b.local.UpdateDialog(callID, dialog)
+	if err := b.writable(); err != nil {
+		return fmt.Errorf("update dialog %s: %w", callID, err)
+	}
+	if err := b.local.UpdateDialog(callID, dialog); err != nil {
+		return err
+	}
+	if err := b.recordCall(callID, dialog, false); err != nil {
+		return fmt.Errorf("update dialog %s: %w", callID, b.fail(err))
+	}
+	return nil
 }
 func (b *Books) Dialogs() []ledger.Dialog         { return b.local.Dialogs() }
 func (b *Books) ForgetDialog(callID string) error { return b.local.ForgetDialog(callID) }

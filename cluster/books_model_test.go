@@ -224,6 +224,14 @@ func TestBooksModel(t *testing.T) {
 				break
 			}
 			err := sp[c.node].books.AnswerDialog(c.id, clk.Now(), nil)
+			if fenced[c.node] {
+				// No takeover record can land: the gateway answers 503.
+				if !errors.Is(err, ledger.ErrUnavailable) {
+					t.Fatalf("step %d: answer on a fenced node: %v", step, err)
+				}
+				op = "answer-fenced"
+				break
+			}
 			if err != nil {
 				t.Fatalf("step %d: answer: %v", step, err)
 			}
@@ -280,6 +288,12 @@ func TestBooksModel(t *testing.T) {
 				op = "close-refund"
 			}
 			if _, err := sp[c.node].books.CloseCall(c.id, end); err != nil {
+				if fenced[c.node] && !c.answered.IsZero() && errors.Is(err, ledger.ErrUnavailable) {
+					// A survivor's or the restart's to settle (reap.go):
+					// the fenced node writes no CDR.
+					op = "close-fenced"
+					break
+				}
 				t.Fatalf("step %d: close: %v", step, err)
 			}
 			calls = append(calls[:k], calls[k+1:]...)
@@ -342,6 +356,9 @@ func TestBooksModel(t *testing.T) {
 	// The end: every call closed, every node fenced restarted, every Books
 	// closed (slices given back): etcd's spent is what the ledgers debited.
 	for _, c := range calls {
+		if fenced[c.node] && !c.answered.IsZero() {
+			continue // settled by the node's restart below
+		}
 		if _, err := sp[c.node].books.CloseCall(c.id, ledger.CallEnd{At: clk.Now(), Reason: ledger.ReasonCallerHangup}); err != nil {
 			t.Fatal(err)
 		}

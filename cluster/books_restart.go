@@ -122,6 +122,12 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 		}
 	}
 	owed := unspent.Sub(lo.Balance).Sub(inflight)
+	if r := b.n.rejoin; r != nil && r.LastReaped {
+		// A survivor reaped the last incarnation: it settled the money
+		// in etcd exactly, from the takeover records (reap.go); the
+		// leftover here goes back locally only.
+		owed = decimal.Zero
+	}
 	key := restartPrefix + last.Slice
 	if !moved {
 		key = restartPrefix + r.Slice.ID

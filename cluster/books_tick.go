@@ -46,7 +46,7 @@ func (b *Books) maybeTopUp(o *orgSpend) {
 		if b.ctx.Err() != nil || b.Err() != nil {
 			return
 		}
-		lo, err := b.local.Org(o.id)
+		lo, asOf, err := b.balanceAsOf(o)
 		if err != nil {
 			return
 		}
@@ -61,7 +61,7 @@ func (b *Books) maybeTopUp(o *orgSpend) {
 		if direct || !lo.Available().LessThan(low) {
 			return
 		}
-		moved, err := b.resize(b.ctx, o, lo.Balance, decimal.Zero, want)
+		moved, err := b.resize(b.ctx, o, lo.Balance, asOf, decimal.Zero, want)
 		if err != nil {
 			b.log.Warn("cluster top-up failed", "org", o.id, "error", err)
 			return
@@ -156,14 +156,15 @@ func (b *Books) tick(ctx context.Context) {
 		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
 		pending := o.back.IsPositive() || o.unsure
 		b.mu.Unlock()
-		if lo, err = b.local.Org(o.id); err != nil {
+		var asOf uint64
+		if lo, asOf, err = b.balanceAsOf(o); err != nil {
 			o.etcd.Unlock()
 			continue
 		}
 		switch {
 		case pending:
 			// A give-back to complete or an unsure slice: on its own.
-			if err := b.settlePending(ctx, o, lo.Balance); err != nil {
+			if err := b.settlePending(ctx, o, lo.Balance, asOf); err != nil {
 				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
 			}
 			o.etcd.Unlock()
@@ -174,7 +175,7 @@ func (b *Books) tick(ctx context.Context) {
 			o.etcd.Unlock()
 		case s != nil && !s.Unspent().Equal(lo.Balance):
 			report = append(report, o)
-			reqs = append(reqs, ResizeReq{Org: o.id, Slice: s, Have: lo.Balance, Min: decimal.Zero, Max: decimal.Zero})
+			reqs = append(reqs, ResizeReq{Org: o.id, Slice: s, Have: lo.Balance, AsOf: asOf, Min: decimal.Zero, Max: decimal.Zero})
 			if len(reqs) == maxResizeOrgs {
 				flush()
 			}
@@ -224,5 +225,6 @@ func (b *Books) report(ctx context.Context, orgs []*orgSpend, reqs []ResizeReq) 
 			continue
 		}
 		b.observe(orgs[i], r.Account, r.Slice)
+		b.landed(orgs[i], reqs[i].AsOf)
 	}
 }

@@ -16,6 +16,8 @@ import (
 //	charges/<org>/<key>      one Charge (a restarted node's settlement), once per key
 //	pools/<org>/<plan>/<month>             a minute pool: {total, unallocated, used}
 //	poolslices/<node>/<org>/<plan>/<month> a node's part of it: {granted, used} (pools.go)
+//	takeover/<node>/<epoch>/<call>         an answered call's takeover record (takeover.go)
+//	reaps/<node>/<epoch>     the claim on a dead incarnation's takeover (reap.go)
 type keys struct{ prefix string }
 
 func (k keys) epoch() string             { return k.prefix + "epoch" }
@@ -38,6 +40,17 @@ func (k keys) poolSlice(node, org, plan, month string) string {
 	return k.prefix + "poolslices/" + node + "/" + org + "/" + plan + "/" + month
 }
 func (k keys) poolSlices() string { return k.prefix + "poolslices/" }
+func (k keys) takeover(node string, epoch int64, call string) string {
+	return k.takeoverOf(node, epoch) + call
+}
+func (k keys) takeoverOf(node string, epoch int64) string {
+	return fmt.Sprintf("%stakeover/%s/%020d/", k.prefix, node, epoch)
+}
+func (k keys) takeovers() string { return k.prefix + "takeover/" }
+func (k keys) reap(node string, epoch int64) string {
+	return fmt.Sprintf("%sreaps/%s/%020d", k.prefix, node, epoch)
+}
+func (k keys) members() string { return k.prefix + "members/" }
 
 // validID refuses what would break the key layout: empty ids, '/', and ids
 // long enough to bloat every key.

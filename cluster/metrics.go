@@ -95,6 +95,7 @@ type collector struct {
 	sellable, remaining, fenced, epoch *prometheus.Desc
 	ops, direct, slices, unspent       *prometheus.Desc
 	applied, resyncs                   *prometheus.Desc
+	records, reaps, reapedCalls        *prometheus.Desc
 }
 
 // NewCollector is the Prometheus collector of node n, its Books and its
@@ -105,21 +106,25 @@ func NewCollector(n *Node, b *Books, r *Replica) prometheus.Collector {
 		return prometheus.NewDesc("creditgate_cluster_"+name, help, labels, node)
 	}
 	return &collector{n: n, b: b, r: r,
-		sellable:  d("lease_sellable", "1 while the node may sell (hold new increments): before its local lease deadline and not fenced; 0 otherwise (then /readyz answers 503)."),
-		remaining: d("lease_remaining_seconds", "Seconds left to the node's local lease deadline (last acknowledged keepalive's send time + TTL − margin); negative once it passed."),
-		fenced:    d("fenced", "1 once the node knows its etcd lease is gone (revoked or expired): every write it makes is refused until it rejoins."),
-		epoch:     d("epoch", "The node's incarnation number, taken when it joined; larger than every earlier incarnation's of any node."),
-		ops:       d("etcd_ops_total", "etcd operations the node's Books made, by kind: grants (money taken from unallocated), returns (given back), reports (report transactions, up to 60 orgs each), reads (account reads for the cluster balance), charges (restart settlements and fundings).", "kind"),
-		direct:    d("direct_orgs", "Orgs in direct mode on this node: each hold is taken from etcd, no slice kept."),
-		slices:    d("slices", "Orgs this node holds a slice of."),
-		unspent:   d("slice_unspent", "Money in the node's slices as etcd has it (granted − spent at the last report), by currency.", "currency"),
-		applied:   d("replica_applied_revision", "The etcd revision of the shared configuration the node's ledger has applied."),
-		resyncs:   d("replica_resyncs_total", "Full re-reads of the shared configuration after the first (compacted or cancelled watch, failed deck fetch)."),
+		sellable:    d("lease_sellable", "1 while the node may sell (hold new increments): before its local lease deadline and not fenced; 0 otherwise (then /readyz answers 503)."),
+		remaining:   d("lease_remaining_seconds", "Seconds left to the node's local lease deadline (last acknowledged keepalive's send time + TTL − margin); negative once it passed."),
+		fenced:      d("fenced", "1 once the node knows its etcd lease is gone (revoked or expired): every write it makes is refused until it rejoins."),
+		epoch:       d("epoch", "The node's incarnation number, taken when it joined; larger than every earlier incarnation's of any node."),
+		ops:         d("etcd_ops_total", "etcd operations the node's Books made, by kind: grants (money taken from unallocated), returns (given back), reports (report transactions, up to 60 orgs each), reads (account reads for the cluster balance), charges (restart settlements and fundings).", "kind"),
+		direct:      d("direct_orgs", "Orgs in direct mode on this node: each hold is taken from etcd, no slice kept."),
+		slices:      d("slices", "Orgs this node holds a slice of."),
+		unspent:     d("slice_unspent", "Money in the node's slices as etcd has it (granted − spent at the last report), by currency.", "currency"),
+		applied:     d("replica_applied_revision", "The etcd revision of the shared configuration the node's ledger has applied."),
+		resyncs:     d("replica_resyncs_total", "Full re-reads of the shared configuration after the first (compacted or cancelled watch, failed deck fetch)."),
+		records:     d("takeover_records", "Takeover records this node keeps in etcd: its answered calls up, and closed ones until a report covers them."),
+		reaps:       d("reaps_total", "Dead node incarnations this node reaped (claimed, ended their calls, settled their money)."),
+		reapedCalls: d("reaped_calls_total", "Calls of dead nodes this node ended (BYE to both legs) and wrote the CDR of, reason node_failure."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sellable, c.remaining, c.fenced, c.epoch, c.ops, c.direct, c.slices, c.unspent, c.applied, c.resyncs} {
+	for _, d := range []*prometheus.Desc{c.sellable, c.remaining, c.fenced, c.epoch, c.ops, c.direct, c.slices, c.unspent, c.applied, c.resyncs,
+		c.records, c.reaps, c.reapedCalls} {
 		ch <- d
 	}
 }
@@ -148,6 +153,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.applied, float64(c.r.Applied()))
 	counter(c.resyncs, float64(c.r.Resyncs()))
+	gauge(c.records, float64(c.b.RecordStats().Live))
+	reaps, calls := c.b.Reaped()
+	counter(c.reaps, float64(reaps))
+	counter(c.reapedCalls, float64(calls))
 }
 
 func bit(b bool) float64 {

@@ -46,6 +46,10 @@ type Node struct {
 	deadline time.Time // guarded by mu
 	lost     bool      // guarded by mu; the lease is known gone
 
+	// rejoin is what ClaimOwn found of earlier incarnations (rejoin.go);
+	// nil if it was not called. Set before NewBooks, read-only after.
+	rejoin *Rejoin
+
 	stop context.CancelFunc
 	wg   sync.WaitGroup
 }

@@ -65,6 +65,9 @@ type PoolSlice struct {
 	Month   string `json:"month"`
 	Granted int    `json:"granted"`
 	Used    int    `json:"used"`
+	// AsOf is the holder's local ledger sequence number at which it read
+	// the Used it last reported (PoolReq.AsOf), for a reaper (reap.go).
+	AsOf uint64 `json:"as_of,omitempty"`
 }
 
 // Unused is what the slice still reserves for its node (held minutes
@@ -79,6 +82,9 @@ type PoolReq struct {
 	Licensed int
 	// Used is the node's used minutes (its ledger's): reported.
 	Used int
+	// AsOf is the local ledger's sequence number at which Used was read
+	// (ledger.PoolShareAsOf); 0 keeps the slice's.
+	AsOf uint64
 	// Need, Want: take from Unallocated at least Need minutes (else none)
 	// and up to Want, at most half of what is unallocated unless Need is
 	// more (a node cannot take a pool away from the others in one grant).
@@ -198,6 +204,9 @@ func (r PoolReq) apply(a *PoolAccount, s *PoolSlice, fresh bool) (PoolRes, error
 	}
 	a.Used += r.Used - s.Used // negative after a refund
 	s.Used = r.Used
+	if r.AsOf > s.AsOf {
+		s.AsOf = r.AsOf
+	}
 	var res PoolRes
 	if r.GiveTo >= 0 && r.GiveTo < s.Granted {
 		a.Unallocated += s.Granted - r.GiveTo

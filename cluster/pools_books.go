@@ -61,6 +61,7 @@ type poolSpend struct {
 	known  bool // slice and acct were read at least once
 	direct bool
 	active time.Time // last hold of the pool on this node
+	asOf   uint64    // the local sequence number of the last Used that landed (takeover.go)
 }
 
 func (b *Books) pool(org, plan, month string) *poolSpend {
@@ -128,11 +129,24 @@ func (b *Books) preparePool(org, plan string, at time.Time) (func(), error) {
 // ledger's allowance to what etcd granted (see pools.go: the allowance is
 // never above it, so raising it is always safe). Under p.etcd.
 func (b *Books) poolMove(ctx context.Context, p *poolSpend, sh ledger.PoolShare, need, want, giveTo int) error {
-	res, err := b.n.PoolMove(ctx, PoolReq{Org: p.org, Plan: p.plan, Month: p.month, Licensed: sh.Licensed,
-		Used: sh.Used, Need: need, Want: want, GiveTo: giveTo})
+	// Read again as of a sequence number, under the org's gate (see
+	// orgSpend.gate): a close may have committed a held minute since sh
+	// was read; the allowance only changes under p.etcd, which is held.
+	sh, asOf, err := b.poolShareAsOf(p)
 	if err != nil {
 		return err
 	}
+	res, err := b.n.PoolMove(ctx, PoolReq{Org: p.org, Plan: p.plan, Month: p.month, Licensed: sh.Licensed,
+		Used: sh.Used, AsOf: asOf, Need: need, Want: want, GiveTo: giveTo})
+	if err != nil {
+		return err
+	}
+	b.mu.Lock()
+	if asOf > p.asOf {
+		p.asOf = asOf
+	}
+	b.mu.Unlock()
+	b.dropCovered(p.org)
 	if res.Taken > 0 {
 		b.ops.grants.Add(1)
 	} else if giveTo >= 0 {
@@ -155,6 +169,15 @@ func (b *Books) poolMove(ctx context.Context, p *poolSpend, sh ledger.PoolShare,
 		}
 	}
 	return nil
+}
+
+// poolShareAsOf reads the pool's share and the ledger's sequence number
+// at one instant, under the org's gate (see balanceAsOf).
+func (b *Books) poolShareAsOf(p *poolSpend) (ledger.PoolShare, uint64, error) {
+	o := b.org(p.org)
+	o.gate.Lock()
+	defer o.gate.Unlock()
+	return b.local.PoolShareAsOf(p.org, p.plan, p.month)
 }
 
 // givePoolBack lowers the ledger's allowance to what it uses and holds,

@@ -40,6 +40,11 @@ type Slice struct {
 	// whether its last movement reached etcd (cluster/books.go).
 	Moves    int64           `json:"moves"`
 	LastMove decimal.Decimal `json:"last_move"`
+	// AsOf is the holder's local ledger sequence number at which it read
+	// the balance the slice's unspent was last set to (ResizeReq.AsOf; 0:
+	// never set so). A survivor reaping the holder counts a call's charge
+	// changes after it as spent since (reap.go).
+	AsOf uint64 `json:"as_of,omitempty"`
 
 	modRev int64 // the slice key's mod revision as the holder last wrote it
 }
@@ -192,6 +197,12 @@ type reclaimRecord struct {
 	Unspent  decimal.Decimal `json:"unspent"`
 	Moves    int64           `json:"moves"`
 	LastMove decimal.Decimal `json:"last_move"`
+	// Reaped: a reaper (reap.go) settled the slice exactly, from the dead
+	// incarnation's takeover records: SpentAfter (what its calls committed
+	// after its last report) went to spent, Unspent back to unallocated.
+	// The node's next incarnation charges nothing more for it.
+	Reaped     bool            `json:"reaped,omitempty"`
+	SpentAfter decimal.Decimal `json:"spent_after,omitzero"`
 }
 
 // Reclaim gives the unspent credit of every slice of deadNode whose

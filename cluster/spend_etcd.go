@@ -35,8 +35,11 @@ type ResizeReq struct {
 	Slice *Slice
 	// NewID names the slice if this request creates one (empty: a new
 	// UUID), so the holder can record it before etcd has it.
-	NewID    string
-	Have     decimal.Decimal
+	NewID string
+	Have  decimal.Decimal
+	// AsOf is the local ledger's sequence number at which Have was read
+	// (ledger.OrgAsOf): stored in the slice (Slice.AsOf) for a reaper.
+	AsOf     uint64
 	Min, Max decimal.Decimal
 	// Share, when positive, caps what moves in at this fraction of what is
 	// unallocated (but never below Min): one node's top-up leaves the other
@@ -196,6 +199,9 @@ func resized(r ResizeReq, present bool, rev int64, a Account) (*Slice, Account, 
 	if sold.IsPositive() {
 		ns.Spent = ns.Spent.Add(sold)
 	}
+	if r.AsOf > ns.AsOf {
+		ns.AsOf = r.AsOf
+	}
 	ns.Granted = ns.Spent.Add(after)
 	if !move.IsZero() {
 		ns.Moves++
@@ -224,6 +230,8 @@ type ReclaimOf struct {
 	Unspent  decimal.Decimal
 	Moves    int64
 	LastMove decimal.Decimal
+	// Reaped: settled exactly by a reaper from the takeover records.
+	Reaped bool
 }
 
 // Reclaimed reads the reclaim record of slice id; false if none.
@@ -237,7 +245,7 @@ func (n *Node) Reclaimed(ctx context.Context, sliceID string) (ReclaimOf, bool, 
 	if err := json.Unmarshal(kvs[rk].Value, &r); err != nil {
 		return ReclaimOf{}, false, fmt.Errorf("reclaim record %s: %w", sliceID, err)
 	}
-	return ReclaimOf{By: r.By, Unspent: r.Unspent, Moves: r.Moves, LastMove: r.LastMove}, true, nil
+	return ReclaimOf{By: r.By, Unspent: r.Unspent, Moves: r.Moves, LastMove: r.LastMove, Reaped: r.Reaped}, true, nil
 }
 
 // charge is the record of one Charge, at charges/<org>/<key>.

@@ -324,6 +324,9 @@ func (l *Ledger) CloseCall(callID string, end CallEnd) (CDR, error) {
 		return CDR{}, err
 	}
 	if replay != "" {
+		if isSettledKey([]byte(replay)) {
+			return CDR{}, errSettledElsewhere(callID)
+		}
 		return l.readCDR([]byte(replay))
 	}
 	return cdr, nil

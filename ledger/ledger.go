@@ -39,6 +39,11 @@ type Options struct {
 	// FS lets tests put Pebble on a fault-injecting filesystem.
 	FS     vfs.FS
 	Logger *slog.Logger
+	// SettledElsewhere (cluster mode, issue 17) names calls this ledger
+	// left up that a surviving node has already ended and settled, with
+	// what it settled them at: Open ends them without a CDR (adopt.go)
+	// instead of settling them as ReasonRestart.
+	SettledElsewhere map[string]Settled
 }
 
 // Limits that keep one org or one hostile client from growing memory without
@@ -259,6 +264,10 @@ func (l *Ledger) settleOpenCalls() error {
 		sort.Strings(ids)
 		for _, id := range ids {
 			c := l.calls[id]
+			if s, ok := l.opts.SettledElsewhere[id]; ok {
+				l.settleElsewhere(t, l.orgs[c.Org], c, s)
+				continue
+			}
 			end := CallEnd{At: c.LastAt, Reason: ReasonRestart}
 			if c.Answered() && !c.Expires.IsZero() && t.at.After(c.Expires) {
 				// Its session expired while no process was up: it ended

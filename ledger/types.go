@@ -297,12 +297,15 @@ const (
 	// The call reached its maximum duration, or its maximum charge.
 	ReasonMaxDuration Reason = "max_duration"
 	ReasonMaxCharge   Reason = "max_charge"
+	// The call's node died (cluster mode): a surviving node ended both
+	// legs at the end of what the call had paid and wrote the CDR.
+	ReasonNodeFailure Reason = "node_failure"
 )
 
 // Reasons lists every disconnect reason, in the README's order.
 var Reasons = []Reason{ReasonCallerHangup, ReasonCalleeHangup, ReasonCreditExhausted, ReasonPoolExhausted,
 	ReasonCanceled, ReasonFailed, ReasonAdmin, ReasonRestart, ReasonShutdown, ReasonFraudGuard,
-	ReasonSessionExpired, ReasonLegLost, ReasonMaxDuration, ReasonMaxCharge}
+	ReasonSessionExpired, ReasonLegLost, ReasonMaxDuration, ReasonMaxCharge, ReasonNodeFailure}
 
 // Direction is which way a call went: a CDR's direction.
 type Direction string

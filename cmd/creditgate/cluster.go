@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -36,12 +38,24 @@ type clusterNode struct {
 	node    *cluster.Node
 	replica *cluster.Replica
 	books   *cluster.Books
+	// rejoin is what the node found of its earlier incarnations (issue 17):
+	// the calls survivors settled go to the ledger's Open.
+	rejoin *cluster.Rejoin
+	lock   *os.File // data_dir/cluster.lock, held while the process runs
 }
 
 // joinCluster connects to etcd, joins as cfg.Cluster.NodeID (or the
-// host-port default), brings the local ledger up to the shared
-// configuration and opens the cluster's Books on it.
-func joinCluster(ctx context.Context, cfg configs.Config, local *ledger.Ledger, log *slog.Logger) (*clusterNode, error) {
+// host-port default) and claims the node's earlier incarnations that no
+// survivor reaped (cluster.Node.ClaimOwn), all before the local ledger is
+// opened: the ledger's restart settlement must know which calls survivors
+// ended and settled. It first locks the data directory (cluster.lock), so
+// no other process on it can be alive while it claims. start then opens
+// the cluster's side over the ledger.
+func joinCluster(ctx context.Context, cfg configs.Config, log *slog.Logger) (*clusterNode, error) {
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	c := cfg.Cluster
 	id, err := nodeID(cfg)
 	if err != nil {
@@ -56,29 +70,70 @@ func joinCluster(ctx context.Context, cfg configs.Config, local *ledger.Ledger, 
 		// (joined, lease lost, fenced) is logged by the cluster package.
 		Logger: zap.NewNop()})
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("cluster.etcd %s: %w", strings.Join(c.Etcd, ","), err)
 	}
-	cn := &clusterNode{cli: cli}
+	cn := &clusterNode{cli: cli, lock: lock}
 	cn.node, err = cluster.Join(ctx, cli, cluster.Config{Prefix: c.Prefix, NodeID: id, LeaseTTL: c.LeaseTTL,
 		Margin: c.LeaseMargin, KeepAliveEvery: c.KeepaliveEvery, OpTimeout: c.OpTimeout}, clock.Real{})
 	if err != nil {
 		cli.Close()
+		lock.Close()
 		return nil, fmt.Errorf("join the cluster at %s as %s: %w", strings.Join(c.Etcd, ","), id, err)
 	}
+	if cn.rejoin, err = cn.node.ClaimOwn(ctx); err != nil {
+		cn.stop(log)
+		return nil, fmt.Errorf("cluster rejoin as %s: %w", id, err)
+	}
+	if len(cn.rejoin.Claimed)+len(cn.rejoin.Reaped) > 0 {
+		log.Warn("rejoining the cluster", "node", id, "epoch", cn.node.Epoch(), "settled_from_disk", cn.rejoin.Claimed,
+			"reaped_by_survivors", cn.rejoin.Reaped, "calls_settled_elsewhere", len(cn.rejoin.SettledElsewhere))
+	}
+	return cn, nil
+}
+
+// start brings the local ledger up to the shared configuration and opens
+// the cluster's Books on it (which settle the node's last incarnation).
+// On failure it leaves the cluster (stop).
+func (cn *clusterNode) start(ctx context.Context, cfg configs.Config, local *ledger.Ledger, log *slog.Logger) error {
+	id, c := cn.node.ID(), cfg.Cluster
+	var err error
 	if cn.replica, err = cluster.NewReplica(ctx, cn.node, local, log.With("component", "replica")); err != nil {
 		cn.stop(log)
 		if errors.Is(err, cluster.ErrUnseeded) {
-			return nil, fmt.Errorf("cluster configuration: %w: start a cluster node on an empty --data-dir (moving a single node's orgs and money into a cluster is not built yet)", err)
+			return fmt.Errorf("cluster configuration: %w: start a cluster node on an empty --data-dir (moving a single node's orgs and money into a cluster is not built yet)", err)
 		}
-		return nil, fmt.Errorf("cluster configuration: %w", err)
+		return fmt.Errorf("cluster configuration: %w", err)
 	}
 	if cn.books, err = cluster.NewBooks(cn.node, local, cn.replica, cluster.DefaultSlicePolicy(), clock.Real{},
 		log.With("component", "cluster")); err != nil {
 		cn.stop(log)
-		return nil, fmt.Errorf("cluster books: %w", err)
+		return fmt.Errorf("cluster books: %w", err)
 	}
 	log.Info("joined the cluster", "node", id, "epoch", cn.node.Epoch(), "etcd", strings.Join(c.Etcd, ","))
-	return cn, nil
+	return nil
+}
+
+// startReaper gives the Books the gateway's BYEs for a dead node's calls
+// and starts the reaper: once the gateway listens, so the BYEs can leave.
+func (cn *clusterNode) startReaper(gw *gateway.Gateway) {
+	cn.books.SetLegEnder(gw.EndLegs)
+	cn.books.StartReaper()
+}
+
+// lockDataDir takes data_dir/cluster.lock (flock, held until the process
+// exits): a second process on the data directory is refused before it
+// claims anything in etcd.
+func lockDataDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "cluster.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cluster lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, storeLocked(dir, err)
+	}
+	return f, nil
 }
 
 // stop leaves the cluster: it returns the node's unspent slices while the
@@ -101,6 +156,9 @@ func (cn *clusterNode) stop(log *slog.Logger) {
 		}
 	}
 	cn.cli.Close()
+	if cn.lock != nil {
+		cn.lock.Close()
+	}
 }
 
 // nodeID is cluster.node_id, or "host-SIPPORT" so that nodes on one host

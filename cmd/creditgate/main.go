@@ -93,9 +93,23 @@ func serve(configPath string, o overrides) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	panics.Register(reg)
-	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), ledger.Options{
-		MinFunding: cfg.MinFunding(), Plans: ledger.PlansOf(&cfg.Catalog), Registerer: reg, Logger: log})
+	opts := ledger.Options{
+		MinFunding: cfg.MinFunding(), Plans: ledger.PlansOf(&cfg.Catalog), Registerer: reg, Logger: log}
+	// In cluster mode the node joins and claims its earlier incarnations
+	// before its ledger opens: the ledger's restart settlement must leave
+	// alone the calls survivors already ended and settled (issue 17).
+	var cn *clusterNode
+	if cfg.Cluster.Enabled() {
+		if cn, err = joinCluster(context.Background(), cfg, log); err != nil {
+			return err
+		}
+		opts.SettledElsewhere = cn.rejoin.SettledElsewhere
+	}
+	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), opts)
 	if err != nil {
+		if cn != nil {
+			cn.stop(log)
+		}
 		return storeLocked(cfg.DataDir, err)
 	}
 	defer led.Close()
@@ -104,10 +118,8 @@ func serve(configPath string, o overrides) error {
 	// books is what the gateway and the API spend through: the ledger
 	// itself, or in cluster mode the cluster's Books over it.
 	var books ledger.Books = led
-	var cn *clusterNode
-	if cfg.Cluster.Enabled() {
-		cn, err = joinCluster(context.Background(), cfg, led, log)
-		if err != nil {
+	if cn != nil {
+		if err := cn.start(context.Background(), cfg, led, log); err != nil {
 			return err
 		}
 		// Deferred after the ledger's Close, so it runs before it: the
@@ -142,6 +154,8 @@ func serve(configPath string, o overrides) error {
 	}
 	if cn != nil {
 		workers.Go(func() { cn.follow(ctx, gw, led, log) })
+		// The gateway listens: it can BYE a dead peer's calls.
+		cn.startReaper(gw)
 	}
 	srv, apiDone, err := startAPI(cfg, ln, led, books, gw, token, payments, reg, log)
 	if err != nil {

@@ -75,7 +75,9 @@ func setupClusterAcme(t *testing.T, nodes []*gateway, o orgSetup) {
 	want := decimal.RequireFromString(o.Funding)
 	visibleWithin(t, nodes, time.Now(), "funding and carrier", func(g *gateway) bool {
 		var org struct{ Balance string }
-		g.api("GET", "/v1/orgs/acme", "", "", 200, &org)
+		if !g.get("/v1/orgs/acme", &org) {
+			return false
+		}
 		b, err := decimal.NewFromString(org.Balance)
 		return err == nil && b.Equal(want) && g.hasTrunk(lastCarrier)
 	})

@@ -184,7 +184,7 @@ func TestClusterChaos(t *testing.T) {
 	}
 	cli := etcd.Client()
 	defer cli.Close()
-	acme, cdrs := settledMoney(t, cli, nodes)
+	acme, cdrs := settledMoney(t, cli, nodes, answeredLegs(legs.Side(loadtest.CarrierSide)))
 
 	reasons := map[string]int{}
 	for _, c := range cdrs {

@@ -25,6 +25,20 @@ import (
 // one org every node serves, and how they read the money and the CDRs
 // back from every node and etcd.
 
+// The failure tests' lease: a node's lease expires 2 s after its last
+// keepalive (one every 500 ms), its local deadline 500 ms before that.
+const (
+	takeoverTTL       = 2 * time.Second
+	takeoverMargin    = 500 * time.Millisecond
+	takeoverKeepalive = 500 * time.Millisecond
+	// byeSlack is the allowance past TTL + one increment for a
+	// survivor's BYE: noticing the expiry, claiming, sending.
+	byeSlack = 500 * time.Millisecond
+	// meterSlack is how far from its paid time a call a live node meters
+	// may end.
+	meterSlack = 50 * time.Millisecond
+)
+
 // leaseConf is the cluster section's lease settings, to append to
 // startCluster's conf: a short TTL keeps a test of a node's death short.
 func leaseConf(ttl, margin, keepalive time.Duration) string {
@@ -219,12 +233,14 @@ func baseCallID(legCallID string, cdrs map[string]nodeCDR) string {
 	return legCallID
 }
 
-// settledMoney waits until etcd's acme account has every CDR's charge in
-// spent (a node reports its spending every second; a dead node's is
-// settled by its reaper) and returns the account, its invariant checked
-// (funded = unallocated + Σ slices' unspent + spent = Σ fundings). It
-// fails the test if they never meet within 20 s.
-func settledMoney(t *testing.T, cli *clientv3.Client, nodes []*gateway) (cluster.OrgTotals, map[string]nodeCDR) {
+// settledMoney waits until the nodes hold at least wantCDRs CDRs of acme
+// (a call's CDR is written as it ends, which can be after its caller saw
+// it end) and etcd's acme account has every CDR's charge in spent (a node
+// reports its spending every second; a dead node's is settled by its
+// reaper), and returns the account, its invariant checked (funded =
+// unallocated + Σ slices' unspent + spent = Σ fundings), and the CDRs. It
+// fails the test if that does not happen within 20 s.
+func settledMoney(t *testing.T, cli *clientv3.Client, nodes []*gateway, wantCDRs int) (cluster.OrgTotals, map[string]nodeCDR) {
 	t.Helper()
 	var last string
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(250 * time.Millisecond) {
@@ -235,15 +251,26 @@ func settledMoney(t *testing.T, cli *clientv3.Client, nodes []*gateway) (cluster
 		}
 		acme := st.Orgs["acme"]
 		sum := sumCharges(cdrs)
-		if acme.Spent.Equal(sum) {
+		if len(cdrs) >= wantCDRs && acme.Spent.Equal(sum) {
 			return acme, cdrs
 		}
-		last = fmt.Sprintf("etcd spent %s, Σ %d CDR charges %s (funded %s, unallocated %s, in slices %s)",
-			acme.Spent, len(cdrs), sum, acme.Funded, acme.Unallocated, acme.Outstanding)
+		last = fmt.Sprintf("%d CDRs (want %d), etcd spent %s, Σ CDR charges %s (funded %s, unallocated %s, in slices %s)",
+			len(cdrs), wantCDRs, acme.Spent, sum, acme.Funded, acme.Unallocated, acme.Outstanding)
 		if time.Now().After(deadline) {
-			t.Fatalf("money does not add up 20 s after the calls: %s", last)
+			t.Fatalf("the books do not add up 20 s after the calls: %s", last)
 		}
 	}
+}
+
+// answeredLegs is how many legs of the side were answered.
+func answeredLegs(legs []loadtest.Leg) int {
+	n := 0
+	for _, l := range legs {
+		if !l.Answered.IsZero() {
+			n++
+		}
+	}
+	return n
 }
 
 // stats is p50, p99 and max of durations, and how many, for t.Logf.
@@ -274,4 +301,17 @@ func legsByCallID(legs []loadtest.Leg) map[string]loadtest.Leg {
 func paidThrough(l loadtest.Leg, c cdr) time.Time {
 	billed, _ := strconv.Atoi(c["billed_s"])
 	return l.Answered.Add(time.Duration(billed) * time.Second)
+}
+
+// warnings is the first n WARN and ERROR lines of the node's log, for a
+// failure message.
+func (g *gateway) warnings(n int) string {
+	var b strings.Builder
+	for _, line := range strings.Split(g.log.String(), "\n") {
+		if n > 0 && (strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR")) {
+			fmt.Fprintf(&b, "\n  node :%d: %s", g.sipPort, line)
+			n--
+		}
+	}
+	return b.String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -104,7 +105,11 @@ func TestClusterEtcdLeaderKilled(t *testing.T) {
 		t.Logf("node %d: attempted %d answered %d failed %d %v", i+1, r.Attempted, r.Answered, r.Failed, r.ByStatus)
 	}
 	if len(failed) > 0 {
-		t.Errorf("call attempts failed across the election: %v", failed)
+		var logs strings.Builder
+		for _, g := range nodes {
+			logs.WriteString(g.warnings(8))
+		}
+		t.Errorf("call attempts failed across the election: %v; the nodes' first warnings:%s", failed, logs.String())
 	}
 	if len(during) == 0 {
 		t.Fatal("no call was set up while the leader was being replaced: the test did not test it")
@@ -113,7 +118,7 @@ func TestClusterEtcdLeaderKilled(t *testing.T) {
 	// The books: etcd has every CDR's charge, and the CDRs are each call's.
 	cli := etcd.Client()
 	defer cli.Close()
-	acme, cdrs := settledMoney(t, cli, nodes)
+	acme, cdrs := settledMoney(t, cli, nodes, answeredLegs(legs.Side(loadtest.CarrierSide)))
 	carrierLegs := legs.Side(loadtest.CarrierSide)
 	answered := 0
 	var overrun []time.Duration

@@ -170,18 +170,7 @@ func TestClusterChaos(t *testing.T) {
 			past = append(past, g)
 		}
 	}
-	// logOf is what every process of every node logged about a call.
-	logOf := func(id string) string {
-		var b strings.Builder
-		for _, g := range append(slices.Clone(past), nodes...) {
-			for _, line := range strings.Split(g.log.String(), "\n") {
-				if strings.Contains(line, id) {
-					fmt.Fprintf(&b, "\n  node :%d: %s", g.sipPort, line)
-				}
-			}
-		}
-		return b.String()
-	}
+	logOf := func(id string) string { return callLog(append(slices.Clone(past), nodes...), id) }
 	cli := etcd.Client()
 	defer cli.Close()
 	acme, cdrs := settledMoney(t, cli, nodes, answeredLegs(legs.Side(loadtest.CarrierSide)))

@@ -315,3 +315,16 @@ func (g *gateway) warnings(n int) string {
 	}
 	return b.String()
 }
+
+// callLog is what each of the node processes logged about a call.
+func callLog(procs []*gateway, id string) string {
+	var b strings.Builder
+	for _, g := range procs {
+		for _, line := range strings.Split(g.log.String(), "\n") {
+			if strings.Contains(line, id) {
+				fmt.Fprintf(&b, "\n  node :%d: %s", g.sipPort, line)
+			}
+		}
+	}
+	return b.String()
+}

@@ -195,7 +195,8 @@ func TestClusterKillNineBehindKamailio(t *testing.T) {
 		off := l.Bye.Sub(paidThrough(l, c.cdr))
 		survivorsOff = append(survivorsOff, off)
 		if off > meterSlack || off < -meterSlack {
-			t.Errorf("survivor's call %s ended %v from its paid time (%s s billed)", base, off.Round(time.Millisecond), c.cdr["billed_s"])
+			t.Errorf("survivor's call %s ended %v from its paid time (%s s billed; BYE at %s); logs:%s", base, off.Round(time.Millisecond), c.cdr["billed_s"],
+				l.Bye.UTC().Format("15:04:05.000"), callLog(nodes, base))
 		}
 	}
 	t.Logf("survivors' calls: carrier BYE − paid-through: %s", stats(survivorsOff))

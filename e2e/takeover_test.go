@@ -228,6 +228,12 @@ func TestClusterKillNineBehindKamailio(t *testing.T) {
 	}
 	before := acme.Spent
 	nodes[0].api("POST", "/v1/orgs/acme/credits", "", `{"amount":"5.00","idempotency_key":"fund-2"}`, 201, nil)
+	// Each node reads the cluster's balance at most a report interval
+	// late: the calls wait until every node sees the funding.
+	visibleWithin(t, nodes, time.Now(), "second funding", func(g *gateway) bool {
+		var org struct{ Balance string }
+		return g.get("/v1/orgs/acme", &org) && decimal.RequireFromString(org.Balance).GreaterThanOrEqual(decimal.RequireFromString("5.00"))
+	})
 	againLegs := &loadtest.Legs{}
 	again := run(loadtest.Config{Caller: fmt.Sprintf("127.0.0.1:%d", newPBXPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
 		Dialled: carrierNumber(1), Rate: 10, Calls: 9, Hold: 300 * time.Millisecond, Legs: againLegs})

@@ -97,7 +97,7 @@ func TestClusterChaos(t *testing.T) {
 	// The chaos, on the test's goroutine (restarts may fail the test),
 	// until the load has placed its last call.
 	var (
-		kills, pauses, restartsFenced, etcdKills int
+		kills, pauses, restartsFenced, etcdKills, leaderKills int
 		// outages is, per node, when each of its incarnations stopped
 		// serving (killed or frozen) and when it served again: a call
 		// of that node ended inside such a window by its own restart is
@@ -152,12 +152,18 @@ func TestClusterChaos(t *testing.T) {
 			t.Logf("%5.1fs  node %d frozen %v; /readyz after %d", time.Since(began).Seconds(), i+1, frozen.Round(time.Millisecond), state)
 		default:
 			m := etcd.Members[rng.IntN(len(etcd.Members))]
+			role := "follower"
+			lctx, lcancel := context.WithTimeout(ctx, 3*time.Second)
+			if l, err := etcd.Leader(lctx); err == nil && l == m {
+				role, leaderKills = "leader", leaderKills+1
+			}
+			lcancel()
 			etcd.Kill(m)
 			etcdKills++
 			down := 2*time.Second + time.Duration(rng.Int64N(int64(2*time.Second)))
 			sleep(down)
 			etcd.Restart(m)
-			t.Logf("%5.1fs  etcd %s killed, back after %v", time.Since(began).Seconds(), m.Name, down.Round(time.Millisecond))
+			t.Logf("%5.1fs  etcd %s (%s) killed, back after %v", time.Since(began).Seconds(), m.Name, role, down.Round(time.Millisecond))
 		}
 		sleep(time.Second + time.Duration(rng.Int64N(int64(2*time.Second))))
 	}
@@ -234,8 +240,8 @@ func TestClusterChaos(t *testing.T) {
 		failedKeys = append(failedKeys, fmt.Sprintf("%s %d", k, v))
 	}
 	sort.Strings(failedKeys)
-	t.Logf("chaos %d s (CHAOS_SEED=%d): %d calls attempted, %d answered, %d CDRs %v; %d node kills, %d pauses (%d left fenced and restarted), %d etcd member kills; %d calls reaped by a survivor, %d settled by their node's restart; failed call attempts: %d (%s)",
-		seconds, seed, rep.Attempted, answered, len(cdrs), reasons, kills, pauses, restartsFenced, etcdKills, reaped, restarted,
+	t.Logf("chaos %d s (CHAOS_SEED=%d): %d calls attempted, %d answered, %d CDRs %v; %d node kills, %d pauses (%d left fenced and restarted), %d etcd member kills (%d of the leader); %d calls reaped by a survivor, %d settled by their node's restart; failed call attempts: %d (%s)",
+		seconds, seed, rep.Attempted, answered, len(cdrs), reasons, kills, pauses, restartsFenced, etcdKills, leaderKills, reaped, restarted,
 		rep.Attempted-rep.ByStatus["200"], strings.Join(failedKeys, ", "))
 	t.Logf("carrier BYE − paid-through, calls ended on their own node: %s; reaped calls: %s", stats(normal), stats(reapedOver))
 	t.Logf("setup latency over the run: p50 %.1f ms p99 %.1f ms max %.1f ms", rep.SetupMS.P50, rep.SetupMS.P99, rep.SetupMS.Max)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shopspring/decimal"
 
+	"github.com/creditgate/creditgate/cluster"
 	"github.com/creditgate/creditgate/cluster/etcdtest"
 	"github.com/creditgate/creditgate/loadtest"
 )
@@ -163,13 +164,39 @@ func TestClusterKillNineBehindKamailio(t *testing.T) {
 	}
 	t.Logf("the dead node's %d calls: BYEs (both legs) arrived after the kill: %s (bound %v)", len(deadCalls), stats(reapedAfter), bound.Sub(killed))
 
-	// The books, with the dead node's own part once it is back.
+	// Before the restart: etcd's spent is the survivors' CDRs (the reaped
+	// calls' among them) and the dead node's own from before the kill.
+	cli := etcd.Client()
+	defer cli.Close()
+	var spentBefore decimal.Decimal
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		sum := decimal.Zero
+		for _, c := range oldCDRs {
+			sum = sum.Add(decimal.RequireFromString(c["charge"]))
+		}
+		for _, c := range allNodeCDRs(t, []*gateway{nodes[0], nodes[2]}) {
+			sum = sum.Add(decimal.RequireFromString(c.cdr["charge"]))
+		}
+		st, err := cluster.Check(ctx, cli, clusterPrefix, 5*time.Second)
+		must(t, err)
+		if spentBefore = st.Orgs["acme"].Spent; spentBefore.Equal(sum) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("before the restart: etcd spent %s, the survivors' and the dead node's old CDRs %s", spentBefore, sum)
+		}
+	}
+
+	// The books, with the dead node's own part once it is back: its
+	// restart adds no CDR of a reaped call and no charge.
 	dead.close()
 	back := victim.restart()
 	nodes[victimIdx] = back
-	cli := etcd.Client()
-	defer cli.Close()
 	acme, cdrs := settledMoney(t, cli, nodes, answeredLegs(legs.Side(loadtest.CarrierSide))+answeredLegs(newLegs.Side(loadtest.CarrierSide))+6)
+	time.Sleep(2 * time.Second) // a report interval or two for anything the restart would settle
+	if acme, _ = settledMoney(t, cli, nodes, len(cdrs)); !acme.Spent.Equal(spentBefore) {
+		t.Errorf("the restart changed etcd's spent: %s before, %s after", spentBefore, acme.Spent)
+	}
 	var survivorsOff []time.Duration
 	answered := 0
 	for id, l := range carrierLegs {

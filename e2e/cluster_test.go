@@ -237,15 +237,15 @@ func (g *gateway) raw(method, path string) (int, []byte) {
 	return res.StatusCode, b
 }
 
-// TestClusterPausedNodeIsFenced: a node SIGSTOPped for three lease TTLs with
-// calls up, then continued. While it is frozen its lease expires and the
-// other node reaps its calls: both legs of each get a BYE from the
+// TestClusterPausedNodeIsFenced: a node SIGSTOPped for three lease TTLs
+// with calls up, then continued. While it is frozen its lease expires and
+// the other node reaps its calls: both legs of each get a BYE from the
 // survivor's address, the survivor writes each CDR (node_failure), billed
 // no further than the paused node could have held (its local deadline,
 // lease_ttl − lease_margin after the pause began, plus the increment it
-// held then). Woken, the node writes nothing for those calls (its writes
-// are fenced: no CDR of a reaped call in its ledger), and it is out of
-// service (/readyz 503, or exited) until restarted; restarted on its data
+// held then). Woken, the node's writes are fenced: it writes no CDR of a
+// reaped call, stays up out of service (/readyz 503, no call connected,
+// no funding taken) while the other node goes on; restarted on its data
 // it serves again and settles nothing twice. The money of record is Σ of
 // every CDR's charge to the cent.
 func TestClusterPausedNodeIsFenced(t *testing.T) {
@@ -332,19 +332,35 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 	}
 
 	// Woken: nothing written for the reaped calls, and out of service.
+	// The binary stays up, fenced, until it is restarted: /readyz 503,
+	// no call connected, no change taken; the other node goes on.
 	time.Sleep(2 * time.Second) // anything it was going to write, written
-	readiness := n2.ready()
-	t.Logf("node 2 after waking: /readyz %d (0: exited)", readiness)
-	if readiness == 200 {
-		t.Errorf("node 2 answers /readyz 200 after its lease expired under it")
+	code, body := 0, ""
+	if res, err := http.Get("http://" + n2.httpAddr + "/readyz"); err == nil {
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		code, body = res.StatusCode, strings.TrimSpace(string(b))
 	}
-	if readiness != 0 {
-		for _, c := range n2.allCDRs() {
-			if _, ok := reaped[c["call_id"]]; ok {
-				t.Errorf("woken node 2 wrote a CDR for reaped call %s: %v", c["call_id"], c)
-			}
+	t.Logf("node 2 after waking: /readyz %d %s", code, body)
+	if code != 503 {
+		t.Fatalf("node 2's /readyz answers %d after its lease expired under it; want 503 (fenced)\n%s", code, n2.log)
+	}
+	for _, c := range n2.allCDRs() {
+		if _, ok := reaped[c["call_id"]]; ok {
+			t.Errorf("woken node 2 wrote a CDR for reaped call %s: %v", c["call_id"], c)
 		}
 	}
+	if rep := <-call(n2, 1, time.Second, nil); rep.Answered != 0 || rep.CarrierInvites != 0 {
+		t.Errorf("fenced node 2 connected a call: %s", rep)
+	}
+	if code, body := n2.raw("POST", "/v1/orgs/acme/credits"); code < 400 {
+		t.Errorf("fenced node 2 took a funding: %d %s", code, body)
+	}
+	if rep := <-call(n1, 1, time.Second, nil); rep.ByStatus["200"] != 1 {
+		t.Errorf("node 1 after node 2's pause: %s\n%s", rep, n1.log)
+	}
+
+	// Restarted on its data: it serves and settles nothing twice.
 	back := n2.restart()
 	nodes[1] = back
 	for _, c := range back.allCDRs() {
@@ -357,9 +373,10 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 	}
 	cli := etcd.Client()
 	defer cli.Close()
-	acme, cdrs := settledMoney(t, cli, nodes, calls+1)
-	if len(cdrs) != calls+1 {
-		t.Errorf("%d CDRs across the nodes, want %d", len(cdrs), calls+1)
+	// The reaped calls, node 1's call and the restarted node's.
+	acme, cdrs := settledMoney(t, cli, nodes, calls+2)
+	if len(cdrs) != calls+2 {
+		t.Errorf("%d CDRs across the nodes, want %d", len(cdrs), calls+2)
 	}
 	t.Logf("etcd: funded %s, spent %s = Σ %d CDR charges, unallocated %s, in slices %s", acme.Funded, acme.Spent, len(cdrs), acme.Unallocated, acme.Outstanding)
 }

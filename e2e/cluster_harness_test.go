@@ -153,6 +153,7 @@ type upCall struct {
 	Index       int    `json:"-"` // the node's, in the test's nodes
 	NodeID      string `json:"node"`
 	ID          string
+	To          string
 	State       string
 	Answer      time.Time
 	PaidUntil   time.Time `json:"paid_until"`

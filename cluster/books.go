@@ -68,7 +68,10 @@ type Books struct {
 	reap       reapState       // the reaper (reap.go)
 	ctx        context.Context // cancelled by Close: background work stops
 	cancel     context.CancelFunc
-	wg         sync.WaitGroup // the tick loop and the top-ups
+	// wg: the tick loop, the top-ups, the record committer, the records
+	// landing behind a refused step or a close, the reaper's loops and
+	// its reaps' last steps.
+	wg sync.WaitGroup
 }
 
 type opCounters struct{ grants, returns, reports, reads, charges atomic.Int64 }
@@ -365,15 +368,39 @@ func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Livene
 // under the org's gate (orgSpend.gate): the step returns once the record
 // landed. A record that cannot land fails the books closed and the step
 // with ErrUnavailable (the gateway ends the call).
+//
+// A refused step (the call must end now) does not wait: its record lands
+// behind it, the gate held until then. Should the node die first, the
+// record a survivor reads holds increment n, which the step committed:
+// the same final charge.
 func (b *Books) stepRecorded(o *orgSpend, callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
 	o.gate.RLock()
-	defer o.gate.RUnlock()
 	inc, err := b.local.StepAlive(callID, n, at, live)
-	if rerr := b.recordCall(callID, nil, false); rerr != nil {
+	rec, rerr := b.nextRecord(callID, nil, false)
+	switch {
+	case rerr != nil:
+		o.gate.RUnlock()
 		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(rerr))
+	case rec == nil:
+		o.gate.RUnlock()
+		return inc, err
+	case err != nil:
+		if werr := b.writeRecordThen(rec, o.gate.RUnlock); werr != nil {
+			return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(werr))
+		}
+		return inc, err
 	}
-	return inc, err
+	werr := b.writeRecord(rec)
+	o.gate.RUnlock()
+	if werr != nil {
+		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, b.fail(werr))
+	}
+	return inc, nil
 }
+
+// keep says whether the org's slice stays in etcd at zero unspent: while
+// the node has calls of the org up (a refund may follow).
+func (b *Books) keep(o *orgSpend) bool { return b.local.CallsUp(o.id) > 0 }
 
 // balanceAsOf reads the org's local balance and the ledger's sequence
 // number at one instant, with no step or close between its local change and
@@ -489,7 +516,7 @@ func (b *Books) resize(ctx context.Context, o *orgSpend, have decimal.Decimal, a
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, AsOf: asOf, Min: min, Max: max, Share: maxShare})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have, AsOf: asOf, Keep: b.keep(o), Min: min, Max: max, Share: maxShare})
 	if err != nil {
 		if errors.Is(err, ErrInsufficientCredit) {
 			b.observe(o, res.Account, s)
@@ -614,7 +641,7 @@ func (b *Books) settlePending(ctx context.Context, o *orgSpend, have decimal.Dec
 	if s == nil {
 		return b.etcdErr(o, fmt.Errorf("give-back of %s pending without a slice: %w", back, ErrSliceGone))
 	}
-	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), AsOf: asOf, Min: back.Neg(), Max: back.Neg()})
+	res, err := b.n.Resize(ctx, ResizeReq{Org: o.id, Slice: s, Have: have.Add(back), AsOf: asOf, Keep: b.keep(o), Min: back.Neg(), Max: back.Neg()})
 	if err != nil {
 		return b.etcdErr(o, err)
 	}

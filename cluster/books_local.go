@@ -36,8 +36,8 @@ func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage
 // closed only while the node may sell: fenced or past its lease deadline,
 // a survivor may be ending and settling it (reap.go), so this node writes
 // no CDR of its own (ErrUnavailable; a restart settles it, or knows the
-// survivor did). Its record is rewritten as closed, with the CDR, before
-// CloseCall returns.
+// survivor did). Its record is rewritten as closed, with the CDR, in the
+// background (the org's gate held until it landed).
 func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error) {
 	b.rec.mu.Lock()
 	rec, recorded := b.rec.recs[callID]
@@ -59,13 +59,21 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 	}
 	o := b.org(org)
 	o.gate.RLock()
-	defer o.gate.RUnlock()
 	cdr, err := b.local.CloseCall(callID, end)
 	if err != nil {
+		o.gate.RUnlock()
 		return cdr, err
 	}
 	b.touch(o)
-	if err := b.recordClose(cdr); err != nil {
+	closed := b.closedRecord(cdr)
+	if closed == nil {
+		o.gate.RUnlock()
+		return cdr, nil
+	}
+	// The closed record lands behind the close (the gate held until then):
+	// the legs' BYEs need not wait for etcd. Should the node die first, a
+	// survivor reads the call as up and settles it again (doc.go, edges).
+	if err := b.writeRecordThen(closed, o.gate.RUnlock); err != nil {
 		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, b.fail(err))
 	}
 	return cdr, nil

@@ -96,6 +96,7 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 	// The old slice as etcd last had it.
 	var unspent, inflight decimal.Decimal
 	var moves int64
+	reaped := false // a reaper settled the slice exactly (reap.go)
 	var lastMove decimal.Decimal
 	found := false
 	if r != nil {
@@ -112,6 +113,7 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 		return err
 	} else if ok {
 		found, unspent, moves, lastMove = true, rec.Unspent, rec.Moves, rec.LastMove
+		reaped = rec.Reaped
 	}
 	if found {
 		switch {
@@ -122,7 +124,7 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 		}
 	}
 	owed := unspent.Sub(lo.Balance).Sub(inflight)
-	if r := b.n.rejoin; r != nil && r.LastReaped {
+	if r := b.n.rejoin; reaped || r != nil && r.LastReaped {
 		// A survivor reaped the last incarnation: it settled the money
 		// in etcd exactly, from the takeover records (reap.go); the
 		// leftover here goes back locally only.

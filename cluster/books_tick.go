@@ -175,7 +175,7 @@ func (b *Books) tick(ctx context.Context) {
 			o.etcd.Unlock()
 		case s != nil && !s.Unspent().Equal(lo.Balance):
 			report = append(report, o)
-			reqs = append(reqs, ResizeReq{Org: o.id, Slice: s, Have: lo.Balance, AsOf: asOf, Min: decimal.Zero, Max: decimal.Zero})
+			reqs = append(reqs, ResizeReq{Org: o.id, Slice: s, Have: lo.Balance, AsOf: asOf, Keep: b.keep(o), Min: decimal.Zero, Max: decimal.Zero})
 			if len(reqs) == maxResizeOrgs {
 				flush()
 			}

@@ -30,6 +30,9 @@
 //	PoolMove(pool, req)      → minute pools (pools.go): the pool's total follows the licenses, the
 //	                           node's used minutes reported, minutes taken (≥ Need, ≤ Want, at most
 //	                           half of unallocated) or given back (Granted lowered to GiveTo)
+//	reap (reap.go)           → a dead incarnation's slices: unallocated += reported unspent − spent
+//	                           after the report (from its takeover records), spent += the rest,
+//	                           slice deleted, reclaim record (reaped); its pool slices likewise
 //
 // # Invariant
 //
@@ -166,6 +169,55 @@
 //     spend (Charge, idempotent on the old slice), takes the leftover back
 //     in the ledger (ReturnSlice).
 //
+// # Takeover (takeover.go, reap.go, rejoin.go; issue 17)
+//
+// A node that dies mid-call must not leave its calls running unpaid nor
+// its money stranded until it comes back:
+//
+//   - Takeover records: every answered, non-free call has a record at
+//     takeover/<node>/<epoch>/<call> with what a survivor needs to end
+//     and settle it: the call (CDR fields, committed charge and minutes,
+//     the increment it holds), the gateway's dialog record, the end of
+//     what it paid, and its committed (charge, minutes) history by local
+//     ledger sequence number. AnswerDialog, Step and UpdateDialog return
+//     only once it landed; a refused Step and CloseCall (the record
+//     rewritten closed, with the CDR) let it land behind them, the org's
+//     gate held until then, so the legs' BYEs wait for no etcd trip; one
+//     committer per node writes the queued records in fenced transactions
+//     of up to 120 keys, a batch as soon as the previous one returned (no
+//     timer), retried through an etcd leader election within OpTimeout;
+//     after that the books fail closed (ErrUnavailable), like a disk
+//     failure. A closed record is deleted once a landed report covers it.
+//   - Reports carry AsOf, the local ledger's sequence number at which the
+//     balance (or pool usage) they set the slice to was read (Slice.AsOf,
+//     PoolSlice.AsOf). Each org's gate (orgSpend.gate) keeps every charge
+//     change's record landed before a report can read a balance after it,
+//     so, for a dead incarnation, what its calls spent after its last
+//     report is Σ (final − committed as of AsOf) over its records: exact.
+//   - The reaper (StartReaper): a watch on members/ (and a look every 5
+//     lease TTLs); for each dead incarnation of another node that left
+//     records, slices, pool slices or an unfinished claim, a survivor
+//     claims reaps/<node>/<epoch> (create if absent, fenced; exactly one
+//     wins; a claimer that dies is taken over by compare-and-set once its
+//     own member key is gone), then, each step landing once with the
+//     claim's progress: the plan (each call's final and end), the CDRs
+//     (reason node_failure) adopted into its own ledger (AdoptCDR), BYEs
+//     to both legs at the end of what each call paid (at once if past)
+//     through the LegEnder the binary gives (gateway.EndLegs), the money
+//     (see reap above), the records deleted, the claim done.
+//   - Rejoin: a restarted node (same id, same data directory, locked)
+//     claims, before opening its ledger, each of its earlier incarnations
+//     nobody claimed (ClaimOwn: at once, the lock proves the old process
+//     gone) and settles them from its disk as before (restart CDRs, own
+//     BYEs, settleRestart's charge), then deletes their records. The calls
+//     survivors reaped go to ledger.Options.SettledElsewhere: ended without
+//     a CDR or a charge of their own, CloseCall answers ErrCallEnded; if
+//     the last incarnation was reaped, settleRestart charges nothing (the
+//     reaper settled etcd exactly) and the leftover goes back locally.
+//   - A node that is fenced, or past its deadline without etcd confirming
+//     its lease, closes no answered call (ErrUnavailable: no CDR of its
+//     own; a survivor or its restart settles it) and answers no call.
+//
 // # Minute pools (pools.go, pools_books.go)
 //
 // Pools are spent the way credits are, in whole minutes, per (org, plan,
@@ -189,15 +241,19 @@
 //
 // # Not done yet (for the next session)
 //
-//   - Exposure at a crash: Reclaim by a survivor returns a dead node's
-//     whole reported remainder to unallocated; the node's unreported spend
-//     (at most a report interval's) is charged only when the node restarts,
-//     and if survivors sold that money meanwhile it was sold twice (logged;
-//     settling it from the dead node's ledger is the takeover of issue 17).
-//     Nothing reaps dead nodes automatically: a survivor must call Reclaim
-//     (a watch on members/ is the natural trigger). A revoked (not
-//     expired) lease is seen by the node at its next keepalive or etcd
-//     operation: until then it may sell from its local slice.
+//   - Takeover edges (reap.go): a call whose local close landed and whose
+//     closed record did not (the node died between the two) gets a CDR on
+//     the survivor too; a reaper that dies after adopting some CDRs leaves
+//     them on its ledger while its successor adopts them again on its own;
+//     a self-claimed incarnation whose restart fails is not taken over by
+//     survivors (its next restart settles it); refunds after an org's
+//     slice was given back entirely are not in any report (logged by the
+//     reaper); a call spanning two pool months has its minutes counted on
+//     the last month's pool. A node that failed closed (records could not
+//     land) keeps its lease: its calls are settled by its restart.
+//     A revoked (not expired) lease is seen by the node at its next
+//     keepalive or etcd operation: until then it may sell from its local
+//     slice (its records still land only while the lease stands).
 //   - The unsure/pending recovery above is exercised by no test that
 //     injects etcd failures (the tests run real etcd, which does not fail
 //     on cue); the restart settlement covers the same cases by movement
@@ -206,9 +262,7 @@
 //     transaction each (DebitMany-style batching of concurrent holds is not
 //     done). Money a node released or was refunded in direct mode waits up
 //     to a tick before it is given back.
-//   - Minute pools: a dead node's unused pool minutes are not reclaimed by
-//     survivors; they wait in its slice until it restarts (at most one
-//     grant, 5 minutes, per pool). Pool reports are one transaction per
+//   - Minute pools: pool reports are one transaction per
 //     changed pool per tick (not batched like ResizeMany). Once a pool is
 //     used up, every increment of a call of its plan (going on credits)
 //     reads etcd once to look for minutes given back. Pools and PoolsLeft
@@ -222,8 +276,7 @@
 //   - Singletons (payer and notifier behind an etcd election: until then
 //     cmd/creditgate runs neither in cluster mode), cross-node reads
 //     (cluster-wide held, calls on every node, merged histories; a
-//     funding's entry is in etcd, not in any node's transaction list), and
-//     a survivor taking over a dead node's calls (issue 17). The wiring
+//     funding's entry is in etcd, not in any node's transaction list). The wiring
 //     (cmd/creditgate/cluster.go: the cluster: config section,
 //     --cluster-etcd, TLS to etcd) and the README's "Cluster mode" section
 //     (deployment, measured figures, capacity) are done.

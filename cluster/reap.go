@@ -37,17 +37,23 @@ type LegEnder func(ctx context.Context, callID string, dialog json.RawMessage) e
 //	Self     the dead node's own next incarnation claimed it (rejoin.go): it
 //	         settles from its own disk, survivors never take it over
 //	Planned  Calls is the plan: each live call's settlement and end
+//	Adopted  the CDRs are in the ledger of the claimer that set it (a
+//	         successor does not adopt them again)
 //	Slices   the slices (org ids) and pools (org/plan/month) settled
-//	Done     records deleted, everything settled
+//	Settled  all the money settled: the dead node may rejoin (rejoin.go)
+//	Done     the legs of every call that was up were sent their BYEs,
+//	         records deleted
 type claim struct {
 	By       string                `json:"by"`
 	ByEpoch  int64                 `json:"by_epoch"`
 	Self     bool                  `json:"self,omitempty"`
 	Planned  bool                  `json:"planned,omitempty"`
 	Calls    map[string]reapedCall `json:"calls,omitempty"`
+	Adopted  bool                  `json:"adopted,omitempty"`
 	Slices   map[string]bool       `json:"slices,omitempty"`
 	Pools    map[string]bool       `json:"pools,omitempty"`
 	Returned decimal.Decimal       `json:"returned"`
+	Settled  bool                  `json:"settled,omitempty"`
 	Done     bool                  `json:"done,omitempty"`
 }
 
@@ -63,8 +69,9 @@ type reapedCall struct {
 // reapState is the reaper's part of Books.
 type reapState struct {
 	mu      sync.Mutex
-	ender   LegEnder // guarded by mu
-	started bool     // guarded by mu
+	ender   LegEnder        // guarded by mu
+	started bool            // guarded by mu
+	active  map[string]bool // guarded by mu; claims this node is working on
 
 	reaps, calls atomic.Int64
 	kick         chan struct{}
@@ -365,7 +372,8 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 				return nil, 0, cur, nil
 			}
 			// The claimer died mid-way: take over its progress.
-			next.Planned, next.Calls, next.Slices, next.Pools, next.Returned = cur.Planned, cur.Calls, cur.Slices, cur.Pools, cur.Returned
+			next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
+				cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(cur.ByEpoch)), "=", 0))
 		}
 		ok, nrev, err := n.commit(ctx, cmps, []clientv3.Op{clientv3.OpPut(ck, encode(next))})
@@ -429,8 +437,26 @@ func (n *Node) records(ctx context.Context, c incarnation) (map[string]*Record, 
 }
 
 // reapOne claims a dead incarnation and, if this node holds the claim,
-// settles it (reapClaimed).
+// settles it (reapClaimed); one reap of an incarnation at a time on this
+// node (its last step, after the BYEs, runs on a goroutine of its own).
 func (b *Books) reapOne(ctx context.Context, c incarnation) error {
+	ck := b.n.k.reap(c.node, c.epoch)
+	b.reap.mu.Lock()
+	if b.reap.active[ck] {
+		b.reap.mu.Unlock()
+		return nil
+	}
+	if b.reap.active == nil {
+		b.reap.active = map[string]bool{}
+	}
+	b.reap.active[ck] = true
+	b.reap.mu.Unlock()
+	finishing := false
+	defer func() {
+		if !finishing {
+			b.reapDone(ck)
+		}
+	}()
 	cl, rev, _, err := b.n.takeClaim(ctx, c, false)
 	if errors.Is(err, ErrNodeAlive) {
 		return nil
@@ -438,7 +464,7 @@ func (b *Books) reapOne(ctx context.Context, c incarnation) error {
 	if err != nil || cl == nil {
 		return err
 	}
-	err = b.reapClaimed(ctx, c, cl, rev)
+	finishing, err = b.reapClaimed(ctx, c, cl, rev)
 	if errors.Is(err, errClaimLost) {
 		b.log.Warn("cluster reaper: claim taken over by another node", "node", c.node, "epoch", c.epoch)
 		return nil
@@ -446,28 +472,50 @@ func (b *Books) reapOne(ctx context.Context, c incarnation) error {
 	return err
 }
 
+func (b *Books) reapDone(ck string) {
+	b.reap.mu.Lock()
+	delete(b.reap.active, ck)
+	b.reap.mu.Unlock()
+}
+
 // reapClaimed settles a dead incarnation this node claimed, step by step
 // (each step lands once, with the claim's progress):
 //
-//  1. plan: each live record's settlement (its final: committed + held)
-//     and end (max(now, PaidThrough)), written into the claim;
-//  2. CDRs (reason node_failure) adopted into this node's ledger, and the
-//     BYEs of both legs scheduled at each call's end (LegEnder);
+//  1. plan: each record's settlement (its final: committed + held for a
+//     call up) and, for a call up, its end (max(now, PaidThrough)),
+//     written into the claim;
+//  2. the CDRs (reason node_failure) of the calls that were up adopted
+//     into this node's ledger (Adopted);
 //  3. per org slice of the incarnation: its true unspent = reported
 //     unspent − what its calls committed after the report's AsOf (from the
 //     records), to unallocated, the rest to spent, slice deleted, reclaim
-//     record written (Reaped);
-//  4. per pool slice: used minutes moved on the same way, the unused ones
-//     back to the pool's unallocated;
-//  5. records deleted, claim done.
-func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev int64) error {
+//     record written (Reaped); per pool slice likewise in minutes
+//     (Settled: the dead node may rejoin);
+//  4. on a goroutine of its own: the BYEs of both legs of each call that
+//     was up, at its end (LegEnder), then the records deleted and the claim
+//     done. A claimer that dies before has its claim taken over: its
+//     successor sends the BYEs again (a leg already ended answers 481).
+//
+// finishing says step 4 runs (it clears the claim from reapState.active).
+func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev int64) (finishing bool, err error) {
 	ck := b.n.k.reap(c.node, c.epoch)
 	recs, err := b.n.records(ctx, c)
 	if err != nil {
-		return err
+		return false, err
 	}
-	now := b.clk.Now()
+	step := func(cmps []clientv3.Cmp, ops []clientv3.Op) error {
+		nrev, ok, err := b.n.claimStep(ctx, ck, rev, cl, cmps, ops)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errClaimLost
+		}
+		rev = nrev
+		return nil
+	}
 	if !cl.Planned {
+		now := b.clk.Now()
 		cl.Calls = map[string]reapedCall{}
 		for id, r := range recs {
 			charge, minutes := r.final()
@@ -481,92 +529,123 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 			cl.Calls[id] = rc
 		}
 		cl.Planned = true
-		var ok bool
-		if rev, ok, err = b.n.claimStep(ctx, ck, rev, cl, nil, nil); err != nil {
-			return err
-		} else if !ok {
-			return errClaimLost
+		if err := step(nil, nil); err != nil {
+			return false, err
 		}
 	}
-	// 2. CDRs and BYEs of the calls that were up.
 	live := 0
 	for id, rc := range cl.Calls {
-		r := recs[id]
-		if !rc.Live || r == nil {
-			continue
+		if rc.Live && recs[id] != nil {
+			live++
 		}
-		live++
-		if err := b.local.AdoptCDR(reapCDR(r, rc.End)); err != nil {
-			return fmt.Errorf("adopt CDR of %s: %w", id, err)
-		}
-		b.scheduleBye(id, r.Dialog, rc.End)
 	}
-	// 3. Credit slices.
-	spentAfter := func(org string, asOf uint64) decimal.Decimal {
-		sum := decimal.Zero
-		for id, r := range recs {
-			rc, ok := cl.Calls[id]
-			if !ok || r.Call.Org != org {
-				continue
+	if !cl.Adopted {
+		for id, rc := range cl.Calls {
+			if r := recs[id]; rc.Live && r != nil {
+				if err := b.local.AdoptCDR(reapCDR(r, rc.End)); err != nil {
+					return false, fmt.Errorf("adopt CDR of %s: %w", id, err)
+				}
 			}
-			at, _ := r.at(asOf)
-			sum = sum.Add(rc.Charge.Sub(at))
 		}
-		return sum
+		cl.Adopted = true
+		if err := step(nil, nil); err != nil {
+			return false, err
+		}
 	}
 	var slices []*Slice
-	err = b.n.eachKV(ctx, b.n.k.slicesOf(c.node), false, func(kv *mvccpb.KeyValue) error {
-		s, err := decodeSlice(kv)
+	if !cl.Settled {
+		spentAfter := func(org string, asOf uint64) decimal.Decimal {
+			sum := decimal.Zero
+			for id, r := range recs {
+				rc, ok := cl.Calls[id]
+				if !ok || r.Call.Org != org {
+					continue
+				}
+				at, _ := r.at(asOf)
+				sum = sum.Add(rc.Charge.Sub(at))
+			}
+			return sum
+		}
+		err = b.n.eachKV(ctx, b.n.k.slicesOf(c.node), false, func(kv *mvccpb.KeyValue) error {
+			s, err := decodeSlice(kv)
+			if err != nil {
+				return err
+			}
+			if s.Epoch == c.epoch && !cl.Slices[s.Org] {
+				slices = append(slices, s)
+			}
+			return nil
+		})
 		if err != nil {
-			return err
+			return false, err
 		}
-		if s.Epoch == c.epoch && !cl.Slices[s.Org] {
-			slices = append(slices, s)
+		if cl.Slices == nil {
+			cl.Slices = map[string]bool{}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	if cl.Slices == nil {
-		cl.Slices = map[string]bool{}
-	}
-	orgsWithSlice := map[string]bool{}
-	for _, s := range slices {
-		orgsWithSlice[s.Org] = true
-		back, err := b.reapSlice(ctx, ck, &rev, cl, s, spentAfter(s.Org, s.AsOf))
-		if err != nil {
-			return err
+		for _, s := range slices {
+			back, err := b.reapSlice(ctx, ck, &rev, cl, s, spentAfter(s.Org, s.AsOf))
+			if err != nil {
+				return false, err
+			}
+			cl.Returned = cl.Returned.Add(back)
 		}
-		cl.Returned = cl.Returned.Add(back)
-	}
-	for id, r := range recs {
-		if _, ok := cl.Calls[id]; ok && !orgsWithSlice[r.Call.Org] && !cl.Slices[r.Call.Org] {
-			// No slice of this incarnation: its last write gave the whole
-			// slice back (or it never had one), so every call had settled
-			// within a report: nothing after it to settle.
-			if sa := spentAfter(r.Call.Org, ^uint64(0)); !sa.IsZero() {
-				b.log.Error("cluster reaper: records of an org without a slice", "node", c.node, "epoch", c.epoch, "org", r.Call.Org)
+		for id, r := range recs {
+			if _, ok := cl.Calls[id]; ok && !cl.Slices[r.Call.Org] {
+				// No slice of this incarnation: its last write gave the
+				// whole slice back (no call of the org was up), so every
+				// call had settled within a report.
+				if sa := spentAfter(r.Call.Org, ^uint64(0)); !sa.IsZero() {
+					b.log.Error("cluster reaper: records of an org without a slice", "node", c.node, "epoch", c.epoch, "org", r.Call.Org)
+				}
 			}
 		}
+		if err := b.reapPools(ctx, c, ck, &rev, cl, recs); err != nil {
+			return false, err
+		}
+		cl.Settled = true
+		if err := step(nil, nil); err != nil {
+			return false, err
+		}
 	}
-	// 4. Pool slices.
-	if err := b.reapPools(ctx, c, ck, &rev, cl, recs); err != nil {
-		return err
+	b.log.Warn("cluster reaper: settled a dead node's incarnation; ending its calls' legs", "node", c.node, "epoch", c.epoch,
+		"calls_up", live, "records", len(recs), "slices", len(slices), "money_returned", cl.Returned.String())
+	// 4. The BYEs, then done.
+	b.mu.Lock()
+	if b.ctx.Err() != nil {
+		b.mu.Unlock()
+		return false, b.ctx.Err()
 	}
-	// 5. Records deleted, claim done.
-	cl.Done = true
-	if _, ok, err := b.n.claimStep(ctx, ck, rev, cl, nil,
-		[]clientv3.Op{clientv3.OpDelete(b.n.k.takeoverOf(c.node, c.epoch), clientv3.WithPrefix())}); err != nil {
-		return err
-	} else if !ok {
-		return errClaimLost
-	}
-	b.reap.reaps.Add(1)
-	b.reap.calls.Add(int64(live))
-	b.log.Warn("cluster reaper: reaped a dead node's incarnation", "node", c.node, "epoch", c.epoch,
-		"calls_ended", live, "records", len(recs), "slices", len(slices), "money_returned", cl.Returned.String())
-	return nil
+	b.wg.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		defer b.reapDone(ck)
+		var byes sync.WaitGroup
+		sem := make(chan struct{}, maxReapByes)
+		for id, rc := range cl.Calls {
+			if r := recs[id]; rc.Live && r != nil {
+				byes.Add(1)
+				go func() {
+					defer byes.Done()
+					b.endLegs(id, r.Dialog, rc.End, sem)
+				}()
+			}
+		}
+		byes.Wait()
+		if b.ctx.Err() != nil {
+			return // closing: a survivor takes the claim over and sends them again
+		}
+		cl.Done = true
+		if err := step(nil, []clientv3.Op{clientv3.OpDelete(b.n.k.takeoverOf(c.node, c.epoch), clientv3.WithPrefix())}); err != nil {
+			b.log.Warn("cluster reaper: could not finish a reap", "node", c.node, "epoch", c.epoch, "error", err)
+			return
+		}
+		b.reap.reaps.Add(1)
+		b.reap.calls.Add(int64(live))
+		b.log.Warn("cluster reaper: reaped a dead node's incarnation", "node", c.node, "epoch", c.epoch,
+			"calls_ended", live, "money_returned", cl.Returned.String())
+	}()
+	return true, nil
 }
 
 // reapSlice settles one slice of a dead incarnation: its true unspent
@@ -742,9 +821,14 @@ func reapCDR(r *Record, end time.Time) ledger.CDR {
 	return cdr
 }
 
-// scheduleBye ends the call's legs at `at` (at once if it is past) through
-// the LegEnder, on a goroutine Close waits for.
-func (b *Books) scheduleBye(callID string, dialog json.RawMessage, at time.Time) {
+// maxReapByes bounds the calls whose legs one reap ends at once (as the
+// gateway's own restart does).
+const maxReapByes = 64
+
+// endLegs ends the call's legs at `at` (at once if it is past) through
+// the LegEnder, holding a place in sem meanwhile; it returns when they
+// were, or when the Books close.
+func (b *Books) endLegs(callID string, dialog json.RawMessage, at time.Time, sem chan struct{}) {
 	b.reap.mu.Lock()
 	ender := b.reap.ender
 	b.reap.mu.Unlock()
@@ -752,27 +836,23 @@ func (b *Books) scheduleBye(callID string, dialog json.RawMessage, at time.Time)
 		b.log.Error("cluster reaper: no leg ender; a dead node's call's legs are not ended", "call_id", callID)
 		return
 	}
-	b.mu.Lock()
-	if b.ctx.Err() != nil {
-		b.mu.Unlock()
+	if d := at.Sub(b.clk.Now()); d > 0 {
+		fire := make(chan struct{})
+		t := b.clk.AfterFunc(d, func() { close(fire) })
+		select {
+		case <-b.ctx.Done():
+			t.Stop()
+			return
+		case <-fire:
+		}
+	}
+	select {
+	case sem <- struct{}{}:
+		defer func() { <-sem }()
+	case <-b.ctx.Done():
 		return
 	}
-	b.wg.Add(1)
-	b.mu.Unlock()
-	go func() {
-		defer b.wg.Done()
-		if d := at.Sub(b.clk.Now()); d > 0 {
-			fire := make(chan struct{})
-			t := b.clk.AfterFunc(d, func() { close(fire) })
-			select {
-			case <-b.ctx.Done():
-				t.Stop()
-				return
-			case <-fire:
-			}
-		}
-		if err := ender(b.ctx, callID, dialog); err != nil {
-			b.log.Warn("cluster reaper: ending a dead node's call's legs failed", "call_id", callID, "error", err)
-		}
-	}()
+	if err := ender(b.ctx, callID, dialog); err != nil {
+		b.log.Warn("cluster reaper: ending a dead node's call's legs failed", "call_id", callID, "error", err)
+	}
 }

@@ -43,8 +43,9 @@ type Rejoin struct {
 // the node that left takeover records, slices or pool slices and that no
 // survivor claimed — at once, without waiting for the old lease: the
 // caller holds the data directory's lock, so the old process is gone. An
-// earlier incarnation a survivor is reaping is waited for (up to 3 lease
-// TTLs + OpTimeout). Call it after Join and before opening the ledger; the
+// earlier incarnation a survivor is reaping is waited for until its money
+// is settled (up to 3 lease TTLs + OpTimeout; the survivor's BYEs may
+// still be due). Call it after Join and before opening the ledger; the
 // result goes to ledger.Options.SettledElsewhere, and NewBooks reads it
 // from the node.
 func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
@@ -68,7 +69,7 @@ func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
 			switch {
 			case cl != nil:
 				r.Claimed = append(r.Claimed, c.epoch)
-			case other != nil && !other.Done:
+			case other != nil && !other.Done && !other.Settled:
 				if other.Self {
 					return nil, fmt.Errorf("cluster rejoin %s: epoch %d is being settled by incarnation %d of this node, still alive: %w",
 						n.ID(), c.epoch, other.ByEpoch, ErrNodeAlive)
@@ -97,8 +98,8 @@ func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
 		if err := json.Unmarshal(kv.Value, &cl); err != nil {
 			return fmt.Errorf("claim %s: %w", kv.Key, err)
 		}
-		if !cl.Done || cl.Self {
-			return nil
+		if !cl.Settled || cl.Self {
+			return nil // (a survivor's claim is settled before it is done)
 		}
 		e, err := strconv.ParseInt(strings.TrimPrefix(string(kv.Key), n.k.prefix+"reaps/"+n.ID()+"/"), 10, 64)
 		if err != nil {

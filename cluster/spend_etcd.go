@@ -39,7 +39,11 @@ type ResizeReq struct {
 	Have  decimal.Decimal
 	// AsOf is the local ledger's sequence number at which Have was read
 	// (ledger.OrgAsOf): stored in the slice (Slice.AsOf) for a reaper.
-	AsOf     uint64
+	AsOf uint64
+	// Keep keeps the slice when its unspent ends at zero (the holder has
+	// calls up: a refund may bring money back after, which a reaper must
+	// find a slice to settle).
+	Keep     bool
 	Min, Max decimal.Decimal
 	// Share, when positive, caps what moves in at this fraction of what is
 	// unallocated (but never below Min): one node's top-up leaves the other
@@ -189,7 +193,7 @@ func resized(r ResizeReq, present bool, rev int64, a Account) (*Slice, Account, 
 	}
 	a.Unallocated = a.Unallocated.Sub(move)
 	after := r.Have.Add(move)
-	if after.IsZero() {
+	if after.IsZero() && (!r.Keep || r.Slice == nil) {
 		return nil, a, move, nil
 	}
 	ns := &Slice{Spent: decimal.Zero, LastMove: decimal.Zero}

@@ -50,8 +50,11 @@ type Record struct {
 	Call        ledger.Call     `json:"call"`
 	Dialog      json.RawMessage `json:"dialog,omitempty"`
 	PaidThrough time.Time       `json:"paid_through"`
-	History     []Point         `json:"history"`
-	Closed      *ledger.CDR     `json:"closed,omitempty"`
+	// PoolMonth is the month of the pool the call last drew a minute
+	// from ("" if none): a call that spilled to credits keeps it.
+	PoolMonth string      `json:"pool_month,omitempty"`
+	History   []Point     `json:"history"`
+	Closed    *ledger.CDR `json:"closed,omitempty"`
 }
 
 // Point is a call's committed charge and pool minutes after the local
@@ -91,10 +94,10 @@ func (r *Record) final() (decimal.Decimal, int) {
 // poolID is the pool (org/plan/month) the call last drew minutes from; ""
 // if none.
 func (r *Record) poolID() string {
-	if r.Call.Plan == "" || r.Call.Hold.Month == "" {
+	if r.Call.Plan == "" || r.PoolMonth == "" {
 		return ""
 	}
-	return r.Call.Org + "/" + r.Call.Plan + "/" + r.Call.Hold.Month
+	return r.Call.Org + "/" + r.Call.Plan + "/" + r.PoolMonth
 }
 
 func paidThrough(c ledger.Call) time.Time {
@@ -116,7 +119,9 @@ const maxRecordOps = 120
 // for, and the group committer that writes them.
 //
 // Invariant: recs holds every record of this incarnation that is in etcd
-// or queued for it; a record leaves recs when its delete is queued.
+// or queued for it; a record leaves recs when its delete is queued. The
+// queue is bounded by the calls up: each put has its writer waiting for
+// it, each delete is of a record in recs.
 // Lock order: after orgSpend.gate and Books.mu is never held with it.
 type recorder struct {
 	mu     sync.Mutex
@@ -276,13 +281,20 @@ func (b *Books) writeBatch(batch []*recOp) error {
 
 // commitRetrying is commit (fenced, unconditional otherwise) retried on
 // errors that are not a refusal until OpTimeout has passed since the
-// first attempt. Only for idempotent writes (puts and deletes of whole
-// values).
+// first attempt. Each attempt gets a third of OpTimeout (at least 500 ms):
+// a request sent to a member that lost its leader waits for a new one,
+// and a retry may reach the member that has it. Only for idempotent
+// writes (puts and deletes of whole values).
 func (n *Node) commitRetrying(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) error {
 	deadline := time.Now().Add(n.cfg.OpTimeout)
+	per := max(n.cfg.OpTimeout/3, 500*time.Millisecond)
 	pause := 50 * time.Millisecond
 	for {
-		actx, cancel := context.WithDeadline(ctx, deadline)
+		until := time.Now().Add(per)
+		if until.After(deadline) {
+			until = deadline
+		}
+		actx, cancel := context.WithDeadline(ctx, until)
 		ok, _, err := n.commit(actx, cmps, ops)
 		cancel()
 		switch {
@@ -366,24 +378,70 @@ func (b *Books) coveredAsOf(org, pool string) uint64 {
 	return asOf
 }
 
+// writeRecordThen queues the record and returns at once; release runs
+// once it landed or failed (a failure fails the books closed). For a
+// change whose caller need not wait: a refused step or a close, whose call
+// ends anyway; release keeps the org's gate held until then.
+func (b *Books) writeRecordThen(rec *Record, release func()) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		release()
+		return fmt.Errorf("takeover record of %s: %w", rec.Call.ID, err)
+	}
+	b.mu.Lock()
+	if b.ctx.Err() != nil { // cancelled under mu: no Add after Close's Wait
+		b.mu.Unlock()
+		release()
+		return fmt.Errorf("takeover record of %s: %w: the node is closing", rec.Call.ID, ledger.ErrUnavailable)
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	done := make(chan error, 1)
+	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), val: string(v), done: done}); err != nil {
+		b.wg.Done()
+		release()
+		return err
+	}
+	go func() {
+		defer b.wg.Done()
+		defer release()
+		<-done
+	}()
+	return nil
+}
+
 // recordCall brings the call's record up to date with the local ledger
 // after a change (answer, step, dialog update) and waits until it landed.
 // Under the org's gate (shared) when the charge may have changed. A call
 // not up, free or without a record (not answered) has nothing to write.
 func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) error {
+	rec, err := b.nextRecord(callID, dialog, answer)
+	if rec == nil || err != nil {
+		return err
+	}
+	return b.writeRecord(rec)
+}
+
+// nextRecord is the call's record brought up to date with the local
+// ledger, kept as this node's (nil: nothing to write), for the caller to
+// write.
+func (b *Books) nextRecord(callID string, dialog json.RawMessage, answer bool) (*Record, error) {
 	c, seq, up := b.local.CallAsOf(callID)
 	if !up || c.Free || !c.Answered() {
-		return nil
+		return nil, nil
 	}
 	b.rec.mu.Lock()
 	old, ok := b.rec.recs[callID]
 	if !ok && !answer {
 		b.rec.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	rec := &Record{Node: b.n.ID(), Epoch: b.n.Epoch(), Call: c, PaidThrough: paidThrough(c)}
 	if ok {
-		rec.Dialog, rec.History = old.Dialog, old.History
+		rec.Dialog, rec.History, rec.PoolMonth = old.Dialog, old.History, old.PoolMonth
+	}
+	if c.Hold.Source == ledger.SourcePool {
+		rec.PoolMonth = c.Hold.Month
 	}
 	if dialog != nil {
 		rec.Dialog = append(json.RawMessage(nil), dialog...)
@@ -399,30 +457,35 @@ func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) e
 		// (the gateway serializes a call's operations, so this is a
 		// retry racing itself): the later one stands.
 		b.rec.mu.Unlock()
-		return nil
+		return nil, nil
 	}
 	b.rec.recs[callID] = rec
 	b.rec.mu.Unlock()
-	return b.writeRecord(rec)
+	return rec, nil
 }
 
-// recordClose rewrites the record of a call that ended as closed, with its
-// CDR, and waits until it landed. Under the org's gate (shared).
-func (b *Books) recordClose(cdr ledger.CDR) error {
+// closedRecord is the record of a call that ended, rewritten as closed with
+// its CDR and kept as this node's (nil: the call has none), for the caller
+// to write. Under the org's gate (shared), after the local close.
+func (b *Books) closedRecord(cdr ledger.CDR) *Record {
+	seq := b.local.Seq()
 	b.rec.mu.Lock()
 	old, ok := b.rec.recs[cdr.CallID]
+	b.rec.mu.Unlock()
 	if !ok || old.Closed != nil {
-		b.rec.mu.Unlock()
 		return nil
 	}
-	seq := b.local.Seq()
+	covered := b.coveredAsOf(cdr.Org, old.poolID())
 	rec := *old
 	rec.Closed = &cdr
-	rec.History = append(append([]Point(nil), old.History...), Point{Seq: seq, Charge: cdr.Charge, Minutes: cdr.PoolMinutes})
+	rec.History = trimHistory(append(append([]Point(nil), old.History...), Point{Seq: seq, Charge: cdr.Charge, Minutes: cdr.PoolMinutes}), covered)
+	b.rec.mu.Lock()
+	defer b.rec.mu.Unlock()
+	if cur := b.rec.recs[cdr.CallID]; cur != old {
+		return nil // a retried close racing itself: the other one writes
+	}
 	b.rec.recs[cdr.CallID] = &rec
-	b.rec.mu.Unlock()
-	rec.History = trimHistory(rec.History, b.coveredAsOf(cdr.Org, rec.poolID()))
-	return b.writeRecord(&rec)
+	return &rec
 }
 
 // dropCovered queues the deletion of the org's closed records that landed

@@ -100,6 +100,16 @@ func (l *Ledger) OrgAsOf(id string) (Org, uint64, error) {
 	return st.Org, l.seq, nil
 }
 
+// CallsUp is how many of the org's calls are up (free calls not counted).
+func (l *Ledger) CallsUp(org string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st, ok := l.orgs[org]; ok {
+		return st.guard.calls
+	}
+	return 0
+}
+
 // PoolShareAsOf is PoolShare and the ledger's sequence number, read at one
 // instant.
 func (l *Ledger) PoolShareAsOf(org, plan, month string) (PoolShare, uint64, error) {

@@ -1,5 +1,3 @@
-//go:build takeover
-
 package e2e_test
 
 import (

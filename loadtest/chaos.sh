@@ -22,4 +22,4 @@ export CHAOS_SECONDS=$secs
 if [ -n "${2:-}" ]; then export CHAOS_SEED=$2; fi
 cd "$here/.."
 # The run, the setup and the final checks: SECONDS plus a few minutes.
-exec go test -tags takeover -count=1 -race -timeout "$((secs + 600))s" -run '^TestClusterChaos$' -v ./e2e/
+exec go test -count=1 -race -timeout "$((secs + 600))s" -run '^TestClusterChaos$' -v ./e2e/

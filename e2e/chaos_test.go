@@ -103,6 +103,9 @@ func TestClusterChaos(t *testing.T) {
 		outages = map[int][][2]time.Time{}
 		// past is every node process the chaos replaced, for their logs.
 		past []*gateway
+		// elections: from each kill of the etcd leader to 3 s after it,
+		// named in a failure message that falls inside one.
+		elections [][2]time.Time
 	)
 	sleep := func(d time.Duration) bool {
 		select {
@@ -131,7 +134,7 @@ func TestClusterChaos(t *testing.T) {
 			nodes[i] = g.restart()
 			past = append(past, g)
 			outages[i] = append(outages[i], [2]time.Time{from, time.Now()})
-			t.Logf("%5.1fs  node %d killed, back after %v", time.Since(began).Seconds(), i+1, time.Since(from).Round(time.Millisecond))
+			t.Logf("%5.1fs (%s)  node %d killed, back after %v", from.Sub(began).Seconds(), from.UTC().Format(clockFmt), i+1, time.Since(from).Round(time.Millisecond))
 		case 1:
 			g := nodes[i]
 			frozen := takeoverTTL + time.Second + time.Duration(rng.Int64N(int64(2*takeoverTTL)))
@@ -147,7 +150,7 @@ func TestClusterChaos(t *testing.T) {
 				restartsFenced++
 			}
 			outages[i] = append(outages[i], [2]time.Time{from, time.Now()})
-			t.Logf("%5.1fs  node %d frozen %v; /readyz after %d", time.Since(began).Seconds(), i+1, frozen.Round(time.Millisecond), state)
+			t.Logf("%5.1fs (%s)  node %d frozen %v; /readyz after %d", from.Sub(began).Seconds(), from.UTC().Format(clockFmt), i+1, frozen.Round(time.Millisecond), state)
 		default:
 			m := etcd.Members[rng.IntN(len(etcd.Members))]
 			role := "follower"
@@ -157,11 +160,15 @@ func TestClusterChaos(t *testing.T) {
 			}
 			lcancel()
 			etcd.Kill(m)
+			from := time.Now()
+			if role == "leader" {
+				elections = append(elections, [2]time.Time{from, from.Add(3 * time.Second)})
+			}
 			etcdKills++
 			down := 2*time.Second + time.Duration(rng.Int64N(int64(2*time.Second)))
 			sleep(down)
 			etcd.Restart(m)
-			t.Logf("%5.1fs  etcd %s (%s) killed, back after %v", time.Since(began).Seconds(), m.Name, role, down.Round(time.Millisecond))
+			t.Logf("%5.1fs (%s)  etcd %s (%s) killed, back after %v", from.Sub(began).Seconds(), from.UTC().Format(clockFmt), m.Name, role, down.Round(time.Millisecond))
 		}
 		sleep(time.Second + time.Duration(rng.Int64N(int64(2*time.Second))))
 	}
@@ -218,7 +225,12 @@ func TestClusterChaos(t *testing.T) {
 		default:
 			normal = append(normal, over)
 			if over > meterSlack {
-				t.Errorf("call %s ran %v past what it paid (CDR %v); logs:%s", id, over.Round(time.Millisecond), c.cdr, logOf(id))
+				during := ""
+				if inOutage(elections, l.Bye) {
+					during = " during an etcd leader election"
+				}
+				t.Errorf("call %s ran %v past what it paid%s (carrier answered %s, BYE %s; CDR %v); logs:%s", id, over.Round(time.Millisecond), during,
+					l.Answered.UTC().Format(clockFmt), l.Bye.UTC().Format(clockFmt), c.cdr, logOf(id))
 			}
 		}
 	}
@@ -249,6 +261,9 @@ func TestClusterChaos(t *testing.T) {
 		t.Fatalf("nothing happened: %d calls answered, %d actions", answered, kills+pauses+etcdKills)
 	}
 }
+
+// clockFmt is how the chaos log writes an instant, to match the nodes'.
+const clockFmt = "15:04:05.000"
 
 // inOutage: at falls in one of the windows (a node's death or freeze to
 // its service again), with a second's slack for its restart's BYEs.

@@ -80,6 +80,11 @@ func TestClusterChaos(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(seconds)*time.Second+3*time.Minute)
 	defer cancel()
 	legs := &loadtest.Legs{}
+	var addrs []string
+	for _, g := range nodes {
+		addrs = append(addrs, g.httpAddr) // a restarted node keeps its address
+	}
+	tracker := trackCalls(addrs, 200*time.Millisecond)
 	loadDone := make(chan loadtest.Report, 1)
 	go func() {
 		rep, err := loadtest.Run(ctx, loadtest.Config{Target: fmt.Sprintf("127.0.0.1:%d", front.port),
@@ -173,6 +178,7 @@ func TestClusterChaos(t *testing.T) {
 		sleep(time.Second + time.Duration(rng.Int64N(int64(2*time.Second))))
 	}
 	rep = <-loadDone
+	pairs := tracker.pairs()
 
 	// Everything back and every call ended: the books.
 	for i, g := range nodes {
@@ -254,6 +260,16 @@ func TestClusterChaos(t *testing.T) {
 		seconds, seed, rep.Attempted, answered, len(cdrs), reasons, kills, pauses, restartsFenced, etcdKills, leaderKills, reaped, restarted,
 		rep.Attempted-rep.ByStatus["200"], strings.Join(failedKeys, ", "))
 	t.Logf("carrier BYE − paid-through, calls ended on their own node: %s; reaped calls: %s", stats(normal), stats(reapedOver))
+	var relayCalm, relayElection []time.Duration
+	hungAt, relays := hangupRelays(pairs, legs, cdrs)
+	for i, at := range hungAt {
+		if inOutage(elections, at) {
+			relayElection = append(relayElection, relays[i])
+		} else {
+			relayCalm = append(relayCalm, relays[i])
+		}
+	}
+	t.Logf("caller's BYE → carrier's BYE: within 3 s of an etcd leader's kill %s; otherwise %s", stats(relayElection), stats(relayCalm))
 	t.Logf("setup latency over the run: p50 %.1f ms p99 %.1f ms max %.1f ms", rep.SetupMS.P50, rep.SetupMS.P99, rep.SetupMS.Max)
 	t.Logf("etcd at the end: funded %s, unallocated %s, in %d slices %s, spent %s = Σ CDR charges",
 		acme.Funded, acme.Unallocated, acme.Slices, acme.Outstanding, acme.Spent)

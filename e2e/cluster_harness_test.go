@@ -2,13 +2,16 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os/exec"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -328,4 +331,83 @@ func callLog(procs []*gateway, id string) string {
 		}
 	}
 	return b.String()
+}
+
+// callTracker polls every node's /v1/calls?scope=local while calls run,
+// to pair each call's two legs: the gateway's call id (the carrier leg's
+// Call-ID) with its inbound Call-ID (the caller leg's). A node that does
+// not answer (killed, frozen) is skipped until it does; a call that lasts
+// longer than the poll period is always seen.
+type callTracker struct {
+	stop func()
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	byID map[string]upCall // guarded by mu
+}
+
+// trackCalls starts polling the admin addresses every period; stop it
+// (and wait for it) with pairs.
+func trackCalls(httpAddrs []string, period time.Duration) *callTracker {
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := &callTracker{stop: cancel, byID: map[string]upCall{}}
+	client := &http.Client{Timeout: time.Second}
+	tr.wg.Go(func() {
+		for ctx.Err() == nil {
+			for i, a := range httpAddrs {
+				req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+a+"/v1/calls?scope=local", nil)
+				req.Header.Set("Authorization", "Bearer "+token)
+				res, err := client.Do(req)
+				if err != nil {
+					continue
+				}
+				var up struct{ Calls []upCall }
+				if res.StatusCode == 200 {
+					_ = json.NewDecoder(res.Body).Decode(&up)
+				}
+				res.Body.Close()
+				tr.mu.Lock()
+				for _, c := range up.Calls {
+					if _, seen := tr.byID[c.ID]; !seen && c.InboundCall != "" {
+						c.Index = i
+						tr.byID[c.ID] = c
+					}
+				}
+				tr.mu.Unlock()
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(period):
+			}
+		}
+	})
+	return tr
+}
+
+// pairs stops the tracker and returns every call it saw, by call id.
+func (tr *callTracker) pairs() map[string]upCall {
+	tr.stop()
+	tr.wg.Wait()
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return maps.Clone(tr.byID)
+}
+
+// hangupRelays is, for each call whose caller hung up, how long after
+// the caller's BYE left the gateway's BYE reached the carrier, keyed by
+// when the caller hung up.
+func hangupRelays(pairs map[string]upCall, legs *loadtest.Legs, cdrs map[string]nodeCDR) (at []time.Time, relay []time.Duration) {
+	callers := legsByCallID(legs.Side(loadtest.CallerSide))
+	carriers := legsByCallID(legs.Side(loadtest.CarrierSide))
+	for id, c := range pairs {
+		cl, ok := callers[c.InboundCall]
+		kl, ok2 := carriers[id]
+		if !ok || !ok2 || cl.HungUp.IsZero() || kl.Bye.IsZero() || cl.EndedByGateway() {
+			continue
+		}
+		if r, ok := cdrs[id]; ok && r.cdr["disconnect_reason"] != "caller_hangup" {
+			continue
+		}
+		at, relay = append(at, cl.HungUp), append(relay, kl.Bye.Sub(cl.HungUp))
+	}
+	return at, relay
 }

@@ -49,6 +49,11 @@ func TestClusterEtcdLeaderKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	legs := &loadtest.Legs{}
+	var addrs []string
+	for _, g := range nodes {
+		addrs = append(addrs, g.httpAddr)
+	}
+	tracker := trackCalls(addrs, 200*time.Millisecond)
 	var wg sync.WaitGroup
 	reports := make([]loadtest.Report, len(nodes))
 	for i, g := range nodes {
@@ -76,6 +81,7 @@ func TestClusterEtcdLeaderKilled(t *testing.T) {
 	elected := time.Now()
 	t.Logf("etcd leader %s killed with calls up; %s leads after %v", leader.Name, next.Name, elected.Sub(killed).Round(time.Millisecond))
 	wg.Wait()
+	pairs := tracker.pairs()
 
 	var before, during, after []time.Duration
 	failed := map[string]int{}
@@ -162,6 +168,23 @@ func TestClusterEtcdLeaderKilled(t *testing.T) {
 	}
 	t.Logf("%d calls answered, %d CDRs; carrier BYE − paid-through (negative: the caller hung up inside the paid increment): %s",
 		answered, len(cdrs), stats(overrun))
+	// How long a caller's hang-up took to reach the carrier, by when it
+	// happened: a step waiting for its takeover record through the
+	// election holds the call's end behind it.
+	var relayBefore, relayDuring, relayAfter []time.Duration
+	hungAt, relays := hangupRelays(pairs, legs, cdrs)
+	for i, at := range hungAt {
+		switch {
+		case at.Before(killed):
+			relayBefore = append(relayBefore, relays[i])
+		case at.Before(elected.Add(time.Second)):
+			relayDuring = append(relayDuring, relays[i])
+		default:
+			relayAfter = append(relayAfter, relays[i])
+		}
+	}
+	t.Logf("caller's BYE → carrier's BYE (%d of %d calls paired): before the kill %s; from the kill to 1 s after the new leader %s; after %s",
+		len(relays), answered, stats(relayBefore), stats(relayDuring), stats(relayAfter))
 	t.Logf("etcd at the end: funded %s, unallocated %s, in %d slices %s, spent %s = Σ CDR charges",
 		acme.Funded, acme.Unallocated, acme.Slices, acme.Outstanding, acme.Spent)
 

@@ -230,6 +230,9 @@ func TestClusterChaos(t *testing.T) {
 			}
 		default:
 			normal = append(normal, over)
+			if r := c.cdr["disconnect_reason"]; r != "caller_hangup" {
+				t.Logf("answered call %s ended %s (CDR %v); logs:%s", id, r, c.cdr, logOf(id))
+			}
 			if over > meterSlack {
 				during := ""
 				if inOutage(elections, l.Bye) {

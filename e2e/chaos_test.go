@@ -221,7 +221,12 @@ func TestClusterChaos(t *testing.T) {
 			reaped++
 			reapedOver = append(reapedOver, over)
 			if over > takeoverTTL+byeSlack {
-				t.Errorf("reaped call %s ended %v after its paid-through: past lease TTL + %v; logs:%s", id, over.Round(time.Millisecond), byeSlack, logOf(id))
+				during := ""
+				if inOutage(elections, l.Bye) {
+					during = " during an etcd leader election"
+				}
+				t.Errorf("reaped call %s (node %s) ended %v after its paid-through%s: past lease TTL + %v (carrier answered %s, BYE %s from %s); logs:%s",
+					id, l.Node, over.Round(time.Millisecond), during, byeSlack, l.Answered.UTC().Format(clockFmt), l.Bye.UTC().Format(clockFmt), l.ByeFrom, logOf(id))
 			}
 		case "gateway_restart":
 			restarted++

@@ -144,13 +144,15 @@ func (b *Books) watchMembers() {
 }
 
 // reapLoop scans for dead incarnations at start, at every kick and every
-// 5 lease TTLs (on the injected clock).
+// 5 lease TTLs (on the injected clock); a scan that failed (etcd out of
+// reach, an election) is tried again after a second.
 func (b *Books) reapLoop() {
 	defer b.wg.Done()
 	wake := make(chan struct{}, 1)
 	b.kickReaper()
+	next := 5 * b.n.cfg.LeaseTTL
 	for {
-		t := b.clk.AfterFunc(5*b.n.cfg.LeaseTTL, func() {
+		t := b.clk.AfterFunc(next, func() {
 			select {
 			case wake <- struct{}{}:
 			default:
@@ -164,11 +166,13 @@ func (b *Books) reapLoop() {
 		case <-b.reap.kick:
 			t.Stop()
 		}
+		next = 5 * b.n.cfg.LeaseTTL
 		if b.Err() != nil {
 			continue
 		}
 		if err := b.ReapDead(b.ctx); err != nil && b.ctx.Err() == nil {
-			b.log.Warn("cluster reaper: scan failed", "error", err)
+			b.log.Warn("cluster reaper: scan failed; trying again in a second", "error", err)
+			next = time.Second
 		}
 	}
 }

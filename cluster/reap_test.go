@@ -442,3 +442,78 @@ func TestRejoinSelfClaim(t *testing.T) {
 	sort.Strings(ids)
 	t.Logf("self-claimed: epoch %d, %d restart CDRs, account %+v", deadEpoch, len(ids), acct)
 }
+
+// TestReapClaimTakenOver: the survivor reaping a dead node dies itself
+// after settling the money and before the dead node's call's paid time
+// came (its BYEs still due): another survivor takes the claim over once
+// the first one's lease is gone, ends the legs, and finishes the reap,
+// moving no money twice and adopting no CDR twice.
+func TestReapClaimTakenOver(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	admin := ec.Client()
+	defer admin.Close()
+	p := fastPolicy()
+	p.ReportEvery = time.Hour
+	sp, shared := startSpenders(t, ec.Client, 3, p, clock.Real{})
+	createOrg(t, shared, "acme")
+	funded := dec("20.00")
+	if _, err := sp[0].books.FundAcrossRegions("acme", funded, "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	a := sp[0].books
+	c := testCall("acme")
+	// Paid until 6 s after the answer: n1 dies before.
+	if _, err := a.OpenCall(c, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AnswerDialog(c.ID, time.Now(), json.RawMessage(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+
+	// n1 reaps: the money is settled, the BYE waits for the paid time.
+	var legs legLog
+	sp[1].books.SetLegEnder(legs.ender("n1"))
+	if err := sp[1].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	ck := sp[1].node.k.reap("n0", deadEpoch)
+	cl, _, err := sp[1].node.readClaim(context.Background(), ck)
+	if err != nil || cl == nil || !cl.Settled || cl.Done || cl.By != "n1" {
+		t.Fatalf("claim after n1's reap: %+v %v", cl, err)
+	}
+	settled := mustCheck(t, sp[2].node).Orgs["acme"]
+	n1CDRs := cdrsOf(t, sp[1].local, "acme")
+	if cdr, ok := n1CDRs[c.ID]; !ok || cdr.DisconnectReason != ledger.ReasonNodeFailure {
+		t.Fatalf("n1's adopted CDR: %+v", n1CDRs)
+	}
+	sp[1].crash(t) // before the BYE was due
+
+	sp[2].books.SetLegEnder(legs.ender("n2"))
+	if err := sp[2].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitClaimDone(t, sp[2].node, "n0", deadEpoch, 20*time.Second)
+	cl, _, err = sp[2].node.readClaim(context.Background(), ck)
+	if err != nil || cl.By != "n2" {
+		t.Fatalf("claim after n2 took it over: %+v %v", cl, err)
+	}
+	for end := time.Now().Add(5 * time.Second); len(legs.snapshot()) == 0 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := legs.snapshot()
+	if len(got) != 1 || got[0].id != c.ID || got[0].by != "n2" {
+		t.Fatalf("legs ended: %+v", got)
+	}
+	if cdrs := cdrsOf(t, sp[2].local, "acme"); len(cdrs) != 0 {
+		t.Fatalf("n2 adopted the CDR again: %+v", cdrs)
+	}
+	if after := mustCheck(t, sp[2].node).Orgs["acme"]; !after.Spent.Equal(settled.Spent) || !after.Unallocated.Equal(settled.Unallocated) {
+		t.Fatalf("the take-over moved money: %+v, then %+v", settled, after)
+	}
+	if n := countKeys(t, admin, testPrefix+"takeover/n0/"); n != 0 {
+		t.Fatalf("%d records of n0 left", n)
+	}
+	t.Logf("n0's call: settled by n1 (%+v), legs ended by n2", settled)
+}

@@ -281,12 +281,16 @@ func (b *Books) writeBatch(batch []*recOp) error {
 
 // commitRetrying is commit (fenced, unconditional otherwise) retried on
 // errors that are not a refusal until OpTimeout has passed since the
-// first attempt. Each attempt gets a third of OpTimeout (at least 500 ms):
-// a request sent to a member that lost its leader waits for a new one,
-// and a retry may reach the member that has it. Only for idempotent
-// writes (puts and deletes of whole values).
+// first attempt, or the node's local lease deadline if that is later:
+// while the lease stands no survivor can act for this node, so waiting out
+// an etcd leader election (a second or two, more than the default 2 s
+// op_timeout leaves once the first attempt hung) costs a call's step some
+// latency rather than failing the node closed. Each attempt gets a third
+// of OpTimeout (at least 500 ms): a request sent to a member that lost its
+// leader waits for a new one, and a retry may reach the member that has
+// it. Only for idempotent writes (puts and deletes of whole values).
 func (n *Node) commitRetrying(ctx context.Context, cmps []clientv3.Cmp, ops []clientv3.Op) error {
-	deadline := time.Now().Add(n.cfg.OpTimeout)
+	deadline := time.Now().Add(max(n.cfg.OpTimeout, n.Deadline().Sub(n.clk.Now())))
 	per := max(n.cfg.OpTimeout/3, 500*time.Millisecond)
 	pause := 50 * time.Millisecond
 	for {

@@ -127,8 +127,9 @@ func TestRecordsGroupCommit(t *testing.T) {
 }
 
 // TestRecordsSurviveLeaderLoss: a 3-member etcd loses its leader while
-// calls step on a node: the record writes retry through the election
-// within OpTimeout, no step fails, the node does not fail closed. The
+// calls step on a node with the binary's default cluster settings (lease
+// 5 s, margin 1 s, keepalive 1 s, op_timeout 2 s): the record writes retry
+// through the election, no step fails, the node does not fail closed. The
 // steps' latencies across the election are logged.
 func TestRecordsSurviveLeaderLoss(t *testing.T) {
 	ec := etcdtest.Start(t, 3)
@@ -137,12 +138,27 @@ func TestRecordsSurviveLeaderLoss(t *testing.T) {
 	p := fastPolicy()
 	p.ReportEvery = time.Hour
 	p.MinSlice = dec("1000.00") // one grant: the steps do not wait for etcd's money here, only for their records
-	sp, shared := startSpenders(t, ec.Client, 1, p, clock.Real{})
-	createOrg(t, shared, "acme")
-	if _, err := sp[0].books.FundAcrossRegions("acme", dec("5000.00"), "f1", ""); err != nil {
+	cli := ec.Client()
+	defer cli.Close()
+	cfg := testConfig("n0")
+	cfg.LeaseTTL, cfg.Margin, cfg.KeepAliveEvery, cfg.OpTimeout = 5*time.Second, time.Second, time.Second, 2*time.Second
+	n, err := Join(context.Background(), cli, cfg, clock.Real{})
+	if err != nil {
 		t.Fatal(err)
 	}
-	b := sp[0].books
+	defer n.Close(context.Background())
+	local := openSpendLedger(t, t.TempDir())
+	defer local.Close()
+	shared := &testShared{ledgers: []*ledger.Ledger{local}}
+	createOrg(t, shared, "acme")
+	b, err := NewBooks(n, local, shared, p, clock.Real{}, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	if _, err := b.FundAcrossRegions("acme", dec("5000.00"), "f1", ""); err != nil {
+		t.Fatal(err)
+	}
 	stop := make(chan struct{})
 	wait := stepLoad(t, b, 16, stop)
 	time.Sleep(500 * time.Millisecond)

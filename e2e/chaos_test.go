@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,9 +85,11 @@ func TestClusterChaos(t *testing.T) {
 	for _, g := range nodes {
 		addrs = append(addrs, g.httpAddr) // a restarted node keeps its address
 	}
-	tracker := trackCalls(addrs, 200*time.Millisecond)
+	tracker := trackCalls(t, addrs, 200*time.Millisecond)
 	loadDone := make(chan loadtest.Report, 1)
-	go func() {
+	var bg sync.WaitGroup // waited for even if the test stops early: it reports to t
+	t.Cleanup(bg.Wait)
+	bg.Go(func() {
 		rep, err := loadtest.Run(ctx, loadtest.Config{Target: fmt.Sprintf("127.0.0.1:%d", front.port),
 			Caller: fmt.Sprintf("127.0.0.1:%d", pbxPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carrierPort),
 			Rate: rate, Calls: rate * seconds, Hold: 2500 * time.Millisecond, Dialled: carrierNumber(0), From: []string{"+12125550100"},
@@ -95,7 +98,7 @@ func TestClusterChaos(t *testing.T) {
 			t.Errorf("load tool: %v", err)
 		}
 		loadDone <- rep
-	}()
+	})
 
 	// The chaos, on the test's goroutine (restarts may fail the test),
 	// until the load has placed its last call.

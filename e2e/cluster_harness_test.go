@@ -346,10 +346,11 @@ type callTracker struct {
 }
 
 // trackCalls starts polling the admin addresses every period; stop it
-// (and wait for it) with pairs.
-func trackCalls(httpAddrs []string, period time.Duration) *callTracker {
+// (and wait for it) with pairs, or the test's end does.
+func trackCalls(t *testing.T, httpAddrs []string, period time.Duration) *callTracker {
 	ctx, cancel := context.WithCancel(context.Background())
 	tr := &callTracker{stop: cancel, byID: map[string]upCall{}}
+	t.Cleanup(func() { cancel(); tr.wg.Wait() })
 	client := &http.Client{Timeout: time.Second}
 	tr.wg.Go(func() {
 		for ctx.Err() == nil {

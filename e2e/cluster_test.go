@@ -261,9 +261,11 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	legs := &loadtest.Legs{}
+	var bg sync.WaitGroup // waited for even if the test stops early: they report to t
+	t.Cleanup(bg.Wait)
 	call := func(g *gateway, calls int, hold time.Duration, legs *loadtest.Legs) <-chan loadtest.Report {
 		done := make(chan loadtest.Report, 1)
-		go func() {
+		bg.Go(func() {
 			rep, err := loadtest.Run(ctx, loadtest.Config{Target: addr(g), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
 				Rate: 10, Calls: calls, Hold: hold, Dialled: carrierNumber(1), From: []string{"+12125550100"},
 				SetupTimeout: 5 * time.Second, HangupTimeout: 5 * time.Second, Legs: legs}, nil)
@@ -271,7 +273,7 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 				t.Error(err)
 			}
 			done <- rep
-		}()
+		})
 		return done
 	}
 	// One more call with both legs over TCP: the survivor's BYEs need new
@@ -281,7 +283,7 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 	n1.api("PUT", "/v1/trunks/carrier-tcp", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d;transport=tcp","prefixes":[%q]}`, tcpCarrier, tcpNumber[1:]), 200, nil)
 	visibleWithin(t, nodes, time.Now(), "tcp carrier", func(g *gateway) bool { return g.hasTrunk("carrier-tcp") })
 	tcpDone := make(chan loadtest.Report, 1)
-	go func() {
+	bg.Go(func() {
 		rep, err := loadtest.Run(ctx, loadtest.Config{Target: addr(n2), Transport: "tcp", Carrier: fmt.Sprintf("127.0.0.1:%d", tcpCarrier),
 			Rate: 10, Calls: 1, Hold: time.Minute, Dialled: tcpNumber, From: []string{"+12125550100"},
 			SetupTimeout: 5 * time.Second, HangupTimeout: 5 * time.Second, Legs: legs}, nil)
@@ -289,7 +291,7 @@ func TestClusterPausedNodeIsFenced(t *testing.T) {
 			t.Error(err)
 		}
 		tcpDone <- rep
-	}()
+	})
 	const udpCalls = 3
 	const calls = udpCalls + 1
 	long := call(n2, udpCalls, time.Minute, legs)

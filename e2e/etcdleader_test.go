@@ -53,8 +53,9 @@ func TestClusterEtcdLeaderKilled(t *testing.T) {
 	for _, g := range nodes {
 		addrs = append(addrs, g.httpAddr)
 	}
-	tracker := trackCalls(addrs, 200*time.Millisecond)
+	tracker := trackCalls(t, addrs, 200*time.Millisecond)
 	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait) // even if the test stops early: the load tools report to t
 	reports := make([]loadtest.Report, len(nodes))
 	for i, g := range nodes {
 		wg.Go(func() {

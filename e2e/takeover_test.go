@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,10 +79,12 @@ func TestClusterKillNineBehindKamailio(t *testing.T) {
 	// 30 calls that hang up only when the money runs out.
 	legs := &loadtest.Legs{}
 	longDone := make(chan loadtest.Report, 1)
-	go func() {
+	var bg sync.WaitGroup // waited for even if the test stops early: it reports to t
+	t.Cleanup(bg.Wait)
+	bg.Go(func() {
 		longDone <- run(loadtest.Config{Caller: fmt.Sprintf("127.0.0.1:%d", pbxPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[0]),
 			Dialled: carrierNumber(0), Rate: 15, Calls: 30, Hold: 2 * time.Minute, Legs: legs})
-	}()
+	})
 	up := waitCallsUp(t, nodes, 30, 0, 1, 2)
 	perNode := make([]int, len(nodes))
 	for _, c := range up {

@@ -54,7 +54,8 @@ type Leg struct {
 	// final answer ("200", "402", "timeout", "error").
 	Due    time.Time
 	Status string
-	// Answered is when the 200 OK arrived (caller) or was sent (carrier).
+	// Answered is when the 200 OK arrived (caller) or was sent (carrier,
+	// whether or not its ACK ever came).
 	Answered time.Time
 	// Bye is when the first BYE from the gateway's side arrived, ByeFrom
 	// its packet source and ByeVia its Via sent-by values, top first

@@ -290,11 +290,13 @@ func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, 
 		}
 		defer dlg.Close()
 		_ = dlg.Respond(180, "Ringing", nil)
-		answered := time.Now()
+		// Answered once the 200 leaves, as a carrier bills it: RespondSDP
+		// returns only when the ACK came, which a gateway that died
+		// meanwhile never sends.
+		cfg.Legs.answered(CarrierSide, req.CallID().Value(), req.Source(), time.Now())
 		if err := dlg.RespondSDP([]byte(sdp)); err != nil {
 			return
 		}
-		cfg.Legs.answered(CarrierSide, req.CallID().Value(), req.Source(), answered)
 		c.up.Add(1)
 		defer c.up.Add(-1)
 		select {

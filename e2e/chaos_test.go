@@ -21,10 +21,11 @@ import (
 // runs it longer) a steady call rate goes through Kamailio to three nodes
 // on a three-member etcd while, every few seconds, one of these happens
 // (chosen at random; CHAOS_SEED replays a run): a node killed with SIGKILL
-// and started again on its data once its lease is gone; a node frozen
-// with SIGSTOP for one to three lease TTLs, continued, and restarted if it
-// is out of service; an etcd member killed and started again on its data
-// a few seconds later. One thing at a time, so never more than one node
+// and started again on its data once its lease is gone (2 TTLs + 0.5 s
+// later); a node frozen with SIGSTOP for TTL + 1 s to 3 TTLs + 1 s (its
+// lease expires and a survivor reaps its calls), continued, and restarted
+// if it is out of service; an etcd member (the leader or not, as it
+// falls) killed and started again on its data 2–4 s later. One thing at a time, so never more than one node
 // or etcd member is down. At the end, with everything back:
 //   - the money of record holds to the cent: funded = unallocated + Σ
 //     slices + spent = Σ fundings, and spent = Σ of every node's CDR

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -239,120 +238,180 @@ func (g *gateway) raw(method, path string) (int, []byte) {
 }
 
 // TestClusterPausedNodeIsFenced: a node SIGSTOPped for three lease TTLs
-// with a call up, then continued. Its lease expired meanwhile; on waking
-// it holds no new increment (its call ends billed to no later than its
-// local deadline, lease_ttl − lease_margin after the pause began, plus the
-// increment it had already held), refuses new calls and changes, says so
-// on /readyz, and the other node goes on selling. etcd's invariant holds.
+// with calls up, then continued. While it is frozen its lease expires and
+// the other node reaps its calls: both legs of each get a BYE from the
+// survivor's address, the survivor writes each CDR (node_failure), billed
+// no further than the paused node could have held (its local deadline,
+// lease_ttl − lease_margin after the pause began, plus the increment it
+// held then). Woken, the node's writes are fenced: it writes no CDR of a
+// reaped call, stays up out of service (/readyz 503, no call connected,
+// no funding taken) while the other node goes on; restarted on its data
+// it serves again and settles nothing twice. The money of record is Σ of
+// every CDR's charge to the cent.
 func TestClusterPausedNodeIsFenced(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
 	bin := buildBinary(t)
-	const ttl, margin = 2 * time.Second, 500 * time.Millisecond
-	nodes := startCluster(t, bin, etcd.Endpoints(), 2,
-		"  lease_ttl: 2s\n  lease_margin: 500ms\n  keepalive_every: 500ms\nfunding:\n  minimum: \"1.00\"\n")
+	nodes := startCluster(t, bin, etcd.Endpoints(), 2, leaseConf(takeoverTTL, takeoverMargin, takeoverKeepalive))
 	n1, n2 := nodes[0], nodes[1]
-	carrier := freePort(t)
-	n1.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
-	n1.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
-	n1.api("PUT", "/v1/trunks/pbx", "", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"]}`, 200, nil)
-	n1.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, carrier), 200, nil)
-	n1.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
-		"33,FR,France,geographic,6.00,1,1\n", 200, nil)
-	n1.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"k"}`, 201, nil)
-	visibleWithin(t, nodes, time.Now(), "funding", func(g *gateway) bool {
-		var o struct{ Balance string }
-		g.api("GET", "/v1/orgs/acme", "", "", 200, &o)
-		return o.Balance == "50.00" && g.hasTrunk("carrier")
-	})
+	carriers := []int{freePort(t), freePort(t)}
+	const incr = 1
+	setupClusterAcme(t, nodes, orgSetup{PBX: []string{"127.0.0.1"}, Carriers: carriers, PerMinute: "6.00", Increment: incr, Funding: "50.00"})
+	addr := func(g *gateway) string { return fmt.Sprintf("127.0.0.1:%d", g.sipPort) }
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	call := func(g *gateway, hold time.Duration) <-chan loadtest.Report {
+	legs := &loadtest.Legs{}
+	var bg sync.WaitGroup // waited for even if the test stops early: they report to t
+	t.Cleanup(bg.Wait)
+	call := func(g *gateway, calls int, hold time.Duration, legs *loadtest.Legs) <-chan loadtest.Report {
 		done := make(chan loadtest.Report, 1)
-		go func() {
-			rep, err := loadtest.Run(ctx, loadtest.Config{Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort),
-				Carrier: fmt.Sprintf("127.0.0.1:%d", carrier), Rate: 1, Calls: 1, Hold: hold,
-				Dialled: "+33142278186", From: []string{"+12125550100"}, SetupTimeout: 5 * time.Second}, nil)
+		bg.Go(func() {
+			rep, err := loadtest.Run(ctx, loadtest.Config{Target: addr(g), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[1]),
+				Rate: 10, Calls: calls, Hold: hold, Dialled: carrierNumber(1), From: []string{"+12125550100"},
+				SetupTimeout: 5 * time.Second, HangupTimeout: 5 * time.Second, Legs: legs}, nil)
 			if err != nil {
 				t.Error(err)
 			}
 			done <- rep
-		}()
+		})
 		return done
 	}
-	dialled := time.Now()
-	long := call(n2, 60*time.Second)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		var calls struct{ Calls []struct{ Answer time.Time } }
-		n2.api("GET", "/v1/calls?scope=local", "", "", 200, &calls)
-		if len(calls.Calls) == 1 && !calls.Calls[0].Answer.IsZero() {
-			break
+	// One more call with both legs over TCP: the survivor's BYEs need new
+	// connections from its own address.
+	tcpCarrier := freePort(t)
+	const tcpNumber = "+33142278189"
+	n1.api("PUT", "/v1/trunks/carrier-tcp", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d;transport=tcp","prefixes":[%q]}`, tcpCarrier, tcpNumber[1:]), 200, nil)
+	visibleWithin(t, nodes, time.Now(), "tcp carrier", func(g *gateway) bool { return g.hasTrunk("carrier-tcp") })
+	tcpDone := make(chan loadtest.Report, 1)
+	bg.Go(func() {
+		rep, err := loadtest.Run(ctx, loadtest.Config{Target: addr(n2), Transport: "tcp", Carrier: fmt.Sprintf("127.0.0.1:%d", tcpCarrier),
+			Rate: 10, Calls: 1, Hold: time.Minute, Dialled: tcpNumber, From: []string{"+12125550100"},
+			SetupTimeout: 5 * time.Second, HangupTimeout: 5 * time.Second, Legs: legs}, nil)
+		if err != nil {
+			t.Error(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the call on node 2 was not answered: %+v\n%s", calls, n2.log)
-		}
-	}
+		tcpDone <- rep
+	})
+	const udpCalls = 3
+	const calls = udpCalls + 1
+	long := call(n2, udpCalls, time.Minute, legs)
+	up := waitCallsUp(t, nodes, calls, 1)
 	time.Sleep(time.Second) // a paid increment or two on the clock
 
 	paused := time.Now()
-	must(t, n2.cmd.Process.Signal(syscall.SIGSTOP))
-	time.Sleep(3 * ttl)
-	must(t, n2.cmd.Process.Signal(syscall.SIGCONT))
+	n2.pause()
+	time.Sleep(3 * takeoverTTL)
+	n2.resume()
 	woke := time.Now()
-
-	// The call is ended by the node itself, without a further hold.
-	var rep loadtest.Report
-	select {
-	case rep = <-long:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("node 2's call was not ended after it woke fenced\n%s", n2.log)
-	}
-	if rep.Answered != 1 || rep.EndedByGateway != 1 {
-		t.Fatalf("node 2's call: %s", rep)
-	}
-	cdrs := n2.allCDRs()
-	if len(cdrs) != 1 {
-		t.Fatalf("node 2 has %d CDRs, want 1: %v", len(cdrs), cdrs)
-	}
-	billed, _ := strconv.Atoi(cdrs[0]["billed_s"])
-	// Answered after it was dialled; its local deadline came no later than
-	// ttl − margin after the pause began; at most the one increment held
-	// then is paid past it.
-	bound := int((paused.Sub(dialled) + ttl - margin).Seconds()) + 1
-	t.Logf("node 2 paused %.1f s after its call was dialled, for %v; woke and ended the call billed %d s (bound %d s): %v",
-		paused.Sub(dialled).Seconds(), woke.Sub(paused).Round(time.Millisecond), billed, bound, cdrs[0])
-	if billed > bound {
-		t.Fatalf("node 2 billed %d s, past its local deadline (bound %d s): it held after it", billed, bound)
+	for _, done := range []<-chan loadtest.Report{long, tcpDone} {
+		select {
+		case rep := <-done:
+			t.Logf("node 2 paused %v; its callers: %s", woke.Sub(paused).Round(time.Millisecond), strings.ReplaceAll(rep.String(), "\n", "; "))
+		case <-time.After(20 * time.Second):
+			t.Fatalf("node 2's calls were not ended\n%s", n2.log)
+		}
 	}
 
-	// Awake but fenced: not ready, no new call, no change.
-	var ready int
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if res, err := http.Get("http://" + n2.httpAddr + "/readyz"); err == nil {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			if ready = res.StatusCode; ready == 503 {
-				t.Logf("node 2 /readyz after waking: %d %s", ready, strings.TrimSpace(string(b)))
-				break
+	callerLegs := legsByCallID(legs.Side(loadtest.CallerSide))
+	carrierLegs := legsByCallID(legs.Side(loadtest.CarrierSide))
+	bound := paused.Add(takeoverTTL + incr*time.Second + byeSlack)
+	reaped := map[string]upCall{}
+	for _, c := range up {
+		reaped[c.ID] = c
+		transport := "udp"
+		if c.To == tcpNumber {
+			transport = "tcp"
+		}
+		for _, l := range []loadtest.Leg{callerLegs[c.InboundCall], carrierLegs[c.ID]} {
+			// Over UDP the BYE leaves from the survivor's SIP socket. Over
+			// TCP it comes on a new connection from an ephemeral port
+			// (its Via names that port too), which on loopback does not
+			// say which process opened it: one that arrived while node 2
+			// was frozen was sent by another.
+			fromSurvivor := l.ByeFrom == addr(n1)
+			if transport == "tcp" {
+				fromSurvivor = l.Bye.Before(woke) && l.ByeFrom != addr(n2)
+			}
+			switch {
+			case l.Bye.IsZero():
+				t.Errorf("call %s (%s): its %s leg got no BYE", c.ID, transport, l.Side)
+			case !fromSurvivor || !l.ByeMatched:
+				t.Errorf("call %s (%s): its %s leg's BYE came from %s via %v (matched %v), want the survivor %s", c.ID, transport, l.Side, l.ByeFrom, l.ByeVia, l.ByeMatched, addr(n1))
+			case l.Bye.After(bound):
+				t.Errorf("call %s: its %s leg's BYE came %v after the pause, past TTL + increment + %v", c.ID, l.Side, l.Bye.Sub(paused).Round(time.Millisecond), byeSlack)
+			default:
+				t.Logf("call %s (%s): %s leg's BYE from the survivor (%s) %v after the pause began", c.ID, transport, l.Side, l.ByeFrom, l.Bye.Sub(paused).Round(time.Millisecond))
 			}
 		}
 	}
-	if ready != 503 {
-		t.Fatalf("node 2's /readyz answers %d after its lease expired", ready)
+
+	// The survivor's CDRs, billed no later than the paused node could hold.
+	survivorCDRs := map[string]cdr{}
+	for _, c := range n1.cdrs(calls) {
+		survivorCDRs[c["call_id"]] = c
 	}
-	if rep := <-call(n2, time.Second); rep.Answered != 0 || rep.CarrierInvites != 0 {
-		t.Fatalf("fenced node 2 connected a call: %s", rep)
+	for id, c := range reaped {
+		cd, ok := survivorCDRs[id]
+		if !ok || cd["disconnect_reason"] != "node_failure" {
+			t.Errorf("call %s: survivor's CDR %v, want node_failure", id, cd)
+			continue
+		}
+		billed, _ := strconv.Atoi(cd["billed_s"])
+		limit := int((paused.Sub(c.Answer) + takeoverTTL - takeoverMargin).Seconds()) + incr
+		t.Logf("call %s: answered %v before the pause, billed %d s (bound %d s)", id, paused.Sub(c.Answer).Round(time.Millisecond), billed, limit)
+		if billed > limit {
+			t.Errorf("call %s billed %d s, past the paused node's local deadline (bound %d s): it held after it", id, billed, limit)
+		}
+	}
+
+	// Woken: nothing written for the reaped calls, and out of service.
+	// The binary stays up, fenced, until it is restarted: /readyz 503,
+	// no call connected, no change taken; the other node goes on.
+	time.Sleep(2 * time.Second) // anything it was going to write, written
+	code, body := 0, ""
+	if res, err := http.Get("http://" + n2.httpAddr + "/readyz"); err == nil {
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		code, body = res.StatusCode, strings.TrimSpace(string(b))
+	}
+	t.Logf("node 2 after waking: /readyz %d %s", code, body)
+	if code != 503 {
+		t.Fatalf("node 2's /readyz answers %d after its lease expired under it; want 503 (fenced)\n%s", code, n2.log)
+	}
+	for _, c := range n2.allCDRs() {
+		if _, ok := reaped[c["call_id"]]; ok {
+			t.Errorf("woken node 2 wrote a CDR for reaped call %s: %v", c["call_id"], c)
+		}
+	}
+	if rep := <-call(n2, 1, time.Second, nil); rep.Answered != 0 || rep.CarrierInvites != 0 {
+		t.Errorf("fenced node 2 connected a call: %s", rep)
 	}
 	if code, body := n2.raw("POST", "/v1/orgs/acme/credits"); code < 400 {
-		t.Fatalf("fenced node 2 took a funding: %d %s", code, body)
+		t.Errorf("fenced node 2 took a funding: %d %s", code, body)
 	}
-	// Node 1 goes on.
-	if rep := <-call(n1, time.Second); rep.Answered != 1 {
-		t.Fatalf("node 1 after node 2's pause: %s\n%s", rep, n1.log)
+	if rep := <-call(n1, 1, time.Second, nil); rep.ByStatus["200"] != 1 {
+		t.Errorf("node 1 after node 2's pause: %s\n%s", rep, n1.log)
 	}
-	if _, err := cluster.Check(context.Background(), etcd.Client(), clusterPrefix, 5*time.Second); err != nil {
-		t.Fatal(err)
+
+	// Restarted on its data: it serves and settles nothing twice.
+	back := n2.restart()
+	nodes[1] = back
+	for _, c := range back.allCDRs() {
+		if _, ok := reaped[c["call_id"]]; ok {
+			t.Errorf("restarted node 2 settled reaped call %s again: %v", c["call_id"], c)
+		}
 	}
+	if rep := <-call(back, 1, time.Second, nil); rep.ByStatus["200"] != 1 {
+		t.Errorf("restarted node 2 does not serve: %s\n%s", rep, back.log)
+	}
+	cli := etcd.Client()
+	defer cli.Close()
+	// The reaped calls, node 1's call and the restarted node's.
+	acme, cdrs := settledMoney(t, cli, nodes, calls+2)
+	if len(cdrs) != calls+2 {
+		t.Errorf("%d CDRs across the nodes, want %d", len(cdrs), calls+2)
+	}
+	t.Logf("etcd: funded %s, spent %s = Σ %d CDR charges, unallocated %s, in slices %s", acme.Funded, acme.Spent, len(cdrs), acme.Unallocated, acme.Outstanding)
 }
 
 // callThroughEveryNode starts one load tool per node, calls of hold at 10

@@ -54,6 +54,10 @@ type Config struct {
 	HangupTimeout time.Duration
 
 	Log *slog.Logger
+
+	// Legs, if set, gets every leg's answer and BYE times and addresses
+	// (legs.go); nil records nothing.
+	Legs *Legs
 }
 
 func (c *Config) defaults() error {
@@ -260,6 +264,9 @@ type carrier struct {
 	*endpoint
 	dialogs *sipgo.DialogServerCache
 	invites atomic.Int64
+	// up is the carrier legs answered and not yet ended (legs.go's
+	// drain waits for it).
+	up atomic.Int64
 }
 
 func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, error) {
@@ -283,9 +290,15 @@ func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, 
 		}
 		defer dlg.Close()
 		_ = dlg.Respond(180, "Ringing", nil)
+		// Answered once the 200 leaves, as a carrier bills it: RespondSDP
+		// returns only when the ACK came, which a gateway that died
+		// meanwhile never sends.
+		cfg.Legs.answered(CarrierSide, req.CallID().Value(), req.Source(), time.Now())
 		if err := dlg.RespondSDP([]byte(sdp)); err != nil {
 			return
 		}
+		c.up.Add(1)
+		defer c.up.Add(-1)
 		select {
 		case <-dlg.Context().Done():
 		case <-ctx.Done():
@@ -293,9 +306,12 @@ func newCarrier(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*carrier, 
 	})
 	ep.srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { _ = c.dialogs.ReadAck(req, tx) })
 	ep.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
-		if err := c.dialogs.ReadBye(req, tx); err != nil {
+		at := time.Now()
+		err := c.dialogs.ReadBye(req, tx)
+		if err != nil {
 			_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 		}
+		cfg.Legs.bye(CarrierSide, req, at, err == nil)
 	})
 	return c, ep.start()
 }
@@ -313,9 +329,12 @@ func newCaller(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*caller, er
 	}
 	c := &caller{endpoint: ep, dialogs: sipgo.NewDialogClientCache(ep.cli, ep.contact)}
 	ep.srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {
-		if err := c.dialogs.ReadBye(req, tx); err != nil {
+		at := time.Now()
+		err := c.dialogs.ReadBye(req, tx)
+		if err != nil {
 			_ = tx.Respond(sip.NewResponseFromRequest(req, 481, "Call/Transaction Does Not Exist", nil))
 		}
+		cfg.Legs.bye(CallerSide, req, at, err == nil)
 	})
 	// Mid-call requests from the gateway (UPDATE, re-INVITE) are accepted.
 	ok := func(req *sip.Request, tx sip.ServerTransaction) {
@@ -330,6 +349,7 @@ func newCaller(ctx context.Context, cfg Config, wg *sync.WaitGroup) (*caller, er
 // outcome of one call.
 type outcome struct {
 	status     string // "200", "402", "timeout", …
+	callID     string // the caller leg's, "" if the INVITE was never sent
 	setup      time.Duration
 	endedByGW  bool
 	answered   bool
@@ -359,17 +379,23 @@ func (c *caller) call(ctx context.Context, cfg Config, due time.Time, from strin
 		return outcome{status: "error"}
 	}
 	defer sess.Close()
+	callID := ""
+	if h := req.CallID(); h != nil {
+		callID = h.Value()
+	}
 	if err := sess.WaitAnswer(setupCtx, sipgo.AnswerOptions{}); err != nil {
 		var dr *sipgo.ErrDialogResponse
 		if errors.As(err, &dr) {
-			return outcome{status: strconv.Itoa(dr.Res.StatusCode)}
+			return outcome{status: strconv.Itoa(dr.Res.StatusCode), callID: callID}
 		}
 		if setupCtx.Err() != nil {
-			return outcome{status: "timeout"}
+			return outcome{status: "timeout", callID: callID}
 		}
-		return outcome{status: "error"}
+		return outcome{status: "error", callID: callID}
 	}
-	o := outcome{status: "200", answered: true, setup: time.Since(due)}
+	answered := time.Now()
+	o := outcome{status: "200", callID: callID, answered: true, setup: answered.Sub(due)}
+	cfg.Legs.answered(CallerSide, callID, contactHostPort(sess.InviteResponse), answered)
 	if err := sess.Ack(setupCtx); err != nil {
 		o.hangupFail = true
 		return o
@@ -385,6 +411,7 @@ func (c *caller) call(ctx context.Context, cfg Config, due time.Time, from strin
 	}
 	byeCtx, cancelBye := context.WithTimeout(context.Background(), cfg.HangupTimeout)
 	defer cancelBye()
+	cfg.Legs.hungUp(CallerSide, callID, time.Now())
 	if err := sess.Bye(byeCtx); err != nil {
 		if sess.Context().Err() != nil {
 			o.endedByGW = true // crossed with the gateway's BYE
@@ -416,6 +443,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Report, error) {
 	}
 	defer call.close()
 	r, err := run(runCtx, cfg, call, carr, progress)
+	if cfg.Legs != nil {
+		carr.drain(cfg.HangupTimeout)
+	}
 	return r, err
 }
 
@@ -501,6 +531,7 @@ func run(ctx context.Context, cfg Config, c *caller, carr *carrier, progress io.
 			defer calls.Done()
 			defer inFlight.Add(-1)
 			o := c.call(ctx, cfg, due, from)
+			cfg.Legs.attempted(o.callID, due, o.status)
 			if o.answered {
 				answered.Add(1)
 			}

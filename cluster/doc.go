@@ -312,20 +312,19 @@
 //     reads etcd once to look for minutes given back. Pools and PoolsLeft
 //     answer from the node's ledger: the licensed total, this node's used
 //     and held (PoolsLeft over-estimates; OpenCall and Step decide again).
-//   - The local ledgers still run their own auto-recharge trigger and
-//     balance notifications on their slices: a node's ledger may hold a
-//     pending auto-recharge purchase nobody pays (harmless: no money
-//     moves; but Books.PendingPurchaseOf answers it — it should answer
-//     Purchases.PendingRecharge), and its outbox's balance_zero is dropped
-//     by Outbox.Forward. Fraud-guard spend limits still look at the node's
-//     own spend. The low-balance forecast's burn rate is the notifier
-//     node's own history, not the cluster's.
-//   - Cross-node reads
-//     (cluster-wide held, calls on every node, merged histories; a
-//     funding's entry is in etcd, not in any node's transaction list). The wiring
-//     (cmd/creditgate/cluster.go: the cluster: config section,
-//     --cluster-etcd, TLS to etcd) and the README's "Cluster mode" section
-//     (deployment, measured figures, capacity) are done.
+//   - The local ledgers start no auto-recharge purchase of their own
+//     (ledger.SliceOnly) and Books.PendingPurchaseOf answers from etcd
+//     (UsePurchases); their slice-level balance_zero notifications are
+//     still queued and dropped by Outbox.Forward. Fraud-guard spend limits
+//     still look at the node's own spend. The low-balance forecast's burn
+//     rate is the notifier node's own history, not the cluster's.
+//   - Per node still: cluster-wide held, transactions and the advisor (a
+//     funding's entry is in etcd, not in any node's transaction list).
+//     Calls on every node, usage and the audit trail are merged across
+//     nodes (api/cluster*.go).
+//   - A billing step waits for its takeover record with the gateway's call
+//     mutex held, so during an etcd leader election a hang-up waits behind
+//     it (README, "Metering during an etcd leader election").
 //
 // Tested against Debian's etcd-server 3.4.23 with go.etcd.io/etcd/client/v3
 // v3.6.16 (cluster/etcdtest starts the real binary).

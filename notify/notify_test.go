@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/mail"
 	"strings"
 	"sync"
 	"testing"
@@ -18,10 +17,9 @@ import (
 	"github.com/creditgate/creditgate/internal/clock"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/ledgertest"
+	"github.com/creditgate/creditgate/notify/notifytest"
 	"github.com/creditgate/creditgate/payments"
 	"github.com/creditgate/creditgate/payments/stripetest"
-	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/shopspring/decimal"
 )
@@ -32,102 +30,15 @@ func d(s string) decimal.Decimal { return decimal.RequireFromString(s) }
 
 var quiet = slog.New(slog.DiscardHandler)
 
-// mailServer is a real SMTP server on loopback (go-smtp) that keeps what
-// it is sent. It wants PLAIN authentication, and refuses the next
-// tempFail messages with 451, as a busy relay does.
-type mailServer struct {
-	addr     string
-	mu       sync.Mutex
-	msgs     []*mail.Message
-	bodies   []string
-	rcpts    [][]string
-	tempFail int
-}
+// The SMTP server is notifytest's: a real one on loopback (go-smtp) that
+// wants PLAIN authentication and can refuse messages with 451.
+type mailServer = notifytest.Mail
 
-func startMail(t *testing.T) *mailServer {
-	t.Helper()
-	ms := &mailServer{}
-	s := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &session{ms: ms}, nil }))
-	s.Domain = "localhost"
-	s.AllowInsecureAuth = true // loopback, no TLS in the test
-	s.ReadTimeout, s.WriteTimeout = 10*time.Second, 10*time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms.addr = ln.Addr().String()
-	go func() { _ = s.Serve(ln) }()
-	t.Cleanup(func() { _ = s.Close() })
-	return ms
-}
-
-func (ms *mailServer) received() ([]*mail.Message, []string, [][]string) {
-	ms.mu.Lock()
-	defer ms.mu.Unlock()
-	return append([]*mail.Message(nil), ms.msgs...), append([]string(nil), ms.bodies...), append([][]string(nil), ms.rcpts...)
-}
-
-type session struct {
-	ms    *mailServer
-	auth  bool
-	rcpts []string
-}
-
-func (s *session) AuthMechanisms() []string { return []string{sasl.Plain} }
-
-func (s *session) Auth(string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, user, pass string) error {
-		if user != "creditgate" || pass != "s3cret" {
-			return errors.New("bad credentials")
-		}
-		s.auth = true
-		return nil
-	}), nil
-}
-
-func (s *session) Mail(string, *smtp.MailOptions) error {
-	if !s.auth {
-		return smtp.ErrAuthRequired
-	}
-	return nil
-}
-
-func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.rcpts = append(s.rcpts, to)
-	return nil
-}
-
-func (s *session) Data(r io.Reader) error {
-	m, err := mail.ReadMessage(r)
-	if err != nil {
-		return err
-	}
-	body, err := io.ReadAll(m.Body)
-	if err != nil {
-		return err
-	}
-	s.ms.mu.Lock()
-	defer s.ms.mu.Unlock()
-	if s.ms.tempFail > 0 {
-		s.ms.tempFail--
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again later"}
-	}
-	s.ms.msgs = append(s.ms.msgs, m)
-	s.ms.bodies = append(s.ms.bodies, string(body))
-	s.ms.rcpts = append(s.ms.rcpts, s.rcpts)
-	return nil
-}
-
-func (s *session) Reset()        { s.rcpts = nil }
-func (s *session) Logout() error { return nil }
+func startMail(t *testing.T) *mailServer { return notifytest.Start(t) }
 
 func smtpConfig(ms *mailServer) SMTP {
-	host, port, _ := net.SplitHostPort(ms.addr)
-	p := 0
-	for _, c := range port {
-		p = p*10 + int(c-'0')
-	}
-	return SMTP{Host: host, Port: p, Username: "creditgate", Password: "s3cret", From: "billing@operator.example", TLS: "none"}
+	return SMTP{Host: ms.Host, Port: ms.Port, Username: notifytest.Username, Password: notifytest.Password,
+		From: "billing@operator.example", TLS: "none"}
 }
 
 func openLedger(t *testing.T, dir string) *ledger.Ledger {
@@ -208,7 +119,7 @@ func TestExpiredCardSendsOneEmailAndStops(t *testing.T) {
 		clk.Advance(time.Hour)
 		spend(t, l, "c"+clk.Now().Format("150405"), 1)
 	}
-	msgs, bodies, rcpts := ms.received()
+	msgs, bodies, rcpts := ms.ReceivedTo()
 	if len(msgs) != 1 {
 		t.Fatalf("%d emails, want 1", len(msgs))
 	}
@@ -244,7 +155,7 @@ func TestBalanceZeroSendsOneEmail(t *testing.T) {
 	spend(t, l, "c1", 50)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if msgs, _, _ := ms.received(); len(msgs) > 0 && outboxLen(t, l) == 0 {
+		if msgs, _, _ := ms.ReceivedTo(); len(msgs) > 0 && outboxLen(t, l) == 0 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -252,7 +163,7 @@ func TestBalanceZeroSendsOneEmail(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	msgs, bodies, _ := ms.received()
+	msgs, bodies, _ := ms.ReceivedTo()
 	if len(msgs) != 1 || !strings.Contains(msgs[0].Header.Get("Subject"), "used up") || !strings.Contains(bodies[0], "reached 0.00 USD") ||
 		!strings.Contains(msgs[0].Header.Get("Message-Id"), "@creditgate") || msgs[0].Header.Get("Auto-Submitted") != "auto-generated" {
 		t.Fatalf("emails %d: %v\n%s", len(msgs), msgs[0].Header, bodies[0])
@@ -263,7 +174,7 @@ func TestBalanceZeroSendsOneEmail(t *testing.T) {
 // and goes out once.
 func TestSMTPFailureRetriesThenSendsOnce(t *testing.T) {
 	ms := startMail(t)
-	ms.tempFail = 2
+	ms.FailNext(2)
 	l := openLedger(t, t.TempDir())
 	defer l.Close()
 	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}})
@@ -283,7 +194,7 @@ func TestSMTPFailureRetriesThenSendsOnce(t *testing.T) {
 		t.Fatal("still retrying")
 	}
 	s.DeliverDue(context.Background())
-	if msgs, _, _ := ms.received(); len(msgs) != 1 {
+	if msgs, _, _ := ms.ReceivedTo(); len(msgs) != 1 {
 		t.Fatalf("%d emails, want 1", len(msgs))
 	}
 	if gaps[0] != time.Second || gaps[1] != 2*time.Second {
@@ -299,12 +210,12 @@ func TestSMTPUnreachableKeepsTheNotification(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close() // nothing listens there now
 	l := openLedger(t, t.TempDir())
 	defer l.Close()
 	newOrg(t, l, ledger.Contacts{Emails: []string{"ap@acme.example"}})
-	s := newSender(t, l, &mailServer{addr: addr}, clock.NewFake(t0))
+	s := newSender(t, l, &mailServer{Host: "127.0.0.1", Port: port}, clock.NewFake(t0))
 	spend(t, l, "c1", 50)
 	if next := s.DeliverDue(context.Background()); next.IsZero() {
 		t.Fatal("no retry scheduled")
@@ -357,7 +268,7 @@ func TestWebhookSignedAndRetriedAloneAfterRestart(t *testing.T) {
 	if next := newSender(t, l, ms, clock.NewFake(t0)).DeliverDue(context.Background()); !next.IsZero() {
 		t.Fatal("still failing")
 	}
-	if msgs, _, _ := ms.received(); len(msgs) != 1 {
+	if msgs, _, _ := ms.ReceivedTo(); len(msgs) != 1 {
 		t.Fatalf("%d emails, want 1: the restart must not resend it", len(msgs))
 	}
 	mu.Lock()
@@ -482,7 +393,7 @@ func TestLowBalanceWarning(t *testing.T) {
 		t.Fatalf("warned again within a day: %d", n)
 	}
 	s.DeliverDue(context.Background())
-	msgs, bodies, _ := ms.received()
+	msgs, bodies, _ := ms.ReceivedTo()
 	if len(msgs) != 1 || !strings.Contains(msgs[0].Header.Get("Subject"), "running low") ||
 		!strings.Contains(bodies[0], "40.00 USD a day") || !strings.Contains(bodies[0], "Available now: 10.00 USD") {
 		t.Fatalf("%d emails: %v\n%v", len(msgs), msgs, bodies)

@@ -29,9 +29,11 @@ type Mail struct {
 	Host string
 	Port int
 
-	mu     sync.Mutex
-	msgs   []*mail.Message
-	bodies []string
+	mu       sync.Mutex
+	msgs     []*mail.Message
+	bodies   []string
+	rcpts    [][]string // each message's RCPT TO addresses
+	tempFail int        // messages still to refuse with 451
 }
 
 // Start runs the server until the test ends.
@@ -62,9 +64,25 @@ func (m *Mail) Received() ([]*mail.Message, []string) {
 	return append([]*mail.Message(nil), m.msgs...), append([]string(nil), m.bodies...)
 }
 
+// ReceivedTo is Received with each message's recipients (RCPT TO).
+func (m *Mail) ReceivedTo() ([]*mail.Message, []string, [][]string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return append([]*mail.Message(nil), m.msgs...), append([]string(nil), m.bodies...), append([][]string(nil), m.rcpts...)
+}
+
+// FailNext makes the server refuse the next n messages with 451, as a busy
+// relay does.
+func (m *Mail) FailNext(n int) {
+	m.mu.Lock()
+	m.tempFail = n
+	m.mu.Unlock()
+}
+
 type session struct {
-	m    *Mail
-	auth bool
+	m     *Mail
+	auth  bool
+	rcpts []string
 }
 
 func (s *session) AuthMechanisms() []string { return []string{sasl.Plain} }
@@ -86,7 +104,10 @@ func (s *session) Mail(string, *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(string, *smtp.RcptOptions) error { return nil }
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
 
 func (s *session) Data(r io.Reader) error {
 	msg, err := mail.ReadMessage(r)
@@ -99,10 +120,15 @@ func (s *session) Data(r io.Reader) error {
 	}
 	s.m.mu.Lock()
 	defer s.m.mu.Unlock()
+	if s.m.tempFail > 0 {
+		s.m.tempFail--
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try again later"}
+	}
 	s.m.msgs = append(s.m.msgs, msg)
 	s.m.bodies = append(s.m.bodies, string(body))
+	s.m.rcpts = append(s.m.rcpts, s.rcpts)
 	return nil
 }
 
-func (s *session) Reset()        {}
+func (s *session) Reset()        { s.rcpts = nil }
 func (s *session) Logout() error { return nil }

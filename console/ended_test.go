@@ -142,7 +142,7 @@ func TestHtmxRefusalsShowAMessage(t *testing.T) {
 	// A CSRF refusal: 403, and htmx sends the page to the form's page,
 	// which shows the refusal once.
 	before := h.state()
-	res := b.postWith("/console/calls/no-such-call/hangup", hangup("x"+csrf[1:]), h.base, htmxHeaders)
+	res := b.postWith("/console/calls/no-such-call/hangup", hangup(otherToken(csrf)), h.base, htmxHeaders)
 	if res.status != 403 || res.header.Get("HX-Redirect") != "/console/org/acme/calls" || res.location != "" {
 		t.Fatalf("htmx post with a wrong token: %d, HX-Redirect %q, Location %q", res.status, res.header.Get("HX-Redirect"), res.location)
 	}
@@ -156,7 +156,7 @@ func TestHtmxRefusalsShowAMessage(t *testing.T) {
 		t.Fatalf("the refusal is shown twice:\n%s", p.body)
 	}
 	// Without htmx the refusal is the answer itself.
-	if res := b.post("/console/calls/no-such-call/hangup", hangup("x"+csrf[1:]), h.base); res.status != 403 || !strings.Contains(res.body, "(CSRF check)") {
+	if res := b.post("/console/calls/no-such-call/hangup", hangup(otherToken(csrf)), h.base); res.status != 403 || !strings.Contains(res.body, "(CSRF check)") {
 		t.Fatalf("plain post with a wrong token: %d\n%s", res.status, res.body)
 	}
 

@@ -49,6 +49,19 @@ func Seed(ctx context.Context, n *Node, local *ledger.Ledger) (int, error) {
 		return 0, fmt.Errorf("cluster seed: %w", ErrConfigExists)
 	}
 	claim := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(seed), "=", rev)}
+	return copyConfig(ctx, n, local, claim, false)
+}
+
+// copyConfig writes the ledger's configuration records into etcd, each
+// transaction compared on claim (the seed key's create revision), and
+// returns how many records it wrote. Every write is a put of the record
+// as the ledger has it, so writing again after a cut-short run writes the
+// same records (SeedCluster resumes that way). withKeys adds the API keys
+// (config/key/<id>: hashes, never secrets). The rate deck's chunks are
+// written only when config/deck does not already point at the same deck
+// (a resumed run); an earlier run's chunks that no pointer names cost
+// space only.
+func copyConfig(ctx context.Context, n *Node, local *ledger.Ledger, claim []clientv3.Cmp, withKeys bool) (int, error) {
 	var ops []clientv3.Op
 	written := 0
 	flush := func() error {
@@ -108,9 +121,22 @@ func Seed(ctx context.Context, n *Node, local *ledger.Ledger) (int, error) {
 			return written, err
 		}
 	}
+	if withKeys {
+		for _, k := range local.Keys() {
+			if err := add(clientv3.OpPut(n.k.cfgKey(k.ID), encode(k))); err != nil {
+				return written, err
+			}
+		}
+	}
 	if deck := local.Deck(); deck != nil {
 		if err := flush(); err != nil {
 			return written, err
+		}
+		if same, err := sameDeck(ctx, n, deck); err != nil || same {
+			if err != nil {
+				return written, fmt.Errorf("cluster seed: rate deck: %w", err)
+			}
+			return written, nil
 		}
 		ptr, err := writeDeckChunks(ctx, n, deck)
 		if err != nil {

@@ -23,6 +23,7 @@ func commands() []command {
 	return []command{
 		{"serve", "[flags]", "run the gateway: SIP, the admin API, metrics", serveFlags},
 		{"demo", "[flags]", "set up org \"demo\" on a running gateway and place one short call through it", demoFlags},
+		{"cluster seed", "[flags]", "move a single node's configuration, API keys and money into a new cluster", seedFlags},
 		{"version", "", "print the version and the commit it was built from", func(*flag.FlagSet) func([]string) error {
 			return func([]string) error { fmt.Println(version()); return nil }
 		}},
@@ -48,7 +49,7 @@ documents every setting; "creditgate help serve" lists the flags.
 func usage(w io.Writer) {
 	fmt.Fprint(w, intro+"commands:\n")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, outro)
 }
@@ -68,14 +69,15 @@ func run(args []string) int {
 		fmt.Println(version())
 		return 0
 	}
+	name, rest := commandName(args)
 	for _, c := range commands() {
-		if c.name != args[0] {
+		if c.name != name {
 			continue
 		}
 		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 		fs.SetOutput(io.Discard) // errors and help are printed below, once
 		runCmd := c.flags(fs)
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := fs.Parse(rest); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
 				commandHelp(os.Stdout, c, fs)
 				return 0
@@ -90,9 +92,23 @@ func run(args []string) int {
 		}
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "creditgate: unknown command %q\n\n", args[0])
+	fmt.Fprintf(os.Stderr, "creditgate: unknown command %q\n\n", name)
 	usage(os.Stderr)
 	return 2
+}
+
+// commandName splits the command's name off args: one word, or two for a
+// command of a group ("cluster seed"); the rest are its flags.
+func commandName(args []string) (name string, rest []string) {
+	if len(args) > 1 {
+		two := args[0] + " " + args[1]
+		for _, c := range commands() {
+			if c.name == two {
+				return two, args[2:]
+			}
+		}
+	}
+	return args[0], args[1:]
 }
 
 func help(w io.Writer, args []string) error {
@@ -100,15 +116,16 @@ func help(w io.Writer, args []string) error {
 		usage(w)
 		return nil
 	}
+	name, _ := commandName(args)
 	for _, c := range commands() {
-		if c.name == args[0] {
+		if c.name == name {
 			fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 			c.flags(fs)
 			commandHelp(w, c, fs)
 			return nil
 		}
 	}
-	return fmt.Errorf("no command %q (see creditgate help)", args[0])
+	return fmt.Errorf("no command %q (see creditgate help)", name)
 }
 
 func commandHelp(w io.Writer, c command, fs *flag.FlagSet) {

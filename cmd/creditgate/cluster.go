@@ -81,6 +81,12 @@ func joinCluster(ctx context.Context, cfg configs.Config, log *slog.Logger) (*cl
 		lock.Close()
 		return nil, fmt.Errorf("join the cluster at %s as %s: %w", strings.Join(c.Etcd, ","), id, err)
 	}
+	// A seed claimed and not finished (creditgate cluster seed, cut
+	// short): the configuration may be in etcd without its money.
+	if err := cluster.CheckSeeded(ctx, cn.node); err != nil {
+		cn.stop(log)
+		return nil, err
+	}
 	if cn.rejoin, err = cn.node.ClaimOwn(ctx); err != nil {
 		cn.stop(log)
 		return nil, fmt.Errorf("cluster rejoin as %s: %w", id, err)
@@ -101,7 +107,7 @@ func (cn *clusterNode) start(ctx context.Context, cfg configs.Config, local *led
 	if cn.replica, err = cluster.NewReplica(ctx, cn.node, local, log.With("component", "replica")); err != nil {
 		cn.stop(log)
 		if errors.Is(err, cluster.ErrUnseeded) {
-			return fmt.Errorf("cluster configuration: %w: start a cluster node on an empty --data-dir (moving a single node's orgs and money into a cluster is not built yet)", err)
+			return fmt.Errorf("cluster configuration: %w: move this single node's data into the cluster first with creditgate cluster seed (README, Existing data), or start on an empty --data-dir", err)
 		}
 		return fmt.Errorf("cluster configuration: %w", err)
 	}

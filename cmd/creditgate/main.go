@@ -3,6 +3,7 @@
 //	creditgate serve [--config FILE] [--sip-listen ADDR] [--http-listen ADDR]
 //	                 [--data-dir DIR] [--admin-token TOKEN]
 //	creditgate demo [--api URL] [--sip ADDR] [--data-dir DIR]
+//	creditgate cluster seed [--config FILE] [--data-dir DIR] [--cluster-etcd URL[,URL…]] [--node-id ID]
 //	creditgate version | help [command]
 package main
 

@@ -103,9 +103,13 @@
 //
 // A node whose ledger holds a configuration refuses to start its replica on
 // an etcd whose config/ is empty (ErrUnseeded: applying it would delete
-// every user, trunk and number); Seed copies such a ledger's configuration
-// (not its money) into etcd once, the way a single-node installation
-// becomes a cluster's first node.
+// every user, trunk and number). SeedCluster (seed.go, "creditgate cluster
+// seed") moves such a single node into an empty etcd — configuration, API
+// keys, each org's balance as an etcd funding (the ledger zeroed by a
+// ledger.SeedSlice entry first), the month's pool usage as the node's pool
+// slices — each step idempotent, so a rerun after a crash finishes it
+// exactly once; until it is done CheckSeeded refuses nodes. Seed copies
+// the configuration only (no keys, no money), once.
 //
 // What is decided on one node only: ErrInUse for deleting a user or a
 // toll-free number while a call of it is up is checked against this node's

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shopspring/decimal"
@@ -246,6 +248,9 @@ func claimSeed(ctx context.Context, n *Node, source string) (claimRev int64, don
 			}
 			return kv.CreateRevision, rec.Done, true, nil
 		}
+		if err := noOtherNodes(ctx, n); err != nil {
+			return 0, false, false, err
+		}
 		ok, rev, err := n.commit(ctx,
 			[]clientv3.Cmp{
 				clientv3.Compare(clientv3.Version(n.k.config()), "=", 0).WithPrefix(),
@@ -269,6 +274,30 @@ func claimSeed(ctx context.Context, n *Node, source string) (claimRev int64, don
 		}
 	}
 	return 0, false, false, fmt.Errorf("cluster seed: claim: %w", ErrContention)
+}
+
+// noOtherNodes refuses a seed while other nodes are members of the
+// cluster: they would apply the configuration as it lands and could spend
+// from pools the seed is about to write (nodes that start later are
+// refused by CheckSeeded until the seed is done). The seeding node's own
+// earlier incarnations (a cut-short seed whose lease has not expired yet)
+// do not count: its data directory is locked, so no node of that id runs.
+func noOtherNodes(ctx context.Context, n *Node) error {
+	var others []string
+	err := n.eachKV(ctx, n.k.members(), false, func(kv *mvccpb.KeyValue) error {
+		if id := string(kv.Value); id != n.ID() {
+			others = append(others, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cluster seed: list the members: %w", err)
+	}
+	if len(others) > 0 {
+		return fmt.Errorf("cluster seed: node(s) %s are running on this cluster: seed it before any node starts (stop them, seed, start them again): %w",
+			strings.Join(others, ", "), ErrInvalid)
+	}
+	return nil
 }
 
 // seedPool writes one pool's month usage as this node's (see above).

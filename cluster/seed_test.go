@@ -316,7 +316,8 @@ func TestSeedClusterCrashAtEachStep(t *testing.T) {
 }
 
 // TestSeedRefusals: the seed changes nothing when the ledger cannot move
-// as it stands (a call up) or etcd already has a configuration.
+// as it stands (a call up), another node runs on the cluster, or etcd
+// already has a configuration.
 func TestSeedRefusals(t *testing.T) {
 	ec := etcdtest.Start(t, 1)
 	cli := ec.Client()
@@ -345,11 +346,17 @@ func TestSeedRefusals(t *testing.T) {
 		t.Fatalf("a refused seed moved acme's money: %s", o.Balance)
 	}
 
-	// etcd with a configuration made by a node (not a seed).
+	// A node running on the cluster, which is still empty.
 	other := startReplica(t, cli, "other", t.TempDir())
+	if _, err := SeedCluster(context.Background(), n, l, "src"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("seed with another node running: %v, want ErrInvalid", err)
+	}
+	// etcd with a configuration made by a node (not a seed), which left.
 	if _, err := other.r.CreateOrg(ledger.Org{ID: "zeta", Country: "GB", Region: "eu"}); err != nil {
 		t.Fatal(err)
 	}
+	other.stop()
+	must(t, other.n.Close(context.Background()))
 	if _, err := SeedCluster(context.Background(), n, l, "src"); !errors.Is(err, ErrConfigExists) {
 		t.Fatalf("seed into a configured etcd: %v, want ErrConfigExists", err)
 	}

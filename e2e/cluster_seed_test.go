@@ -205,3 +205,29 @@ func TestClusterSeedFromSingleNode(t *testing.T) {
 		t.Fatalf("seed of a configured cluster from another data directory: ok=%v\n%s", ok, out)
 	}
 }
+
+// TestClusterServeRefusesUnfinishedSeed: etcd as a seed killed after its
+// claim leaves it (the seed key, not done): serve refuses to start a node
+// on that cluster, saying to finish the seed, and writes nothing.
+func TestClusterServeRefusesUnfinishedSeed(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	bin := buildBinary(t)
+	cli := etcd.Client()
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, clusterPrefix+"seed", `{"source":"0123","node":"n1","done":false}`); err != nil {
+		t.Fatal(err)
+	}
+	conf := configFile(t, "cluster:\n  prefix: "+clusterPrefix+"\n")
+	out, err := exec.CommandContext(ctx, bin, append(append([]string{"serve", "--data-dir", t.TempDir(), "--admin-token", token,
+		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, conf...),
+		"--cluster-etcd", strings.Join(etcd.Endpoints(), ","), "--node-id", "n2")...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "has not finished") {
+		t.Fatalf("serve on a cluster whose seed has not finished: %v\n%s", err, out)
+	}
+	t.Logf("serve refused: %s", strings.TrimSpace(string(out)))
+	if st, err := cluster.Check(ctx, cli, clusterPrefix, 5*time.Second); err != nil || len(st.Orgs) != 0 {
+		t.Fatalf("etcd after the refusal: %+v, %v", st, err)
+	}
+}

@@ -104,6 +104,8 @@ func seedCmd(w io.Writer, configPath string, o overrides) error {
 	switch {
 	case errors.Is(err, cluster.ErrConfigExists):
 		return fmt.Errorf("%w: seed only a new, empty cluster (another data directory seeded this one, or nodes configured it)", err)
+	case errors.Is(err, cluster.ErrInvalid):
+		return err // refused as things stand: stop what runs, settle what is open, then run it again
 	case err != nil:
 		return fmt.Errorf("%w\nnothing moved twice; run the same command again to finish the seed", err)
 	}

@@ -379,9 +379,12 @@ func seedMoney(ctx context.Context, n *Node, local *ledger.Ledger, org string, s
 
 // CheckSeeded answers ErrSeedUnfinished while a seed of the cluster is
 // claimed and not done: a node started then would apply a configuration
-// whose money is not in etcd yet. No seed, a finished one or one made by
-// Seed (configuration only) answer nil.
-func CheckSeeded(ctx context.Context, n *Node) error {
+// whose money is not in etcd yet. source is the data directory's seed id
+// ("" if it has none): the directory a seed moved must serve as the node
+// id it was seeded as (the month's used pool minutes are that node's pool
+// slices), else ErrSeedNode. No seed, a finished one or one made by Seed
+// (configuration only) answer nil.
+func CheckSeeded(ctx context.Context, n *Node, source string) error {
 	key := n.k.seed()
 	kvs, err := n.read(ctx, key)
 	if err != nil {
@@ -392,11 +395,21 @@ func CheckSeeded(ctx context.Context, n *Node) error {
 		return nil
 	}
 	var rec seedRecord
-	if json.Unmarshal(kv.Value, &rec) != nil || rec.Done {
+	if json.Unmarshal(kv.Value, &rec) != nil {
 		return nil
 	}
-	return fmt.Errorf("%w: seeded from node %s's data directory; run \"creditgate cluster seed\" on it again to finish", ErrSeedUnfinished, rec.Node)
+	if !rec.Done {
+		return fmt.Errorf("%w: seeded from node %s's data directory; run \"creditgate cluster seed\" on it again to finish", ErrSeedUnfinished, rec.Node)
+	}
+	if source != "" && rec.Source == source && rec.Node != n.ID() {
+		return fmt.Errorf("%w: this data directory was seeded as node %s, not %s: serve it with --node-id %s (cluster.node_id)", ErrSeedNode, rec.Node, n.ID(), rec.Node)
+	}
+	return nil
 }
+
+// ErrSeedNode: the seeded data directory is started as another node id
+// than the one it was seeded as.
+var ErrSeedNode = errors.New("cluster: the seeded data directory must serve as the node it was seeded as")
 
 // sameDeck tells whether config/deck already points at a deck of csv's
 // size and digest (a resumed seed wrote it).

@@ -173,7 +173,7 @@ func TestSeedCluster(t *testing.T) {
 		t.Fatalf("report %+v: want a fresh seed of 1 key, 2 orgs' money, 1 pool", rep)
 	}
 	checkSeeded(t, n, l, before)
-	must(t, CheckSeeded(context.Background(), n))
+	must(t, CheckSeeded(context.Background(), n, ""))
 
 	again, err := SeedCluster(context.Background(), n, l, "src-1")
 	must(t, err)
@@ -185,6 +185,12 @@ func TestSeedCluster(t *testing.T) {
 	}
 	checkSeeded(t, n, l, before)
 	must(t, n.Close(context.Background()))
+	other := join(t, cli, "n9")
+	if err := CheckSeeded(context.Background(), other, "src-1"); !errors.Is(err, ErrSeedNode) {
+		t.Fatalf("the seeded data directory as another node id: %v, want ErrSeedNode", err)
+	}
+	must(t, CheckSeeded(context.Background(), other, "")) // a fresh node's directory
+	must(t, other.Close(context.Background()))
 
 	// The seeded node serves, as n0 again.
 	n0 := join(t, cli, "n0")
@@ -293,7 +299,7 @@ func TestSeedClusterCrashAtEachStep(t *testing.T) {
 					t.Errorf("cut at %s: org %s has %s in the ledger and %s in etcd: more than its %s", cut, org, o.Balance, st.Orgs[org].Funded, b)
 				}
 			}
-			if err := CheckSeeded(context.Background(), n); (cut == "done") != (err == nil) || err != nil && !errors.Is(err, ErrSeedUnfinished) {
+			if err := CheckSeeded(context.Background(), n, ""); (cut == "done") != (err == nil) || err != nil && !errors.Is(err, ErrSeedUnfinished) {
 				t.Errorf("cut at %s: CheckSeeded %v", cut, err)
 			}
 			// The process is gone: lease revoked, ledger closed; the
@@ -310,7 +316,7 @@ func TestSeedClusterCrashAtEachStep(t *testing.T) {
 				t.Errorf("rerun after a cut at %s: %+v", cut, rep)
 			}
 			checkSeeded(t, n, l, before)
-			must(t, CheckSeeded(context.Background(), n))
+			must(t, CheckSeeded(context.Background(), n, ""))
 		})
 	}
 }

@@ -112,6 +112,15 @@ func TestClusterSeedFromSingleNode(t *testing.T) {
 	extra := func(id string) []string {
 		return append(append([]string{}, conf...), "--cluster-etcd", strings.Join(etcd.Endpoints(), ","), "--node-id", id)
 	}
+	// Served as another node id than it was seeded as: refused (the
+	// month's used pool minutes are node n1's).
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out2, err := exec.CommandContext(ctx, bin, append([]string{"serve", "--data-dir", dir, "--admin-token", token,
+		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, extra("n7")...)...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out2), "seeded as node n1") {
+		t.Fatalf("the seeded data directory served as n7: %v\n%s", err, out2)
+	}
 	n1 := startGateway(t, bin, dir, extra("n1")...)
 	n2 := startGateway(t, bin, t.TempDir(), extra("n2")...)
 	nodes := []*gateway{n1, n2}

@@ -83,7 +83,7 @@ func joinCluster(ctx context.Context, cfg configs.Config, log *slog.Logger) (*cl
 	}
 	// A seed claimed and not finished (creditgate cluster seed, cut
 	// short): the configuration may be in etcd without its money.
-	if err := cluster.CheckSeeded(ctx, cn.node); err != nil {
+	if err := cluster.CheckSeeded(ctx, cn.node, readSeedSource(cfg.DataDir)); err != nil {
 		cn.stop(log)
 		return nil, err
 	}

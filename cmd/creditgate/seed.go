@@ -113,6 +113,16 @@ func seedCmd(w io.Writer, configPath string, o overrides) error {
 	return nil
 }
 
+// readSeedSource is the data directory's seed id, "" if it was never
+// seeded (or the file cannot be read: the check it serves is then skipped).
+func readSeedSource(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, seedIDFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // seedSource reads the data directory's seed id, or makes and keeps a new
 // random one (synced before the seed claims etcd with it).
 func seedSource(dir string) (string, error) {

@@ -207,6 +207,23 @@ func TestSeedCluster(t *testing.T) {
 		t.Fatalf("the seeded node answers acme %+v, %v; want the cluster's balance %s", o, err, before["acme"])
 	}
 
+	// The seeded node's pool: the minutes it used as a single node are
+	// its slice's; a new pool call takes the next minute from etcd.
+	pc := poolCall("acme", "u4", false)
+	pat := time.Now()
+	if inc, err := b0.OpenCall(pc, pat); err != nil || inc.Source != ledger.SourcePool {
+		t.Fatalf("a pool call on the seeded node: %+v, %v; want a pool minute", inc, err)
+	}
+	must(t, b0.AnswerDialog(pc.ID, pat, nil))
+	if _, err := b0.CloseCall(pc.ID, ledger.CallEnd{At: pat.Add(30 * time.Second), Reason: ledger.ReasonCallerHangup}); err != nil {
+		t.Fatal(err)
+	}
+	b0.Tick()
+	month := time.Now().Format("2006-01")
+	if pt := mustCheck(t, n0).Pools["acme/"+ledger.PlanDomestic+"/"+month]; pt.Total != 25 || pt.Used != 4 || pt.SliceUsed != 4 || pt.Used+pt.Unallocated+pt.Outstanding != 25 || pt.Slices != 1 {
+		t.Fatalf("etcd pool after a pool call on the seeded node: %+v, want 25 in all, 4 used (3 before the seed), one slice", pt)
+	}
+
 	// A fresh node: the configuration, the key, the money.
 	n1 := join(t, cli, "n1")
 	l1 := openPoolLedger(t, filepath.Join(t.TempDir(), "ledger"))

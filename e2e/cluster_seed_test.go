@@ -64,6 +64,20 @@ func TestClusterSeedFromSingleNode(t *testing.T) {
 	dir := t.TempDir()
 	carrier := freePort(t)
 
+	// The command line's mistakes, before anything is touched.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--data-dir", dir}, "no cluster to seed"},
+		{[]string{"--data-dir", t.TempDir(), "--cluster-etcd", strings.Join(etcd.Endpoints(), ",")}, "no single node's ledger"},
+		{[]string{"--data-dir", dir, "extra"}, "unexpected arguments"},
+	} {
+		if out, ok := seed(t, bin, c.args...); ok || !strings.Contains(out, c.want) {
+			t.Fatalf("seed %q: ok=%v, want %q in:\n%s", c.args, ok, c.want, out)
+		}
+	}
+
 	single := startGateway(t, bin, dir)
 	single.setupAcme("127.0.0.1", "6.00") // 50.00; 0.10 a second
 	single.api("PUT", "/v1/trunks/carrier", "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":[""]}`, carrier), 200, nil)

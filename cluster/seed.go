@@ -26,9 +26,10 @@ import (
 // Steps, each landing once however often the seed is run again:
 //
 //	claim   <prefix>seed = {source, node, done: false}, only if config/ is
-//	        empty and no seed key exists — or, on a rerun, the key already
-//	        names this source (a resume). Every later write compares the
-//	        key's create revision (the claim).
+//	        empty, no seed key exists and no other node is a member — or,
+//	        on a rerun, the key already names this source (a resume, as the
+//	        same node id). Every later write compares the key's create
+//	        revision (the claim).
 //	config  orgs' settings, trunks, users (and their numbers' index keys),
 //	        toll-free numbers, API keys (hashes only), the rate deck: puts of
 //	        the records as the ledger has them, so writing them again is
@@ -245,6 +246,9 @@ func claimSeed(ctx context.Context, n *Node, source string) (claimRev int64, don
 			var rec seedRecord
 			if json.Unmarshal(kv.Value, &rec) != nil || rec.Source != source {
 				return 0, false, false, fmt.Errorf("cluster seed: etcd was seeded from another data directory (%q): %w", kv.Value, ErrConfigExists)
+			}
+			if !rec.Done && rec.Node != n.ID() {
+				return 0, false, false, fmt.Errorf("cluster seed: this seed began as node %s, not %s: run it again with --node-id %s: %w", rec.Node, n.ID(), rec.Node, ErrInvalid)
 			}
 			return kv.CreateRevision, rec.Done, true, nil
 		}

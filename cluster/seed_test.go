@@ -320,8 +320,16 @@ func TestSeedClusterCrashAtEachStep(t *testing.T) {
 				t.Errorf("cut at %s: CheckSeeded %v", cut, err)
 			}
 			// The process is gone: lease revoked, ledger closed; the
-			// operator runs the seed again.
+			// operator runs the seed again (as another node id first: refused
+			// unless the seed is done).
 			n.Close(context.Background())
+			if cut != "done" {
+				wrong := joinPrefix(t, cli, prefix, "n5")
+				if _, err := SeedCluster(context.Background(), wrong, l, "src"); !errors.Is(err, ErrInvalid) {
+					t.Errorf("cut at %s: rerun as another node id: %v, want ErrInvalid", cut, err)
+				}
+				wrong.Close(context.Background())
+			}
 			l.Close()
 			l = openPoolLedger(t, dir)
 			defer l.Close()

@@ -161,6 +161,9 @@ func (b *Books) reapLoop() {
 // members/<epoch>) and left takeover records, slices, pool slices or an
 // unfinished claim. It is what the reaper loop runs; tests call it too.
 func (b *Books) ReapDead(ctx context.Context) error {
+	if err := b.resolveAdoptions(ctx); err != nil {
+		return err
+	}
 	cands, err := b.n.incarnations(ctx, "")
 	if err != nil {
 		return err
@@ -230,7 +233,8 @@ func (b *Books) reapDone(ck string) {
 //     call up) and, for a call up, its end (max(now, PaidThrough)),
 //     written into the claim;
 //  2. the CDRs (reason node_failure) of the calls that were up adopted
-//     into this node's ledger (Adopted);
+//     into this node's ledger as pending, then Adopted (AdoptedBy this
+//     incarnation) landing in the claim, then confirmed locally (adopt);
 //  3. per org slice of the incarnation: its true unspent = reported
 //     unspent − what its calls committed after the report's AsOf (from the
 //     records), to unallocated, the rest to spent, slice deleted, reclaim
@@ -284,18 +288,8 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 			live++
 		}
 	}
-	if !cl.Adopted {
-		for id, rc := range cl.Calls {
-			if r := recs[id]; rc.Live && r != nil {
-				if err := b.local.AdoptCDR(reapCDR(r, rc.End)); err != nil {
-					return false, fmt.Errorf("adopt CDR of %s: %w", id, err)
-				}
-			}
-		}
-		cl.Adopted = true
-		if err := step(nil, nil); err != nil {
-			return false, err
-		}
+	if err := b.adopt(ctx, c, cl, recs, step); err != nil {
+		return false, err
 	}
 	var slices []*Slice
 	if !cl.Settled {

@@ -31,24 +31,29 @@ import (
 //	Self     the dead node's own next incarnation claimed it (rejoin.go): it
 //	         settles from its own disk, survivors never take it over
 //	Planned  Calls is the plan: each live call's settlement and end
-//	Adopted  the CDRs are in the ledger of the claimer that set it (a
-//	         successor does not adopt them again)
+//	Adopted  the CDRs are in the ledger of AdoptedBy, the claimer that set
+//	         it (a successor does not adopt them again; a claimer that
+//	         adopted and died before setting it drops its copies when it
+//	         starts again, reap_adopt.go)
 //	Slices   the slices (org ids) and pools (org/plan/month) settled
 //	Settled  all the money settled: the dead node may rejoin (rejoin.go)
 //	Done     the legs of every call that was up were sent their BYEs,
 //	         records deleted
 type claim struct {
-	By       string                `json:"by"`
-	ByEpoch  int64                 `json:"by_epoch"`
-	Self     bool                  `json:"self,omitempty"`
-	Planned  bool                  `json:"planned,omitempty"`
-	Calls    map[string]reapedCall `json:"calls,omitempty"`
-	Adopted  bool                  `json:"adopted,omitempty"`
-	Slices   map[string]bool       `json:"slices,omitempty"`
-	Pools    map[string]bool       `json:"pools,omitempty"`
-	Returned decimal.Decimal       `json:"returned"`
-	Settled  bool                  `json:"settled,omitempty"`
-	Done     bool                  `json:"done,omitempty"`
+	By      string                `json:"by"`
+	ByEpoch int64                 `json:"by_epoch"`
+	Self    bool                  `json:"self,omitempty"`
+	Planned bool                  `json:"planned,omitempty"`
+	Calls   map[string]reapedCall `json:"calls,omitempty"`
+	Adopted bool                  `json:"adopted,omitempty"`
+	// AdoptedBy is the incarnation ("<node>/<epoch>") whose adopted CDRs
+	// are the ones of record (reap_adopt.go).
+	AdoptedBy string          `json:"adopted_by,omitempty"`
+	Slices    map[string]bool `json:"slices,omitempty"`
+	Pools     map[string]bool `json:"pools,omitempty"`
+	Returned  decimal.Decimal `json:"returned"`
+	Settled   bool            `json:"settled,omitempty"`
+	Done      bool            `json:"done,omitempty"`
 }
 
 // reapedCall is one call of a dead incarnation as its reaper settled it:
@@ -218,8 +223,8 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 			// survivor's unadopted plan, taken over by the node itself,
 			// has none worth keeping).
 			if !selfOverDead {
-				next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
-					cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+				next.Planned, next.Calls, next.Adopted, next.AdoptedBy, next.Slices, next.Pools, next.Returned, next.Settled =
+					cur.Planned, cur.Calls, cur.Adopted, cur.AdoptedBy, cur.Slices, cur.Pools, cur.Returned, cur.Settled
 			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(cur.ByEpoch)), "=", 0))
 		}

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/shopspring/decimal"
 )
 
 // Exactly one CDR per call, cluster-wide (issue 17): the two places where a
@@ -28,7 +29,8 @@ import (
 //     Options.SettledElsewhere with a CDR of its own: that CDR is replaced
 //     by the settled-elsewhere marker (h/{call}, the charge its debits here
 //     add to), in the restart settlement's one durable operation
-//     (supersedeEnded).
+//     (supersedeEnded); a refund its close made (etcd never heard of it)
+//     is debited again, so the ledger's debits match what etcd settled.
 
 const pendingPrefix = "v/"
 
@@ -194,13 +196,41 @@ func (l *Ledger) supersedeEnded(t *txn) ([]CDR, error) {
 		if cdr.DisconnectReason == ReasonNodeFailure {
 			continue // adopted here from another node: not this node's own close
 		}
-		t.put(keySettled(id), settledMarker{Org: cdr.Org, Charge: cdr.Charge})
+		charge := cdr.Charge
+		if st, ok := l.orgs[cdr.Org]; ok {
+			charge = charge.Add(l.chargeExtra(t, st, id, l.opts.SettledElsewhere[id].Charge.Sub(cdr.Charge)))
+		}
+		t.put(keySettled(id), settledMarker{Org: cdr.Org, Charge: charge})
 		t.raw(keyEnded(id), keySettled(id))
 		t.del(key)
 		l.ended.add(id, string(keySettled(id)))
 		out = append(out, cdr)
 	}
 	return out, nil
+}
+
+// chargeExtra debits the org what the survivor settled a call at beyond
+// what this ledger's own close charged it (a refund to its answer, which
+// etcd never heard of: the survivor's CDR is the one of record, and its
+// charge what etcd counts spent), as far as the org's available balance
+// goes — the refunded money is there unless another call held it before
+// the node died, and then the survivor's settlement took that from
+// unallocated (reap_money.go). It returns what it debited. Under l.mu.
+func (l *Ledger) chargeExtra(t *txn, st *orgState, call string, extra decimal.Decimal) decimal.Decimal {
+	take := decimal.Min(extra, st.Balance.Sub(st.Held))
+	if !take.IsPositive() {
+		return decimal.Zero
+	}
+	if take.LessThan(extra) {
+		l.log.Error("a superseded call's extra charge exceeds the available balance; debited what there is",
+			"call_id", call, "org", st.ID, "extra", extra.String(), "debited", take.String())
+	}
+	st.Balance = st.Balance.Sub(take)
+	st.Debited = st.Debited.Add(take)
+	en := Entry{Seq: t.entrySeq(), At: t.at, Kind: EntryDebit, Amount: take.Neg(), Balance: st.Balance, CallID: call}
+	t.put(keyEntry(st.ID, en.Seq), en)
+	t.put(keyBalances(st.ID), st.Balances)
+	return take
 }
 
 // forget drops an id (its CDR was dropped: DropAdoptions).

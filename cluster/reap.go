@@ -71,6 +71,8 @@ func (b *Books) Reaped() (incarnations, calls int64) {
 // goes (its lease expired or was revoked), this node tries to claim and
 // reap it (see claim); it also looks every 5 lease TTLs, for what a lost
 // watch missed. Start it once the gateway can send BYEs. Close stops it.
+// It also gives this node's lease up should its Books fail closed
+// (watchFailed), so that survivors reap its calls.
 func (b *Books) StartReaper() {
 	b.reap.mu.Lock()
 	defer b.reap.mu.Unlock()
@@ -84,10 +86,11 @@ func (b *Books) StartReaper() {
 	}
 	b.reap.started = true
 	b.reap.kick = make(chan struct{}, 1)
-	b.wg.Add(2)
-	b.reap.wg.Add(2)
+	b.wg.Add(3)
+	b.reap.wg.Add(3)
 	go b.watchMembers()
 	go b.reapLoop()
+	go b.watchFailed() // reap_failed.go
 }
 
 func (b *Books) kickReaper() {

@@ -293,3 +293,58 @@ func TestRejoinRefundWithoutSlice(t *testing.T) {
 	}
 	checkLedgers(t, sp)
 }
+
+// Edge (c): n0's takeover records cannot land and its Books fail closed
+// (failHard, what the record committer does after OpTimeout): it gives its
+// lease up (its keepalives went on before), so the survivor reaps its call
+// at once — BYEs, the CDR, the money — instead of waiting for n0's
+// restart. n0 closes no recorded call of its own meanwhile; restarted, it
+// settles nothing twice. Exactly one CDR; the money to the cent.
+func TestFailedClosedIsReaped(t *testing.T) {
+	funded := dec("20.00")
+	_, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
+	a := sp[0].books
+	past := time.Now().Add(-10 * time.Minute)
+	up := answerAndStep(t, a, past, 3, false)
+	running := answerAndStep(t, a, time.Now(), 0, false)
+	a.Tick()
+	deadEpoch := sp[0].node.Epoch()
+	var legs legLog
+	for _, s := range sp {
+		s.books.SetLegEnder(legs.ender(s.id))
+		s.books.StartReaper()
+	}
+	failedAt := time.Now()
+	a.failHard(errors.New("injected: takeover records could not land"))
+	cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+	t.Logf("failed closed → its claim done after %s (lease TTL %s; the running call's legs end at the end of what it paid)",
+		time.Since(failedAt).Round(time.Millisecond), 10*time.Second)
+	if cl.By != "n1" || len(cl.Calls) != 2 {
+		t.Fatalf("claim: %+v", cl)
+	}
+	if _, err := a.CloseCall(up.ID, ledger.CallEnd{At: time.Now(), Reason: ledger.ReasonCallerHangup}); !errors.Is(err, ledger.ErrUnavailable) {
+		t.Fatalf("the failed node closed a recorded call: %v", err)
+	}
+	if err := sp[0].node.Sellable(); !errors.Is(err, ErrFenced) {
+		t.Fatalf("the failed node's Sellable: %v", err)
+	}
+	for _, l := range legs.snapshot() {
+		if l.by != "n1" {
+			t.Errorf("legs of %s ended by %s", l.id, l.by)
+		}
+	}
+	sp[0].crash(t)
+	rj := sp[0].rejoin(t, shared, p, clock.Real{})
+	if !rj.LastReaped || len(rj.SettledElsewhere) != 2 {
+		t.Fatalf("rejoin: %+v", rj)
+	}
+	for _, s := range sp {
+		s.books.Tick()
+	}
+	total := oneCDREach(t, "acme", []string{up.ID, running.ID}, sp[0].local, sp[1].local)
+	acct := conserved(t, sp, "acme", funded)
+	if !acct.Spent.Equal(total) {
+		t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
+	}
+	checkLedgers(t, sp)
+}

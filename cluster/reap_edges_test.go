@@ -348,3 +348,79 @@ func TestFailedClosedIsReaped(t *testing.T) {
 	}
 	checkLedgers(t, sp)
 }
+
+// Edge (d): n0 dies with calls up; its restart claims its own earlier
+// incarnation (a self-claim) and dies too — before opening its ledger
+// (phase "claimed"), or after the ledger settled the calls from disk with
+// restart CDRs but before the Books settled etcd (phase "opened"). A
+// survivor takes the dead self-claim over and reaps the incarnation from
+// its takeover records; the node's next start settles nothing twice
+// (its restart CDRs superseded by the survivor's). Exactly one CDR per
+// answered call; the money to the cent.
+func TestReapDeadSelfClaim(t *testing.T) {
+	for _, phase := range []string{"claimed", "opened"} {
+		t.Run(phase, func(t *testing.T) {
+			funded := dec("20.00")
+			_, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
+			a := sp[0].books
+			past := time.Now().Add(-10 * time.Minute)
+			var ids []string
+			for k := 0; k < 3; k++ {
+				ids = append(ids, answerAndStep(t, a, past, 2+k, false).ID)
+			}
+			a.Tick()
+			deadEpoch := sp[0].node.Epoch()
+			sp[0].crash(t)
+
+			// The restart that fails.
+			cfg := testConfig("n0")
+			cfg.LeaseTTL, cfg.Margin, cfg.KeepAliveEvery = 10*time.Second, 2*time.Second, time.Second
+			n, err := Join(context.Background(), sp[0].cli, cfg, clock.Real{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rj, err := n.ClaimOwn(context.Background())
+			if err != nil || len(rj.Claimed) != 1 {
+				t.Fatalf("claim own: %+v %v", rj, err)
+			}
+			if phase == "opened" {
+				l, err := ledger.Open(sp[0].dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), Plans: poolPlans(),
+					SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := len(cdrsOf(t, l, "acme")); got != len(ids) {
+					t.Fatalf("the failed restart wrote %d restart CDRs, want %d", got, len(ids))
+				}
+				l.Close()
+			}
+			if err := n.abandon(context.Background()); err != nil { // it dies: lease gone
+				t.Fatal(err)
+			}
+
+			var legs legLog
+			sp[1].books.SetLegEnder(legs.ender("n1"))
+			if err := sp[1].books.ReapDead(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+			if cl.Self || cl.By != "n1" || len(cl.Calls) != len(ids) {
+				t.Fatalf("claim: %+v", cl)
+			}
+			rj = sp[0].rejoin(t, shared, p, clock.Real{})
+			if !rj.LastReaped || len(rj.SettledElsewhere) != len(ids) {
+				t.Fatalf("rejoin: %+v", rj)
+			}
+			for _, s := range sp {
+				s.books.Tick()
+			}
+			total := oneCDREach(t, "acme", ids, sp[0].local, sp[1].local)
+			acct := conserved(t, sp, "acme", funded)
+			if !acct.Spent.Equal(total) {
+				t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
+			}
+			checkLedgers(t, sp)
+			t.Logf("phase %s: %d calls reaped by the survivor, CDRs charge %s = spent, BYEs %d", phase, len(ids), total, len(legs.snapshot()))
+		})
+	}
+}

@@ -16,10 +16,12 @@ import (
 	"github.com/creditgate/creditgate/ledger"
 )
 
-// reapAfterAdopt, when set (tests only), runs between the local adoption
-// of a reap's CDRs and the claim step naming it; an error it returns ends
-// the reap there, as a crash at that point would.
-var reapAfterAdopt func(c incarnation) error
+// reapCrashAt, when set (tests only), runs at the points of a reap's
+// adoption where a crash matters — "adopted" (the CDRs in the local
+// ledger, the claim not naming it yet) and "named" (the claim step
+// landed, the pending mark not yet confirmed); an error it returns ends the
+// reap there, as a crash at that point would.
+var reapCrashAt func(point string, c incarnation) error
 
 // adoptTag names a reap's adoption in this node's ledger: the dead
 // incarnation and the adopting one ("<node>/<epoch>@<adopter epoch>"; the
@@ -78,8 +80,8 @@ func (b *Books) adopt(ctx context.Context, c incarnation, cl *claim, recs map[st
 	if err := b.local.AdoptCDRsFor(tag, cdrs); err != nil {
 		return fmt.Errorf("adopt CDRs: %w", err)
 	}
-	if h := reapAfterAdopt; h != nil {
-		if err := h(c); err != nil {
+	if h := reapCrashAt; h != nil {
+		if err := h("adopted", c); err != nil {
 			return err
 		}
 	}
@@ -94,6 +96,11 @@ func (b *Books) adopt(ctx context.Context, c incarnation, cl *claim, recs map[st
 			}
 		}
 		return err
+	}
+	if h := reapCrashAt; h != nil {
+		if err := h("named", c); err != nil {
+			return err
+		}
 	}
 	return b.local.ConfirmAdoptions(tag)
 }

@@ -177,63 +177,78 @@ func TestReapClosedRecordNotLanded(t *testing.T) {
 }
 
 // Edge (b): the survivor n1 claims dead n0, adopts its live calls' CDRs
-// and dies before the claim records the adoption. n2 takes the claim over
-// and adopts them again (the adoption of record); when n1 restarts it drops
-// its copies. Exactly one CDR per answered call over the three ledgers;
-// the money to the cent.
+// and dies — before the claim names its adoption ("adopted": n2 takes the
+// claim over and adopts them again, the adoption of record, and n1 drops
+// its copies when it restarts) or just after ("named": n2 adopts nothing,
+// n1's restart keeps its copies). Exactly one CDR per answered call over
+// the three ledgers; the money to the cent.
 func TestReapAdopterDies(t *testing.T) {
-	funded := dec("20.00")
-	_, sp, shared, p := startAcme(t, openPoolLedger, 3, 2, funded)
-	a := sp[0].books
-	past := time.Now().Add(-10 * time.Minute)
-	var ids []string
-	for k := 0; k < 3; k++ {
-		ids = append(ids, answerAndStep(t, a, past, 2+k, false).ID)
-	}
-	a.Tick()
-	deadEpoch := sp[0].node.Epoch()
-	sp[0].crash(t)
+	for _, point := range []string{"adopted", "named"} {
+		t.Run(point, func(t *testing.T) {
+			funded := dec("20.00")
+			_, sp, shared, p := startAcme(t, openPoolLedger, 3, 2, funded)
+			a := sp[0].books
+			past := time.Now().Add(-10 * time.Minute)
+			var ids []string
+			for k := 0; k < 3; k++ {
+				ids = append(ids, answerAndStep(t, a, past, 2+k, false).ID)
+			}
+			a.Tick()
+			deadEpoch := sp[0].node.Epoch()
+			sp[0].crash(t)
 
-	crash := errors.New("the reaper died here")
-	reapAfterAdopt = func(c incarnation) error { return crash }
-	t.Cleanup(func() { reapAfterAdopt = nil })
-	var legs legLog
-	sp[1].books.SetLegEnder(legs.ender("n1"))
-	if err := sp[1].books.ReapDead(context.Background()); !errors.Is(err, crash) {
-		t.Fatalf("reap with the crash hook: %v", err)
-	}
-	reapAfterAdopt = nil
-	if n := len(cdrsOf(t, sp[1].local, "acme")); n != len(ids) {
-		t.Fatalf("n1 adopted %d CDRs before it died, want %d", n, len(ids))
-	}
-	sp[1].crash(t)
+			crash := errors.New("the reaper died here")
+			reapCrashAt = func(at string, _ incarnation) error {
+				if at == point {
+					return crash
+				}
+				return nil
+			}
+			t.Cleanup(func() { reapCrashAt = nil })
+			var legs legLog
+			sp[1].books.SetLegEnder(legs.ender("n1"))
+			if err := sp[1].books.ReapDead(context.Background()); !errors.Is(err, crash) {
+				t.Fatalf("reap with the crash hook: %v", err)
+			}
+			reapCrashAt = nil
+			if n := len(cdrsOf(t, sp[1].local, "acme")); n != len(ids) {
+				t.Fatalf("n1 adopted %d CDRs before it died, want %d", n, len(ids))
+			}
+			n1Epoch := sp[1].node.Epoch()
+			sp[1].crash(t)
 
-	sp[2].books.SetLegEnder(legs.ender("n2"))
-	if err := sp[2].books.ReapDead(context.Background()); err != nil {
-		t.Fatal(err)
+			sp[2].books.SetLegEnder(legs.ender("n2"))
+			if err := sp[2].books.ReapDead(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			cl := waitClaimDone(t, sp[2].node, "n0", deadEpoch, 30*time.Second)
+			want, on := adopter("n2", sp[2].node.Epoch()), 2
+			if point == "named" {
+				want, on = adopter("n1", n1Epoch), 1
+			}
+			if cl.AdoptedBy != want {
+				t.Fatalf("claim adopted by %q, want %q", cl.AdoptedBy, want)
+			}
+			sp[1].rejoin(t, shared, p, clock.Real{})
+			sp[0].rejoin(t, shared, p, clock.Real{})
+			if pend, err := sp[1].local.PendingAdoptions(); err != nil || len(pend) != 0 {
+				t.Fatalf("n1's pending adoptions after its restart: %v %v", pend, err)
+			}
+			for _, s := range sp {
+				s.books.Tick()
+			}
+			total := oneCDREach(t, "acme", ids, sp[0].local, sp[1].local, sp[2].local)
+			if n := len(cdrsOf(t, sp[on].local, "acme")); n != len(ids) {
+				t.Errorf("n%d has %d CDRs, want %d", on, n, len(ids))
+			}
+			acct := conserved(t, sp, "acme", funded)
+			if !acct.Spent.Equal(total) {
+				t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
+			}
+			checkLedgers(t, sp)
+			t.Logf("crash %s: calls %d, CDRs (on n%d) charge %s = spent; BYEs sent %d", point, len(ids), on, total, len(legs.snapshot()))
+		})
 	}
-	cl := waitClaimDone(t, sp[2].node, "n0", deadEpoch, 30*time.Second)
-	if cl.AdoptedBy != adopter("n2", sp[2].node.Epoch()) {
-		t.Fatalf("claim adopted by %q", cl.AdoptedBy)
-	}
-	sp[1].rejoin(t, shared, p, clock.Real{})
-	sp[0].rejoin(t, shared, p, clock.Real{})
-	if pend, err := sp[1].local.PendingAdoptions(); err != nil || len(pend) != 0 {
-		t.Fatalf("n1's pending adoptions after its restart: %v %v", pend, err)
-	}
-	for _, s := range sp {
-		s.books.Tick()
-	}
-	total := oneCDREach(t, "acme", ids, sp[0].local, sp[1].local, sp[2].local)
-	if n := len(cdrsOf(t, sp[2].local, "acme")); n != len(ids) {
-		t.Errorf("n2 has %d CDRs, want %d", n, len(ids))
-	}
-	acct := conserved(t, sp, "acme", funded)
-	if !acct.Spent.Equal(total) {
-		t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
-	}
-	checkLedgers(t, sp)
-	t.Logf("calls %d, CDRs charge %s = spent; BYEs sent %d", len(ids), total, len(legs.snapshot()))
 }
 
 // Edge (e): n0's slice of the org was given back whole while a call was up

@@ -368,9 +368,14 @@ func TestReapModel(t *testing.T) {
 			survivors := alive()
 			k := survivors[r.IntN(len(survivors))]
 			died := errors.New("the reaper died")
-			reapAfterAdopt = func(incarnation) error { return died }
+			reapCrashAt = func(point string, _ incarnation) error {
+				if point == "adopted" {
+					return died
+				}
+				return nil
+			}
 			err := sp[k].books.ReapDead(context.Background())
-			reapAfterAdopt = nil
+			reapCrashAt = nil
 			if err != nil && !errors.Is(err, died) {
 				t.Fatalf("step %d: reap: %v", step, err)
 			}

@@ -305,7 +305,9 @@
 //   - Takeover edges (reap*.go; reap_edges_test.go crashes at each): a
 //     call whose local close landed and whose closed record did not is
 //     billed and reported as the survivor settled it (node_failure,
-//     through the increment it held), not as it ended; money a node got
+//     through the increment it held), not as it ended (a pool-minute
+//     refund its close made is not taken back: the ledger debits credits
+//     again only); money a node got
 //     back (a refund, a release) after giving an org's slice back whole
 //     is counted spent in etcd until its next tick gives it back, and if
 //     it dies first only its restart does (never back: lost to the org,

@@ -36,6 +36,9 @@ import (
 // survivor reclaimed it before this restart, is not found: its money went
 // back to unallocated, and the leftover is counted as refunded.
 func (b *Books) settleRestart(ctx context.Context) error {
+	if err := b.resolveAdoptions(ctx); err != nil { // reap_adopt.go
+		return fmt.Errorf("cluster start: pending adoptions: %w", err)
+	}
 	reclaimed, err := b.reclaimSelf(ctx)
 	if err != nil {
 		return err
@@ -124,10 +127,14 @@ func (b *Books) settleOrg(ctx context.Context, id string, r *Reclaimed) error {
 		}
 	}
 	owed := unspent.Sub(lo.Balance).Sub(inflight)
-	if r := b.n.rejoin; reaped || r != nil && r.LastReaped {
-		// A survivor reaped the last incarnation: it settled the money
-		// in etcd exactly, from the takeover records (reap_money.go); the
-		// leftover here goes back locally only.
+	if r := b.n.rejoin; reaped || r != nil && r.LastReaped && r.ReapedOrgs[id] {
+		// A survivor reaped the last incarnation's slice of the org: it
+		// settled the money in etcd exactly, from the takeover records
+		// (reap_money.go); the leftover here goes back locally only. Not
+		// so for an org the reaper found no slice of (the slice was given
+		// back whole, then a call's refund or release brought money back
+		// here, which etcd counts as spent): owed is then −leftover, and
+		// Charge gives it back to unallocated.
 		owed = decimal.Zero
 	}
 	key := restartPrefix + last.Slice

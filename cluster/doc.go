@@ -206,7 +206,11 @@
 //     wins; a claimer that dies is taken over by compare-and-set once its
 //     own member key is gone), then, each step landing once with the
 //     claim's progress: the plan (each call's final and end), the CDRs
-//     (reason node_failure) adopted into its own ledger (AdoptCDR), BYEs
+//     (reason node_failure) adopted into its own ledger pending
+//     (AdoptCDRsFor), then named in the claim (AdoptedBy, this
+//     incarnation), then confirmed — a claimer that died in between drops
+//     its copies when it starts again, its successor's being the ones of
+//     record (reap_adopt.go) —, BYEs
 //     to both legs at the end of what each call paid (at once if past)
 //     through the LegEnder the binary gives (gateway.EndLegs), the money
 //     (see reap above), the records deleted, the claim done — not done if
@@ -226,16 +230,29 @@
 //     (ledger.Options.LastReaped) an answered call the reaper had no
 //     record of (the node died with it in flight; the caller never got
 //     the 200) is released at its committed charge, no CDR, its dialog
-//     kept for the callee's BYE. A survivor's claim on it whose claimer
-//     died before adopting a CDR is taken over by the node itself (a
-//     two-node cluster has nobody else); one that adopted CDRs is waited
-//     for (a survivor finishes it).
+//     kept for the callee's BYE. A call it closed whose closed record never
+//     landed (it died in between) was reaped as up: its own CDR is
+//     replaced by the settled-elsewhere marker, a refund its close made
+//     debited again (ledger/adopt_pending.go), so the survivor's CDR is
+//     the one, at what etcd settled. An org the reaper found no slice of
+//     (given back whole, then money came back from a refund or release)
+//     is settled from disk as after any crash (Rejoin.ReapedOrgs). A
+//     survivor's claim on it whose claimer died before adopting a CDR is
+//     taken over by the node itself (a two-node cluster has nobody else);
+//     one that adopted CDRs is waited for (a survivor finishes it). A
+//     self-claim whose claimer (the restart) died is taken over by a
+//     survivor, which reaps from the records; what that restart settled
+//     from disk first is reconciled by the next start as above.
 //   - Graceful stop: Close finishes the takeover record writes queued or
 //     in flight (closed records of calls the gateway just ended) before it
 //     gives the slices back and deletes the records.
 //   - A node that is fenced, or past its deadline without etcd confirming
 //     its lease, closes no answered call (ErrUnavailable: no CDR of its
 //     own; a survivor or its restart settles it) and answers no call.
+//   - Failed closed (records that could not land, a slice gone): the
+//     Books refuse every change from then on; the node stops its
+//     keepalives and revokes its lease (reap_failed.go, started with the
+//     reaper), so its writes are fenced and survivors reap its calls.
 //
 // # Minute pools (pools.go, pools_books.go)
 //
@@ -289,16 +306,19 @@
 //
 // # Not done yet (for the next session)
 //
-//   - Takeover edges (reap*.go): a call whose local close landed and whose
-//     closed record did not (the node died between the two) gets a CDR on
-//     the survivor too; a reaper that dies after adopting some CDRs leaves
-//     them on its ledger while its successor adopts them again on its own;
-//     a self-claimed incarnation whose restart fails is not taken over by
-//     survivors (its next restart settles it); refunds after an org's
-//     slice was given back entirely are not in any report (logged by the
-//     reaper); a call spanning two pool months has its minutes counted on
-//     the last month's pool. A node that failed closed (records could not
-//     land) keeps its lease: its calls are settled by its restart.
+//   - Takeover edges (reap*.go; reap_edges_test.go crashes at each): a
+//     call whose local close landed and whose closed record did not is
+//     billed and reported as the survivor settled it (node_failure,
+//     through the increment it held), not as it ended (a pool-minute
+//     refund its close made is not taken back: the ledger debits credits
+//     again only); money a node got
+//     back (a refund, a release) after giving an org's slice back whole
+//     is counted spent in etcd until its next tick gives it back, and if
+//     it dies first only its restart does (never back: lost to the org,
+//     at most one tick's refunds); a restart whose own claim a survivor
+//     took over after it had given its leftover back cannot debit a
+//     session-expired refund again (logged); a call spanning two pool
+//     months has its minutes counted on the last month's pool.
 //     A revoked (not expired) lease is seen by the node at its next
 //     keepalive or etcd operation: until then it may sell from its local
 //     slice (its records still land only while the lease stands).

@@ -71,6 +71,8 @@ func (b *Books) Reaped() (incarnations, calls int64) {
 // goes (its lease expired or was revoked), this node tries to claim and
 // reap it (see claim); it also looks every 5 lease TTLs, for what a lost
 // watch missed. Start it once the gateway can send BYEs. Close stops it.
+// It also gives this node's lease up should its Books fail closed
+// (watchFailed), so that survivors reap its calls.
 func (b *Books) StartReaper() {
 	b.reap.mu.Lock()
 	defer b.reap.mu.Unlock()
@@ -84,10 +86,11 @@ func (b *Books) StartReaper() {
 	}
 	b.reap.started = true
 	b.reap.kick = make(chan struct{}, 1)
-	b.wg.Add(2)
-	b.reap.wg.Add(2)
+	b.wg.Add(3)
+	b.reap.wg.Add(3)
 	go b.watchMembers()
 	go b.reapLoop()
+	go b.watchFailed() // reap_failed.go
 }
 
 func (b *Books) kickReaper() {
@@ -161,6 +164,9 @@ func (b *Books) reapLoop() {
 // members/<epoch>) and left takeover records, slices, pool slices or an
 // unfinished claim. It is what the reaper loop runs; tests call it too.
 func (b *Books) ReapDead(ctx context.Context) error {
+	if err := b.resolveAdoptions(ctx); err != nil {
+		return err
+	}
 	cands, err := b.n.incarnations(ctx, "")
 	if err != nil {
 		return err
@@ -230,7 +236,8 @@ func (b *Books) reapDone(ck string) {
 //     call up) and, for a call up, its end (max(now, PaidThrough)),
 //     written into the claim;
 //  2. the CDRs (reason node_failure) of the calls that were up adopted
-//     into this node's ledger (Adopted);
+//     into this node's ledger as pending, then Adopted (AdoptedBy this
+//     incarnation) landing in the claim, then confirmed locally (adopt);
 //  3. per org slice of the incarnation: its true unspent = reported
 //     unspent − what its calls committed after the report's AsOf (from the
 //     records), to unallocated, the rest to spent, slice deleted, reclaim
@@ -284,18 +291,8 @@ func (b *Books) reapClaimed(ctx context.Context, c incarnation, cl *claim, rev i
 			live++
 		}
 	}
-	if !cl.Adopted {
-		for id, rc := range cl.Calls {
-			if r := recs[id]; rc.Live && r != nil {
-				if err := b.local.AdoptCDR(reapCDR(r, rc.End)); err != nil {
-					return false, fmt.Errorf("adopt CDR of %s: %w", id, err)
-				}
-			}
-		}
-		cl.Adopted = true
-		if err := step(nil, nil); err != nil {
-			return false, err
-		}
+	if err := b.adopt(ctx, c, cl, recs, step); err != nil {
+		return false, err
 	}
 	var slices []*Slice
 	if !cl.Settled {

@@ -31,24 +31,29 @@ import (
 //	Self     the dead node's own next incarnation claimed it (rejoin.go): it
 //	         settles from its own disk, survivors never take it over
 //	Planned  Calls is the plan: each live call's settlement and end
-//	Adopted  the CDRs are in the ledger of the claimer that set it (a
-//	         successor does not adopt them again)
+//	Adopted  the CDRs are in the ledger of AdoptedBy, the claimer that set
+//	         it (a successor does not adopt them again; a claimer that
+//	         adopted and died before setting it drops its copies when it
+//	         starts again, reap_adopt.go)
 //	Slices   the slices (org ids) and pools (org/plan/month) settled
 //	Settled  all the money settled: the dead node may rejoin (rejoin.go)
 //	Done     the legs of every call that was up were sent their BYEs,
 //	         records deleted
 type claim struct {
-	By       string                `json:"by"`
-	ByEpoch  int64                 `json:"by_epoch"`
-	Self     bool                  `json:"self,omitempty"`
-	Planned  bool                  `json:"planned,omitempty"`
-	Calls    map[string]reapedCall `json:"calls,omitempty"`
-	Adopted  bool                  `json:"adopted,omitempty"`
-	Slices   map[string]bool       `json:"slices,omitempty"`
-	Pools    map[string]bool       `json:"pools,omitempty"`
-	Returned decimal.Decimal       `json:"returned"`
-	Settled  bool                  `json:"settled,omitempty"`
-	Done     bool                  `json:"done,omitempty"`
+	By      string                `json:"by"`
+	ByEpoch int64                 `json:"by_epoch"`
+	Self    bool                  `json:"self,omitempty"`
+	Planned bool                  `json:"planned,omitempty"`
+	Calls   map[string]reapedCall `json:"calls,omitempty"`
+	Adopted bool                  `json:"adopted,omitempty"`
+	// AdoptedBy is the incarnation ("<node>/<epoch>") whose adopted CDRs
+	// are the ones of record (reap_adopt.go).
+	AdoptedBy string          `json:"adopted_by,omitempty"`
+	Slices    map[string]bool `json:"slices,omitempty"`
+	Pools     map[string]bool `json:"pools,omitempty"`
+	Returned  decimal.Decimal `json:"returned"`
+	Settled   bool            `json:"settled,omitempty"`
+	Done      bool            `json:"done,omitempty"`
 }
 
 // reapedCall is one call of a dead incarnation as its reaper settled it:
@@ -178,8 +183,8 @@ func (n *Node) memberAlive(ctx context.Context, epoch int64) (bool, error) {
 // absent) or one whose claimer is dead (compare-and-set on its mod
 // revision). self: this node's own earlier incarnation (rejoin), claimed
 // without waiting for its lease, and a dead self-claim of it taken over;
-// otherwise the incarnation's member key must be gone, and self-claims are
-// left alone. It returns the claim as this node holds it and its mod
+// otherwise the incarnation's member key must be gone, and a self-claim is
+// taken over only once its claimer (the restart) is dead too. It returns the claim as this node holds it and its mod
 // revision, or nil when another holds it (or it is done).
 func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim, int64, *claim, error) {
 	ck := n.k.reap(c.node, c.epoch)
@@ -200,8 +205,19 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 		// own disk. A claim that adopted CDRs is left to survivors (doc.go,
 		// edges).
 		selfOverDead := self && cur != nil && !cur.Self && !cur.Adopted
+		// A survivor takes over a self-claim whose claimer (the node's own
+		// restart) died before it finished: otherwise the incarnation's
+		// calls would wait for yet another restart, forever if the node
+		// never comes back. It reaps from the takeover records as if the
+		// claim were new. Whatever that restart settled from its disk
+		// first is reconciled by the node's next start: a call it ended
+		// with a CDR of its own is superseded by the survivor's
+		// (ledger.Options.SettledElsewhere), a slice it reclaimed is left
+		// to it (reapSlice skips it; settleRestart charges it from disk,
+		// idempotent on its key).
+		overDeadSelf := !self && cur != nil && cur.Self
 		if cur != nil {
-			if cur.Done || (cur.Self != self && !selfOverDead) || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
+			if cur.Done || (cur.Self != self && !selfOverDead && !overDeadSelf) || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
 				if cur.By == n.ID() && cur.ByEpoch == n.Epoch() && !cur.Done {
 					return cur, rev, nil, nil // ours already (a retried reap)
 				}
@@ -217,9 +233,9 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 			// The claimer died mid-way: take over its progress (a
 			// survivor's unadopted plan, taken over by the node itself,
 			// has none worth keeping).
-			if !selfOverDead {
-				next.Planned, next.Calls, next.Adopted, next.Slices, next.Pools, next.Returned, next.Settled =
-					cur.Planned, cur.Calls, cur.Adopted, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+			if !selfOverDead && !overDeadSelf {
+				next.Planned, next.Calls, next.Adopted, next.AdoptedBy, next.Slices, next.Pools, next.Returned, next.Settled =
+					cur.Planned, cur.Calls, cur.Adopted, cur.AdoptedBy, cur.Slices, cur.Pools, cur.Returned, cur.Settled
 			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(cur.ByEpoch)), "=", 0))
 		}

@@ -126,7 +126,13 @@ func TestReapModel(t *testing.T) {
 		for i, s := range sp {
 			var cdrs map[string]ledger.CDR
 			if dead[i] {
-				cdrs = deadCDRs[i]
+				cdrs = map[string]ledger.CDR{}
+				gone := settledElsewhere(t, admin, s.id)
+				for id, c := range deadCDRs[i] {
+					if !gone[id] {
+						cdrs[id] = c
+					}
+				}
 			} else {
 				s.books.Tick()
 				cdrs = cdrsOf(t, s.local, "acme")
@@ -151,6 +157,17 @@ func TestReapModel(t *testing.T) {
 	}
 	kill := func(i int) {
 		deadCDRs[i] = cdrsOf(t, sp[i].local, "acme")
+		// CDRs it adopted as a reaper and that no claim names it for are
+		// dropped by its restart (reap_adopt.go): a successor's count.
+		pend, err := sp[i].local.PendingAdoptions()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ids := range pend {
+			for _, id := range ids {
+				delete(deadCDRs[i], id)
+			}
+		}
 		sp[i].crash(t)
 		dead[i] = true
 		kept := calls[:0]
@@ -311,7 +328,101 @@ func TestReapModel(t *testing.T) {
 				}
 			}
 			exact(step, op)
+		case x < 96:
+			// Edge (a): a call closed in the node's ledger whose closed
+			// record never reached etcd: the node dies at once.
+			op = "close-unrecorded-kill"
+			var c *refCall
+			for _, k := range r.Perm(len(calls)) {
+				if calls[k].node == i && !calls[k].answered.IsZero() {
+					c = calls[k]
+					break
+				}
+			}
+			if c == nil || len(live) < 2 {
+				op = "close-unrecorded-none"
+				break
+			}
+			end := ledger.CallEnd{At: clk.Now(), Reason: ledger.ReasonCallerHangup}
+			if r.IntN(2) == 0 {
+				end.BillTo, end.Reason = c.answered, ledger.ReasonLegLost
+			}
+			if _, err := s.local.CloseCall(c.id, end); err != nil {
+				t.Fatalf("step %d: local close: %v", step, err)
+			}
+			kill(i)
+			survivors := alive()
+			if err := sp[survivors[r.IntN(len(survivors))]].books.ReapDead(context.Background()); err != nil {
+				t.Fatalf("step %d: reap: %v", step, err)
+			}
+			exact(step, op)
 		case x < 97:
+			// Edge (b): the reaper dies between adopting the CDRs and
+			// the claim naming it; another survivor takes over.
+			op = "reaper-dies"
+			if len(live) < 3 {
+				op = "reaper-dies-none"
+				break
+			}
+			kill(i)
+			survivors := alive()
+			k := survivors[r.IntN(len(survivors))]
+			died := errors.New("the reaper died")
+			reapCrashAt = func(point string, _ incarnation) error {
+				if point == "adopted" {
+					return died
+				}
+				return nil
+			}
+			err := sp[k].books.ReapDead(context.Background())
+			reapCrashAt = nil
+			if err != nil && !errors.Is(err, died) {
+				t.Fatalf("step %d: reap: %v", step, err)
+			}
+			kill(k)
+			survivors = alive()
+			if err := sp[survivors[r.IntN(len(survivors))]].books.ReapDead(context.Background()); err != nil {
+				t.Fatalf("step %d: reap after the reaper died: %v", step, err)
+			}
+			exact(step, op)
+		case x < 98:
+			// Edge (d): the node's restart claims its last incarnation and
+			// dies (sometimes after its ledger settled the calls from
+			// disk); a survivor takes the dead self-claim over.
+			op = "restart-dies"
+			if len(live) < 2 {
+				op = "restart-dies-none"
+				break
+			}
+			kill(i)
+			cfg := testConfig(s.id)
+			cfg.LeaseTTL, cfg.Margin, cfg.KeepAliveEvery = 10*time.Second, 2*time.Second, time.Second
+			n, err := Join(context.Background(), s.cli, cfg, clock.Real{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rj, err := n.ClaimOwn(context.Background())
+			if err != nil {
+				t.Fatalf("step %d: claim own: %v", step, err)
+			}
+			if r.IntN(2) == 0 {
+				op = "restart-dies-opened"
+				l, err := ledger.Open(s.dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped})
+				if err != nil {
+					t.Fatal(err)
+				}
+				deadCDRs[i] = cdrsOf(t, l, "acme")
+				l.Close()
+			}
+			if err := n.abandon(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			survivors := alive()
+			if err := sp[survivors[r.IntN(len(survivors))]].books.ReapDead(context.Background()); err != nil {
+				t.Fatalf("step %d: reap: %v", step, err)
+			}
+			exact(step, op)
+		case x < 99:
 			op = "crash-rejoin"
 			epoch := s.node.Epoch()
 			kill(i)
@@ -364,11 +475,18 @@ func TestReapModel(t *testing.T) {
 	}
 	twice := len(legs.snapshot()) - len(distinct(legs.snapshot()))
 	charged := decimal.Zero
+	cdrOn := map[string]string{} // call → the node whose ledger has its CDR
 	for _, s := range sp {
 		if err := s.books.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		s.books = nil
+		for id := range cdrsOf(t, s.local, "acme") {
+			if prev, ok := cdrOn[id]; ok {
+				t.Fatalf("call %s has a CDR on %s and on %s", id, prev, s.id)
+			}
+			cdrOn[id] = s.id
+		}
 		charged = charged.Add(sumCharges(cdrsOf(t, s.local, "acme")))
 		if err := s.local.CheckHistory(); err != nil {
 			t.Fatal(err)
@@ -389,6 +507,32 @@ func TestReapModel(t *testing.T) {
 		b = fmt.Appendf(b, " %s=%d", k, counts[k])
 	}
 	t.Logf("%d steps:%s; reaped calls %d (legs ended again by a successor: %d); funded %s, spent %s", reapModelSteps, b, reapedCalls, twice, funded, charged)
+}
+
+// settledElsewhere are the calls of node's incarnations a survivor settled
+// as up (its claims): the node's restart replaces its own CDRs of them.
+func settledElsewhere(t testing.TB, cli *clientv3.Client, node string) map[string]bool {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), testPrefix+"reaps/"+node+"/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, kv := range resp.Kvs {
+		var cl claim
+		if err := json.Unmarshal(kv.Value, &cl); err != nil {
+			t.Fatal(err)
+		}
+		if cl.Self || !cl.Settled {
+			continue
+		}
+		for id, c := range cl.Calls {
+			if c.Live {
+				out[id] = true
+			}
+		}
+	}
+	return out
 }
 
 // distinct is the calls whose legs were ended, once each.

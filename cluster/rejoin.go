@@ -39,6 +39,13 @@ type Rejoin struct {
 	// answered call whose record never landed is released there, not
 	// charged (the survivor returned its hold as unspent).
 	LastReaped bool
+	// ReapedOrgs are the orgs whose slice of that last incarnation the
+	// survivor settled (its claim's Slices): only for them does the
+	// restart charge nothing. An org whose slice the last incarnation had
+	// given back entirely, then was refunded or released money of (it
+	// holds money etcd counts as spent), is settled as after any crash:
+	// the leftover given back to unallocated (books_restart.go).
+	ReapedOrgs map[string]bool
 }
 
 // ClaimOwn claims, for this (new) incarnation, each earlier incarnation of
@@ -53,7 +60,8 @@ type Rejoin struct {
 // result goes to ledger.Options.SettledElsewhere, and NewBooks reads it
 // from the node.
 func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
-	r := &Rejoin{SettledElsewhere: map[string]ledger.Settled{}}
+	r := &Rejoin{SettledElsewhere: map[string]ledger.Settled{}, ReapedOrgs: map[string]bool{}}
+	reapedOrgs := map[int64]map[string]bool{}
 	limit := time.Now().Add(3*n.cfg.LeaseTTL + n.cfg.OpTimeout)
 	for {
 		incs, err := n.incarnations(ctx, n.ID())
@@ -110,6 +118,7 @@ func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
 			return fmt.Errorf("claim %s: %w", kv.Key, err)
 		}
 		r.Reaped = append(r.Reaped, e)
+		reapedOrgs[e] = cl.Slices
 		lastReaped = max(lastReaped, e)
 		for id, c := range cl.Calls {
 			if c.Live {
@@ -122,6 +131,11 @@ func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
 		return nil, fmt.Errorf("cluster rejoin %s: %w", n.ID(), err)
 	}
 	r.LastReaped = lastReaped > lastClaimed
+	if r.LastReaped {
+		for org := range reapedOrgs[lastReaped] {
+			r.ReapedOrgs[org] = true
+		}
+	}
 	n.rejoin = r
 	return r, nil
 }

@@ -266,9 +266,13 @@ func (l *Ledger) load() error {
 // increment they had started (it was held, so the money is there);
 // unanswered ones cost nothing.
 func (l *Ledger) settleOpenCalls() error {
-	var settled []CDR
+	var settled, superseded []CDR
 	var unrecorded []string
 	_, err := l.do(Op{Kind: "settle"}, l.opts.Now(), func(t *txn) error {
+		var err error
+		if superseded, err = l.supersedeEnded(t); err != nil { // adopt_pending.go
+			return err
+		}
 		ids := make([]string, 0, len(l.calls))
 		for id := range l.calls {
 			ids = append(ids, id)
@@ -301,6 +305,10 @@ func (l *Ledger) settleOpenCalls() error {
 	})
 	if err != nil {
 		return fmt.Errorf("settle calls left open by the last run: %w", err)
+	}
+	for _, cdr := range superseded {
+		l.log.Warn("a call this node closed before it died was reaped as live by a survivor, whose CDR is the one of record; this node's own CDR is replaced by a settled-elsewhere marker",
+			"call_id", cdr.CallID, "org", cdr.Org, "local_charge", cdr.Charge.String(), "survivor_charge", l.opts.SettledElsewhere[cdr.CallID].Charge.String())
 	}
 	for _, id := range unrecorded {
 		l.log.Warn("released a call left open whose takeover record never landed (its incarnation was reaped)", "call_id", id)

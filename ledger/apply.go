@@ -475,6 +475,7 @@ func (l *Ledger) applyOrg(t *txn, o Org) {
 			// UTC rather than the org missing here.
 			l.log.Error("applied org's timezone does not load here; its pools use UTC", "org", o.ID, "err", err)
 			nst = &orgState{Org: o, loc: time.UTC, licensed: make([]int, len(l.plans))}
+			nst.guard.peer = l.opts.PeerGuard
 		}
 		l.orgs[o.ID] = nst
 		// Users applied before their org (never in order, but harmless)

@@ -432,7 +432,10 @@ func addBuckets(into, from map[int64]decimal.Decimal) {
 // from memory, without an etcd request. org is the org as the node's
 // Books answer it (its cluster balance goes in the notification).
 func (g *Guard) Tripped(ctx context.Context, tr *ledger.Trip, at time.Time, org ledger.Org) error {
-	recent := func(last time.Time) bool { return !at.Before(last) && at.Sub(last) < time.Hour }
+	// Within the hour either way: the mark may come from a node whose
+	// clock is a little ahead, or from a trip a little earlier that
+	// landed later.
+	recent := func(last time.Time) bool { return at.Sub(last) < time.Hour && last.Sub(at) < time.Hour }
 	id := tr.Org + "/" + tr.Guard
 	g.mu.Lock()
 	last, seen := g.trips[id]

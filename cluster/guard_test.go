@@ -1,0 +1,332 @@
+package cluster
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/shopspring/decimal"
+
+	"github.com/creditgate/creditgate/cluster/etcdtest"
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/ledger"
+)
+
+// startGuarded starts n nodes on one real etcd, each with a Guard given to
+// its Pebble ledger (ledger.Options.PeerGuard) and to its Books, and org
+// acme funded with 100.00 and the fraud guard fg set on every node.
+func startGuarded(t *testing.T, n int, fg ledger.FraudGuard) ([]*spender, []*Guard) {
+	t.Helper()
+	ec := etcdtest.Start(t, 1)
+	var mu sync.Mutex
+	byDir := map[string]*Guard{}
+	open := func(t testing.TB, dir string) *ledger.Ledger {
+		t.Helper()
+		g := NewGuard(clock.Real{}, quiet())
+		l, err := ledger.Open(dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), PeerGuard: g})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		byDir[dir] = g
+		mu.Unlock()
+		return l
+	}
+	sp, shared := startSpendersOn(t, open, ec.Client, n, fastPolicy(), clock.Real{})
+	guards := make([]*Guard, n)
+	for i, s := range sp {
+		g := byDir[s.dir]
+		g.Start(s.node, s.local)
+		s.books.UseGuard(g)
+		t.Cleanup(g.Close) // before the spenders stop (cleanups run last first)
+		guards[i] = g
+	}
+	createOrg(t, shared, "acme")
+	if _, err := sp[0].books.FundAcrossRegions("acme", dec("100.00"), "f1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := shared.SetFraudGuard("acme", fg); err != nil {
+		t.Fatal(err)
+	}
+	return sp, guards
+}
+
+func tripOf(err error) string {
+	var tr *ledger.Trip
+	if errors.As(err, &tr) {
+		return tr.Guard
+	}
+	return ""
+}
+
+// waitSeen waits until sees(i) holds for every node i and returns how long
+// that took: how late the peers' figures are (publish delay, etcd commit,
+// watch delivery). It fails the test after 10 s.
+func waitSeen(t *testing.T, n int, sees func(i int) bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for {
+		all := true
+		for i := 0; i < n && all; i++ {
+			all = sees(i)
+		}
+		if all {
+			return time.Since(start)
+		}
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the nodes' fraud-guard figures did not converge within 10 s")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// seesCalls: node i counts want calls of acme up, its own plus its peers'.
+func seesCalls(sp []*spender, guards []*Guard, want int) func(int) bool {
+	return func(i int) bool {
+		peers, _ := guards[i].PeerCalls("acme", "")
+		return sp[i].local.CallsUp("acme")+peers == want
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestGuardMaxCallsAcrossNodes: max_calls=10 holds for the org across 3
+// nodes. 30 attempts at once, 10 a node: the calls up at once are logged
+// (the documented bound: what the other nodes admit before their figures
+// land), and once the figures land every node refuses. Then 30 attempts
+// one after another, each after the previous one's figures reached every
+// node (the spacing beyond the publish interval): exactly 10 are admitted.
+func TestGuardMaxCallsAcrossNodes(t *testing.T) {
+	const limit, attempts = 10, 30
+	sp, guards := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: limit})
+
+	// A burst: every attempt at the same instant.
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	ids := make([]string, attempts)
+	errs := make([]error, attempts)
+	for i := range attempts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := testCall("acme")
+			<-start
+			if _, err := sp[i%3].books.OpenCall(c, time.Now()); err == nil {
+				ids[i] = c.ID
+			} else {
+				errs[i] = err
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	up := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			up++
+		case tripOf(err) != ledger.GuardMaxCalls:
+			t.Fatalf("attempt %d refused for another reason: %v", i, err)
+		}
+	}
+	t.Logf("burst: %d attempts at once over 3 nodes, max_calls %d: %d calls up (%d over the limit; the bound is 2 × %d)",
+		attempts, limit, up, max(up-limit, 0), limit)
+	if up < limit || up > 3*limit {
+		t.Fatalf("burst: %d calls up, want %d to %d", up, limit, 3*limit)
+	}
+	lag := waitSeen(t, 3, seesCalls(sp, guards, up))
+	t.Logf("burst: every node counted all %d calls %v after the last admission", up, lag)
+	for i, s := range sp {
+		if _, err := s.books.OpenCall(testCall("acme"), time.Now()); tripOf(err) != ledger.GuardMaxCalls {
+			t.Fatalf("node %d, %d calls up cluster-wide, limit %d: %v, want the max_calls trip", i, up, limit, err)
+		}
+	}
+	for i, id := range ids {
+		if id != "" {
+			if _, err := sp[i%3].books.CloseCall(id, ledger.CallEnd{At: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitSeen(t, 3, seesCalls(sp, guards, 0))
+
+	// Spaced: each attempt once the previous admission is seen everywhere.
+	admitted, lags := 0, []time.Duration{}
+	for i := range attempts {
+		_, err := sp[i%3].books.OpenCall(testCall("acme"), time.Now())
+		switch {
+		case err == nil:
+			admitted++
+			lags = append(lags, waitSeen(t, 3, seesCalls(sp, guards, admitted)))
+		case tripOf(err) != ledger.GuardMaxCalls:
+			t.Fatalf("spaced attempt %d refused for another reason: %v", i, err)
+		}
+	}
+	t.Logf("spaced: %d attempts, %d admitted; the figures reached every node in %v median, %v at most",
+		attempts, admitted, median(lags), slices.Max(lags))
+	if admitted != limit {
+		t.Fatalf("spaced attempts: %d admitted, want exactly %d", admitted, limit)
+	}
+}
+
+// TestGuardSpendPerHourAcrossNodes: max_spend_per_hour=1.00 holds for the
+// org across 3 nodes: calls of 0.10 each, opened one after another
+// round the nodes with the figures landed in between, exactly 10 are held.
+func TestGuardSpendPerHourAcrossNodes(t *testing.T) {
+	sp, guards := startGuarded(t, 3, ledger.FraudGuard{MaxSpendPerHour: dec("1.00")})
+	total := decimal.Zero
+	seesSpend := func(i int) bool {
+		now := time.Now()
+		own, _ := sp[i].local.GuardFigures("acme", now)
+		peers, _ := guards[i].PeerSpend("acme", "", now)
+		return ledger.WindowSum(own.Spend, now).Add(peers).Equal(total)
+	}
+	admitted, lags := 0, []time.Duration{}
+	for i := range 20 {
+		inc, err := sp[i%3].books.OpenCall(testCall("acme"), time.Now())
+		switch {
+		case err == nil:
+			admitted++
+			total = total.Add(inc.Credit)
+			lags = append(lags, waitSeen(t, 3, seesSpend))
+		case tripOf(err) != ledger.GuardSpendPerHour:
+			t.Fatalf("attempt %d refused for another reason: %v", i, err)
+		}
+	}
+	t.Logf("spend: %d calls of 0.10 held (%s) under a 1.00 hourly cap across 3 nodes; figures reached every node in %v median, %v at most",
+		admitted, total.StringFixed(2), median(lags), slices.Max(lags))
+	if admitted != 10 || !total.Equal(dec("1.00")) {
+		t.Fatalf("%d calls held %s, want exactly 10 holding 1.00", admitted, total)
+	}
+	// A refusal says what the other nodes spent.
+	_, err := sp[0].books.OpenCall(testCall("acme"), time.Now())
+	var tr *ledger.Trip
+	if !errors.As(err, &tr) || tr.Guard != ledger.GuardSpendPerHour {
+		t.Fatalf("11th call: %v", err)
+	}
+	t.Logf("refusal: %s", tr.Detail)
+}
+
+// TestGuardDeadNodeStopsCounting: a node's calls count on its peers while
+// its lease stands, and stop counting once etcd has expired it (here: the
+// crashed node's lease revoked), so the survivors may admit up to the
+// limit again.
+func TestGuardDeadNodeStopsCounting(t *testing.T) {
+	const limit = 6
+	sp, guards := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: limit})
+	open := func(node int) error {
+		_, err := sp[node].books.OpenCall(testCall("acme"), time.Now())
+		return err
+	}
+	for range 3 {
+		if err := open(2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSeen(t, 3, seesCalls(sp, guards, 3))
+	for range 3 {
+		if err := open(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSeen(t, 3, seesCalls(sp, guards, limit))
+	if err := open(0); tripOf(err) != ledger.GuardMaxCalls {
+		t.Fatalf("7th call with 3 up on node 2: %v, want the max_calls trip", err)
+	}
+	guards[2].Close()
+	start := time.Now()
+	sp[2].crash(t)
+	waitSeen(t, 2, func(i int) bool {
+		peers, _ := guards[i].PeerCalls("acme", "")
+		return peers == sp[0].local.CallsUp("acme")+sp[1].local.CallsUp("acme")-sp[i].local.CallsUp("acme")
+	})
+	t.Logf("the dead node's 3 calls stopped counting %v after its crash began (lease revoked, ledger closed)", time.Since(start))
+	for i := range 3 {
+		if err := open(1); err != nil {
+			t.Fatalf("call %d after node 2 died: %v", i, err)
+		}
+	}
+	waitSeen(t, 2, seesCalls(sp, guards, limit))
+	if err := open(1); tripOf(err) != ledger.GuardMaxCalls {
+		t.Fatalf("a 7th call on the survivors: %v, want the max_calls trip", err)
+	}
+}
+
+// TestGuardNotifiesOncePerCluster: the three nodes trip the same guard at
+// once, twice: the cluster's outbox gets one fraud_guard notification for
+// it, and none stays in any node's own outbox; another guard gets its own,
+// and the same guard an hour later another one.
+func TestGuardNotifiesOncePerCluster(t *testing.T) {
+	sp, _ := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: 1})
+	at := time.Now()
+	trip := &ledger.Trip{Guard: ledger.GuardMaxCalls, Org: "acme", User: "u1", Detail: "1 calls up, the limit is 1"}
+	var wg sync.WaitGroup
+	errs := make([]error, 6)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = sp[i%3].books.FraudTripped(trip, at.Add(time.Duration(i/3)*time.Second))
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("trip %d: %v", i, err)
+		}
+	}
+	box := NewOutbox(sp[0].node, sp[0].local)
+	count := func() map[string]int {
+		t.Helper()
+		ns, err := box.Outbox()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for _, n := range ns {
+			if n.Kind != ledger.NotifyFraudGuard || n.Org != "acme" {
+				t.Fatalf("unexpected notification %+v", n)
+			}
+			guard, _, _ := strings.Cut(n.Reason, ": ")
+			out[guard]++
+		}
+		return out
+	}
+	if got := count(); got[ledger.GuardMaxCalls] != 1 || len(got) != 1 {
+		t.Fatalf("6 trips on 3 nodes within a second: %v in the cluster's outbox, want one max_calls", got)
+	}
+	for i, s := range sp {
+		ns, err := s.local.Outbox()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range ns {
+			if n.Kind == ledger.NotifyFraudGuard {
+				t.Fatalf("node %d's own outbox has %+v", i, n)
+			}
+		}
+	}
+	other := &ledger.Trip{Guard: ledger.GuardSpendPerHour, Org: "acme", Detail: "1.00 spent in the last hour, the limit is 1.00"}
+	if err := sp[1].books.FraudTripped(other, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp[2].books.FraudTripped(trip, at.Add(61*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := sp[0].books.FraudTripped(trip, at.Add(62*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if got := count(); got[ledger.GuardMaxCalls] != 2 || got[ledger.GuardSpendPerHour] != 1 {
+		t.Fatalf("after another guard and the hour: %v, want 2 max_calls and 1 spend_per_hour", got)
+	}
+}

@@ -35,8 +35,8 @@ func (k keys) guardTrip(org, guard string) string {
 }
 
 // GuardEvery is how often at most a node publishes its fraud-guard figures
-// while they change, away from a limit's neighbourhood; within it (three
-// quarters of a limit, counting the peers) it publishes as soon as the
+// while they change, away from a limit's neighbourhood; within it (half a
+// limit or more, counting the peers) it publishes as soon as the
 // previous publication returned.
 const GuardEvery = 100 * time.Millisecond
 

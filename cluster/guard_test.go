@@ -160,6 +160,38 @@ func TestGuardMaxCallsAcrossNodes(t *testing.T) {
 	}
 	waitSeen(t, 3, seesCalls(sp, guards, 0))
 
+	// A steady stream: one attempt every 2 ms (500 a second at one org),
+	// round the nodes. How far over depends on the figures' lag against
+	// the spacing; logged, not asserted.
+	up, ids = 0, ids[:0]
+	for i := range attempts {
+		c := testCall("acme")
+		_, err := sp[i%3].books.OpenCall(c, time.Now())
+		switch {
+		case err == nil:
+			up++
+			ids = append(ids, c.ID)
+		case tripOf(err) != ledger.GuardMaxCalls:
+			t.Fatalf("stream attempt %d refused for another reason: %v", i, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Logf("stream: %d attempts 2 ms apart over 3 nodes, max_calls %d: %d calls up (%d over the limit)",
+		attempts, limit, up, max(up-limit, 0))
+	if up < limit {
+		t.Fatalf("stream: %d calls up, want at least %d", up, limit)
+	}
+	for _, id := range ids {
+		for _, s := range sp {
+			if _, err := s.books.CloseCall(id, ledger.CallEnd{At: time.Now()}); err == nil {
+				break
+			} else if !errors.Is(err, ledger.ErrUnknownCall) {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitSeen(t, 3, seesCalls(sp, guards, 0))
+
 	// Spaced: each attempt once the previous admission is seen everywhere.
 	admitted, lags := 0, []time.Duration{}
 	for i := range attempts {

@@ -28,7 +28,7 @@ type PeerGuard interface {
 	PeerSpend(org, user string, at time.Time) (orgSpend, userSpend decimal.Decimal)
 	// Changed says the org's own figures changed (a call counted in or
 	// out, credit held) so the hook publishes them; near says a limit is
-	// within reach (three quarters of it or more, counting the peers), so
+	// within reach (half of it or more, counting the peers), so
 	// it should publish at once rather than coalesce. Called only for orgs
 	// with a limit set.
 	Changed(org string, near bool)
@@ -122,8 +122,10 @@ func (w *spendWindow) buckets(at time.Time) map[int64]decimal.Decimal {
 }
 
 // near is the neighbourhood of a limit in which a PeerGuard publishes at
-// once: three quarters of it.
-func nearCalls(n, limit int) bool { return limit > 0 && 4*n >= 3*limit }
+// once: the upper half of it, counting the peers. Below it, publications
+// are coalesced; the half leaves room for what the other nodes admit
+// before this node's figures reach them, which this node cannot see.
+func nearCalls(n, limit int) bool { return limit > 0 && 2*n >= limit }
 func nearSpend(s, limit decimal.Decimal) bool {
-	return limit.IsPositive() && s.Mul(decimal.NewFromInt(4)).GreaterThanOrEqual(limit.Mul(decimal.NewFromInt(3)))
+	return limit.IsPositive() && s.Mul(decimal.NewFromInt(2)).GreaterThanOrEqual(limit)
 }

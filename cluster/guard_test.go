@@ -224,10 +224,15 @@ func TestGuardSpendPerHourAcrossNodes(t *testing.T) {
 		return ledger.WindowSum(own.Spend, now).Add(peers).Equal(total)
 	}
 	admitted, lags := 0, []time.Duration{}
+	first := ""
 	for i := range 20 {
-		inc, err := sp[i%3].books.OpenCall(testCall("acme"), time.Now())
+		c := testCall("acme")
+		inc, err := sp[i%3].books.OpenCall(c, time.Now())
 		switch {
 		case err == nil:
+			if first == "" {
+				first = c.ID // on node 0
+			}
 			admitted++
 			total = total.Add(inc.Credit)
 			lags = append(lags, waitSeen(t, 3, seesSpend))
@@ -247,6 +252,62 @@ func TestGuardSpendPerHourAcrossNodes(t *testing.T) {
 		t.Fatalf("11th call: %v", err)
 	}
 	t.Logf("refusal: %s", tr.Detail)
+	// A call up whose next increment would cross the cap ends: the cap
+	// counts what the other nodes held.
+	if err := sp[0].books.AnswerDialog(first, time.Now(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sp[0].books.Step(first, 1, time.Now()); tripOf(err) != ledger.GuardSpendPerHour {
+		t.Fatalf("the next increment of a call up with the org at its cap: %v, want the spend_per_hour trip", err)
+	}
+}
+
+// TestGuardPerUserAcrossNodes: the per-user limits hold for the user across
+// the nodes, and one user's figures do not count against another.
+func TestGuardPerUserAcrossNodes(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fg    ledger.FraudGuard
+		guard string
+		want  int
+	}{
+		{"calls", ledger.FraudGuard{MaxCallsPerUser: 4}, ledger.GuardMaxCallsPerUser, 4},
+		{"spend", ledger.FraudGuard{MaxSpendPerHourPerUser: dec("0.30")}, ledger.GuardSpendPerHourPerUser, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sp, guards := startGuarded(t, 3, tc.fg)
+			total := map[string]int{}
+			seen := func(user string) func(int) bool {
+				return func(i int) bool {
+					now := time.Now()
+					own, _ := sp[i].local.GuardFigures("acme", now)
+					peerCalls, peerUser := guards[i].PeerCalls("acme", user)
+					_, peerSpend := guards[i].PeerSpend("acme", user, now)
+					if tc.name == "calls" {
+						return own.UserCalls[user]+peerUser == total[user] && peerCalls == 0 // no org figure published
+					}
+					return ledger.WindowSum(own.UserSpend[user], now).Add(peerSpend).Equal(dec("0.10").Mul(decimal.NewFromInt(int64(total[user]))))
+				}
+			}
+			for _, user := range []string{"u1", "u2"} {
+				for i := range 3 * tc.want {
+					c := testCall("acme")
+					c.User = user
+					_, err := sp[i%3].books.OpenCall(c, time.Now())
+					switch {
+					case err == nil:
+						total[user]++
+						waitSeen(t, 3, seen(user))
+					case tripOf(err) != tc.guard:
+						t.Fatalf("%s attempt %d: %v, want the %s trip", user, i, err, tc.guard)
+					}
+				}
+			}
+			if total["u1"] != tc.want || total["u2"] != tc.want {
+				t.Fatalf("admitted %v, want %d for each user", total, tc.want)
+			}
+		})
+	}
 }
 
 // TestGuardDeadNodeStopsCounting: a node's calls count on its peers while

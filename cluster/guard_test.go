@@ -18,7 +18,7 @@ import (
 // startGuarded starts n nodes on one real etcd, each with a Guard given to
 // its Pebble ledger (ledger.Options.PeerGuard) and to its Books, and org
 // acme funded with 100.00 and the fraud guard fg set on every node.
-func startGuarded(t *testing.T, n int, fg ledger.FraudGuard) ([]*spender, []*Guard) {
+func startGuarded(t *testing.T, n int, fg ledger.FraudGuard) ([]*spender, []*Guard, *testShared) {
 	t.Helper()
 	ec := etcdtest.Start(t, 1)
 	var mu sync.Mutex
@@ -51,7 +51,7 @@ func startGuarded(t *testing.T, n int, fg ledger.FraudGuard) ([]*spender, []*Gua
 	if _, err := shared.SetFraudGuard("acme", fg); err != nil {
 		t.Fatal(err)
 	}
-	return sp, guards
+	return sp, guards, shared
 }
 
 func tripOf(err error) string {
@@ -108,7 +108,7 @@ func median(ds []time.Duration) time.Duration {
 // node (the spacing beyond the publish interval): exactly 10 are admitted.
 func TestGuardMaxCallsAcrossNodes(t *testing.T) {
 	const limit, attempts = 10, 30
-	sp, guards := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: limit})
+	sp, guards, _ := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: limit})
 
 	// A burst: every attempt at the same instant.
 	var wg sync.WaitGroup
@@ -215,7 +215,7 @@ func TestGuardMaxCallsAcrossNodes(t *testing.T) {
 // org across 3 nodes: calls of 0.10 each, opened one after another
 // round the nodes with the figures landed in between, exactly 10 are held.
 func TestGuardSpendPerHourAcrossNodes(t *testing.T) {
-	sp, guards := startGuarded(t, 3, ledger.FraudGuard{MaxSpendPerHour: dec("1.00")})
+	sp, guards, _ := startGuarded(t, 3, ledger.FraudGuard{MaxSpendPerHour: dec("1.00")})
 	total := decimal.Zero
 	seesSpend := func(i int) bool {
 		now := time.Now()
@@ -275,7 +275,7 @@ func TestGuardPerUserAcrossNodes(t *testing.T) {
 		{"spend", ledger.FraudGuard{MaxSpendPerHourPerUser: dec("0.30")}, ledger.GuardSpendPerHourPerUser, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sp, guards := startGuarded(t, 3, tc.fg)
+			sp, guards, _ := startGuarded(t, 3, tc.fg)
 			total := map[string]int{}
 			seen := func(user string) func(int) bool {
 				return func(i int) bool {
@@ -310,13 +310,13 @@ func TestGuardPerUserAcrossNodes(t *testing.T) {
 	}
 }
 
-// TestGuardDeadNodeStopsCounting: a node's calls count on its peers while
-// its lease stands, and stop counting once etcd has expired it (here: the
+// TestGuardDeadNodeStopsCounting: a node's calls (up before the limit was
+// set) count on its peers while its lease stands, and stop counting once etcd has expired it (here: the
 // crashed node's lease revoked), so the survivors may admit up to the
 // limit again.
 func TestGuardDeadNodeStopsCounting(t *testing.T) {
 	const limit = 6
-	sp, guards := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: limit})
+	sp, guards, shared := startGuarded(t, 3, ledger.FraudGuard{})
 	open := func(node int) error {
 		_, err := sp[node].books.OpenCall(testCall("acme"), time.Now())
 		return err
@@ -325,6 +325,10 @@ func TestGuardDeadNodeStopsCounting(t *testing.T) {
 		if err := open(2); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Calls up before the limit was set count once it is.
+	if _, err := shared.SetFraudGuard("acme", ledger.FraudGuard{MaxCalls: limit}); err != nil {
+		t.Fatal(err)
 	}
 	waitSeen(t, 3, seesCalls(sp, guards, 3))
 	for range 3 {
@@ -360,7 +364,7 @@ func TestGuardDeadNodeStopsCounting(t *testing.T) {
 // it, and none stays in any node's own outbox; another guard gets its own,
 // and the same guard an hour later another one.
 func TestGuardNotifiesOncePerCluster(t *testing.T) {
-	sp, _ := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: 1})
+	sp, _, _ := startGuarded(t, 3, ledger.FraudGuard{MaxCalls: 1})
 	at := time.Now()
 	trip := &ledger.Trip{Guard: ledger.GuardMaxCalls, Org: "acme", User: "u1", Detail: "1 calls up, the limit is 1"}
 	var wg sync.WaitGroup

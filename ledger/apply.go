@@ -505,8 +505,14 @@ func (l *Ledger) applyOrg(t *txn, o Org) {
 		}
 		st.loc = loc
 	}
+	guarded := st.FraudGuard.countsPeers() || o.FraudGuard.countsPeers()
 	st.Org = o
 	t.put(keyOrg(o.ID), st.Org)
+	if guarded && st.guard.peer != nil {
+		// A limit set or lifted: the peers get this node's figures (or
+		// their removal) now, not at its next call.
+		st.guard.peer.Changed(o.ID, true)
+	}
 }
 
 // dropNumber takes number n away from the user with key owner ("org/user"),

@@ -81,7 +81,13 @@ func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
 	if err := ValidateFraudGuard(fg); err != nil { // apply.go
 		return Org{}, err
 	}
-	return l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
+	o, err := l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
+	if err == nil && l.opts.PeerGuard != nil {
+		// The peers get this node's figures (or their removal) now, not
+		// at its next call (a replica's change does the same in applyOrg).
+		l.opts.PeerGuard.Changed(org, true)
+	}
+	return o, err
 }
 
 // spendWindow is credit held per minute over the last hour.

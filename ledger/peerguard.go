@@ -16,8 +16,9 @@ import (
 // (package cluster says by how much); the ledger decides on what it has,
 // never waiting for them. nil (single-node mode) changes nothing.
 //
-// Every method is called with the ledger's lock held: it must answer from
-// memory, quickly, never block, and never call back into the ledger.
+// The methods are called with the ledger's lock held (Changed sometimes
+// without it): they must answer from memory, quickly, never block, and
+// never call back into the ledger.
 type PeerGuard interface {
 	// PeerCalls is the calls up on the other nodes for the org and, if
 	// user is not "", for that user.

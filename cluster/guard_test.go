@@ -427,3 +427,67 @@ func TestGuardNotifiesOncePerCluster(t *testing.T) {
 		t.Fatalf("after another guard and the hour: %v, want 2 max_calls and 1 spend_per_hour", got)
 	}
 }
+
+// TestGuardLimitThroughReplica: the fraud guard set and lifted through the
+// shared configuration (Replica, applied by every node's ledger): a node
+// with calls up before the limit publishes them once it applies the limit,
+// and takes its figures away once the limit is lifted.
+func TestGuardLimitThroughReplica(t *testing.T) {
+	ec := etcdtest.Start(t, 1)
+	type node struct {
+		g *Guard
+		l *ledger.Ledger
+		r *Replica
+	}
+	nodes := make([]node, 2)
+	for i := range nodes {
+		cli := ec.Client()
+		t.Cleanup(func() { cli.Close() })
+		n := join(t, cli, []string{"a", "b"}[i])
+		g := NewGuard(clock.Real{}, quiet())
+		l, err := ledger.Open(t.TempDir(), ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), PeerGuard: g})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := NewReplica(t.Context(), n, l, quiet())
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Start(n, l)
+		t.Cleanup(func() { g.Close(); r.Close(); l.Close() })
+		nodes[i] = node{g, l, r}
+	}
+	a, b := nodes[0], nodes[1]
+	if _, err := a.r.CreateOrg(ledger.Org{ID: "acme", Name: "acme", Country: "GB", Region: "eu", BillingRegion: "eu"}); err != nil {
+		t.Fatal(err)
+	}
+	waitSeen(t, 1, func(int) bool { _, err := b.l.Org("acme"); return err == nil })
+	for i, n := range nodes {
+		if _, err := n.l.FundAcrossRegions("acme", dec("100.00"), "f", ""); err != nil {
+			t.Fatalf("fund on node %d: %v", i, err)
+		}
+	}
+	for range 3 {
+		if _, err := b.l.OpenCall(testCall("acme"), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.r.SetFraudGuard("acme", ledger.FraudGuard{MaxCalls: 4}); err != nil {
+		t.Fatal(err)
+	}
+	lag := waitSeen(t, 1, func(int) bool { n, _ := a.g.PeerCalls("acme", ""); return n == 3 })
+	t.Logf("node b's 3 calls counted on node a %v after the limit was set through the replica", lag)
+	if _, err := a.l.OpenCall(testCall("acme"), time.Now()); err != nil {
+		t.Fatalf("4th call of the org: %v", err)
+	}
+	if _, err := a.l.OpenCall(testCall("acme"), time.Now()); tripOf(err) != ledger.GuardMaxCalls {
+		t.Fatalf("5th call of the org with a limit of 4: %v, want the max_calls trip", err)
+	}
+	if _, err := a.r.SetFraudGuard("acme", ledger.FraudGuard{}); err != nil {
+		t.Fatal(err)
+	}
+	waitSeen(t, 1, func(int) bool { n, _ := a.g.PeerCalls("acme", ""); return n == 0 })
+	if _, err := a.l.OpenCall(testCall("acme"), time.Now()); err != nil {
+		t.Fatalf("a call after the limit was lifted: %v", err)
+	}
+}

@@ -305,7 +305,10 @@
 // in a burst before any figure lands, at worst (nodes − 1) × the limit.
 // Admissions spaced further apart than the window hold it exactly
 // (guard_test.go measures both). A dead node's figures vanish with its
-// lease.
+// lease. Cost: only orgs with a calls or spend limit are published, in
+// one transaction per node per GuardEvery while their figures change (all
+// such orgs batched), or one per etcd round trip while one of them is in
+// the upper half of a limit; each node's watch delivers every peer's.
 //
 // # Not done yet (for the next session)
 //

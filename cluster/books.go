@@ -62,6 +62,11 @@ type Books struct {
 	failed error                 // guarded by mu; set once fenced or the local ledger failed
 
 	ops opCounters
+
+	// guard queues fraud_guard notifications once per cluster (UseGuard,
+	// guard.go), nil until set.
+	guard atomic.Pointer[Guard]
+
 	// purchases answers PendingPurchaseOf (UsePurchases), nil until set.
 	purchases atomic.Pointer[Purchases]
 	rec       *recorder // takeover records (takeover.go)

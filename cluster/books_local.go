@@ -137,6 +137,13 @@ func (b *Books) UpdateDialog(callID string, dialog json.RawMessage) error {
 func (b *Books) Dialogs() []ledger.Dialog         { return b.local.Dialogs() }
 func (b *Books) ForgetDialog(callID string) error { return b.local.ForgetDialog(callID) }
 func (b *Books) FraudTripped(tr *ledger.Trip, at time.Time) error {
+	if g := b.guard.Load(); g != nil {
+		o, err := b.Org(tr.Org)
+		if err != nil {
+			return nil // an unknown org is no error (ledger.Books)
+		}
+		return g.Tripped(b.ctx, tr, at, o)
+	}
 	return b.local.FraudTripped(tr, at)
 }
 func (b *Books) User(org, id string) (ledger.User, bool) { return b.local.User(org, id) }

@@ -23,6 +23,8 @@ import (
 //	                         notifications (notifier.go)
 //	takeover/<node>/<epoch>/<call>         an answered call's takeover record (takeover.go)
 //	reaps/<node>/<epoch>     the claim on a dead incarnation's takeover (reap_claim.go)
+//	guard/<org>/<node>, guardtrips/<org>/<guard>
+//	                         fraud-guard figures on the node's lease, last fraud_guard queued (guard.go)
 type keys struct{ prefix string }
 
 func (k keys) epoch() string             { return k.prefix + "epoch" }

@@ -475,6 +475,7 @@ func (l *Ledger) applyOrg(t *txn, o Org) {
 			// UTC rather than the org missing here.
 			l.log.Error("applied org's timezone does not load here; its pools use UTC", "org", o.ID, "err", err)
 			nst = &orgState{Org: o, loc: time.UTC, licensed: make([]int, len(l.plans))}
+			nst.guard.peer = l.opts.PeerGuard
 		}
 		l.orgs[o.ID] = nst
 		// Users applied before their org (never in order, but harmless)
@@ -504,8 +505,14 @@ func (l *Ledger) applyOrg(t *txn, o Org) {
 		}
 		st.loc = loc
 	}
+	guarded := st.FraudGuard.countsPeers() || o.FraudGuard.countsPeers()
 	st.Org = o
 	t.put(keyOrg(o.ID), st.Org)
+	if guarded && st.guard.peer != nil {
+		// A limit set or lifted: the peers get this node's figures (or
+		// their removal) now, not at its next call.
+		st.guard.peer.Changed(o.ID, true)
+	}
 }
 
 // dropNumber takes number n away from the user with key owner ("org/user"),

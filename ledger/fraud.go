@@ -25,6 +25,11 @@ import (
 // increment would cross a spend limit ends at the end of what it paid.
 // Emergency calls are never limited. The spend windows live in memory: a
 // restart starts them empty.
+//
+// In cluster mode (Options.PeerGuard, peerguard.go) each comparison adds
+// what the other nodes published of the org's calls and spend, so the
+// limits hold for the org across the cluster, and every change of an org
+// with a limit is signalled to the hook for it to publish this node's.
 
 // ErrFraudGuard is a refusal by the fraud guard; errors.As finds a *Trip.
 var ErrFraudGuard = errors.New("fraud guard")
@@ -76,7 +81,13 @@ func (l *Ledger) SetFraudGuard(org string, fg FraudGuard) (Org, error) {
 	if err := ValidateFraudGuard(fg); err != nil { // apply.go
 		return Org{}, err
 	}
-	return l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
+	o, err := l.setOrg("fraud_guard", org, func(o *Org) { o.FraudGuard = fg })
+	if err == nil && l.opts.PeerGuard != nil {
+		// The peers get this node's figures (or their removal) now, not
+		// at its next call (a replica's change does the same in applyOrg).
+		l.opts.PeerGuard.Changed(org, true)
+	}
+	return o, err
 }
 
 // spendWindow is credit held per minute over the last hour.
@@ -119,16 +130,50 @@ type guardState struct {
 	spend     *spendWindow // only while the org has a spend limit
 	userSpend map[string]*spendWindow
 	records   int
+	// peer is Options.PeerGuard (nil on a single node): the other nodes'
+	// figures, added to these.
+	peer PeerGuard
 }
 
-// admitCall checks the concurrent-call limits for a new call of c's user.
+// peerCalls and peerSpend are what the other nodes published (zero
+// without a PeerGuard).
+func (g *guardState) peerCalls(org, user string) (int, int) {
+	if g.peer == nil {
+		return 0, 0
+	}
+	return g.peer.PeerCalls(org, user)
+}
+
+func (g *guardState) peerSpend(org, user string, at time.Time) (decimal.Decimal, decimal.Decimal) {
+	if g.peer == nil {
+		return decimal.Zero, decimal.Zero
+	}
+	return g.peer.PeerSpend(org, user, at)
+}
+
+// elsewhere is what a trip's detail adds for the figures of other nodes.
+func elsewhere(some bool, s string) string {
+	if !some {
+		return ""
+	}
+	return " (" + s + " of them on other nodes)"
+}
+
+// admitCall checks the concurrent-call limits for a new call of c's user,
+// counting the calls up on other nodes too (cluster mode).
 func (st *orgState) admitCall(c *Call) error {
 	fg := st.FraudGuard
-	if fg.MaxCalls > 0 && st.guard.calls >= fg.MaxCalls {
-		return &Trip{Guard: GuardMaxCalls, Org: st.ID, User: c.User, Detail: fmt.Sprintf("%d calls up, the limit is %d", st.guard.calls, fg.MaxCalls)}
+	if fg.MaxCalls <= 0 && fg.MaxCallsPerUser <= 0 {
+		return nil
 	}
-	if n := st.guard.userCalls[c.User]; fg.MaxCallsPerUser > 0 && n >= fg.MaxCallsPerUser {
-		return &Trip{Guard: GuardMaxCallsPerUser, Org: st.ID, User: c.User, Detail: fmt.Sprintf("user %s has %d calls up, the limit is %d", c.User, n, fg.MaxCallsPerUser)}
+	peerOrg, peerUser := st.guard.peerCalls(st.ID, c.User)
+	if n := st.guard.calls + peerOrg; fg.MaxCalls > 0 && n >= fg.MaxCalls {
+		return &Trip{Guard: GuardMaxCalls, Org: st.ID, User: c.User, Detail: fmt.Sprintf("%d calls up%s, the limit is %d", n,
+			elsewhere(peerOrg != 0, fmt.Sprint(peerOrg)), fg.MaxCalls)}
+	}
+	if n := st.guard.userCalls[c.User] + peerUser; fg.MaxCallsPerUser > 0 && n >= fg.MaxCallsPerUser {
+		return &Trip{Guard: GuardMaxCallsPerUser, Org: st.ID, User: c.User, Detail: fmt.Sprintf("user %s has %d calls up%s, the limit is %d",
+			c.User, n, elsewhere(peerUser != 0, fmt.Sprint(peerUser)), fg.MaxCallsPerUser)}
 	}
 	return nil
 }
@@ -147,22 +192,33 @@ func (st *orgState) countCall(c *Call, delta int) {
 	} else {
 		delete(st.guard.userCalls, c.User)
 	}
+	if fg := st.FraudGuard; st.guard.peer != nil && (fg.MaxCalls > 0 || fg.MaxCallsPerUser > 0) {
+		peerOrg, peerUser := st.guard.peer.PeerCalls(st.ID, c.User)
+		st.guard.peer.Changed(st.ID, nearCalls(st.guard.calls+peerOrg, fg.MaxCalls) ||
+			nearCalls(st.guard.userCalls[c.User]+peerUser, fg.MaxCallsPerUser))
+	}
 }
 
 // checkSpend says whether holding credit for c at at keeps the org and the
-// user within their hourly spend.
+// user within their hourly spend, counting what other nodes held too.
 func (st *orgState) checkSpend(c *Call, credit decimal.Decimal, at time.Time) error {
 	fg := st.FraudGuard
+	if !fg.MaxSpendPerHour.IsPositive() && !fg.MaxSpendPerHourPerUser.IsPositive() {
+		return nil
+	}
+	peerOrg, peerUser := st.guard.peerSpend(st.ID, c.User, at)
 	if fg.MaxSpendPerHour.IsPositive() {
-		if s := st.guard.spend.sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHour) {
+		if s := st.guard.spend.sum(at).Add(peerOrg); s.Add(credit).GreaterThan(fg.MaxSpendPerHour) {
 			return &Trip{Guard: GuardSpendPerHour, Org: st.ID, User: c.User,
-				Detail: fmt.Sprintf("%s spent in the last hour, the limit is %s", s.StringFixed(2), fg.MaxSpendPerHour.StringFixed(2))}
+				Detail: fmt.Sprintf("%s spent in the last hour%s, the limit is %s", s.StringFixed(2),
+					elsewhere(!peerOrg.IsZero(), peerOrg.StringFixed(2)), fg.MaxSpendPerHour.StringFixed(2))}
 		}
 	}
 	if fg.MaxSpendPerHourPerUser.IsPositive() {
-		if s := st.guard.userSpend[c.User].sum(at); s.Add(credit).GreaterThan(fg.MaxSpendPerHourPerUser) {
+		if s := st.guard.userSpend[c.User].sum(at).Add(peerUser); s.Add(credit).GreaterThan(fg.MaxSpendPerHourPerUser) {
 			return &Trip{Guard: GuardSpendPerHourPerUser, Org: st.ID, User: c.User,
-				Detail: fmt.Sprintf("user %s spent %s in the last hour, the limit is %s", c.User, s.StringFixed(2), fg.MaxSpendPerHourPerUser.StringFixed(2))}
+				Detail: fmt.Sprintf("user %s spent %s in the last hour%s, the limit is %s", c.User, s.StringFixed(2),
+					elsewhere(!peerUser.IsZero(), peerUser.StringFixed(2)), fg.MaxSpendPerHourPerUser.StringFixed(2))}
 		}
 	}
 	return nil
@@ -189,6 +245,12 @@ func (st *orgState) recordSpend(c *Call, credit decimal.Decimal, at time.Time) {
 		st.guard.userSpend[c.User] = w
 	}
 	w.add(at, credit)
+	if st.guard.peer != nil {
+		fg := st.FraudGuard
+		peerOrg, peerUser := st.guard.peer.PeerSpend(st.ID, c.User, at)
+		st.guard.peer.Changed(st.ID, nearSpend(st.guard.spend.sum(at).Add(peerOrg), fg.MaxSpendPerHour) ||
+			nearSpend(w.sum(at).Add(peerUser), fg.MaxSpendPerHourPerUser))
+	}
 	// Users who stopped spending an hour ago are forgotten now and then,
 	// so the map stays about the size of the users spending now.
 	if st.guard.records++; st.guard.records%4096 == 0 {

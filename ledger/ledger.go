@@ -53,6 +53,10 @@ type Options struct {
 	// too without a CDR, at its committed charge, the hold released —
 	// charging it here would be money etcd never counted as spent.
 	LastReaped bool
+	// PeerGuard (cluster mode, issue 16): the other nodes' fraud-guard
+	// figures, added to this ledger's own so the limits hold for the org
+	// across the cluster (peerguard.go); nil on a single node.
+	PeerGuard PeerGuard
 }
 
 // Limits that keep one org or one hostile client from growing memory without

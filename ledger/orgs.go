@@ -39,7 +39,9 @@ func (l *Ledger) newOrgState(o Org) (*orgState, error) {
 			return nil, invalidf("org %s: timezone %q: %v", o.ID, o.Timezone, err)
 		}
 	}
-	return &orgState{Org: o, loc: loc, licensed: make([]int, len(l.plans))}, nil
+	st := &orgState{Org: o, loc: loc, licensed: make([]int, len(l.plans))}
+	st.guard.peer = l.opts.PeerGuard
+	return st, nil
 }
 
 // loadOrgs reads the orgs and their balances (o/, b/).

@@ -42,6 +42,9 @@ type clusterNode struct {
 	// the calls survivors settled go to the ledger's Open.
 	rejoin *cluster.Rejoin
 	lock   *os.File // data_dir/cluster.lock, held while the process runs
+	// guard shares the fraud guard's figures with the other nodes: the
+	// ledger opens with it (ledger.Options.PeerGuard), start starts it.
+	guard *cluster.Guard
 }
 
 // joinCluster connects to etcd, joins as cfg.Cluster.NodeID (or the
@@ -87,6 +90,7 @@ func joinCluster(ctx context.Context, cfg configs.Config, log *slog.Logger) (*cl
 		cn.stop(log)
 		return nil, err
 	}
+	cn.guard = cluster.NewGuard(clock.Real{}, log.With("component", "fraud_guard"))
 	if cn.rejoin, err = cn.node.ClaimOwn(ctx); err != nil {
 		cn.stop(log)
 		return nil, fmt.Errorf("cluster rejoin as %s: %w", id, err)
@@ -116,6 +120,10 @@ func (cn *clusterNode) start(ctx context.Context, cfg configs.Config, local *led
 		cn.stop(log)
 		return fmt.Errorf("cluster books: %w", err)
 	}
+	// The fraud guard's limits hold for the org across the cluster, and
+	// its notification goes out once per cluster (cluster/guard.go).
+	cn.guard.Start(cn.node, local)
+	cn.books.UseGuard(cn.guard)
 	log.Info("joined the cluster", "node", id, "epoch", cn.node.Epoch(), "etcd", strings.Join(c.Etcd, ","))
 	return nil
 }
@@ -164,6 +172,9 @@ func (cn *clusterNode) stop(log *slog.Logger) {
 	}
 	if cn.replica != nil {
 		_ = cn.replica.Close()
+	}
+	if cn.guard != nil {
+		cn.guard.Close() // its figures go with the lease
 	}
 	if cn.node != nil {
 		if err := cn.node.Close(ctx); err != nil {

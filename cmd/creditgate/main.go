@@ -105,6 +105,7 @@ func serve(configPath string, o overrides) error {
 			return err
 		}
 		opts.SettledElsewhere, opts.LastReaped = cn.rejoin.SettledElsewhere, cn.rejoin.LastReaped
+		opts.PeerGuard = cn.guard
 	}
 	led, err := ledger.Open(filepath.Join(cfg.DataDir, "ledger"), opts)
 	if err != nil {

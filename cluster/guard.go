@@ -1,0 +1,482 @@
+// The fraud guard across the cluster (issue 16): an org's limits on calls
+// up and hourly spend hold for the org, not per node.
+
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/shopspring/decimal"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/creditgate/creditgate/internal/clock"
+	"github.com/creditgate/creditgate/ledger"
+)
+
+// The fraud guard's keys, under Config.Prefix:
+//
+//	guard/<org>/<node>       the node's figures for the org (ledger.GuardFigures,
+//	                         JSON), on the node's lease: they vanish with it
+//	guardtrips/<org>/<guard> when the org's last fraud_guard notification for
+//	                         that guard was queued (RFC 3339), cluster-wide
+func (k keys) guard(org, node string) string { return k.prefix + "guard/" + org + "/" + node }
+func (k keys) guards() string                { return k.prefix + "guard/" }
+func (k keys) guardTrip(org, guard string) string {
+	return k.prefix + "guardtrips/" + org + "/" + guard
+}
+
+// GuardEvery is how often at most a node publishes its fraud-guard figures
+// while they change, away from a limit's neighbourhood; within it (half a
+// limit or more, counting the peers) it publishes as soon as the
+// previous publication returned.
+const GuardEvery = 100 * time.Millisecond
+
+// maxGuardOps bounds one publication's transaction (etcd takes 128
+// operations per transaction by default; the fence is one more).
+const maxGuardOps = 120
+
+// GuardSource is where a Guard reads the node's own figures: the node's
+// *ledger.Ledger.
+type GuardSource interface {
+	GuardFigures(org string, at time.Time) (ledger.GuardFigures, bool)
+}
+
+// Guard is a node's ledger.PeerGuard: it publishes the node's fraud-guard
+// figures in etcd and keeps the other nodes' from a watch, so each node's
+// ledger compares every limit with its own figures plus its peers'. Call
+// setup never waits for etcd: the peers' figures are what the watch last
+// delivered.
+//
+// What it bounds, honestly: a node admits a call while its own calls plus
+// the calls its peers published are below the limit (it takes at most the
+// limit minus the others' share). Calls admitted on other nodes that it has
+// not yet seen are not counted, so the org can be over a limit by what the
+// other nodes admitted within one window: their publish delay (up to
+// GuardEvery away from the limit, the previous transaction's round trip
+// within its neighbourhood) plus etcd's commit and the watch's delivery.
+// In a burst where every node admits at the same instant, before any
+// figure lands, that is at worst each node admitting up to the limit on
+// its own ((nodes − 1) × limit over it); with admissions spaced further
+// apart than the window the limit holds exactly. Spend limits likewise,
+// in credit held. Once the figures land, every node refuses until the
+// org is back under the limit; the over-limit calls go on (nothing ends a
+// call that was admitted).
+//
+// A dead node's figures are on its lease: etcd deletes them when the lease
+// expires (or is revoked), and the watch drops them. The spend window is
+// per unix minute on each node's clock, so nodes whose clocks differ by
+// seconds count a bucket a few seconds early or late at the hour's edge.
+//
+// Locks: Guard.mu guards dirty, urgent, peers and trips. The ledger calls
+// PeerCalls, PeerSpend and Changed with its own lock held, so the order is
+// ledger's mu, then Guard.mu; the Guard never calls the ledger holding
+// Guard.mu (the publisher reads GuardFigures after releasing it). published
+// is the publisher goroutine's alone.
+type Guard struct {
+	clk clock.Clock
+	log *slog.Logger
+
+	mu     sync.Mutex
+	dirty  map[string]bool      // guarded by mu: orgs whose own figures changed since published
+	urgent bool                 // guarded by mu: one of them is near a limit
+	peers  map[string]*peerOrg  // guarded by mu: org → the other nodes' figures
+	trips  map[string]time.Time // guarded by mu: org/guard → last fraud_guard queued, as seen
+
+	wake, wakeNow chan struct{} // cap 1: a change, a change near a limit
+
+	// Set by Start, read-only after.
+	n   *Node
+	src GuardSource
+
+	published map[string]bool // the publisher's: orgs with a key of this node in etcd
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the publisher and the watcher
+}
+
+// peerOrg is the other nodes' figures for one org, and their sums (kept
+// on every change, so the ledger's checks add one figure, not one per node).
+type peerOrg struct {
+	nodes     map[string]ledger.GuardFigures
+	calls     int
+	userCalls map[string]int
+	spend     map[int64]decimal.Decimal
+	userSpend map[string]map[int64]decimal.Decimal
+}
+
+// NewGuard makes a Guard that counts nothing yet: give it to the node's
+// ledger (ledger.Options.PeerGuard), then Start it with the node and the
+// ledger once both are open. Changes before Start are published by it.
+func NewGuard(clk clock.Clock, log *slog.Logger) *Guard {
+	return &Guard{clk: clk, log: log, dirty: map[string]bool{}, peers: map[string]*peerOrg{}, trips: map[string]time.Time{},
+		wake: make(chan struct{}, 1), wakeNow: make(chan struct{}, 1), published: map[string]bool{}}
+}
+
+var _ ledger.PeerGuard = (*Guard)(nil)
+
+// Start publishes the node's figures (read from src) and watches its
+// peers' until Close.
+func (g *Guard) Start(n *Node, src GuardSource) {
+	g.n, g.src = n, src
+	ctx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	g.wg.Add(2)
+	go func() {
+		defer g.wg.Done()
+		g.publishLoop(ctx)
+	}()
+	go func() {
+		defer g.wg.Done()
+		g.watchLoop(ctx)
+	}()
+	g.signal(false) // whatever changed before Start
+}
+
+// Close stops publishing and watching and waits for both. The node's keys
+// stay until its lease ends (Node.Close revokes it).
+func (g *Guard) Close() {
+	if g.cancel != nil {
+		g.cancel()
+	}
+	g.wg.Wait()
+}
+
+// PeerCalls implements ledger.PeerGuard.
+func (g *Guard) PeerCalls(org, user string) (int, int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p := g.peers[org]
+	if p == nil {
+		return 0, 0
+	}
+	return p.calls, p.userCalls[user]
+}
+
+// PeerSpend implements ledger.PeerGuard.
+func (g *Guard) PeerSpend(org, user string, at time.Time) (decimal.Decimal, decimal.Decimal) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	p := g.peers[org]
+	if p == nil {
+		return decimal.Zero, decimal.Zero
+	}
+	u := decimal.Zero
+	if user != "" && p.userSpend[user] != nil {
+		u = ledger.WindowSum(p.userSpend[user], at)
+	}
+	return ledger.WindowSum(p.spend, at), u
+}
+
+// Changed implements ledger.PeerGuard: it only marks the org; the
+// publisher reads its figures later, without the ledger's lock held.
+func (g *Guard) Changed(org string, near bool) {
+	g.mu.Lock()
+	g.dirty[org] = true
+	g.urgent = g.urgent || near
+	g.mu.Unlock()
+	g.signal(near)
+}
+
+func (g *Guard) signal(near bool) {
+	select {
+	case g.wake <- struct{}{}:
+	default:
+	}
+	if near {
+		select {
+		case g.wakeNow <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// publishLoop publishes the marked orgs: at once when one is near a
+// limit, else at most every GuardEvery; and every minute it marks every
+// org it has a key for, so spend that left the hour leaves the key (or
+// the key goes) even if nothing else changes.
+func (g *Guard) publishLoop(ctx context.Context) {
+	var last time.Time
+	minute := g.clk.Now()
+	for {
+		// While it has keys, a timer wakes it for the minute's re-marking.
+		var t clock.Timer
+		if len(g.published) > 0 {
+			t = g.clk.AfterFunc(max(time.Minute-g.clk.Since(minute), 0), func() { g.signal(false) })
+		}
+		select {
+		case <-ctx.Done():
+		case <-g.wake:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if wait := GuardEvery - g.clk.Since(last); wait > 0 {
+			g.mu.Lock()
+			urgent := g.urgent
+			g.mu.Unlock()
+			if !urgent {
+				g.sleep(ctx, wait)
+			}
+		}
+		if g.clk.Since(minute) >= time.Minute {
+			minute = g.clk.Now()
+			g.mu.Lock()
+			for org := range g.published {
+				g.dirty[org] = true
+			}
+			g.mu.Unlock()
+		}
+		last = g.clk.Now()
+		if err := g.publish(ctx); err != nil {
+			if errors.Is(err, ErrFenced) {
+				g.log.Error("fraud guard: fenced; this node's figures go with its lease", "err", err)
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			g.log.Warn("fraud guard: figures not published; will retry", "err", err)
+			sleepCtx(ctx, g.clk, g.n.cfg.KeepAliveEvery)
+			g.signal(false)
+		}
+	}
+}
+
+// sleep waits d, or less if a change near a limit comes.
+func (g *Guard) sleep(ctx context.Context, d time.Duration) {
+	wake := make(chan struct{})
+	t := g.clk.AfterFunc(d, func() { close(wake) })
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-wake:
+	case <-g.wakeNow:
+	}
+}
+
+// publish writes the marked orgs' figures in fenced transactions of at most
+// maxGuardOps keys; an org whose figures are empty (or that has no limit
+// any more) has its key deleted. On failure the orgs are marked again.
+func (g *Guard) publish(ctx context.Context) error {
+	g.mu.Lock()
+	orgs := make([]string, 0, len(g.dirty))
+	for org := range g.dirty {
+		orgs = append(orgs, org)
+	}
+	g.dirty, g.urgent = map[string]bool{}, false
+	g.mu.Unlock()
+	select { // the wake for what was just taken
+	case <-g.wakeNow:
+	default:
+	}
+	sort.Strings(orgs)
+	now := g.clk.Now()
+	var ops []clientv3.Op
+	var batch []string
+	flush := func() error {
+		if len(ops) == 0 {
+			return nil
+		}
+		_, _, err := g.n.commit(ctx, nil, ops)
+		if err != nil {
+			// Unsure whether it landed: publish them again, and count
+			// their keys as there, so a deletion is not skipped.
+			g.mu.Lock()
+			for _, org := range batch {
+				g.dirty[org] = true
+				g.published[org] = true
+			}
+			g.mu.Unlock()
+		}
+		ops, batch = ops[:0], batch[:0]
+		return err
+	}
+	for i, org := range orgs {
+		key := g.n.k.guard(org, g.n.ID())
+		f, ok := g.src.GuardFigures(org, now)
+		switch {
+		case ok && !f.Empty():
+			ops = append(ops, clientv3.OpPut(key, encode(f), clientv3.WithLease(g.n.Lease())))
+			g.published[org] = true
+		case g.published[org]:
+			ops = append(ops, clientv3.OpDelete(key))
+			delete(g.published, org)
+		default:
+			continue
+		}
+		batch = append(batch, org)
+		if len(ops) == maxGuardOps {
+			if err := flush(); err != nil {
+				g.remark(orgs[i+1:])
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+func (g *Guard) remark(orgs []string) {
+	g.mu.Lock()
+	for _, org := range orgs {
+		g.dirty[org] = true
+	}
+	g.mu.Unlock()
+}
+
+// watchLoop keeps peers: one read of guard/ at a revision, then a watch
+// from the next one; a broken watch (etcd out of reach, compaction) reads
+// again. Until it has read again the peers' figures stay as they were,
+// which errs towards refusing.
+func (g *Guard) watchLoop(ctx context.Context) {
+	prefix := g.n.k.guards()
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, g.n.cfg.OpTimeout)
+		resp, err := g.n.cli.Get(rctx, prefix, clientv3.WithPrefix())
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				g.log.Warn("fraud guard: cannot read the peers' figures; will retry", "err", err)
+			}
+			sleepCtx(ctx, g.clk, g.n.cfg.KeepAliveEvery)
+			continue
+		}
+		g.mu.Lock()
+		g.peers = map[string]*peerOrg{}
+		for _, kv := range resp.Kvs {
+			g.applyLocked(kv, false)
+		}
+		g.mu.Unlock()
+		for wr := range g.n.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix(),
+			clientv3.WithRev(resp.Header.Revision+1)) {
+			if wr.Err() != nil {
+				break
+			}
+			g.mu.Lock()
+			for _, ev := range wr.Events {
+				g.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE)
+			}
+			g.mu.Unlock()
+		}
+		sleepCtx(ctx, g.clk, GuardEvery)
+	}
+}
+
+// applyLocked takes one key's figures (or its deletion) into peers and
+// sums the org again. Guard.mu is held.
+func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
+	org, node, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), g.n.k.guards()), "/")
+	if !ok || node == g.n.ID() {
+		return // this node's own: the ledger has them first-hand
+	}
+	p := g.peers[org]
+	if p == nil {
+		p = &peerOrg{nodes: map[string]ledger.GuardFigures{}}
+		g.peers[org] = p
+	}
+	if deleted {
+		delete(p.nodes, node)
+	} else {
+		var f ledger.GuardFigures
+		if err := json.Unmarshal(kv.Value, &f); err != nil {
+			// Not ours to repair; counting nothing for it would let the
+			// org past its limit, so it is logged loudly.
+			g.log.Error("fraud guard: a peer's figures do not decode; not counted", "key", string(kv.Key), "err", err)
+			delete(p.nodes, node)
+		} else {
+			p.nodes[node] = f
+		}
+	}
+	if len(p.nodes) == 0 {
+		delete(g.peers, org)
+		return
+	}
+	p.calls, p.userCalls, p.spend, p.userSpend = 0, map[string]int{}, map[int64]decimal.Decimal{}, map[string]map[int64]decimal.Decimal{}
+	for _, f := range p.nodes {
+		p.calls += f.Calls
+		for u, c := range f.UserCalls {
+			p.userCalls[u] += c
+		}
+		addBuckets(p.spend, f.Spend)
+		for u, b := range f.UserSpend {
+			if p.userSpend[u] == nil {
+				p.userSpend[u] = map[int64]decimal.Decimal{}
+			}
+			addBuckets(p.userSpend[u], b)
+		}
+	}
+}
+
+func addBuckets(into, from map[int64]decimal.Decimal) {
+	for m, a := range from {
+		into[m] = into[m].Add(a)
+	}
+}
+
+// Tripped queues a fraud_guard notification for a trip in the cluster's
+// outbox, at most one per org and guard an hour across the cluster: the
+// guardtrips/<org>/<guard> mark is written in the transaction that queues
+// it, compared on what was read, so of nodes tripping at once exactly one
+// queues it. Trips within the hour of a mark this node saw are answered
+// from memory, without an etcd request. org is the org as the node's
+// Books answer it (its cluster balance goes in the notification).
+func (g *Guard) Tripped(ctx context.Context, tr *ledger.Trip, at time.Time, org ledger.Org) error {
+	// Within the hour either way: the mark may come from a node whose
+	// clock is a little ahead, or from a trip a little earlier that
+	// landed later.
+	recent := func(last time.Time) bool { return at.Sub(last) < time.Hour && last.Sub(at) < time.Hour }
+	id := tr.Org + "/" + tr.Guard
+	g.mu.Lock()
+	last, seen := g.trips[id]
+	g.mu.Unlock()
+	if seen && recent(last) {
+		return nil
+	}
+	key := g.n.k.guardTrip(tr.Org, tr.Guard)
+	n := ledger.Notification{ID: fmt.Sprintf("g-%s-%s-%d", tr.Org, tr.Guard, at.UnixNano()), Org: tr.Org,
+		Kind: ledger.NotifyFraudGuard, At: at.UTC(), Balance: org.Balance, Currency: org.Currency, Reason: tr.Guard + ": " + tr.Detail}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		kvs, err := g.n.read(ctx, key)
+		if err != nil {
+			return fmt.Errorf("%w: fraud_guard notification: %w", ledger.ErrUnavailable, err)
+		}
+		cmp := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		if kv := kvs[key]; kv != nil {
+			if t, err := time.Parse(time.RFC3339Nano, string(kv.Value)); err == nil && recent(t) {
+				g.mu.Lock()
+				g.trips[id] = t
+				g.mu.Unlock()
+				return nil
+			}
+			cmp = clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)
+		}
+		ok, _, err := g.n.commit(ctx, []clientv3.Cmp{cmp, clientv3.Compare(clientv3.CreateRevision(g.n.k.outbox(n.ID)), "=", 0)},
+			[]clientv3.Op{clientv3.OpPut(key, at.UTC().Format(time.RFC3339Nano)), clientv3.OpPut(g.n.k.outbox(n.ID), encode(n))})
+		if err != nil {
+			return fmt.Errorf("%w: fraud_guard notification: %w", ledger.ErrUnavailable, err)
+		}
+		if ok {
+			g.mu.Lock()
+			g.trips[id] = at
+			g.mu.Unlock()
+			return nil
+		}
+		// Another node marked it (or this one's earlier try landed): read again.
+	}
+	return fmt.Errorf("%w: fraud_guard notification: %w", ledger.ErrUnavailable, ErrContention)
+}
+
+// UseGuard makes the Books queue fraud_guard notifications through g, once
+// per cluster (Guard.Tripped), instead of through the node's own ledger.
+func (b *Books) UseGuard(g *Guard) { b.guard.Store(g) }

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -46,7 +47,7 @@ func (b *Books) maybeTopUp(o *orgSpend) {
 		if b.ctx.Err() != nil || b.Err() != nil {
 			return
 		}
-		lo, asOf, err := b.balanceAsOf(o)
+		lo, asOf, err := b.balanceAsOf(b.ctx, o)
 		if err != nil {
 			return
 		}
@@ -106,6 +107,11 @@ func (b *Books) tick(ctx context.Context) {
 		return
 	}
 	now := b.clk.Now()
+	// How long this tick waits, in all, for records in flight before it
+	// reads balances (orgSpend.gate); orgs still waiting then are
+	// reported next tick.
+	wctx, cancel := context.WithTimeout(ctx, max(b.p.ReportEvery/2, 250*time.Millisecond))
+	defer cancel()
 	var report []*orgSpend
 	var reqs []ResizeReq
 	var read []string
@@ -156,8 +162,12 @@ func (b *Books) tick(ctx context.Context) {
 		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
 		pending := o.back.IsPositive() || o.unsure
 		b.mu.Unlock()
+		// A step's or close's record still in flight (an etcd leader
+		// election) holds up this org's report, not the tick: the org is
+		// reported next tick.
 		var asOf uint64
-		if lo, asOf, err = b.balanceAsOf(o); err != nil {
+		lo, asOf, err = b.balanceAsOf(wctx, o)
+		if err != nil {
 			o.etcd.Unlock()
 			continue
 		}

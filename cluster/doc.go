@@ -181,9 +181,12 @@
 //     the increment it holds), the gateway's dialog record, the end of
 //     what it paid, and its committed (charge, minutes) history by local
 //     ledger sequence number. AnswerDialog, Step and UpdateDialog return
-//     only once it landed; a refused Step and CloseCall (the record
+//     only once it landed; StepPending and UpdateDialogPending (what the
+//     gateway calls) return once the local change is made, with a channel
+//     that yields when the record landed, which the gateway waits on
+//     without its call's lock; a refused step and CloseCall (the record
 //     rewritten closed, with the CDR) let it land behind them, the org's
-//     gate held until then, so the legs' BYEs wait for no etcd trip; one
+//     gate entered until then, so the legs' BYEs wait for no etcd trip; one
 //     committer per node writes the queued records in fenced transactions
 //     of up to 120 keys, a batch as soon as the previous one returned (no
 //     timer), retried through an etcd leader election within OpTimeout;
@@ -192,9 +195,10 @@
 //   - Reports carry AsOf, the local ledger's sequence number at which the
 //     balance (or pool usage) they set the slice to was read (Slice.AsOf,
 //     PoolSlice.AsOf). Each org's gate (orgSpend.gate) keeps every charge
-//     change's record landed before a report can read a balance after it,
-//     so, for a dead incarnation, what its calls spent after its last
-//     report is Σ (final − committed as of AsOf) over its records: exact.
+//     change's record landed before a report sends a balance read after
+//     it (the report waits; the change does not), so, for a dead
+//     incarnation, what its calls spent after its last report is Σ
+//     (final − committed as of AsOf) over its records: exact.
 //   - The reaper (StartReaper): a watch on members/ (and a look every 5
 //     lease TTLs); for each dead incarnation of another node that left
 //     records, slices, pool slices or an unfinished claim, a survivor

@@ -326,9 +326,13 @@
 //     funding's entry is in etcd, not in any node's transaction list).
 //     Calls on every node, usage and the audit trail are merged across
 //     nodes (api/cluster*.go).
-//   - A billing step waits for its takeover record with the gateway's call
-//     mutex held, so during an etcd leader election a hang-up waits behind
-//     it (README, "Metering during an etcd leader election").
+//   - A step whose money must come from etcd (a grant: the node's slice
+//     ran dry; direct mode) waits for etcd with the gateway's call mutex
+//     held: a call whose org's money runs out during an etcd leader
+//     election ends when etcd answers, billed to its paid time (README,
+//     "Metering during an etcd leader election"). Steps paid from the
+//     slice and hang-ups no longer wait for their takeover records
+//     (StepPending).
 //
 // Tested against Debian's etcd-server 3.4.23 with go.etcd.io/etcd/client/v3
 // v3.6.16 (cluster/etcdtest starts the real binary).

@@ -46,6 +46,11 @@ func (b *Books) stepRecorded(o *orgSpend, callID string, n int, at time.Time, li
 	return inc, landed, nil
 }
 
+// recordWait is how long a tick's report waits for an org's records in
+// flight before it leaves the org to the next tick (books_tick.go): far
+// more than a record takes with etcd healthy, far less than a tick.
+const recordWait = 250 * time.Millisecond
+
 // landGate is orgSpend.gate: changes enter it before their local change
 // and leave it once their record landed; a read waits for the changes
 // that entered before it, and never stops a new one from entering (an

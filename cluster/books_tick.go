@@ -5,7 +5,6 @@ package cluster
 
 import (
 	"context"
-	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -107,11 +106,15 @@ func (b *Books) tick(ctx context.Context) {
 		return
 	}
 	now := b.clk.Now()
-	// How long this tick waits, in all, for records in flight before it
-	// reads balances (orgSpend.gate); orgs still waiting then are
-	// reported next tick.
-	wctx, cancel := context.WithTimeout(ctx, max(b.p.ReportEvery/2, 250*time.Millisecond))
-	defer cancel()
+	// A report waits for the org's records in flight (orgSpend.gate): a
+	// few milliseconds, unless etcd is electing a leader. Then the first
+	// org whose records do not land within recordWait is reported next
+	// tick, and so is every later org of this tick with records in
+	// flight (stuck: they are not waited for), so the tick does not
+	// stall an election's length per org.
+	stuck := false
+	stuckCtx, stuckCancel := context.WithCancel(ctx)
+	stuckCancel()
 	var report []*orgSpend
 	var reqs []ResizeReq
 	var read []string
@@ -166,8 +169,14 @@ func (b *Books) tick(ctx context.Context) {
 		// election) holds up this org's report, not the tick: the org is
 		// reported next tick.
 		var asOf uint64
+		wctx, cancel := context.WithTimeout(ctx, recordWait)
+		if stuck {
+			wctx = stuckCtx
+		}
 		lo, asOf, err = b.balanceAsOf(wctx, o)
+		cancel()
 		if err != nil {
+			stuck = stuck || wctx.Err() != nil
 			o.etcd.Unlock()
 			continue
 		}

@@ -126,8 +126,8 @@ const maxRecordOps = 120
 // (a step does not wait for its record, StepPending; an etcd leader
 // election lets a few steps of a call queue), each delete being of a
 // record in recs.
-// Lock order: mu is taken inside orgSpend.gate's entry (never the gate's
-// own mutex with it) and Books.mu is never held with it.
+// Lock order: mu is a leaf; neither Books.mu nor the gate's own mutex
+// (landGate) is ever held with it.
 type recorder struct {
 	mu     sync.Mutex
 	recs   map[string]*Record // by call id; guarded by mu

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -89,29 +90,33 @@ func (b *Books) tickLoop() {
 			return
 		case <-wake:
 		}
-		b.tick(b.ctx)
+		b.tick(b.ctx, recordWait)
 	}
 }
 
 // Tick runs one report tick now (tests drive it on a fake clock the same
-// way; the loop calls it every ReportEvery).
-func (b *Books) Tick() { b.tick(b.ctx) }
+// way; the loop calls it every ReportEvery), waiting for every org's
+// records in flight (the loop's ticks wait at most recordWait).
+func (b *Books) Tick() { b.tick(b.ctx, 0) }
 
 // tick measures each org's burn, then, for every org whose etcd lock is
 // free: reports what the node spent (one transaction per 60 orgs), gives
 // back an idle org's slice and a direct-mode org's available money, and
 // refreshes the cluster balance of orgs read lately.
-func (b *Books) tick(ctx context.Context) {
+//
+// wait bounds the wait for an org's takeover records in flight before
+// its balance is read (0: none).
+func (b *Books) tick(ctx context.Context, wait time.Duration) {
 	if b.Err() != nil || ctx.Err() != nil {
 		return
 	}
 	now := b.clk.Now()
 	// A report waits for the org's records in flight (orgSpend.gate): a
 	// few milliseconds, unless etcd is electing a leader. Then the first
-	// org whose records do not land within recordWait is reported next
-	// tick, and so is every later org of this tick with records in
-	// flight (stuck: they are not waited for), so the tick does not
-	// stall an election's length per org.
+	// org whose records do not land within wait is reported next tick,
+	// and so is every later org of this tick with records in flight
+	// (stuck: they are not waited for), so the tick does not stall an
+	// election's length per org.
 	stuck := false
 	stuckCtx, stuckCancel := context.WithCancel(ctx)
 	stuckCancel()
@@ -169,7 +174,10 @@ func (b *Books) tick(ctx context.Context) {
 		// election) holds up this org's report, not the tick: the org is
 		// reported next tick.
 		var asOf uint64
-		wctx, cancel := context.WithTimeout(ctx, recordWait)
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if wait > 0 {
+			wctx, cancel = context.WithTimeout(ctx, wait)
+		}
 		if stuck {
 			wctx = stuckCtx
 		}

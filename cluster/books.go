@@ -122,15 +122,17 @@ type orgSpend struct {
 	asOf uint64
 
 	// gate orders the org's local charge changes against the balance
-	// reads that reports send (takeover.go). Invariant: a step or close
-	// holds it shared from before its local change until its takeover
-	// record has landed in etcd; balanceAsOf holds it exclusively only
-	// while it reads the balance and the ledger's sequence number, never
-	// across an etcd request. So every charge change at or before a
-	// reported AsOf is in a landed record. Lock order: after
-	// poolSpend.etcd and orgSpend.etcd (a direct-mode hold takes it under
-	// both), before Books.mu and the recorder's mutex.
-	gate sync.RWMutex
+	// reads that reports send (takeover.go, landGate). Invariant: a step
+	// or close enters it before its local change and leaves once its
+	// takeover record has landed in etcd (or failed: the books then failed
+	// closed); balanceAsOf reads the balance and the ledger's sequence
+	// number, then waits until every change that entered before the read
+	// has left, before anything is sent. So every charge change at or
+	// before a reported AsOf is in a landed record. A waiting read never
+	// stops a change from entering: a report waiting out an etcd leader
+	// election holds up no call's step or close. Lock order: its mutex is
+	// a leaf (never held across anything).
+	gate landGate
 }
 
 var _ ledger.Books = (*Books)(nil)
@@ -338,17 +340,49 @@ func (b *Books) Step(callID string, n int, at time.Time) (ledger.Increment, erro
 }
 
 // StepAlive commits increment n and holds n+1 on this node's money, asking
-// etcd for what it lacks first. Past the local lease deadline, or fenced,
-// it refuses before anything changes (an ErrUnavailable the gateway ends
-// the call on: CloseCall then pays increment n, which was held).
+// etcd for what it lacks first, and returns once the call's takeover
+// record has landed (StepPending, waited for). Past the local lease
+// deadline, or fenced, it refuses before anything changes (an
+// ErrUnavailable the gateway ends the call on: CloseCall then pays
+// increment n, which was held).
 func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, error) {
+	inc, landed, err := b.StepPending(callID, n, at, live)
+	if err != nil || landed == nil {
+		return inc, err
+	}
+	if err := <-landed; err != nil {
+		return ledger.Increment{}, err
+	}
+	return inc, nil
+}
+
+// StepPending is StepAlive without the wait for the takeover record: it
+// returns once the step is decided and committed in the local ledger
+// (durable on this node's disk), with landed, which yields exactly once:
+// nil when the call's record covering the increment returned is in etcd,
+// or the error that failed the books closed (a record that could not
+// land within commitRetrying's deadline). landed is nil when there is
+// nothing to wait for (a refusal, a call without a record). The gateway
+// waits for it without holding its call's lock (gateway/call.go), so a
+// hang-up or the next increment's end during an etcd leader election is
+// not held up by it.
+//
+// Until landed yields, etcd's record of the call says less than the
+// local ledger: should the node die meanwhile, a survivor ends the call at
+// once (its recorded paid-through time is past) and bills what the landed
+// record says, never what was not recorded (the slice's unreported spend
+// cannot include this step either: reports wait for it, orgSpend.gate).
+// A step's money decision is made here and stays exact; it needs etcd
+// itself only when the node's slice cannot pay (a grant, or direct mode),
+// and then waits for etcd before it returns.
+func (b *Books) StepPending(callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, <-chan error, error) {
 	if err := b.sellable(); err != nil {
-		return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+		return ledger.Increment{}, nil, fmt.Errorf("step call %s: %w", callID, err)
 	}
 	if org, plan, ok := b.local.CallPool(callID); ok {
 		done, err := b.preparePool(org, plan, at)
 		if err != nil {
-			return ledger.Increment{}, fmt.Errorf("step call %s: %w", callID, err)
+			return ledger.Increment{}, nil, fmt.Errorf("step call %s: %w", callID, err)
 		}
 		defer done()
 	}
@@ -356,7 +390,8 @@ func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Livene
 	if !credits {
 		c, _, up := b.local.CallAsOf(callID)
 		if !up {
-			return b.local.StepAlive(callID, n, at, live) // the ledger says why
+			inc, err := b.local.StepAlive(callID, n, at, live) // the ledger says why
+			return inc, nil, err
 		}
 		return b.stepRecorded(b.org(c.Org), callID, n, at, live)
 	}
@@ -367,12 +402,16 @@ func (b *Books) StepAlive(callID string, n int, at time.Time, live ledger.Livene
 		return price
 	}
 	var inc ledger.Increment
+	var landed <-chan error
 	err := b.hold(o, need, func() error {
 		var err error
-		inc, err = b.stepRecorded(o, callID, n, at, live)
+		inc, landed, err = b.stepRecorded(o, callID, n, at, live)
 		return err
 	})
-	return inc, err
+	if err != nil {
+		return inc, nil, err
+	}
+	return inc, landed, nil
 }
 
 // keep says whether the org's slice stays in etcd at zero unspent: while

@@ -42,7 +42,9 @@ func (b *Books) AnswerDialog(callID string, at time.Time, dialog json.RawMessage
 // a survivor may be ending and settling it (reap.go), so this node writes
 // no CDR of its own (ErrUnavailable; a restart settles it, or knows the
 // survivor did). Its record is rewritten as closed, with the CDR, in the
-// background (the org's gate held until it landed).
+// background (the org's gate entered until it landed, orgSpend.gate): it
+// never waits for etcd, so a hang-up's BYEs do not wait for an etcd leader
+// election.
 func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error) {
 	b.rec.mu.Lock()
 	rec, recorded := b.rec.recs[callID]
@@ -63,22 +65,22 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, err)
 	}
 	o := b.org(org)
-	o.gate.RLock()
+	t := o.gate.enter()
 	cdr, err := b.local.CloseCall(callID, end)
 	if err != nil {
-		o.gate.RUnlock()
+		o.gate.leave(t)
 		return cdr, err
 	}
 	b.touch(o)
 	closed := b.closedRecord(cdr)
 	if closed == nil {
-		o.gate.RUnlock()
+		o.gate.leave(t)
 		return cdr, nil
 	}
 	// The closed record lands behind the close (the gate held until then):
 	// the legs' BYEs need not wait for etcd. Should the node die first, a
 	// survivor reads the call as up and settles it again (doc.go, edges).
-	if err := b.writeRecordThen(closed, o.gate.RUnlock); err != nil {
+	if err := b.writeRecordThen(closed, func() { o.gate.leave(t) }); err != nil {
 		return ledger.CDR{}, fmt.Errorf("close call %s: %w", callID, b.fail(err))
 	}
 	return cdr, nil
@@ -134,6 +136,28 @@ func (b *Books) UpdateDialog(callID string, dialog json.RawMessage) error {
 	}
 	return nil
 }
+
+// UpdateDialogPending is UpdateDialog without the wait for the takeover
+// record: it returns once the local ledger has the dialog record, with
+// landed (nil: the call has no takeover record), which yields once the
+// record landed (nil) or could not (the books then failed closed). The
+// gateway waits for it without its call's lock (gateway/indialog.go).
+// The committer writes a call's latest record (recorder), so a later
+// step's or close's record never lands under this one.
+func (b *Books) UpdateDialogPending(callID string, dialog json.RawMessage) (<-chan error, error) {
+	if err := b.writable(); err != nil {
+		return nil, fmt.Errorf("update dialog %s: %w", callID, err)
+	}
+	if err := b.local.UpdateDialog(callID, dialog); err != nil {
+		return nil, err
+	}
+	landed, err := b.recordCallPending(callID, dialog)
+	if err != nil {
+		return nil, fmt.Errorf("update dialog %s: %w", callID, b.fail(err))
+	}
+	return landed, nil
+}
+
 func (b *Books) Dialogs() []ledger.Dialog         { return b.local.Dialogs() }
 func (b *Books) ForgetDialog(callID string) error { return b.local.ForgetDialog(callID) }
 func (b *Books) FraudTripped(tr *ledger.Trip, at time.Time) error {

@@ -21,7 +21,7 @@ import (
 // in normal mode a whole slice's worth (as much as is unallocated, at
 // least the shortfall), in direct mode exactly the shortfall. Under o.etcd.
 func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
-	lo, asOf, err := b.balanceAsOf(o)
+	lo, asOf, err := b.balanceAsOf(b.ctx, o)
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 	b.mu.Lock()
 	s := o.slice
 	b.mu.Unlock()
-	lo, asOf, err := b.balanceAsOf(o)
+	lo, asOf, err := b.balanceAsOf(ctx, o)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ package cluster
 
 import (
 	"context"
+	"time"
 
 	"github.com/shopspring/decimal"
 )
@@ -46,7 +47,7 @@ func (b *Books) maybeTopUp(o *orgSpend) {
 		if b.ctx.Err() != nil || b.Err() != nil {
 			return
 		}
-		lo, asOf, err := b.balanceAsOf(o)
+		lo, asOf, err := b.balanceAsOf(b.ctx, o)
 		if err != nil {
 			return
 		}
@@ -89,23 +90,36 @@ func (b *Books) tickLoop() {
 			return
 		case <-wake:
 		}
-		b.tick(b.ctx)
+		b.tick(b.ctx, recordWait)
 	}
 }
 
 // Tick runs one report tick now (tests drive it on a fake clock the same
-// way; the loop calls it every ReportEvery).
-func (b *Books) Tick() { b.tick(b.ctx) }
+// way; the loop calls it every ReportEvery), waiting for every org's
+// records in flight (the loop's ticks wait at most recordWait).
+func (b *Books) Tick() { b.tick(b.ctx, 0) }
 
 // tick measures each org's burn, then, for every org whose etcd lock is
 // free: reports what the node spent (one transaction per 60 orgs), gives
 // back an idle org's slice and a direct-mode org's available money, and
 // refreshes the cluster balance of orgs read lately.
-func (b *Books) tick(ctx context.Context) {
+//
+// wait bounds the wait for an org's takeover records in flight before
+// its balance is read (0: none).
+func (b *Books) tick(ctx context.Context, wait time.Duration) {
 	if b.Err() != nil || ctx.Err() != nil {
 		return
 	}
 	now := b.clk.Now()
+	// A report waits for the org's records in flight (orgSpend.gate): a
+	// few milliseconds, unless etcd is electing a leader. Then the first
+	// org whose records do not land within wait is reported next tick,
+	// and so is every later org of this tick with records in flight
+	// (stuck: they are not waited for), so the tick does not stall an
+	// election's length per org.
+	stuck := false
+	stuckCtx, stuckCancel := context.WithCancel(ctx)
+	stuckCancel()
 	var report []*orgSpend
 	var reqs []ResizeReq
 	var read []string
@@ -156,8 +170,21 @@ func (b *Books) tick(ctx context.Context) {
 		s, direct, idle := o.slice, o.direct, now.Sub(o.active) >= b.p.IdleAfter
 		pending := o.back.IsPositive() || o.unsure
 		b.mu.Unlock()
+		// A step's or close's record still in flight (an etcd leader
+		// election) holds up this org's report, not the tick: the org is
+		// reported next tick.
 		var asOf uint64
-		if lo, asOf, err = b.balanceAsOf(o); err != nil {
+		wctx, cancel := ctx, context.CancelFunc(func() {})
+		if wait > 0 {
+			wctx, cancel = context.WithTimeout(ctx, wait)
+		}
+		if stuck {
+			wctx = stuckCtx
+		}
+		lo, asOf, err = b.balanceAsOf(wctx, o)
+		cancel()
+		if err != nil {
+			stuck = stuck || wctx.Err() != nil
 			o.etcd.Unlock()
 			continue
 		}

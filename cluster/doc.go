@@ -185,9 +185,12 @@
 //     the increment it holds), the gateway's dialog record, the end of
 //     what it paid, and its committed (charge, minutes) history by local
 //     ledger sequence number. AnswerDialog, Step and UpdateDialog return
-//     only once it landed; a refused Step and CloseCall (the record
+//     only once it landed; StepPending and UpdateDialogPending (what the
+//     gateway calls) return once the local change is made, with a channel
+//     that yields when the record landed, which the gateway waits on
+//     without its call's lock; a refused step and CloseCall (the record
 //     rewritten closed, with the CDR) let it land behind them, the org's
-//     gate held until then, so the legs' BYEs wait for no etcd trip; one
+//     gate entered until then, so the legs' BYEs wait for no etcd trip; one
 //     committer per node writes the queued records in fenced transactions
 //     of up to 120 keys, a batch as soon as the previous one returned (no
 //     timer), retried through an etcd leader election within OpTimeout;
@@ -196,9 +199,10 @@
 //   - Reports carry AsOf, the local ledger's sequence number at which the
 //     balance (or pool usage) they set the slice to was read (Slice.AsOf,
 //     PoolSlice.AsOf). Each org's gate (orgSpend.gate) keeps every charge
-//     change's record landed before a report can read a balance after it,
-//     so, for a dead incarnation, what its calls spent after its last
-//     report is Σ (final − committed as of AsOf) over its records: exact.
+//     change's record landed before a report sends a balance read after
+//     it (the report waits; the change does not), so, for a dead
+//     incarnation, what its calls spent after its last report is Σ
+//     (final − committed as of AsOf) over its records: exact.
 //   - The reaper (StartReaper): a watch on members/ (and a look every 5
 //     lease TTLs); for each dead incarnation of another node that left
 //     records, slices, pool slices or an unfinished claim, a survivor
@@ -377,9 +381,13 @@
 //     funding's entry is in etcd, not in any node's transaction list).
 //     Calls on every node, usage and the audit trail are merged across
 //     nodes (api/cluster*.go).
-//   - A billing step waits for its takeover record with the gateway's call
-//     mutex held, so during an etcd leader election a hang-up waits behind
-//     it (README, "Metering during an etcd leader election").
+//   - A step whose money must come from etcd (a grant: the node's slice
+//     ran dry; direct mode) waits for etcd with the gateway's call mutex
+//     held: a call whose org's money runs out during an etcd leader
+//     election ends when etcd answers, billed to its paid time (README,
+//     "Metering during an etcd leader election"). Steps paid from the
+//     slice and hang-ups no longer wait for their takeover records
+//     (StepPending).
 //
 // Tested against Debian's etcd-server 3.4.23 with go.etcd.io/etcd/client/v3
 // v3.6.16 (cluster/etcdtest starts the real binary).

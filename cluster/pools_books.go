@@ -132,7 +132,7 @@ func (b *Books) poolMove(ctx context.Context, p *poolSpend, sh ledger.PoolShare,
 	// Read again as of a sequence number, under the org's gate (see
 	// orgSpend.gate): a close may have committed a held minute since sh
 	// was read; the allowance only changes under p.etcd, which is held.
-	sh, asOf, err := b.poolShareAsOf(p)
+	sh, asOf, err := b.poolShareAsOf(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -172,12 +172,13 @@ func (b *Books) poolMove(ctx context.Context, p *poolSpend, sh ledger.PoolShare,
 }
 
 // poolShareAsOf reads the pool's share and the ledger's sequence number
-// at one instant, under the org's gate (see balanceAsOf).
-func (b *Books) poolShareAsOf(p *poolSpend) (ledger.PoolShare, uint64, error) {
-	o := b.org(p.org)
-	o.gate.Lock()
-	defer o.gate.Unlock()
-	return b.local.PoolShareAsOf(p.org, p.plan, p.month)
+// at one instant, through the org's gate (see balanceAsOf).
+func (b *Books) poolShareAsOf(ctx context.Context, p *poolSpend) (sh ledger.PoolShare, seq uint64, err error) {
+	err = b.asOf(ctx, b.org(p.org), func() error {
+		sh, seq, err = b.local.PoolShareAsOf(p.org, p.plan, p.month)
+		return err
+	})
+	return sh, seq, err
 }
 
 // givePoolBack lowers the ledger's allowance to what it uses and holds,

@@ -119,10 +119,15 @@ const maxRecordOps = 120
 // for, and the group committer that writes them.
 //
 // Invariant: recs holds every record of this incarnation that is in etcd
-// or queued for it; a record leaves recs when its delete is queued. The
-// queue is bounded by the calls up: each put has its writer waiting for
-// it, each delete is of a record in recs.
-// Lock order: after orgSpend.gate and Books.mu is never held with it.
+// or queued for it; a record leaves recs when its delete is queued. A
+// put writes its call's latest record (take), so a call's records land in
+// the order of its changes whoever queued them. The queue is bounded by
+// the calls up times the changes each makes while one batch is in flight
+// (a step does not wait for its record, StepPending; an etcd leader
+// election lets a few steps of a call queue), each delete being of a
+// record in recs.
+// Lock order: mu is a leaf; neither Books.mu nor the gate's own mutex
+// (landGate) is ever held with it.
 type recorder struct {
 	mu     sync.Mutex
 	recs   map[string]*Record // by call id; guarded by mu
@@ -417,18 +422,27 @@ func (b *Books) coveredAsOf(org, pool string) uint64 {
 // writeRecordThen queues the record and returns at once; release runs
 // once it landed or failed (a failure fails the books closed). For a
 // change whose caller need not wait: a refused step or a close, whose call
-// ends anyway; release keeps the org's gate held until then.
+// ends anyway; release keeps the org's gate entered until then.
 func (b *Books) writeRecordThen(rec *Record, release func()) error {
+	_, err := b.queueRecord(rec, release)
+	return err
+}
+
+// queueRecord queues the record and returns at once with landed, which
+// yields exactly once: nil when the record is in etcd, else the error (the
+// books then failed closed, writeBatch). release runs just before, once it
+// landed or failed. Nobody need read landed.
+func (b *Books) queueRecord(rec *Record, release func()) (<-chan error, error) {
 	v, err := json.Marshal(rec)
 	if err != nil {
 		release()
-		return fmt.Errorf("takeover record of %s: %w", rec.Call.ID, err)
+		return nil, fmt.Errorf("takeover record of %s: %w", rec.Call.ID, err)
 	}
 	b.mu.Lock()
 	if b.ctx.Err() != nil { // cancelled under mu: no Add after Close's Wait
 		b.mu.Unlock()
 		release()
-		return fmt.Errorf("takeover record of %s: %w: the node is closing", rec.Call.ID, ledger.ErrUnavailable)
+		return nil, fmt.Errorf("takeover record of %s: %w: the node is closing", rec.Call.ID, ledger.ErrUnavailable)
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
@@ -436,14 +450,19 @@ func (b *Books) writeRecordThen(rec *Record, release func()) error {
 	if err := b.rec.enqueue(&recOp{key: b.n.k.takeover(b.n.ID(), b.n.Epoch(), rec.Call.ID), call: rec.Call.ID, val: string(v), done: done}); err != nil {
 		b.wg.Done()
 		release()
-		return err
+		return nil, err
 	}
+	landed := make(chan error, 1)
 	go func() {
 		defer b.wg.Done()
-		defer release()
-		<-done
+		err := <-done
+		release()
+		if err != nil {
+			err = fmt.Errorf("takeover record of %s: %w", rec.Call.ID, err)
+		}
+		landed <- err
 	}()
-	return nil
+	return landed, nil
 }
 
 // recordCall brings the call's record up to date with the local ledger
@@ -456,6 +475,16 @@ func (b *Books) recordCall(callID string, dialog json.RawMessage, answer bool) e
 		return err
 	}
 	return b.writeRecord(rec)
+}
+
+// recordCallPending is recordCall without the wait: landed (nil: nothing
+// to write) yields once the record landed or could not.
+func (b *Books) recordCallPending(callID string, dialog json.RawMessage) (<-chan error, error) {
+	rec, err := b.nextRecord(callID, dialog, false)
+	if rec == nil || err != nil {
+		return nil, err
+	}
+	return b.queueRecord(rec, func() {})
 }
 
 // nextRecord is the call's record brought up to date with the local

@@ -40,14 +40,6 @@ const (
 	// meterSlack is how far from its paid time a call a live node meters
 	// may end.
 	meterSlack = 50 * time.Millisecond
-	// electionHold is the known limit of a live node's metering during an
-	// etcd leader election (README, "Not yet cluster-wide"): a billing
-	// step waits for its takeover record, with the call's mutex held, so
-	// a hang-up or the increment's end that comes meanwhile waits behind
-	// it, at most the election. Within 3 s of a leader's kill a call may
-	// end up to this much past meterSlack; the tests log each such call,
-	// and outside elections meterSlack stands.
-	electionHold = time.Second
 )
 
 // leaseConf is the cluster section's lease settings, to append to

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"time"
@@ -32,13 +33,25 @@ func (s callState) String() string {
 // across a ledger call (answer, step), which never calls back into the
 // gateway; never hold g.mu across a ledger call or network I/O (see
 // Gateway). trunk and streamSrc belong to the registry and are guarded by
-// g.mu, not c.mu.
+// g.mu, not c.mu. c.mu is never held while waiting for a takeover record
+// to land in etcd (cluster mode, pendingBooks): the step's money decision
+// is made and applied under c.mu, its durability in etcd is waited for
+// after c.mu is released, so a hang-up, a limit or the next increment's
+// end is never held up by an etcd leader election. (AnswerDialog still
+// waits under c.mu: the 200 is relayed only once a survivor could end the
+// call; before the answer nothing is billed.)
 //
 // Invariant while answered: the ledger holds increment hold.N, which ends at
 // paidUntil, and a timer fires at paidUntil to debit it and hold the next —
 // or, if the next cannot be held, to end the call right then. Increments
 // differ in length (a plan minute, then the rate's increments on credits),
-// so each one's length comes from the ledger's answer.
+// so each one's length comes from the ledger's answer. The timer is set
+// as soon as the step is decided, whether or not its takeover record has
+// landed: the call ends at its paid time even if a record is still on its
+// way. A call never runs on an increment the ledger did not sell; what a
+// survivor would bill, should this node die with a record in flight, is
+// the last landed record's (ended at once, as its paid-through is past):
+// never more than was recorded (cluster.Books.StepPending).
 type call struct {
 	g         *Gateway
 	id        string
@@ -150,6 +163,17 @@ func (c *call) answer() error {
 	return nil
 }
 
+// pendingBooks is a ledger.Books whose billing step and dialog update can
+// return before their takeover record is in etcd (cluster.Books): the
+// local change is made and durable on the node when they return, and
+// landed yields once the record is in etcd (nil) or could not get there
+// (the error: the books failed closed). landed is nil when there is
+// nothing to wait for. The gateway waits for it with c.mu released.
+type pendingBooks interface {
+	StepPending(callID string, n int, at time.Time, live ledger.Liveness) (ledger.Increment, <-chan error, error)
+	UpdateDialogPending(callID string, dialog json.RawMessage) (<-chan error, error)
+}
+
 // boundary runs when the paid increment ends: debit it, hold the next, or end
 // the call exactly now if the org cannot pay the next one. It runs on a
 // timer goroutine of its own; a panic in it ends this call (failed, BYE to
@@ -157,7 +181,20 @@ func (c *call) answer() error {
 func (c *call) boundary() {
 	defer panics.Recover(c.g.log, panics.Call, func() { c.end(ledger.ReasonFailed, 200, byeBoth) },
 		"call_id", c.id, "org", c.org)
-	reason, err := c.step()
+	reason, err, landed := c.step()
+	if landed != nil {
+		// The step is decided and the next boundary set; its takeover
+		// record is on its way to etcd (an etcd leader election can take
+		// a second). Waited for here, without c.mu: meanwhile a hang-up
+		// ends the call at once and the next boundary fires on time.
+		// The wait is bounded by the books (a record that cannot land
+		// fails them closed within their op timeout).
+		if werr := <-landed; werr != nil {
+			c.g.log.Error("metering failed: the step's takeover record could not land, ending call", "call_id", c.id, "org", c.org, "error", werr)
+			c.end(ledger.ReasonFailed, 200, byeBoth)
+		}
+		return
+	}
 	if reason == "" {
 		return
 	}
@@ -172,23 +209,30 @@ func (c *call) boundary() {
 
 // step debits the increment that just ended and holds the next, and
 // schedules the next boundary. When the next cannot be held it returns the
-// reason the call ends for (and the ledger's refusal); "" means it goes on.
+// reason the call ends for (and the ledger's refusal); "" means it goes on,
+// and landed (non-nil in cluster mode) yields once the step's takeover
+// record is in etcd: the caller waits for it after c.mu is released.
 // c.mu is released by defer, so a panic in the ledger cannot leave the call
 // locked for the clean-up that ends it.
-func (c *call) step() (reason ledger.Reason, err error) {
+func (c *call) step() (reason ledger.Reason, err error, landed <-chan error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stateAnswered {
-		return "", nil
+		return "", nil, nil
 	}
 	if !c.live.maxEnd.IsZero() && !c.paidUntil.Before(c.live.maxEnd) {
 		// The limit and the boundary fall together: end at the limit
 		// rather than hold an increment past it.
 		c.decideEnd(c.live.maxEnd, time.Time{})
-		return ledger.ReasonMaxDuration, nil
+		return ledger.ReasonMaxDuration, nil, nil
 	}
 	used := c.hold
-	inc, err := c.g.ledger.StepAlive(c.id, c.hold.N, c.paidUntil, c.live.ledger())
+	var inc ledger.Increment
+	if c.g.later != nil {
+		inc, landed, err = c.g.later.StepPending(c.id, c.hold.N, c.paidUntil, c.live.ledger())
+	} else {
+		inc, err = c.g.ledger.StepAlive(c.id, c.hold.N, c.paidUntil, c.live.ledger())
+	}
 	if err == nil && used.Source == ledger.SourceCredits {
 		c.live.spent = c.live.spent.Add(used.Credit)
 	}
@@ -196,9 +240,10 @@ func (c *call) step() (reason ledger.Reason, err error) {
 		// The next increment would take the call past its maximum
 		// charge: it ends at the end of this one, and the next, held
 		// by the step, is released (it started after the bill-to
-		// instant, ledger/liveness.go).
+		// instant, ledger/liveness.go). Its record need not be waited
+		// for: the close's follows it.
 		c.decideEnd(c.paidUntil, c.paidUntil.Add(-time.Nanosecond))
-		return ledger.ReasonMaxCharge, nil
+		return ledger.ReasonMaxCharge, nil, nil
 	}
 	if err == nil {
 		c.hold = inc
@@ -208,23 +253,23 @@ func (c *call) step() (reason ledger.Reason, err error) {
 		// the wall clock neither fires an hour of boundaries at once nor
 		// lets the call run unbilled for an hour.
 		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.answered)-c.g.clock.Since(c.answered), c.boundary)
-		return "", nil
+		return "", nil, landed
 	}
 	switch {
 	case errors.Is(err, ledger.ErrPoolExhausted):
 		c.g.m.exhausted.Inc()
-		return ledger.ReasonPoolExhausted, err
+		return ledger.ReasonPoolExhausted, err, nil
 	case errors.Is(err, ledger.ErrInsufficientCredit):
 		c.g.m.exhausted.Inc()
-		return ledger.ReasonCreditExhausted, err
+		return ledger.ReasonCreditExhausted, err, nil
 	case errors.Is(err, ledger.ErrFraudGuard):
 		// A spend limit: the call ends at the end of what it paid.
-		return ledger.ReasonFraudGuard, err
+		return ledger.ReasonFraudGuard, err, nil
 	default:
 		// The ledger cannot take the debit durably: end the call rather
 		// than let it run on money nobody recorded (fail closed).
 		c.g.log.Error("metering failed, ending call", "call_id", c.id, "org", c.org, "error", err)
-		return ledger.ReasonFailed, err
+		return ledger.ReasonFailed, err, nil
 	}
 }
 

@@ -70,15 +70,30 @@ func (g *Gateway) onInDialog(req *sip.Request, tx sip.ServerTransaction) {
 	// record, and a write racing a step or a close could land an older
 	// record over a newer one (a lost history point, a stale CSeq, a close
 	// undone). Once the call ended there is nothing to update.
+	// The wait for the takeover record to land in etcd (pendingBooks) is
+	// after c.mu: a hang-up or a boundary is not held up by an etcd leader
+	// election. The record written is the call's latest either way.
+	var landed <-chan error
 	c.mu.Lock()
 	if c.state == stateAnswered {
 		if rec := c.dialogRecord(); rec != nil {
-			if err := g.ledger.UpdateDialog(c.id, rec); err != nil && !errors.Is(err, ledger.ErrCallEnded) {
+			var err error
+			if g.later != nil {
+				landed, err = g.later.UpdateDialogPending(c.id, rec)
+			} else {
+				err = g.ledger.UpdateDialog(c.id, rec)
+			}
+			if err != nil && !errors.Is(err, ledger.ErrCallEnded) {
 				g.log.Warn("could not update the call's dialog record", "call_id", c.id, "error", err)
 			}
 		}
 	}
 	c.mu.Unlock()
+	if landed != nil {
+		if err := <-landed; err != nil {
+			g.log.Warn("could not update the call's dialog record", "call_id", c.id, "error", err)
+		}
+	}
 	if res.IsSuccess() {
 		// Both legs took part: proof of life of both, and a session
 		// refresh if it was a re-INVITE or UPDATE (liveness.go). The

@@ -138,9 +138,13 @@ func (c *Config) validate() error {
 type Gateway struct {
 	cfg    Config
 	ledger ledger.Books
-	clock  clock.Clock
-	log    *slog.Logger
-	m      *metrics
+	// later is ledger when it can return a step or a dialog update
+	// before its takeover record is durable (cluster.Books), nil otherwise
+	// (call.go).
+	later pendingBooks
+	clock clock.Clock
+	log   *slog.Logger
+	m     *metrics
 
 	digest *digestAuth
 	perSrc *sourceLimiter
@@ -218,6 +222,7 @@ func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg pro
 	g := &Gateway{cfg: cfg, ledger: l, clock: clk, log: log, m: m, front: fr,
 		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{},
 		bySource: map[string]int{}}
+	g.later, _ = l.(pendingBooks)
 	g.deck.Store(deck)
 	g.digest = newDigestAuth("creditgate", clk.Now)
 	g.perSrc = newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource)

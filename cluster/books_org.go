@@ -89,7 +89,7 @@ func (b *Books) FundAcrossRegions(org string, amount decimal.Decimal, key, incid
 	if err := b.Err(); err != nil {
 		return ledger.Entry{}, err
 	}
-	replayed, err := b.n.FundReplay(b.ctx, org, amount, fundingKey(key))
+	replayed, err := b.n.fund(b.ctx, org, amount, fundingKey(key), key, incident)
 	b.ops.charges.Add(1)
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):

@@ -12,6 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/shopspring/decimal"
 )
 
 // Fundings is Node.Fundings of an org this node knows: its money in, which
@@ -83,4 +84,15 @@ func (b *Books) Pools(org string, at time.Time) ([]ledger.Pool, error) {
 		ps[i].Used = a.Used + max(0, ps[i].Used-reported)
 	}
 	return ps, nil
+}
+
+// AdviceInputs is the local ledger's: this node's calls' spend per day
+// (the API adds every node's, api/cluster_org.go).
+func (b *Books) AdviceInputs(org string, now time.Time) (ledger.AdviceInputs, error) {
+	return b.local.AdviceInputs(org, now)
+}
+
+// AdviceFrom computes advice from inputs (ledger.Ledger.AdviceFrom).
+func (b *Books) AdviceFrom(in ledger.AdviceInputs, available decimal.Decimal) ledger.Advice {
+	return b.local.AdviceFrom(in, available)
 }

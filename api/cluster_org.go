@@ -1,9 +1,10 @@
 // The cluster-wide org (cluster.go has the contract of every cluster-wide
 // read): GET /v1/orgs/{org} on any node answers the cluster's money.
 //
-//	balance    the node's books (cluster.Books.Org: etcd's funded − spent,
-//	           less this node's unreported spend; every node's is the same
-//	           figure up to a report interval), as before
+//	balance    the node's books, the account read from etcd now
+//	           (cluster.Books.OrgNow: etcd's funded − spent, less this
+//	           node's unreported spend; every node's is the same figure up
+//	           to a report interval of the others' spend)
 //	held       Σ of every live node's held (money is held only in a
 //	           node's own ledger, for its own calls)
 //	available  balance − held
@@ -43,6 +44,20 @@ import (
 type adviceSource interface {
 	AdviceInputs(org string, now time.Time) (ledger.AdviceInputs, error)
 	AdviceFrom(in ledger.AdviceInputs, available decimal.Decimal) ledger.Advice
+}
+
+// orgNow reads an org with its balance read from the money of record
+// now (cluster.Books.OrgNow); books without it answer Org.
+type orgNow interface {
+	OrgNow(id string) (ledger.Org, error)
+}
+
+// freshOrg is the org for the org's GET in cluster mode.
+func (s *Server) freshOrg(id string) (ledger.Org, error) {
+	if b, ok := s.ledger.(orgNow); ok {
+		return b.OrgNow(id)
+	}
+	return s.ledger.Org(id)
 }
 
 // clusterAdviceKey is the advice cache's key of an org's cluster-wide
@@ -90,7 +105,7 @@ func adviceAtArg(ctx *fasthttp.RequestCtx, allowed bool) (time.Time, error) {
 // localOrg is the node's own view, labelled with the node, with its
 // forecast inputs for the window that ends at adviceAt if given.
 func (s *Server) localOrg(ctx *fasthttp.RequestCtx, f *fanOut, id string, adviceAt time.Time) error {
-	o, err := s.ledger.Org(id)
+	o, err := s.freshOrg(id)
 	if err != nil {
 		return err
 	}
@@ -134,7 +149,7 @@ type peerOrg struct {
 
 // clusterOrg answers with the cluster's view of the org.
 func (s *Server) clusterOrg(ctx *fasthttp.RequestCtx, f *fanOut, id string) error {
-	o, err := s.ledger.Org(id)
+	o, err := s.freshOrg(id)
 	if err != nil {
 		return err
 	}

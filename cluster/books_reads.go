@@ -15,6 +15,31 @@ import (
 	"github.com/shopspring/decimal"
 )
 
+// OrgNow is Org with the account read from etcd now, for the admin API's
+// GET /v1/orgs/{org} (api/cluster_org.go): Org answers from the account as
+// this node last read it, which the tick refreshes only for orgs read
+// within 10 ticks (and the gateway's reads must not wait for etcd), so an
+// org this node has not looked at lately would show an old balance. One
+// etcd read per request, off the call path; etcd out of reach, it answers
+// as Org does.
+func (b *Books) OrgNow(id string) (ledger.Org, error) {
+	lo, err := b.local.Org(id)
+	if err != nil {
+		return lo, err
+	}
+	accts, err := b.n.ReadAccounts(b.ctx, []string{id})
+	b.ops.reads.Add(1)
+	if err == nil {
+		o := b.org(id)
+		b.mu.Lock()
+		o.acct, o.known = accts[id], true
+		b.mu.Unlock()
+	} else {
+		b.log.Warn("cluster balance read failed; answering the last one read", "org", id, "error", err)
+	}
+	return b.cluster(lo, true), nil
+}
+
 // Fundings is Node.Fundings of an org this node knows: its money in, which
 // no node's ledger has (api.ClusterHistory). etcd out of reach is
 // ledger.ErrUnavailable.

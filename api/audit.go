@@ -273,7 +273,7 @@ func (s *Server) listAudit(ctx *fasthttp.RequestCtx, who principal) error {
 		if after, err = uintArg(ctx, "after", 0, math.MaxUint64); err != nil {
 			return err
 		}
-	} else if _, err := parseAuditCursor(string(q.Peek("after"))); err != nil {
+	} else if _, err := parseCursor(string(q.Peek("after"))); err != nil {
 		return err
 	}
 	limit, err := uintArg(ctx, "limit", 1000, 10000)

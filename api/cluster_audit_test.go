@@ -61,7 +61,7 @@ func TestClusterAuditThroughPeers(t *testing.T) {
 		}
 		for i, e := range p.Entries {
 			seen[fmt.Sprintf("%s/%d", e.Node, e.Seq)]++
-			if i > 0 && earlier(e.Node, e.AuditEntry, p.Entries[i-1].Node, p.Entries[i-1].AuditEntry) {
+			if i > 0 && earlier(e.Node, e.At, e.Seq, p.Entries[i-1].Node, p.Entries[i-1].At, p.Entries[i-1].Seq) {
 				t.Fatalf("page %d out of order at %d: %+v", pages, i, p.Entries)
 			}
 		}
@@ -170,23 +170,26 @@ func TestMergeAuditPagesEveryEntryOnce(t *testing.T) {
 				t.Fatalf("seed %d: paging does not end", seed)
 			}
 			limit := 1 + rng.IntN(5)
-			var srcs []auditSource
+			var srcs []pageSource[ledger.AuditEntry]
 			for _, j := range js {
 				es, next := page(j, cur[j.node], limit)
-				srcs = append(srcs, auditSource{node: j.node, entries: es, next: next})
+				srcs = append(srcs, pageSource[ledger.AuditEntry]{node: j.node, items: es, next: next})
 			}
-			out, more := mergeAudit(srcs, cur, limit)
+			var out []nodeEntry
+			more := mergePages(srcs, cur, limit, auditPlace, func(node string, e ledger.AuditEntry) {
+				out = append(out, nodeEntry{AuditEntry: e, Node: node})
+			})
 			if len(out) > limit {
 				t.Fatalf("seed %d: %d entries for limit %d", seed, len(out), limit)
 			}
 			for i, e := range out {
 				seen[fmt.Sprintf("%s/%d", e.Node, e.Seq)]++
-				if i > 0 && earlier(e.Node, e.AuditEntry, out[i-1].Node, out[i-1].AuditEntry) {
+				if i > 0 && earlier(e.Node, e.At, e.Seq, out[i-1].Node, out[i-1].At, out[i-1].Seq) {
 					t.Fatalf("seed %d: page out of order: %+v", seed, out)
 				}
 			}
 			// The cursor survives its text form.
-			back, err := parseAuditCursor(formatAuditCursor(cur))
+			back, err := parseCursor(formatCursor(cur))
 			must(t, err)
 			cur = back
 			if !more {

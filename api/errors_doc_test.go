@@ -131,7 +131,7 @@ var handlerStatuses = map[string][]int{
 	"GET /v1/openapi.yaml":          {200, 401, 500},
 	"GET /v1/whoami":                {200, 401, 500},
 	"POST /v1/orgs":                 {201, 400, 401, 403, 409, 413, 422, 500, 503},
-	"GET /v1/orgs/*":                {200, 401, 404, 500},
+	"GET /v1/orgs/*":                {200, 401, 404, 422, 500, 503}, // 422: scope, advice_at; 503: etcd (cluster pools)
 	"PATCH /v1/orgs/*":              {200, 400, 401, 403, 404, 413, 422, 500, 503},
 	"POST /v1/orgs/*/credits":       {200, 201, 400, 401, 403, 404, 409, 413, 422, 500, 503},
 	"PUT /v1/orgs/*/auto-recharge":  {200, 400, 401, 403, 404, 409, 413, 422, 500, 503},

@@ -16,25 +16,39 @@ import (
 
 const adviceTTL = 5 * time.Minute
 
+// advice is the org's funding advice from this node's books, kept
+// adviceTTL.
 func (s *Server) advice(org string) (ledger.Advice, error) {
 	now := s.now()
-	s.adviceMu.Lock()
-	a, ok := s.adviceCache[org]
-	s.adviceMu.Unlock()
-	if ok && now.Sub(a.ComputedAt) < adviceTTL && !now.Before(a.ComputedAt) {
+	if a, ok := s.cachedAdvice(org, now); ok {
 		return a, nil
 	}
 	a, err := s.ledger.Advise(org, now)
 	if err != nil {
 		return a, err
 	}
+	s.keepAdvice(org, a)
+	return a, nil
+}
+
+// cachedAdvice is the advice kept under key, if computed less than
+// adviceTTL before now.
+func (s *Server) cachedAdvice(key string, now time.Time) (ledger.Advice, bool) {
+	s.adviceMu.Lock()
+	a, ok := s.adviceCache[key]
+	s.adviceMu.Unlock()
+	return a, ok && now.Sub(a.ComputedAt) < adviceTTL && !now.Before(a.ComputedAt)
+}
+
+// keepAdvice keeps a under key (the cache is dropped whole past 100,000
+// keys: a bound, not an eviction policy worth more).
+func (s *Server) keepAdvice(key string, a ledger.Advice) {
 	s.adviceMu.Lock()
 	if s.adviceCache == nil || len(s.adviceCache) > 100_000 {
 		s.adviceCache = map[string]ledger.Advice{}
 	}
-	s.adviceCache[org] = a
+	s.adviceCache[key] = a
 	s.adviceMu.Unlock()
-	return a, nil
 }
 
 // putAutoRecharge replaces the org's auto-recharge setting (and lifts a
@@ -109,14 +123,23 @@ func (s *Server) fund(ctx *fasthttp.RequestCtx, rq *request) error {
 
 // transactions pages through an org's ledger entries, oldest first:
 // ?after=SEQ&limit=N (default 1000, at most 10000); next_after is the
-// cursor of the next page, absent on the last one.
+// cursor of the next page, absent on the last one. In cluster mode the
+// cluster's, unless ?scope=local (cluster_transactions.go); after is then
+// the previous page's next_after, a cursor of every source's position.
 func (s *Server) transactions(ctx *fasthttp.RequestCtx, org string) error {
 	if _, err := s.ledger.Org(org); err != nil {
 		return err
 	}
-	after, err := uintArg(ctx, "after", 0, math.MaxUint64)
+	local, err := localOnly(ctx)
 	if err != nil {
 		return err
+	}
+	fanOut := s.cluster.Load() != nil && !local
+	var after uint64
+	if !fanOut {
+		if after, err = uintArg(ctx, "after", 0, math.MaxUint64); err != nil {
+			return err
+		}
 	}
 	limit, err := uintArg(ctx, "limit", 1000, 10000)
 	if err != nil {
@@ -125,20 +148,17 @@ func (s *Server) transactions(ctx *fasthttp.RequestCtx, org string) error {
 	if limit == 0 {
 		return badRequest("limit=0: want 1 to 10000")
 	}
-	es, err := s.ledger.Transactions(org, after, int(limit)+1)
+	if fanOut {
+		return s.clusterTransactions(ctx, org, string(ctx.QueryArgs().Peek("after")), int(limit))
+	}
+	es, next, err := s.localTransactions(org, after, int(limit))
 	if err != nil {
 		return err
 	}
-	resp := map[string]any{}
-	if len(es) > int(limit) {
-		es = es[:limit]
-		resp["next_after"] = es[len(es)-1].Seq
+	resp := map[string]any{"transactions": es}
+	if next != 0 {
+		resp["next_after"] = next
 	}
-	out := make([]entryView, 0, len(es))
-	for _, e := range es {
-		out = append(out, viewEntry(e))
-	}
-	resp["transactions"] = out
 	writeJSON(ctx, 200, resp)
 	return nil
 }

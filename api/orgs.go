@@ -118,7 +118,3 @@ func (s *Server) putFraudGuard(ctx *fasthttp.RequestCtx, org string) error {
 	}
 	return s.writeOrg(ctx, 200, o, nil)
 }
-
-func (s *Server) getOrg(ctx *fasthttp.RequestCtx, id string) error {
-	return s.writeOrgByID(ctx, 200, id, nil)
-}

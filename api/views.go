@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/shopspring/decimal"
 	"github.com/valyala/fasthttp"
 )
 
@@ -28,6 +29,15 @@ type orgView struct {
 	Contacts      contactsView     `json:"contacts"`
 	Forecast      *forecastView    `json:"forecast,omitempty"`
 	FraudGuard    fraudGuardView   `json:"fraud_guard"`
+
+	// Cluster mode only (cluster_org.go). The cluster's view: Partial
+	// says the held figures and the forecast lack the nodes named in
+	// Unavailable. A node's own view (?scope=local): Node is the node,
+	// AdviceInputs its forecast's inputs when asked (?advice_at=).
+	Partial      *bool                `json:"partial,omitempty"`
+	Unavailable  *[]Unavailable       `json:"unavailable,omitempty"`
+	Node         string               `json:"node,omitempty"`
+	AdviceInputs *ledger.AdviceInputs `json:"advice_inputs,omitempty"`
 }
 
 // fraudGuardView is an org's fraud guard; 0 and "0.00" mean no limit.
@@ -92,8 +102,24 @@ type poolView struct {
 	Licensed  int    `json:"licensed"`
 }
 
-// viewOrg shows an org with its pools of the month that is current for it.
+// viewOrg shows an org with its pools of the month that is current for it
+// and its funding forecast.
 func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
+	v, err := s.viewOrgFacts(o)
+	if err != nil {
+		return v, err
+	}
+	if a, err := s.advice(o.ID); err == nil {
+		v.Forecast = s.viewForecast(a, o.Available())
+	} else {
+		s.log.Warn("funding advice unavailable", "org", o.ID, "err", err)
+	}
+	return v, nil
+}
+
+// viewOrgFacts is viewOrg without the forecast (cluster_org.go computes
+// the cluster's).
+func (s *Server) viewOrgFacts(o ledger.Org) (orgView, error) {
 	v := orgView{ID: o.ID, Name: o.Name, Country: o.Country, Region: o.Region, BillingRegion: o.BillingRegion,
 		Currency: o.Currency, Balance: money(o.Balance), Available: money(o.Available()), Held: money(o.Held),
 		Timezone: o.Timezone, BlockPremium: o.BlockPremium, CreatedAt: o.CreatedAt, TollFree: []tollFree{},
@@ -108,21 +134,21 @@ func (s *Server) viewOrg(o ledger.Org) (orgView, error) {
 	if err != nil {
 		return v, err
 	}
-	if a, err := s.advice(o.ID); err == nil {
-		f := &forecastView{Days: a.Days, Spend: money(a.Spend), BurnPerDay: money(a.BurnPerDay), P95Day: money(a.P95Day),
-			SuggestedThreshold: money(a.Threshold), SuggestedAmount: money(a.Amount), ComputedAt: a.ComputedAt}
-		if z := a.ZeroAfter(o.Available(), s.now()); !z.IsZero() {
-			f.ZeroAt = &z
-		}
-		v.Forecast = f
-	} else {
-		s.log.Warn("funding advice unavailable", "org", o.ID, "err", err)
-	}
 	for _, p := range pools {
 		v.Pools = append(v.Pools, poolView{Plan: p.Plan, Month: p.Month, Total: p.Total, Used: p.Used, Held: p.Held,
 			Available: p.Available(), Licensed: p.Licensed})
 	}
 	return v, nil
+}
+
+// viewForecast shows advice, its zero time for the money available now.
+func (s *Server) viewForecast(a ledger.Advice, available decimal.Decimal) *forecastView {
+	f := &forecastView{Days: a.Days, Spend: money(a.Spend), BurnPerDay: money(a.BurnPerDay), P95Day: money(a.P95Day),
+		SuggestedThreshold: money(a.Threshold), SuggestedAmount: money(a.Amount), ComputedAt: a.ComputedAt}
+	if z := a.ZeroAfter(available, s.now()); !z.IsZero() {
+		f.ZeroAt = &z
+	}
+	return f
 }
 
 func (s *Server) viewAutoRecharge(o ledger.Org) autoRechargeView {

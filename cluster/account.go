@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/shopspring/decimal"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -33,6 +34,15 @@ type funding struct {
 	Amount decimal.Decimal `json:"amount"`
 	Node   string          `json:"node"`
 	Epoch  int64           `json:"epoch"`
+	// For the org's transactions (fundings_list.go): when it landed (the
+	// funding node's clock), the cluster balance (funded − spent) right
+	// after it, the key as given (the record's key is escaped, or hashed
+	// when long) and the support incident that allowed it across regions.
+	// Absent in records written before they were kept.
+	At       time.Time        `json:"at,omitzero"`
+	Balance  *decimal.Decimal `json:"balance,omitempty"`
+	Key      string           `json:"key,omitempty"`
+	Incident string           `json:"incident,omitempty"`
 }
 
 func positive(what string, d decimal.Decimal) error {
@@ -112,6 +122,12 @@ func (n *Node) Fund(ctx context.Context, org string, amount decimal.Decimal, ide
 // FundReplay is Fund that also says whether the key had funded already
 // (replayed: nothing changed).
 func (n *Node) FundReplay(ctx context.Context, org string, amount decimal.Decimal, idempotencyKey string) (replayed bool, err error) {
+	return n.fund(ctx, org, amount, idempotencyKey, idempotencyKey, "")
+}
+
+// fund is FundReplay keeping, for the transactions list, the key as the
+// client gave it (given) and the incident that allowed the funding.
+func (n *Node) fund(ctx context.Context, org string, amount decimal.Decimal, idempotencyKey, given, incident string) (replayed bool, err error) {
 	if err := validID("org", org); err != nil {
 		return false, err
 	}
@@ -143,13 +159,15 @@ func (n *Node) FundReplay(ctx context.Context, org string, amount decimal.Decima
 		}
 		a.Funded = a.Funded.Add(amount)
 		a.Unallocated = a.Unallocated.Add(amount)
+		bal := a.Funded.Sub(a.Spent)
 		ok, _, err := n.commit(ctx,
 			[]clientv3.Cmp{
 				clientv3.Compare(clientv3.ModRevision(ak), "=", modRev(kvs[ak])),
 				clientv3.Compare(clientv3.CreateRevision(fk), "=", 0),
 			},
 			[]clientv3.Op{
-				clientv3.OpPut(fk, encode(funding{Amount: amount, Node: n.cfg.NodeID, Epoch: n.epoch})),
+				clientv3.OpPut(fk, encode(funding{Amount: amount, Node: n.cfg.NodeID, Epoch: n.epoch, At: n.clk.Now().UTC(),
+					Balance: &bal, Key: given, Incident: incident})),
 				clientv3.OpPut(ak, encode(a)),
 			})
 		if err != nil {

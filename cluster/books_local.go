@@ -184,9 +184,6 @@ func (b *Books) Trunks() []ledger.Trunk                       { return b.local.T
 func (b *Books) PoolsLeft(org string, at time.Time) (map[string]int, error) {
 	return b.local.PoolsLeft(org, at)
 }
-func (b *Books) Pools(org string, at time.Time) ([]ledger.Pool, error) {
-	return b.local.Pools(org, at)
-}
 
 // PendingPurchaseOf is the org's pending auto-recharge purchase as the
 // cluster's payer has it in etcd (purchases.go), once the binary has said

@@ -51,8 +51,8 @@ func (b *Books) cluster(lo ledger.Org, read bool) ledger.Org {
 // Org returns the org with the cluster's balance: etcd's funded − spent as
 // this node last read it (at most about a report interval old for orgs it
 // reads often), less what this node spent and has not reported; Held is
-// this node's (the cluster-wide held is a later step), and Available is
-// Balance − this node's Held. The other settings are the node's replica.
+// this node's (the admin API sums every node's, api/cluster_org.go), and
+// Available is Balance − this node's Held. The other settings are the node's replica.
 func (b *Books) Org(id string) (ledger.Org, error) {
 	lo, err := b.local.Org(id)
 	if err != nil {
@@ -89,7 +89,7 @@ func (b *Books) FundAcrossRegions(org string, amount decimal.Decimal, key, incid
 	if err := b.Err(); err != nil {
 		return ledger.Entry{}, err
 	}
-	replayed, err := b.n.FundReplay(b.ctx, org, amount, fundingKey(key))
+	replayed, err := b.n.fund(b.ctx, org, amount, fundingKey(key), key, incident)
 	b.ops.charges.Add(1)
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):

@@ -364,9 +364,10 @@
 //   - Minute pools: pool reports are one transaction per
 //     changed pool per tick (not batched like ResizeMany). Once a pool is
 //     used up, every increment of a call of its plan (going on credits)
-//     reads etcd once to look for minutes given back. Pools and PoolsLeft
-//     answer from the node's ledger: the licensed total, this node's used
-//     and held (PoolsLeft over-estimates; OpenCall and Step decide again).
+//     reads etcd once to look for minutes given back. PoolsLeft answers
+//     from the node's ledger: the licensed total, this node's used and
+//     held (it over-estimates; OpenCall and Step decide again). Pools (the
+//     API's) reads etcd's total and used (books_reads.go).
 //   - The local ledgers start no auto-recharge purchase of their own
 //     (ledger.SliceOnly) and Books.PendingPurchaseOf answers from etcd
 //     (UsePurchases); their slice-level balance_zero notifications are
@@ -377,10 +378,16 @@
 //     max_charge_per_call and max_call_duration_s limits are per call, so
 //     per node is exact for them. The low-balance forecast's burn
 //     rate is the notifier node's own history, not the cluster's.
-//   - Per node still: cluster-wide held, transactions and the advisor (a
-//     funding's entry is in etcd, not in any node's transaction list).
-//     Calls on every node, usage and the audit trail are merged across
-//     nodes (api/cluster*.go).
+//   - Cluster-wide reads (api/cluster*.go) ask the nodes registered on a
+//     live lease: a node whose lease etcd expired is neither asked nor
+//     named unavailable, so its history (CDRs, transactions, audit
+//     entries, on its disk) is missing from them until it rejoins. The
+//     org's held, pools, transactions (with the fundings etcd keeps,
+//     fundings_list.go) and forecast are merged; the notifier's low-balance
+//     forecast is not: the cluster's forecast is computed by the admin API
+//     from each peer's admin API, asked with the caller's key, and the
+//     notifier (in this package, which the API is not) has no key to ask
+//     with; a node-to-node credential would be new.
 //   - A step whose money must come from etcd (a grant: the node's slice
 //     ran dry; direct mode) waits for etcd with the gateway's call mutex
 //     held: a call whose org's money runs out during an etcd leader

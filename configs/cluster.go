@@ -16,8 +16,8 @@ type Cluster struct {
 	// --cluster-etcd URL[,URL…] sets it.
 	Etcd []string `yaml:"etcd"`
 	// NodeID names this node among the cluster's (letters, digits, '-',
-	// '_', '.'); it must be unique and stay the same across restarts of the
-	// same node. Empty: the host name and the SIP port ("host-5060").
+	// '_', '.'; not "cluster"); it must be unique and stay the same across
+	// restarts of the same node. Empty: the host name and the SIP port ("host-5060").
 	NodeID string `yaml:"node_id"`
 	// Prefix is put before every etcd key, so several clusters (or a test
 	// and production) can share one etcd.
@@ -74,6 +74,10 @@ func (c Cluster) validate(bad func(string, string, ...any) error) error {
 	}
 	if c.NodeID != "" && !validNodeID(c.NodeID) {
 		return bad("cluster.node_id", "%q: want 1 to 64 letters, digits, '-', '_' or '.'", c.NodeID)
+	}
+	if c.NodeID == "cluster" {
+		// The API's merged transactions label the fundings etcd keeps so.
+		return bad("cluster.node_id", "%q names the cluster's own entries in merged lists: choose another", c.NodeID)
 	}
 	if !strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/") || len(c.Prefix) > 128 {
 		return bad("cluster.prefix", "%q: want a key prefix that starts and ends with '/'", c.Prefix)

@@ -66,6 +66,7 @@ func TestParseRefuses(t *testing.T) {
 		{"etcd https without a CA", "cluster:\n  etcd: [\"https://10.0.0.1:2379\"]\n", "cluster.tls_ca"},
 		{"etcd cert without key", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  tls_cert: c.pem\n", "cluster.tls_cert"},
 		{"node id with a slash", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  node_id: a/b\n", "cluster.node_id"},
+		{"node id cluster", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  node_id: cluster\n", "cluster.node_id"},
 		{"prefix without slashes", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  prefix: cg\n", "cluster.prefix"},
 		{"lease ttl fraction", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  lease_ttl: 2500ms\n", "cluster.lease_ttl"},
 		{"margin over ttl", "cluster:\n  etcd: [\"http://127.0.0.1:2379\"]\n  lease_margin: 5s\n", "cluster.lease_margin"},

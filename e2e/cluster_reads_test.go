@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/shopspring/decimal"
 
 	"github.com/creditgate/creditgate/cluster/etcdtest"
+	"github.com/creditgate/creditgate/loadtest"
 )
 
 // clusterCall is one call of a cluster-wide GET /v1/calls.
@@ -241,4 +243,201 @@ func nodesOf(calls []clusterCall) map[string]int {
 		m[c.Node]++
 	}
 	return m
+}
+
+// clusterTx is one entry of a cluster-wide transactions list.
+type clusterTx struct {
+	Seq    uint64 `json:"seq"`
+	Kind   string `json:"kind"`
+	Amount string `json:"amount"`
+	Key    string `json:"idempotency_key"`
+	Node   string `json:"node"`
+}
+
+type clusterTxPage struct {
+	Transactions []clusterTx `json:"transactions"`
+	NextAfter    *string     `json:"next_after"`
+	Unavailable  []struct {
+		Node  string `json:"node"`
+		Error string `json:"error"`
+	} `json:"unavailable"`
+}
+
+type clusterOrgView struct {
+	Balance     string `json:"balance"`
+	Held        string `json:"held"`
+	Available   string `json:"available"`
+	Node        string `json:"node"`
+	Partial     *bool  `json:"partial"`
+	Unavailable []struct {
+		Node string `json:"node"`
+	} `json:"unavailable"`
+	Forecast *struct {
+		Spend string `json:"spend"`
+	} `json:"forecast"`
+}
+
+// TestClusterOrgAndTransactionsFromAnyNode: three nodes on etcd, funded
+// through two of them, two calls held up through node 2 and two through
+// node 3. Node 1's GET /v1/orgs/acme shows the cluster's held (the sum of
+// the three nodes' own, node 1's being 0.00) and available = balance −
+// held; with node 3 SIGSTOPped it names n3 and says partial. After the
+// calls, node 1's transactions paged 3 at a time give every entry of every
+// node's own list and both fundings (which only etcd has, labelled
+// "cluster") exactly once.
+func TestClusterOrgAndTransactionsFromAnyNode(t *testing.T) {
+	etcd := etcdtest.Start(t, 1)
+	bin := buildBinary(t)
+	nodes := startCluster(t, bin, etcd.Endpoints(), 3, "  peer_timeout: 2s\nfunding:\n  minimum: \"1.00\"\n")
+	n1 := nodes[0]
+	n1.api("POST", "/v1/orgs", "", `{"id":"acme","name":"Acme","country":"US","region":"us"}`, 201, nil)
+	n1.api("PUT", "/v1/orgs/acme/users/alice", "", `{"numbers":["+12125550100"],"licenses":["communications_credits"]}`, 200, nil)
+	n1.api("PUT", "/v1/trunks/pbx", "", `{"kind":"customer","org":"acme","addresses":["127.0.0.1"]}`, 200, nil)
+	carriers := make([]int, len(nodes))
+	for i := range nodes {
+		carriers[i] = freePort(t)
+		n1.api("PUT", fmt.Sprintf("/v1/trunks/carrier%d", i+1), "", fmt.Sprintf(`{"kind":"carrier","uri":"sip:127.0.0.1:%d","prefixes":["3314227818%d"]}`, carriers[i], i+1), 200, nil)
+	}
+	n1.api("PUT", "/v1/rates", "text/csv", "prefix,country,destination,type,rate_per_minute,first_increment,next_increment\n"+
+		"33,FR,France,geographic,6.00,1,1\n", 200, nil)
+	n1.api("POST", "/v1/orgs/acme/credits", "", `{"amount":"50.00","idempotency_key":"k50"}`, 201, nil)
+	nodes[1].api("POST", "/v1/orgs/acme/credits", "", `{"amount":"20.00","idempotency_key":"k20/n2"}`, 201, nil)
+	visibleWithin(t, nodes, time.Now(), "configuration", func(g *gateway) bool {
+		var o struct{ Balance string }
+		g.api("GET", "/v1/orgs/acme", "", "", 200, &o)
+		return o.Balance == "70.00" && g.hasTrunk("carrier3")
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for _, i := range []int{1, 2} {
+		g := nodes[i]
+		wg.Go(func() {
+			_, err := loadtest.Run(ctx, loadtest.Config{
+				Target: fmt.Sprintf("127.0.0.1:%d", g.sipPort), Carrier: fmt.Sprintf("127.0.0.1:%d", carriers[i]),
+				Rate: 10, Calls: 2, Hold: 90 * time.Second, Dialled: fmt.Sprintf("+3314227818%d", i+1),
+				From: []string{"+12125550100"}, SetupTimeout: 10 * time.Second}, nil)
+			if err != nil && ctx.Err() == nil {
+				t.Errorf("load tool on node %d: %v", i+1, err)
+			}
+		})
+	}
+	var all clusterCalls
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		all = clusterCalls{}
+		n1.api("GET", "/v1/calls", "", "", 200, &all)
+		answered := 0
+		for _, c := range all.Calls {
+			if !c.Answer.IsZero() {
+				answered++
+			}
+		}
+		if answered == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1 lists %d answered calls, want 4: %+v", answered, all)
+		}
+	}
+
+	// Held: each call holds its open one-second increment (0.10), so the
+	// figures hold still while the calls step.
+	own := make([]clusterOrgView, len(nodes))
+	sum := decimal.Zero
+	for i, g := range nodes {
+		g.api("GET", "/v1/orgs/acme?scope=local", "", "", 200, &own[i])
+		sum = sum.Add(decimal.RequireFromString(own[i].Held))
+		if own[i].Node != fmt.Sprintf("n%d", i+1) || own[i].Partial != nil {
+			t.Fatalf("node %d's own view: %+v", i+1, own[i])
+		}
+	}
+	var cv clusterOrgView
+	n1.api("GET", "/v1/orgs/acme", "", "", 200, &cv)
+	t.Logf("held: the nodes' own %s, %s, %s (balances %s, %s, %s); node 1's cluster view %s (balance %s, available %s)",
+		own[0].Held, own[1].Held, own[2].Held, own[0].Balance, own[1].Balance, own[2].Balance, cv.Held, cv.Balance, cv.Available)
+	if own[0].Held != "0.00" || own[1].Held != "0.20" || own[2].Held != "0.20" || cv.Held != "0.40" || sum.StringFixed(2) != cv.Held ||
+		cv.Partial == nil || *cv.Partial || len(cv.Unavailable) != 0 || cv.Forecast == nil ||
+		// Funded 70.00 through nodes 1 and 2; the calls spent a few
+		// tenths. Node 1 last read its account at its own funding (50.00).
+		!decimal.RequireFromString(cv.Balance).GreaterThan(decimal.NewFromInt(60)) ||
+		!decimal.RequireFromString(cv.Available).Equal(decimal.RequireFromString(cv.Balance).Sub(decimal.RequireFromString(cv.Held))) {
+		t.Fatalf("node 1's cluster view %+v; the nodes' own held %s %s %s", cv, own[0].Held, own[1].Held, own[2].Held)
+	}
+
+	// Node 3 paused (resumed well within its lease): named, and partial.
+	nodes[2].pause()
+	var part clusterOrgView
+	var partTx clusterTxPage
+	n1.api("GET", "/v1/orgs/acme", "", "", 200, &part)
+	n1.api("GET", "/v1/orgs/acme/transactions", "", "", 200, &partTx)
+	nodes[2].resume()
+	if part.Partial == nil || !*part.Partial || len(part.Unavailable) != 1 || part.Unavailable[0].Node != "n3" || part.Held != "0.20" {
+		t.Fatalf("with node 3 stopped, node 1's view: %+v", part)
+	}
+	if len(partTx.Unavailable) != 1 || partTx.Unavailable[0].Node != "n3" {
+		t.Fatalf("with node 3 stopped, node 1's transactions name %+v", partTx.Unavailable)
+	}
+	for _, e := range partTx.Transactions {
+		if e.Node == "n3" {
+			t.Fatalf("node 3 stopped, yet its entry: %+v", e)
+		}
+	}
+
+	// End the calls, then page. (Node 3's may have ended already: paused
+	// for up to two peer timeouts, it may have passed its local lease
+	// deadline, where it holds no next increment.)
+	for _, c := range all.Calls {
+		if code, body := n1.raw("DELETE", "/v1/calls/"+url.PathEscape(c.ID)); code != 204 && (code != 404 || c.Node != "n3") {
+			t.Fatalf("ending %s's call %s: %d %s", c.Node, c.ID, code, body)
+		}
+	}
+	cancel()
+	wg.Wait()
+	want := map[string]bool{}
+	for i, g := range nodes {
+		var p clusterTxPage
+		g.api("GET", "/v1/orgs/acme/transactions?scope=local&limit=10000", "", "", 200, &p)
+		for _, e := range p.Transactions {
+			want[fmt.Sprintf("n%d/%d", i+1, e.Seq)] = true
+		}
+	}
+	seen := map[string]int{}
+	var fundings []string
+	after, pages := "", 0
+	for ; ; pages++ {
+		if pages > 1000 {
+			t.Fatal("paging does not end")
+		}
+		var p clusterTxPage
+		n1.api("GET", "/v1/orgs/acme/transactions?limit=3&after="+url.QueryEscape(after), "", "", 200, &p)
+		if len(p.Unavailable) != 0 {
+			t.Fatalf("page %d: unavailable %+v", pages, p.Unavailable)
+		}
+		for _, e := range p.Transactions {
+			k := fmt.Sprintf("%s/%d", e.Node, e.Seq)
+			seen[k]++
+			if e.Node == "cluster" {
+				fundings = append(fundings, e.Kind+" "+e.Amount+" "+e.Key)
+				continue
+			}
+			if !want[k] {
+				t.Fatalf("entry %s is in no node's own list: %+v", k, e)
+			}
+		}
+		if p.NextAfter == nil {
+			break
+		}
+		after = *p.NextAfter
+	}
+	for k, c := range seen {
+		if c != 1 {
+			t.Fatalf("%s given %d times", k, c)
+		}
+	}
+	if len(seen) != len(want)+2 || strings.Join(fundings, ", ") != "funding 50.00 k50, funding 20.00 k20/n2" {
+		t.Fatalf("%d entries over %d pages (fundings: %v), want the nodes' %d and the 2 fundings", len(seen), pages+1, fundings, len(want))
+	}
+	t.Logf("node 1's transactions: %d entries in %d pages of 3: the 3 nodes' %d and etcd's fundings %v", len(seen), pages+1, len(want), fundings)
 }

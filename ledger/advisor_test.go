@@ -1,9 +1,12 @@
 package ledger
 
 import (
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/shopspring/decimal"
 )
 
 func TestAdvise(t *testing.T) {
@@ -62,5 +65,33 @@ func TestAdvise(t *testing.T) {
 	}
 	if _, err := l.Advise("nope", now); err == nil {
 		t.Fatal("advice for an unknown org")
+	}
+}
+
+// TestAdviceInputsAdd: inputs of one window add day by day (the sum's
+// advice is of the summed days: its p95 day is not the sum of the parts'),
+// inputs of different windows are refused and the receiver is unchanged.
+func TestAdviceInputsAdd(t *testing.T) {
+	at := t0.Add(72 * time.Hour)
+	a := AdviceInputs{At: at, Days: 3, Spend: []decimal.Decimal{d("1"), d("0"), d("9")}, CDRs: 2}
+	b := AdviceInputs{At: at, Days: 3, Spend: []decimal.Decimal{d("8"), d("2"), d("0")}, CDRs: 3}
+	sum, err := a.Add(b)
+	if err != nil || sum.CDRs != 5 || !sum.Spend[0].Equal(d("9")) || !sum.Spend[1].Equal(d("2")) || !sum.Spend[2].Equal(d("9")) {
+		t.Fatalf("sum %+v, %v", sum, err)
+	}
+	l := openWith(t, t.TempDir(), Options{Now: func() time.Time { return at }})
+	defer l.Close()
+	adv, pa, pb := l.AdviceFrom(sum, d("100")), l.AdviceFrom(a, d("100")), l.AdviceFrom(b, d("100"))
+	if !adv.P95Day.Equal(d("9")) || !pa.P95Day.Add(pb.P95Day).Equal(d("17")) || !adv.Spend.Equal(d("20")) {
+		t.Fatalf("p95 of the sum %s (parts %s, %s), spend %s", adv.P95Day, pa.P95Day, pb.P95Day, adv.Spend)
+	}
+	for _, other := range []AdviceInputs{
+		{At: at.Add(time.Second), Days: 3, Spend: b.Spend},
+		{At: at, Days: 2, Spend: b.Spend[:2]},
+		{At: at, Days: 3, Spend: b.Spend[:2]},
+	} {
+		if got, err := a.Add(other); !errors.Is(err, ErrInvalid) || !got.Spend[2].Equal(d("9")) {
+			t.Fatalf("adding %+v: %+v, %v", other, got, err)
+		}
 	}
 }

@@ -145,7 +145,9 @@ type Books interface {
 	// OpenCall and Step decide again. Refusals: ErrUnknownOrg.
 	PoolsLeft(org string, at time.Time) (map[string]int, error)
 	// Pools returns the org's pools of the month containing at, one per
-	// plan. Refusals: ErrUnknownOrg.
+	// plan. Refusals: ErrUnknownOrg. (A cluster node's reads the pools'
+	// totals and used minutes from etcd, for the admin API: ErrUnavailable
+	// when etcd cannot be read; the call path uses PoolsLeft.)
 	Pools(org string, at time.Time) ([]Pool, error)
 	// PendingPurchaseOf is the id of the org's pending auto-recharge
 	// purchase, "" if none.

@@ -38,15 +38,22 @@ import (
 	"github.com/valyala/fasthttp"
 )
 
-// Peer is another live node of the cluster: its id and its admin API's
-// base URL (http(s)://host:port).
+// Peer is another node of the cluster: its id and its admin API's base
+// URL (http(s)://host:port); Down when it registered once and its lease is
+// gone (dead, stopped, or paused past its TTL): nothing to ask, but its
+// history (CDRs, transactions, audit entries on its own disk) is missing
+// from a merged read, which must say so.
 type Peer struct {
 	Node string
 	URL  string
+	Down bool
 }
 
-// Peers lists the live nodes other than this one (cluster.Node.Peers,
-// adapted by cmd/creditgate).
+// errNodeDown is a Down peer's part of a merged history read.
+var errNodeDown = errors.New("not running: its lease has ended (its history is on its own disk)")
+
+// Peers lists the nodes other than this one, live and Down
+// (cluster.Node.Peers, adapted by cmd/creditgate).
 type Peers interface {
 	Peers(ctx context.Context) ([]Peer, error)
 }
@@ -133,12 +140,23 @@ func (a peerAnswer) reason() string {
 // at once, with the caller's Authorization and Via headers, and waits for
 // all of them, each bounded by the peer timeout. listErr is set when the
 // peers could not be listed.
+//
+// It asks the live peers only: for calls up, a Down node has none (a
+// survivor reaped them).
 func (s *Server) askPeers(ctx *fasthttp.RequestCtx, method, path string, query url.Values) (answers []peerAnswer, listErr error) {
-	return s.askPeersEach(ctx, method, path, func(Peer) url.Values { return query })
+	all, err := s.askPeersEach(ctx, method, path, func(Peer) url.Values { return query })
+	answers = all[:0]
+	for _, a := range all {
+		if !a.peer.Down {
+			answers = append(answers, a)
+		}
+	}
+	return answers, err
 }
 
 // askPeersEach is askPeers with each peer's own query (query(p) is not
-// changed; scope=local is added to a copy).
+// changed; scope=local is added to a copy), for reads of history: a Down
+// peer is in the answers with errNodeDown, so the read names it.
 func (s *Server) askPeersEach(ctx *fasthttp.RequestCtx, method, path string, query func(p Peer) url.Values) (answers []peerAnswer, listErr error) {
 	f := s.cluster.Load()
 	lctx, cancel := context.WithTimeout(context.Background(), f.timeout)
@@ -153,6 +171,10 @@ func (s *Server) askPeersEach(ctx *fasthttp.RequestCtx, method, path string, que
 	var wg sync.WaitGroup
 	for i, p := range peers {
 		answers[i].peer = p
+		if p.Down {
+			answers[i].err = errNodeDown
+			continue
+		}
 		q := url.Values{}
 		for k, v := range query(p) {
 			q[k] = v

@@ -7,8 +7,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,12 +103,20 @@ func (u unavailableList) nodes() string {
 // answer 200 (or the right 404) within the peer timeout, name exactly the
 // peers that could not answer, and merge b's and c's CDRs with a's in
 // start order; the local-only form never fans out; an org key that only a
-// knows gets its peers' 401 as unavailable, not their data.
+// knows gets its peers' 401 as unavailable, not their data. A node whose
+// lease is gone (Down) is never asked: the calls list and an end leave it
+// out (a survivor reaped its calls), the usage names it as unavailable.
 func TestClusterReadsThroughPeers(t *testing.T) {
 	a, b, c := setup(t), setup(t), setup(t)
 	const timeout = 500 * time.Millisecond
+	var goneAsked atomic.Int64
+	gone := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		goneAsked.Add(1)
+		http.Error(w, "a Down node is never asked", 500)
+	}))
+	defer gone.Close()
 	a.srv.SetPeers("a", staticPeers{{Node: "b", URL: b.base}, {Node: "c", URL: c.base},
-		{Node: "stalled", URL: stalledPeer(t)}, {Node: "dead", URL: deadPeer(t)}}, timeout)
+		{Node: "stalled", URL: stalledPeer(t)}, {Node: "dead", URL: deadPeer(t)}, {Node: "gone", URL: gone.URL, Down: true}}, timeout)
 	b.srv.SetPeers("b", staticPeers{{Node: "a", URL: a.base}}, timeout)
 
 	var calls struct {
@@ -166,7 +176,8 @@ func TestClusterReadsThroughPeers(t *testing.T) {
 	for _, row := range usage.CDRs {
 		ids = append(ids, row["call_id"].(string))
 	}
-	if strings.Join(ids, "") != "pqrstu" || usage.Unavailable.nodes() != "stalled,dead" {
+	if strings.Join(ids, "") != "pqrstu" || usage.Unavailable.nodes() != "stalled,dead,gone" ||
+		!strings.Contains(usage.Unavailable[2].Error, "not running") {
 		t.Fatalf("a's merged usage: calls %v, unavailable %+v", ids, usage.Unavailable)
 	}
 	if usage.CDRs[1]["charge"] != "0.60" || usage.CDRs[1]["from"] != "+12125550100" || usage.CDRs[1]["billed_s"] != float64(60) {
@@ -177,7 +188,7 @@ func TestClusterReadsThroughPeers(t *testing.T) {
 	if r.status != 200 || err != nil || len(rows) != 5 || rows[1][0] != "r" || rows[4][0] != "u" {
 		t.Fatalf("a's merged CSV from the third call: %d %v %q", r.status, err, rows)
 	}
-	if h := r.header.Get(UnavailableHeader); !strings.Contains(h, "stalled: ") || !strings.Contains(h, "dead: ") {
+	if h := r.header.Get(UnavailableHeader); !strings.Contains(h, "stalled: ") || !strings.Contains(h, "dead: ") || !strings.Contains(h, "gone: ") {
 		t.Fatalf("%s: %q", UnavailableHeader, h)
 	}
 	var bOwn struct{ CDRs []map[string]any }
@@ -194,6 +205,9 @@ func TestClusterReadsThroughPeers(t *testing.T) {
 	_ = json.Unmarshal(r.body, &usage)
 	if r.status != 200 || len(usage.CDRs) != 2 || !strings.Contains(usage.Unavailable[0].Error, "401") {
 		t.Fatalf("org key through a: %d %s", r.status, r.body)
+	}
+	if n := goneAsked.Load(); n != 0 {
+		t.Fatalf("the Down node was asked %d times", n)
 	}
 }
 

@@ -120,6 +120,10 @@ func (s *Server) openPeerUsage(ctx context.Context, rctx *fasthttp.RequestCtx, o
 	errs := make([]error, len(peers))
 	var wg sync.WaitGroup
 	for i, p := range peers {
+		if p.Down {
+			errs[i] = errNodeDown
+			continue
+		}
 		wg.Go(func() {
 			streams[i], errs[i] = f.openUsage(ctx, p, "/v1/orgs/"+url.PathEscape(org)+"/usage?"+q.Encode(), auth, via)
 		})

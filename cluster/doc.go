@@ -379,9 +379,10 @@
 //     per node is exact for them. The low-balance forecast's burn
 //     rate is the notifier node's own history, not the cluster's.
 //   - Cluster-wide reads (api/cluster*.go) ask the nodes registered on a
-//     live lease: a node whose lease etcd expired is neither asked nor
-//     named unavailable, so its history (CDRs, transactions, audit
-//     entries, on its disk) is missing from them until it rejoins. The
+//     live lease and name the others that ever registered (nodes/<id>,
+//     registry.go) as unavailable: a down node's history (CDRs,
+//     transactions, audit entries, on its disk) is missing from them until
+//     it rejoins, said plainly. The
 //     org's held, pools, transactions (with the fundings etcd keeps,
 //     fundings_list.go) and forecast are merged; the notifier's low-balance
 //     forecast is not: the cluster's forecast is computed by the admin API

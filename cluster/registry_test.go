@@ -12,7 +12,8 @@ import (
 	"github.com/creditgate/creditgate/cluster/etcdtest"
 )
 
-// peersOf is n's peers as "id=url" strings, in order.
+// peersOf is n's peers as "id=url" strings, in order, " down" after a
+// node registered once whose lease is gone.
 func peersOf(t *testing.T, n *Node) []string {
 	t.Helper()
 	ps, err := n.Peers(context.Background())
@@ -21,7 +22,11 @@ func peersOf(t *testing.T, n *Node) []string {
 	}
 	out := make([]string, 0, len(ps))
 	for _, p := range ps {
-		out = append(out, p.NodeID+"="+p.AdminURL)
+		s := p.NodeID + "=" + p.AdminURL
+		if p.Down {
+			s += " down"
+		}
+		out = append(out, s)
 	}
 	return out
 }
@@ -81,19 +86,20 @@ func TestRegistry(t *testing.T) {
 	if got, want := peersOf(t, a), []string{"b=http://127.0.0.1:7082", "c=https://c.example:8443"}; !sameList(got, want) {
 		t.Fatalf("with two incarnations of b: a's peers %v, want %v", got, want)
 	}
-	// c stops renewing: once etcd expires its lease it is gone, and so is
-	// b's first incarnation's key, with nobody deleting either.
+	// c stops renewing: once etcd expires its lease it is down (still
+	// named: its history is on its disk), and b's first incarnation's key
+	// is gone, with nobody deleting either.
 	c.stopKeepAlive()
 	waited := time.Now()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-		if got := peersOf(t, a); sameList(got, []string{"b=http://127.0.0.1:7082"}) {
+		if got := peersOf(t, a); sameList(got, []string{"b=http://127.0.0.1:7082", "c=https://c.example:8443 down"}) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("c still listed 20 s after it stopped renewing a 2 s lease: %v", peersOf(t, a))
+			t.Fatalf("c still live 20 s after it stopped renewing a 2 s lease: %v", peersOf(t, a))
 		}
 	}
-	t.Logf("c left the registry %v after it stopped renewing (lease TTL 2 s)", time.Since(waited).Round(10*time.Millisecond))
+	t.Logf("c went down in the registry %v after it stopped renewing (lease TTL 2 s)", time.Since(waited).Round(10*time.Millisecond))
 	resp, err := cli.Get(ctx, keys{testPrefix}.admins(), clientv3.WithPrefix())
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +116,15 @@ func TestRegistry(t *testing.T) {
 	if err := a.Register(ctx, "http://127.0.0.1:8081"); !errors.Is(err, ErrFenced) {
 		t.Fatalf("register after revoke: %v, want ErrFenced", err)
 	}
-	if got := peersOf(t, b2); len(got) != 0 {
-		t.Fatalf("b2's peers after a's lease was revoked: %v, want none", got)
+	if got, want := peersOf(t, b2), []string{"a=http://127.0.0.1:8081 down", "c=https://c.example:8443 down"}; !sameList(got, want) {
+		t.Fatalf("b2's peers after a's lease was revoked: %v, want %v", got, want)
+	}
+	// A node retired for good: its nodes/ key deleted, it is no longer
+	// named.
+	if _, err := cli.Delete(ctx, keys{testPrefix}.knownNode("c")); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := peersOf(t, b2), []string{"a=http://127.0.0.1:8081 down"}; !sameList(got, want) {
+		t.Fatalf("b2's peers after c was retired: %v, want %v", got, want)
 	}
 }

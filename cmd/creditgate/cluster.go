@@ -314,7 +314,7 @@ func (p peerList) Peers(ctx context.Context) ([]api.Peer, error) {
 	}
 	out := make([]api.Peer, len(ps))
 	for i, x := range ps {
-		out[i] = api.Peer{Node: x.NodeID, URL: x.AdminURL}
+		out[i] = api.Peer{Node: x.NodeID, URL: x.AdminURL, Down: x.Down}
 	}
 	return out, nil
 }

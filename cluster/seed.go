@@ -10,7 +10,6 @@ import (
 	"sort"
 	"strings"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/shopspring/decimal"
@@ -252,13 +251,18 @@ func claimSeed(ctx context.Context, n *Node, source string) (claimRev int64, don
 			}
 			return kv.CreateRevision, rec.Done, true, nil
 		}
-		if err := noOtherNodes(ctx, n); err != nil {
+		listed, err := noOtherNodes(ctx, n)
+		if err != nil {
 			return 0, false, false, err
+		}
+		if seedListed != nil {
+			seedListed()
 		}
 		ok, rev, err := n.commit(ctx,
 			[]clientv3.Cmp{
 				clientv3.Compare(clientv3.Version(n.k.config()), "=", 0).WithPrefix(),
 				clientv3.Compare(clientv3.CreateRevision(key), "=", 0),
+				clientv3.Compare(clientv3.CreateRevision(n.k.members()), "<", listed+1).WithPrefix(),
 			},
 			[]clientv3.Op{clientv3.OpPut(key, encode(seedRecord{Source: source, Node: n.ID()}))})
 		if err != nil {
@@ -267,18 +271,30 @@ func claimSeed(ctx context.Context, n *Node, source string) (claimRev int64, don
 		if ok {
 			return rev, false, false, nil
 		}
-		// The configuration is not empty, or a seed key appeared: look
-		// again, once more at most, to say which.
+		// The configuration is not empty, a seed key appeared or a node
+		// joined since the listing: look again, to say which.
 		kvs, err = n.read(ctx, key)
 		if err != nil {
 			return 0, false, false, fmt.Errorf("cluster seed: %w", err)
 		}
-		if kvs[key] == nil {
+		if kvs[key] != nil {
+			continue // a seed key appeared: the top of the loop says whose
+		}
+		cfgCount, err := n.cli.Get(ctx, n.k.config(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			return 0, false, false, fmt.Errorf("cluster seed: %w", err)
+		}
+		if cfgCount.Count > 0 {
 			return 0, false, false, fmt.Errorf("cluster seed: etcd already holds a shared configuration: %w", ErrConfigExists)
 		}
+		// A node joined since the listing: the next listing names it.
 	}
 	return 0, false, false, fmt.Errorf("cluster seed: claim: %w", ErrContention)
 }
+
+// seedListed, when a test sets it, runs between the members' listing and
+// the claim: where a node joining races the seed.
+var seedListed func()
 
 // noOtherNodes refuses a seed while other nodes are members of the
 // cluster: they would apply the configuration as it lands and could spend
@@ -286,22 +302,29 @@ func claimSeed(ctx context.Context, n *Node, source string) (claimRev int64, don
 // refused by CheckSeeded until the seed is done). The seeding node's own
 // earlier incarnations (a cut-short seed whose lease has not expired yet)
 // do not count: its data directory is locked, so no node of that id runs.
-func noOtherNodes(ctx context.Context, n *Node) error {
+//
+// It returns the revision it listed at: the claim compares that no member
+// key was created after it, so a node joining between the listing and the
+// claim makes the claim fail (and the next listing names it) instead of
+// serving the configuration as it lands without its money.
+func noOtherNodes(ctx context.Context, n *Node) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.OpTimeout)
+	defer cancel()
+	resp, err := n.cli.Get(ctx, n.k.members(), clientv3.WithPrefix(), clientv3.WithLimit(maxPeers))
+	if err != nil {
+		return 0, fmt.Errorf("cluster seed: list the members: %w", err)
+	}
 	var others []string
-	err := n.eachKV(ctx, n.k.members(), false, func(kv *mvccpb.KeyValue) error {
+	for _, kv := range resp.Kvs {
 		if id := string(kv.Value); id != n.ID() {
 			others = append(others, id)
 		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cluster seed: list the members: %w", err)
 	}
-	if len(others) > 0 {
-		return fmt.Errorf("cluster seed: node(s) %s are running on this cluster: seed it before any node starts (stop them, seed, start them again): %w",
+	if len(others) > 0 || resp.More {
+		return 0, fmt.Errorf("cluster seed: node(s) %s are running on this cluster: seed it before any node starts (stop them, seed, start them again): %w",
 			strings.Join(others, ", "), ErrInvalid)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // seedPool writes one pool's month usage as this node's (see above).

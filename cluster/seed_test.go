@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -376,6 +377,24 @@ func TestSeedRefusals(t *testing.T) {
 	if o, _ := l.Org("acme"); !o.Balance.Equal(before["acme"]) {
 		t.Fatalf("a refused seed moved acme's money: %s", o.Balance)
 	}
+
+	// A node joining between the seed's listing of the members and its
+	// claim: the claim's comparison fails, the next listing names it.
+	var late *Node
+	seedListed = func() {
+		if late == nil {
+			late = join(t, cli, "late")
+		}
+	}
+	_, err := SeedCluster(context.Background(), n, l, "src")
+	seedListed = nil
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "late") {
+		t.Fatalf("seed with a node joining after its listing: %v, want ErrInvalid naming it", err)
+	}
+	if st := mustCheck(t, n); len(st.Orgs) != 0 {
+		t.Fatalf("a refused seed wrote %+v", st.Orgs)
+	}
+	must(t, late.Close(context.Background()))
 
 	// A node running on the cluster, which is still empty.
 	other := startReplica(t, cli, "other", t.TempDir())

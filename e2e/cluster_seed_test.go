@@ -135,6 +135,13 @@ func TestClusterSeedFromSingleNode(t *testing.T) {
 	if err == nil || !strings.Contains(string(out2), "seeded as node n1") {
 		t.Fatalf("the seeded data directory served as n7: %v\n%s", err, out2)
 	}
+	// Served alone again (no --cluster-etcd): refused, its money is in
+	// etcd now (every org would show 0.00).
+	out3, err := exec.CommandContext(ctx, bin, append([]string{"serve", "--data-dir", dir, "--admin-token", token,
+		"--sip-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--http-listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, conf...)...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out3), "belongs to a cluster") {
+		t.Fatalf("the seeded data directory served as a single node: %v\n%s", err, out3)
+	}
 	n1 := startGateway(t, bin, dir, extra("n1")...)
 	n2 := startGateway(t, bin, t.TempDir(), extra("n2")...)
 	nodes := []*gateway{n1, n2}
@@ -163,7 +170,7 @@ func TestClusterSeedFromSingleNode(t *testing.T) {
 			Key                   string `json:"idempotency_key"`
 		}
 	}
-	n1.api("GET", "/v1/orgs/acme/transactions", "", "", 200, &txs)
+	n1.api("GET", "/v1/orgs/acme/transactions?scope=local", "", "", 200, &txs)
 	last := txs.Transactions[len(txs.Transactions)-1]
 	if last.Kind != "return" || last.Key != "cluster-seed/1" || !decimal.RequireFromString(last.Amount).Equal(balance.Neg()) {
 		t.Fatalf("node 1's last transaction %+v, want the seed's return of %s", last, balance)

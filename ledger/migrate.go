@@ -86,3 +86,12 @@ func (l *Ledger) SeedMove(org string) (decimal.Decimal, bool) {
 	}
 	return m.Entry.Amount.Neg(), true
 }
+
+// ClusterBound reports whether any org's money ever moved between this
+// ledger and a cluster (a slice, a return, the seed's move): its balances
+// are then a cluster node's, not a single node's of record.
+func (l *Ledger) ClusterBound() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.sliceMoves) > 0
+}

@@ -62,8 +62,10 @@ func joinCluster(ctx context.Context, cfg configs.Config, log *slog.Logger) (*cl
 	c := cfg.Cluster
 	id, err := nodeID(cfg)
 	if err != nil {
+		lock.Close()
 		return nil, err
 	}
+
 	tlsCfg, err := etcdTLS(c)
 	if err != nil {
 		return nil, err
@@ -114,6 +116,12 @@ func (cn *clusterNode) start(ctx context.Context, cfg configs.Config, local *led
 			return fmt.Errorf("cluster configuration: %w: move this single node's data into the cluster first with creditgate cluster seed (README, Existing data), or start on an empty --data-dir", err)
 		}
 		return fmt.Errorf("cluster configuration: %w", err)
+	}
+	// From here on the ledger takes slices of etcd's money: a single-node
+	// serve must refuse the directory (clustermark.go).
+	if err := markCluster(cfg.DataDir, "a node of the cluster at "+strings.Join(c.Etcd, ",")+" as "+id); err != nil {
+		cn.stop(log)
+		return err
 	}
 	if cn.books, err = cluster.NewBooks(cn.node, local, cn.replica, cluster.DefaultSlicePolicy(), clock.Real{},
 		log.With("component", "cluster")); err != nil {

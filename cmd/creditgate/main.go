@@ -100,7 +100,11 @@ func serve(configPath string, o overrides) error {
 	// before its ledger opens: the ledger's restart settlement must leave
 	// alone the calls survivors already ended and settled (issue 17).
 	var cn *clusterNode
-	if cfg.Cluster.Enabled() {
+	if !cfg.Cluster.Enabled() {
+		if err := refuseClusterDir(cfg.DataDir); err != nil {
+			return err
+		}
+	} else {
 		if cn, err = joinCluster(context.Background(), cfg, log); err != nil {
 			return err
 		}

@@ -97,7 +97,17 @@ func seedCmd(w io.Writer, configPath string, o overrides) error {
 	if err != nil {
 		return fmt.Errorf("join the cluster at %s as %s: %w", strings.Join(c.Etcd, ","), id, err)
 	}
+	if err := markCluster(cfg.DataDir, "seeded into the cluster at "+strings.Join(c.Etcd, ",")+" as "+id); err != nil {
+		return err
+	}
 	rep, err := cluster.SeedCluster(ctx, node, led, source)
+	if err != nil && !led.ClusterBound() {
+		// Refused or cut short before the ledger's money moved: the
+		// directory can still serve as the single node it was.
+		if uerr := unmarkCluster(cfg.DataDir); uerr != nil {
+			log.Warn("seed", "error", uerr)
+		}
+	}
 	if cerr := node.Close(context.Background()); cerr != nil {
 		log.Warn("cluster: leaving after the seed (the lease ends by itself)", "error", cerr)
 	}

@@ -48,6 +48,7 @@ const maxGuardOps = 120
 // *ledger.Ledger.
 type GuardSource interface {
 	GuardFigures(org string, at time.Time) (ledger.GuardFigures, bool)
+	GuardUpdate(org string, at time.Time, fn func(fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures) ledger.GuardFigures) (ledger.GuardFigures, bool)
 }
 
 // Guard is a node's ledger.PeerGuard: it publishes the node's fraud-guard
@@ -86,18 +87,26 @@ type Guard struct {
 	log *slog.Logger
 
 	mu     sync.Mutex
-	dirty  map[string]bool      // guarded by mu: orgs whose own figures changed since published
-	urgent bool                 // guarded by mu: one of them is near a limit
-	peers  map[string]*peerOrg  // guarded by mu: org → the other nodes' figures
-	trips  map[string]time.Time // guarded by mu: org/guard → last fraud_guard queued, as seen
+	dirty  map[string]bool        // guarded by mu: orgs whose own figures changed since published
+	urgent bool                   // guarded by mu: one of them is near a limit
+	peers  map[string]*peerOrg    // guarded by mu: org → the other nodes' figures
+	trips  map[string]time.Time   // guarded by mu: org/guard → last fraud_guard queued, as seen
+	orgMu  map[string]*sync.Mutex // guarded by mu: org → its write lock (orgLock, guard_exact.go)
+	ops    GuardOps               // guarded by mu: what Reserve did
+
+	// published and lastPub are guarded by mu: orgs with a key of this
+	// node in etcd, and what was last written there (encoded): a
+	// publication that would write the same is skipped, so a node
+	// answering a peer's change (applyLocked) settles instead of ping-ponging.
+	published map[string]bool
+	lastPub   map[string]string
 
 	wake, wakeNow chan struct{} // cap 1: a change, a change near a limit
 
 	// Set by Start, read-only after.
 	n   *Node
 	src GuardSource
-
-	published map[string]bool // the publisher's: orgs with a key of this node in etcd
+	ctx context.Context // Reserve's: done at Close
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the publisher and the watcher
@@ -117,7 +126,7 @@ type peerOrg struct {
 // ledger (ledger.Options.PeerGuard), then Start it with the node and the
 // ledger once both are open. Changes before Start are published by it.
 func NewGuard(clk clock.Clock, log *slog.Logger) *Guard {
-	return &Guard{clk: clk, log: log, dirty: map[string]bool{}, peers: map[string]*peerOrg{}, trips: map[string]time.Time{},
+	return &Guard{clk: clk, log: log, dirty: map[string]bool{}, peers: map[string]*peerOrg{}, trips: map[string]time.Time{}, orgMu: map[string]*sync.Mutex{}, lastPub: map[string]string{},
 		wake: make(chan struct{}, 1), wakeNow: make(chan struct{}, 1), published: map[string]bool{}}
 }
 
@@ -128,7 +137,7 @@ var _ ledger.PeerGuard = (*Guard)(nil)
 func (g *Guard) Start(n *Node, src GuardSource) {
 	g.n, g.src = n, src
 	ctx, cancel := context.WithCancel(context.Background())
-	g.cancel = cancel
+	g.ctx, g.cancel = ctx, cancel
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
@@ -209,7 +218,10 @@ func (g *Guard) publishLoop(ctx context.Context) {
 	for {
 		// While it has keys, a timer wakes it for the minute's re-marking.
 		var t clock.Timer
-		if len(g.published) > 0 {
+		g.mu.Lock()
+		some := len(g.published) > 0
+		g.mu.Unlock()
+		if some {
 			t = g.clk.AfterFunc(max(time.Minute-g.clk.Since(minute), 0), func() { g.signal(false) })
 		}
 		select {
@@ -266,9 +278,11 @@ func (g *Guard) sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// publish writes the marked orgs' figures in fenced transactions of at most
-// maxGuardOps keys; an org whose figures are empty (or that has no limit
-// any more) has its key deleted. On failure the orgs are marked again.
+// publish writes the marked orgs' claims (Guard.lowered) in fenced
+// transactions of at most maxGuardOps keys; an org whose claim is empty
+// (or that has no limit any more) has its key deleted. Each org's write
+// lock is held from its claim's update in the ledger to the commit, so a
+// raise (Reserve) never interleaves. On failure the orgs are marked again.
 func (g *Guard) publish(ctx context.Context) error {
 	g.mu.Lock()
 	orgs := make([]string, 0, len(g.dirty))
@@ -285,7 +299,14 @@ func (g *Guard) publish(ctx context.Context) error {
 	now := g.clk.Now()
 	var ops []clientv3.Op
 	var batch []string
+	var locked []*sync.Mutex
 	flush := func() error {
+		defer func() {
+			for _, m := range locked {
+				m.Unlock()
+			}
+			locked = locked[:0]
+		}()
 		if len(ops) == 0 {
 			return nil
 		}
@@ -297,6 +318,7 @@ func (g *Guard) publish(ctx context.Context) error {
 			for _, org := range batch {
 				g.dirty[org] = true
 				g.published[org] = true
+				delete(g.lastPub, org) // unknown: written again
 			}
 			g.mu.Unlock()
 		}
@@ -305,15 +327,32 @@ func (g *Guard) publish(ctx context.Context) error {
 	}
 	for i, org := range orgs {
 		key := g.n.k.guard(org, g.n.ID())
-		f, ok := g.src.GuardFigures(org, now)
+		m := g.orgLock(org)
+		m.Lock()
+		locked = append(locked, m)
+		f, ok := g.src.GuardUpdate(org, now, func(fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures) ledger.GuardFigures {
+			return g.lowered(org, fg, usage, pending, claim, now)
+		})
+		g.mu.Lock()
+		had := g.published[org]
+		put := ok && !f.Empty()
+		v := ""
+		if put {
+			v = encode(f)
+		}
 		switch {
-		case ok && !f.Empty():
-			ops = append(ops, clientv3.OpPut(key, encode(f), clientv3.WithLease(g.n.Lease())))
-			g.published[org] = true
-		case g.published[org]:
+		case put && had && g.lastPub[org] == v:
+			put, had = false, false // as it is in etcd already
+		case put:
+			ops = append(ops, clientv3.OpPut(key, v, clientv3.WithLease(g.n.Lease())))
+			g.published[org], g.lastPub[org] = true, v
+		case had:
 			ops = append(ops, clientv3.OpDelete(key))
 			delete(g.published, org)
-		default:
+			delete(g.lastPub, org)
+		}
+		g.mu.Unlock()
+		if !put && !had {
 			continue
 		}
 		batch = append(batch, org)
@@ -364,21 +403,31 @@ func (g *Guard) watchLoop(ctx context.Context) {
 				break
 			}
 			g.mu.Lock()
+			again := false
 			for _, ev := range wr.Events {
-				g.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE)
+				again = g.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE) || again
 			}
 			g.mu.Unlock()
+			if again {
+				g.signal(false)
+			}
 		}
 		sleepCtx(ctx, g.clk, GuardEvery)
 	}
 }
 
 // applyLocked takes one key's figures (or its deletion) into peers and
-// sums the org again. Guard.mu is held.
-func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
+// sums the org again. Guard.mu is held. true when this node has a claim
+// for the org: it is marked for publication, so headroom the peers' new
+// claims leave no room for is given back (Guard.lowered) rather than
+// stranded while this node's own figures do not change.
+func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) (again bool) {
 	org, node, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), g.n.k.guards()), "/")
 	if !ok || node == g.n.ID() {
-		return // this node's own: the ledger has them first-hand
+		return false // this node's own: the ledger has them first-hand
+	}
+	if g.published[org] {
+		g.dirty[org], again = true, true
 	}
 	p := g.peers[org]
 	if p == nil {
@@ -400,7 +449,7 @@ func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
 	}
 	if len(p.nodes) == 0 {
 		delete(g.peers, org)
-		return
+		return again
 	}
 	p.calls, p.userCalls, p.spend, p.userSpend = 0, map[string]int{}, map[int64]decimal.Decimal{}, map[string]map[int64]decimal.Decimal{}
 	for _, f := range p.nodes {
@@ -416,6 +465,7 @@ func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
 			addBuckets(p.userSpend[u], b)
 		}
 	}
+	return again
 }
 
 func addBuckets(into, from map[int64]decimal.Decimal) {

@@ -22,11 +22,34 @@ import (
 var _ ledger.GuardReserver = (*Guard)(nil)
 
 // headroomShare is the part of the room left under a limit that a raise
-// takes beyond what it needs (and a publication keeps): a quarter, so far
-// from a limit a node admits the next calls from its claim without etcd,
-// and near it (less than headroomShare⁻¹ calls of room) every admission
-// is a transaction of its own. The other nodes keep three quarters.
+// takes beyond what it needs (and a publication keeps) while the cluster
+// is far from the limit: a quarter, so a node admits its next calls from
+// its claim without etcd, and the other nodes keep three quarters.
 const headroomShare = 4
+
+// headroom is what a claim may hold beyond its node's figures when the
+// cluster's figures (the other nodes' claims plus this node's figures)
+// are used of limit: a share of the room while used is under half the
+// limit, none from half on. So in a limit's upper half every admission is
+// a transaction of its own, serialized with every other node's, and a
+// settled cluster holds no headroom there: a node refuses a call only if
+// the cluster's calls (or the hour's credit, plus the call's) would pass
+// the limit. (Below half, headroom spread over the nodes may leave no
+// single node room for one increment dearer than half the spend limit; a
+// call that dear is refused there too.)
+func headroom(used, limit int) int {
+	if 2*used >= limit {
+		return 0
+	}
+	return (limit - used) / headroomShare
+}
+
+func spendHeadroom(used, limit decimal.Decimal) decimal.Decimal {
+	if used.Mul(decimal.NewFromInt(2)).GreaterThanOrEqual(limit) {
+		return decimal.Zero
+	}
+	return limit.Sub(used).Div(decimal.NewFromInt(headroomShare)).Truncate(4)
+}
 
 // orgLock is the org's write lock: it serializes this node's raises of
 // the org's claim (Reserve) with its publications (publish), so the claim
@@ -143,7 +166,7 @@ func raise(fg ledger.FraudGuard, claim, want, others ledger.GuardFigures, at tim
 	next := claim.Clone()
 	if fg.MaxCalls > 0 && want.Calls > claim.Calls {
 		if room := fg.MaxCalls - others.Calls - want.Calls; room >= 0 {
-			next.Calls = want.Calls + room/headroomShare
+			next.Calls = want.Calls + headroom(others.Calls+want.Calls, fg.MaxCalls)
 		}
 	}
 	if fg.MaxCallsPerUser > 0 {
@@ -155,7 +178,7 @@ func raise(fg ledger.FraudGuard, claim, want, others ledger.GuardFigures, at tim
 				if next.UserCalls == nil {
 					next.UserCalls = map[string]int{}
 				}
-				next.UserCalls[u] = n + room/headroomShare
+				next.UserCalls[u] = n + headroom(others.UserCalls[u]+n, fg.MaxCallsPerUser)
 			}
 		}
 	}
@@ -192,11 +215,11 @@ func raiseSpend(limit decimal.Decimal, claim, want, others map[int64]decimal.Dec
 			}
 		}
 		next = inWindow(next, at)
-		room := limit.Sub(ledger.WindowSum(others, at)).Sub(ledger.WindowSum(next, at))
-		if room.IsNegative() {
+		used := ledger.WindowSum(others, at).Add(ledger.WindowSum(next, at))
+		if used.GreaterThan(limit) {
 			return claim
 		}
-		if h := room.Div(decimal.NewFromInt(headroomShare)).Truncate(4); h.IsPositive() {
+		if h := spendHeadroom(used, limit); h.IsPositive() {
 			m := at.Unix() / 60
 			next[m] = next[m].Add(h)
 		}
@@ -222,12 +245,12 @@ func (g *Guard) lowered(org string, fg ledger.FraudGuard, usage, pending, claim 
 		p = &peerOrg{}
 	}
 	if fg.MaxCalls > 0 {
-		h := max(fg.MaxCalls-p.calls-mine.Calls, 0) / headroomShare
+		h := headroom(p.calls+mine.Calls, fg.MaxCalls)
 		next.Calls = max(usage.Calls, min(claim.Calls, mine.Calls+h))
 	}
 	if fg.MaxCallsPerUser > 0 {
 		for _, u := range userKeys(usage.UserCalls, pending.UserCalls, claim.UserCalls) {
-			h := max(fg.MaxCallsPerUser-p.userCalls[u]-mine.UserCalls[u], 0) / headroomShare
+			h := headroom(p.userCalls[u]+mine.UserCalls[u], fg.MaxCallsPerUser)
 			if n := max(usage.UserCalls[u], min(claim.UserCalls[u], mine.UserCalls[u]+h)); n > 0 {
 				if next.UserCalls == nil {
 					next.UserCalls = map[string]int{}
@@ -237,10 +260,7 @@ func (g *Guard) lowered(org string, fg ledger.FraudGuard, usage, pending, claim 
 		}
 	}
 	lowerSpend := func(limit decimal.Decimal, peers, usage, mine, claim map[int64]decimal.Decimal) map[int64]decimal.Decimal {
-		h := limit.Sub(ledger.WindowSum(peers, at)).Sub(ledger.WindowSum(mine, at)).Div(decimal.NewFromInt(headroomShare)).Truncate(4)
-		if h.IsNegative() {
-			h = decimal.Zero
-		}
+		h := spendHeadroom(ledger.WindowSum(peers, at).Add(ledger.WindowSum(mine, at)), limit)
 		var out map[int64]decimal.Decimal
 		for _, b := range []map[int64]decimal.Decimal{usage, mine, claim} {
 			for k := range b {

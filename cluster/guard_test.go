@@ -764,3 +764,60 @@ func TestGuardLimitThroughReplica(t *testing.T) {
 		t.Fatalf("a call after the limit was lifted: %v", err)
 	}
 }
+
+// TestGuardSetupCost measures what the exact guard adds to call setup on
+// a node: 40 calls opened and closed one after another on node 0 without
+// a limit, far from a max_calls limit (1000: the node admits from its
+// claim's headroom) and near one (10, with 6 up on node 1: every
+// admission is a raise in etcd). The medians are logged, not asserted;
+// the raises are counted, and near the limit there must be more of them
+// than far from it.
+func TestGuardSetupCost(t *testing.T) {
+	sp, guards, shared := startGuarded(t, 3, ledger.FraudGuard{})
+	const n = 40
+	run := func(name string) (time.Duration, float64) {
+		t.Helper()
+		waitSeen(t, 3, settled(sp, guards))
+		before := opsOf(guards)
+		lat := make([]time.Duration, 0, n)
+		for range n {
+			c := testCall("acme")
+			t0 := time.Now()
+			if _, err := sp[0].books.OpenCall(c, time.Now()); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			lat = append(lat, time.Since(t0))
+			if _, err := sp[0].books.CloseCall(c.ID, ledger.CallEnd{At: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ops := opsOf(guards)
+		perCall := float64(ops.Raises-before.Raises+ops.Conflicts-before.Conflicts) / n
+		t.Logf("%s: setup median %v, 90th %v; %.2f etcd raises (and lost races) per call", name, median(lat),
+			slices.Sorted(slices.Values(lat))[n*9/10], perCall)
+		return median(lat), perCall
+	}
+	run("no limit")
+	if _, err := shared.SetFraudGuard("acme", ledger.FraudGuard{MaxCalls: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	waitSeen(t, 3, func(i int) bool { _, ok := sp[i].local.GuardFigures("acme", time.Now()); return ok })
+	farLat, far := run("far from max_calls 1000")
+	if _, err := shared.SetFraudGuard("acme", ledger.FraudGuard{MaxCalls: 10}); err != nil {
+		t.Fatal(err)
+	}
+	waitSeen(t, 3, func(i int) bool {
+		o, err := sp[i].local.Org("acme")
+		return err == nil && o.FraudGuard.MaxCalls == 10
+	})
+	for range 6 {
+		if _, err := sp[1].books.OpenCall(testCall("acme"), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nearLat, near := run("near max_calls 10 (6 up on another node)")
+	t.Logf("near the limit setup takes %v more at the median than far from it", nearLat-farLat)
+	if near <= far || near < 0.5 {
+		t.Fatalf("raises per call: %.2f near the limit, %.2f far from it; want every admission near it to be a raise", near, far)
+	}
+}

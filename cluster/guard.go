@@ -51,37 +51,38 @@ type GuardSource interface {
 	GuardUpdate(org string, at time.Time, fn func(fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures) ledger.GuardFigures) (ledger.GuardFigures, bool)
 }
 
-// Guard is a node's ledger.PeerGuard: it publishes the node's fraud-guard
-// figures in etcd and keeps the other nodes' from a watch, so each node's
-// ledger compares every limit with its own figures plus its peers'. Call
-// setup never waits for etcd: the peers' figures are what the watch last
-// delivered.
+// Guard is a node's ledger.PeerGuard and ledger.GuardReserver: it keeps
+// this node's claims for the fraud guard's limits in etcd (raised by
+// Reserve, guard_exact.go; lowered by the publisher) and the other nodes'
+// from a watch, so the limits hold exactly for the org across the cluster.
 //
-// What it bounds, honestly: a node admits a call while its own calls plus
-// the calls its peers published are below the limit (it takes at most the
-// limit minus the others' share). Calls admitted on other nodes that it has
-// not yet seen are not counted, so the org can be over a limit by what the
-// other nodes admitted within one window: their publish delay (up to
-// GuardEvery away from the limit, the previous transaction's round trip
-// within its neighbourhood) plus etcd's commit and the watch's delivery.
-// In a burst where every node admits at the same instant, before any
-// figure lands, that is at worst each node admitting up to the limit on
-// its own ((nodes − 1) × limit over it); with admissions spaced further
-// apart than the window the limit holds exactly. Spend limits likewise,
-// in credit held. Once the figures land, every node refuses until the
-// org is back under the limit; the over-limit calls go on (nothing ends a
-// call that was admitted).
+// What it bounds: the ledger admits a call (or holds credit) only within
+// its claim, and a claim is raised only in a transaction serialized with
+// every other node's on guard/<org>/'s revision that keeps the claims' sum
+// within the limit; a publication only lowers a claim (never below the
+// node's own figures: calls up before a limit was set are counted as
+// they are). So at every etcd revision the org's calls up and hourly
+// credit across the cluster are within the limit, bursts included. The
+// price: below half a limit a raise takes headroom and setup stays local
+// until it is used; from half on every admission is an etcd read and
+// transaction (Reserve), and when etcd cannot answer within OpTimeout the
+// admission is refused (fail closed: the limit is a fraud ceiling). The
+// peers' figures from the watch serve the trip's detail and the headroom
+// a publication keeps; they decide nothing.
 //
-// A dead node's figures are on its lease: etcd deletes them when the lease
+// A dead node's claims are on its lease: etcd deletes them when the lease
 // expires (or is revoked), and the watch drops them. The spend window is
 // per unix minute on each node's clock, so nodes whose clocks differ by
 // seconds count a bucket a few seconds early or late at the hour's edge.
 //
-// Locks: Guard.mu guards dirty, urgent, peers and trips. The ledger calls
-// PeerCalls, PeerSpend and Changed with its own lock held, so the order is
-// ledger's mu, then Guard.mu; the Guard never calls the ledger holding
-// Guard.mu (the publisher reads GuardFigures after releasing it). published
-// is the publisher goroutine's alone.
+// Locks, in order: an org's write lock (orgLock: held by Reserve from its
+// read to the ledger's claim update, and by the publisher from the
+// claim's update to its commit), then the ledger's lock (GuardUpdate),
+// then Guard.mu. The ledger calls PeerCalls, PeerSpend and Changed with
+// its own lock held (ledger's mu, then Guard.mu), and calls Reserve
+// without it; the Guard never calls the ledger holding Guard.mu.
+// Guard.mu guards dirty, urgent, peers, trips, orgMu, ops, published and
+// lastPub.
 type Guard struct {
 	clk clock.Clock
 	log *slog.Logger

@@ -26,10 +26,12 @@ import (
 // Emergency calls are never limited. The spend windows live in memory: a
 // restart starts them empty.
 //
-// In cluster mode (Options.PeerGuard, peerguard.go) each comparison adds
-// what the other nodes published of the org's calls and spend, so the
-// limits hold for the org across the cluster, and every change of an org
-// with a limit is signalled to the hook for it to publish this node's.
+// In cluster mode (Options.PeerGuard, peerguard.go) the limits hold for
+// the org across the cluster: with a GuardReserver, exactly — an
+// admission or a credit hold is first reserved (reserveGuard, before the
+// ledger's lock: it may wait for etcd), then admitted under the lock only
+// if this node's claim covers it; every change of an org with a limit is
+// signalled to the hook for it to publish this node's figures.
 
 // ErrFraudGuard is a refusal by the fraud guard; errors.As finds a *Trip.
 var ErrFraudGuard = errors.New("fraud guard")

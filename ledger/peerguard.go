@@ -10,12 +10,12 @@ import (
 
 // PeerGuard is what the fraud guard adds to its own counts in cluster mode
 // (Options.PeerGuard): what the other nodes of the cluster have of the
-// org's calls up and hourly spend, as they last published them. With it, a
-// node compares each limit with its own figures plus its peers', so the
-// limit holds for the org, not per node: a node admits at most the limit
-// minus what its peers published. The peers' figures are a little late
-// (package cluster says by how much); the ledger decides on what it has,
-// never waiting for them. nil (single-node mode) changes nothing.
+// org's calls up and hourly spend, as they last published them. With a
+// plain PeerGuard a node compares each limit with its own figures plus
+// its peers', which are a little late, so a burst on several nodes can
+// pass a limit; with a GuardReserver (package cluster's Guard) the limits
+// are exact: the node admits only within its claim (below). nil
+// (single-node mode) changes nothing.
 //
 // The methods are called with the ledger's lock held (Changed sometimes
 // without it): they must answer from memory, quickly, never block, and

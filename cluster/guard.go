@@ -44,10 +44,9 @@ const GuardEvery = 100 * time.Millisecond
 // operations per transaction by default; the fence is one more).
 const maxGuardOps = 120
 
-// GuardSource is where a Guard reads the node's own figures: the node's
-// *ledger.Ledger.
+// GuardSource is where a Guard reads the node's own figures and keeps its
+// claims: the node's *ledger.Ledger (ledger.Ledger.GuardUpdate).
 type GuardSource interface {
-	GuardFigures(org string, at time.Time) (ledger.GuardFigures, bool)
 	GuardUpdate(org string, at time.Time, fn func(fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures) ledger.GuardFigures) (ledger.GuardFigures, bool)
 }
 

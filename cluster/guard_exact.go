@@ -233,14 +233,15 @@ func raiseSpend(limit decimal.Decimal, claim, want, others map[int64]decimal.Dec
 // the claim otherwise (a raise is Reserve's alone), and within that the
 // own figures plus pending plus a share of the room the other nodes'
 // claims (as the watch has them) leave. Buckets other than at's minute
-// keep no headroom; buckets that left the hour go.
+// keep no headroom; buckets that left the hour go. Called under the
+// ledger's lock (GuardUpdate); takes Guard.mu.
 func (g *Guard) lowered(org string, fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures, at time.Time) ledger.GuardFigures {
 	mine := sumFigures(usage, pending)
 	var next ledger.GuardFigures
 	m := at.Unix() / 60
-	g.mu.Lock()
+	g.mu.Lock() // for p: the watch updates it in place
+	defer g.mu.Unlock()
 	p := g.peers[org]
-	g.mu.Unlock()
 	if p == nil {
 		p = &peerOrg{}
 	}

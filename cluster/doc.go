@@ -338,7 +338,7 @@
 // calls already up when a limit is set are published as they are (a
 // claim is never below the node's own figures), and refuse new ones.
 // A dead node's claims vanish with its lease. Cost: one read and one
-// transaction per admission near a limit (about 6 ms more setup measured
+// transaction per admission near a limit (6–9 ms more setup measured
 // under -race on 3 nodes), about 0.03 per call far from it.
 //
 // # Not done yet (for the next session)

@@ -103,7 +103,7 @@ type Guard struct {
 
 	wake, wakeNow chan struct{} // cap 1: a change, a change near a limit
 
-	// Set by Start, read-only after.
+	// Set by Start (under mu, for Reserve's sake), read-only after.
 	n   *Node
 	src GuardSource
 	ctx context.Context // Reserve's: done at Close
@@ -135,9 +135,10 @@ var _ ledger.PeerGuard = (*Guard)(nil)
 // Start publishes the node's figures (read from src) and watches its
 // peers' until Close.
 func (g *Guard) Start(n *Node, src GuardSource) {
-	g.n, g.src = n, src
 	ctx, cancel := context.WithCancel(context.Background())
-	g.ctx, g.cancel = ctx, cancel
+	g.mu.Lock() // Reserve may be called from any goroutine, even before Start
+	g.n, g.src, g.ctx, g.cancel = n, src, ctx, cancel
+	g.mu.Unlock()
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()

@@ -92,7 +92,10 @@ func (g *Guard) Ops() GuardOps {
 // ErrUnavailable: the admission is refused — the guard is a fraud
 // ceiling, so it fails closed rather than admit past what it can prove.
 func (g *Guard) Reserve(org string, at time.Time) error {
-	if g.n == nil {
+	g.mu.Lock()
+	started := g.n != nil
+	g.mu.Unlock()
+	if !started {
 		return fmt.Errorf("%w: fraud guard: not started", ledger.ErrUnavailable)
 	}
 	mu := g.orgLock(org)

@@ -42,7 +42,7 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 	c.CallState = CallState{LastAt: at, Charge: decimal.Zero, HoldFrom: at}
 	if !c.Free {
 		_, credit := c.creditIncrement(1)                            // prices the call here, not under the ledger's lock
-		release, err := l.reserveGuard(c.Org, c.User, 1, credit, at) // fraud.go: before the lock
+		release, err := l.reserveGuard(c.Org, c.User, 1, credit, at) // peerguard.go: before the lock
 		if err != nil {
 			return Increment{}, fmt.Errorf("open call %s: %w", c.ID, err)
 		}
@@ -166,7 +166,7 @@ func (l *Ledger) AnswerDialog(callID string, at time.Time, dialog json.RawMessag
 // Hold takes increment n of an answered call, whose increment n-1 must be
 // committed or released already.
 func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
-	release, err := l.reserveStep(callID, n, at) // fraud.go: before the lock
+	release, err := l.reserveStep(callID, n, at) // peerguard.go: before the lock
 	if err != nil {
 		return Increment{}, err
 	}
@@ -262,7 +262,7 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 // be given back if the call closes with a BillTo (liveness.go). at is the
 // end of increment n.
 func (l *Ledger) StepAlive(callID string, n int, at time.Time, live Liveness) (Increment, error) {
-	release, err := l.reserveStep(callID, n+1, at) // fraud.go: before the lock
+	release, err := l.reserveStep(callID, n+1, at) // peerguard.go: before the lock
 	if err != nil {
 		return Increment{}, err
 	}

@@ -311,29 +311,35 @@
 //	          ledger's outbox still has of fraud_guard and drops the rest
 //	          (they speak of its slices).
 //
-// # The fraud guard across the cluster (guard.go)
+// # The fraud guard across the cluster (guard.go, guard_exact.go)
 //
-// An org's fraud-guard limits on calls up and on spend per hour hold for
-// the org, not per node, without an etcd request in call setup. Each node
-// publishes its own figures for every org with such a limit — calls up
-// (per user too if a per-user limit is set) and credit held per unix
-// minute of the last hour — at guard/<org>/<node>, on its lease, in fenced
-// transactions of up to 120 orgs: at once while the org is in the upper
-// half of a limit (counting the peers), else at most every GuardEvery
-// (100 ms). Every node watches guard/ and its ledger (ledger.Options.
-// PeerGuard) compares each limit with its own figures plus its peers', so
-// it admits at most the limit minus what the others published. The bound:
-// the org can be over a limit by what other nodes admitted within one
-// window (their publish delay plus etcd's commit and the watch's delivery,
-// measured 2–17 ms median, about 100 ms at most for a figure below the
-// half: 0–5 over a max_calls of 10 for 30 attempts at once on 3 nodes);
-// in a burst before any figure lands, at worst (nodes − 1) × the limit.
-// Admissions spaced further apart than the window hold it exactly
-// (guard_test.go measures both). A dead node's figures vanish with its
-// lease. Cost: only orgs with a calls or spend limit are published, in
-// one transaction per node per GuardEvery while their figures change (all
-// such orgs batched), or one per etcd round trip while one of them is in
-// the upper half of a limit; each node's watch delivers every peer's.
+// An org's fraud-guard limits on calls up and on spend per hour hold
+// exactly for the org across the nodes. Each node's figures for an org
+// with such a limit — calls up (per user too if a per-user limit is set)
+// and credit held per unix minute of the last hour — are a claim at
+// guard/<org>/<node>, on its lease, and its ledger (ledger.Options.
+// PeerGuard, a ledger.GuardReserver) admits a call or holds credit only
+// if its claim covers its own figures plus its reservations under way.
+// A claim is raised (Guard.Reserve, called by the ledger before it takes
+// its lock) in one fenced transaction that compares guard/<org>/'s
+// revision (etcd 3.4's range compare: no key under the prefix modified or
+// created since the read), re-read on a lost race, and only as far as the
+// claims' sum stays within each limit; lowered (a call ended, a refusal,
+// spend leaving the hour) in the coalesced publication, at once in the
+// upper half of a limit, else at most every GuardEvery (100 ms), in
+// transactions of up to 120 orgs. Below half a limit a raise takes a
+// quarter of the room left as headroom, so setup makes no etcd request
+// until it is used; from half on every admission is a raise. A node gives
+// back headroom when a peer's claim changes (its watch marks the org).
+// etcd not answering in time fails the admission closed (ErrUnavailable).
+// Invariant: a node's claim in its ledger ≤ its key in etcd ≤ what a
+// serialized raise allowed, so the cluster's figures ≤ the sum of the keys
+// ≤ the limit at every revision (guard_test.go asserts it from a watch);
+// calls already up when a limit is set are published as they are (a
+// claim is never below the node's own figures), and refuse new ones.
+// A dead node's claims vanish with its lease. Cost: one read and one
+// transaction per admission near a limit (6–9 ms more setup measured
+// under -race on 3 nodes), about 0.03 per call far from it.
 //
 // # Not done yet (for the next session)
 //
@@ -371,10 +377,9 @@
 //   - The local ledgers start no auto-recharge purchase of their own
 //     (ledger.SliceOnly) and Books.PendingPurchaseOf answers from etcd
 //     (UsePurchases); their slice-level balance_zero notifications are
-//     still queued and dropped by Outbox.Forward. Fraud-guard limits
-//     hold cluster-wide only up to the window above (guard.go): an exact
-//     limit in a burst would need the admissions near a limit serialized
-//     through etcd (a compare on guard/<org>/'s revision), not done. The
+//     still queued and dropped by Outbox.Forward. Fraud-guard calls
+//     and spend limits are exact cluster-wide (above); near a limit each
+//     admission is an etcd transaction, refused while etcd cannot answer. The
 //     max_charge_per_call and max_call_duration_s limits are per call, so
 //     per node is exact for them. The low-balance forecast's burn
 //     rate is the notifier node's own history, not the cluster's.

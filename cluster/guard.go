@@ -44,60 +44,69 @@ const GuardEvery = 100 * time.Millisecond
 // operations per transaction by default; the fence is one more).
 const maxGuardOps = 120
 
-// GuardSource is where a Guard reads the node's own figures: the node's
-// *ledger.Ledger.
+// GuardSource is where a Guard reads the node's own figures and keeps its
+// claims: the node's *ledger.Ledger (ledger.Ledger.GuardUpdate).
 type GuardSource interface {
-	GuardFigures(org string, at time.Time) (ledger.GuardFigures, bool)
+	GuardUpdate(org string, at time.Time, fn func(fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures) ledger.GuardFigures) (ledger.GuardFigures, bool)
 }
 
-// Guard is a node's ledger.PeerGuard: it publishes the node's fraud-guard
-// figures in etcd and keeps the other nodes' from a watch, so each node's
-// ledger compares every limit with its own figures plus its peers'. Call
-// setup never waits for etcd: the peers' figures are what the watch last
-// delivered.
+// Guard is a node's ledger.PeerGuard and ledger.GuardReserver: it keeps
+// this node's claims for the fraud guard's limits in etcd (raised by
+// Reserve, guard_exact.go; lowered by the publisher) and the other nodes'
+// from a watch, so the limits hold exactly for the org across the cluster.
 //
-// What it bounds, honestly: a node admits a call while its own calls plus
-// the calls its peers published are below the limit (it takes at most the
-// limit minus the others' share). Calls admitted on other nodes that it has
-// not yet seen are not counted, so the org can be over a limit by what the
-// other nodes admitted within one window: their publish delay (up to
-// GuardEvery away from the limit, the previous transaction's round trip
-// within its neighbourhood) plus etcd's commit and the watch's delivery.
-// In a burst where every node admits at the same instant, before any
-// figure lands, that is at worst each node admitting up to the limit on
-// its own ((nodes − 1) × limit over it); with admissions spaced further
-// apart than the window the limit holds exactly. Spend limits likewise,
-// in credit held. Once the figures land, every node refuses until the
-// org is back under the limit; the over-limit calls go on (nothing ends a
-// call that was admitted).
+// What it bounds: the ledger admits a call (or holds credit) only within
+// its claim, and a claim is raised only in a transaction serialized with
+// every other node's on guard/<org>/'s revision that keeps the claims' sum
+// within the limit; a publication only lowers a claim (never below the
+// node's own figures: calls up before a limit was set are counted as
+// they are). So at every etcd revision the org's calls up and hourly
+// credit across the cluster are within the limit, bursts included. The
+// price: below half a limit a raise takes headroom and setup stays local
+// until it is used; from half on every admission is an etcd read and
+// transaction (Reserve), and when etcd cannot answer within OpTimeout the
+// admission is refused (fail closed: the limit is a fraud ceiling). The
+// peers' figures from the watch serve the trip's detail and the headroom
+// a publication keeps; they decide nothing.
 //
-// A dead node's figures are on its lease: etcd deletes them when the lease
+// A dead node's claims are on its lease: etcd deletes them when the lease
 // expires (or is revoked), and the watch drops them. The spend window is
 // per unix minute on each node's clock, so nodes whose clocks differ by
 // seconds count a bucket a few seconds early or late at the hour's edge.
 //
-// Locks: Guard.mu guards dirty, urgent, peers and trips. The ledger calls
-// PeerCalls, PeerSpend and Changed with its own lock held, so the order is
-// ledger's mu, then Guard.mu; the Guard never calls the ledger holding
-// Guard.mu (the publisher reads GuardFigures after releasing it). published
-// is the publisher goroutine's alone.
+// Locks, in order: an org's write lock (orgLock: held by Reserve from its
+// read to the ledger's claim update, and by the publisher from the
+// claim's update to its commit), then the ledger's lock (GuardUpdate),
+// then Guard.mu. The ledger calls PeerCalls, PeerSpend and Changed with
+// its own lock held (ledger's mu, then Guard.mu), and calls Reserve
+// without it; the Guard never calls the ledger holding Guard.mu.
+// Guard.mu guards dirty, urgent, peers, trips, orgMu, ops, published and
+// lastPub.
 type Guard struct {
 	clk clock.Clock
 	log *slog.Logger
 
 	mu     sync.Mutex
-	dirty  map[string]bool      // guarded by mu: orgs whose own figures changed since published
-	urgent bool                 // guarded by mu: one of them is near a limit
-	peers  map[string]*peerOrg  // guarded by mu: org → the other nodes' figures
-	trips  map[string]time.Time // guarded by mu: org/guard → last fraud_guard queued, as seen
+	dirty  map[string]bool        // guarded by mu: orgs whose own figures changed since published
+	urgent bool                   // guarded by mu: one of them is near a limit
+	peers  map[string]*peerOrg    // guarded by mu: org → the other nodes' figures
+	trips  map[string]time.Time   // guarded by mu: org/guard → last fraud_guard queued, as seen
+	orgMu  map[string]*sync.Mutex // guarded by mu: org → its write lock (orgLock, guard_exact.go)
+	ops    GuardOps               // guarded by mu: what Reserve did
+
+	// published and lastPub are guarded by mu: orgs with a key of this
+	// node in etcd, and what was last written there (encoded): a
+	// publication that would write the same is skipped, so a node
+	// answering a peer's change (applyLocked) settles instead of ping-ponging.
+	published map[string]bool
+	lastPub   map[string]string
 
 	wake, wakeNow chan struct{} // cap 1: a change, a change near a limit
 
-	// Set by Start, read-only after.
+	// Set by Start (under mu, for Reserve's sake), read-only after.
 	n   *Node
 	src GuardSource
-
-	published map[string]bool // the publisher's: orgs with a key of this node in etcd
+	ctx context.Context // Reserve's: done at Close
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the publisher and the watcher
@@ -117,7 +126,7 @@ type peerOrg struct {
 // ledger (ledger.Options.PeerGuard), then Start it with the node and the
 // ledger once both are open. Changes before Start are published by it.
 func NewGuard(clk clock.Clock, log *slog.Logger) *Guard {
-	return &Guard{clk: clk, log: log, dirty: map[string]bool{}, peers: map[string]*peerOrg{}, trips: map[string]time.Time{},
+	return &Guard{clk: clk, log: log, dirty: map[string]bool{}, peers: map[string]*peerOrg{}, trips: map[string]time.Time{}, orgMu: map[string]*sync.Mutex{}, lastPub: map[string]string{},
 		wake: make(chan struct{}, 1), wakeNow: make(chan struct{}, 1), published: map[string]bool{}}
 }
 
@@ -126,9 +135,10 @@ var _ ledger.PeerGuard = (*Guard)(nil)
 // Start publishes the node's figures (read from src) and watches its
 // peers' until Close.
 func (g *Guard) Start(n *Node, src GuardSource) {
-	g.n, g.src = n, src
 	ctx, cancel := context.WithCancel(context.Background())
-	g.cancel = cancel
+	g.mu.Lock() // Reserve may be called from any goroutine, even before Start
+	g.n, g.src, g.ctx, g.cancel = n, src, ctx, cancel
+	g.mu.Unlock()
 	g.wg.Add(2)
 	go func() {
 		defer g.wg.Done()
@@ -209,7 +219,10 @@ func (g *Guard) publishLoop(ctx context.Context) {
 	for {
 		// While it has keys, a timer wakes it for the minute's re-marking.
 		var t clock.Timer
-		if len(g.published) > 0 {
+		g.mu.Lock()
+		some := len(g.published) > 0
+		g.mu.Unlock()
+		if some {
 			t = g.clk.AfterFunc(max(time.Minute-g.clk.Since(minute), 0), func() { g.signal(false) })
 		}
 		select {
@@ -266,9 +279,11 @@ func (g *Guard) sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// publish writes the marked orgs' figures in fenced transactions of at most
-// maxGuardOps keys; an org whose figures are empty (or that has no limit
-// any more) has its key deleted. On failure the orgs are marked again.
+// publish writes the marked orgs' claims (Guard.lowered) in fenced
+// transactions of at most maxGuardOps keys; an org whose claim is empty
+// (or that has no limit any more) has its key deleted. Each org's write
+// lock is held from its claim's update in the ledger to the commit, so a
+// raise (Reserve) never interleaves. On failure the orgs are marked again.
 func (g *Guard) publish(ctx context.Context) error {
 	g.mu.Lock()
 	orgs := make([]string, 0, len(g.dirty))
@@ -285,7 +300,14 @@ func (g *Guard) publish(ctx context.Context) error {
 	now := g.clk.Now()
 	var ops []clientv3.Op
 	var batch []string
+	var locked []*sync.Mutex
 	flush := func() error {
+		defer func() {
+			for _, m := range locked {
+				m.Unlock()
+			}
+			locked = locked[:0]
+		}()
 		if len(ops) == 0 {
 			return nil
 		}
@@ -297,6 +319,7 @@ func (g *Guard) publish(ctx context.Context) error {
 			for _, org := range batch {
 				g.dirty[org] = true
 				g.published[org] = true
+				delete(g.lastPub, org) // unknown: written again
 			}
 			g.mu.Unlock()
 		}
@@ -305,15 +328,32 @@ func (g *Guard) publish(ctx context.Context) error {
 	}
 	for i, org := range orgs {
 		key := g.n.k.guard(org, g.n.ID())
-		f, ok := g.src.GuardFigures(org, now)
+		m := g.orgLock(org)
+		m.Lock()
+		locked = append(locked, m)
+		f, ok := g.src.GuardUpdate(org, now, func(fg ledger.FraudGuard, usage, pending, claim ledger.GuardFigures) ledger.GuardFigures {
+			return g.lowered(org, fg, usage, pending, claim, now)
+		})
+		g.mu.Lock()
+		had := g.published[org]
+		put := ok && !f.Empty()
+		v := ""
+		if put {
+			v = encode(f)
+		}
 		switch {
-		case ok && !f.Empty():
-			ops = append(ops, clientv3.OpPut(key, encode(f), clientv3.WithLease(g.n.Lease())))
-			g.published[org] = true
-		case g.published[org]:
+		case put && had && g.lastPub[org] == v:
+			put, had = false, false // as it is in etcd already
+		case put:
+			ops = append(ops, clientv3.OpPut(key, v, clientv3.WithLease(g.n.Lease())))
+			g.published[org], g.lastPub[org] = true, v
+		case had:
 			ops = append(ops, clientv3.OpDelete(key))
 			delete(g.published, org)
-		default:
+			delete(g.lastPub, org)
+		}
+		g.mu.Unlock()
+		if !put && !had {
 			continue
 		}
 		batch = append(batch, org)
@@ -364,21 +404,31 @@ func (g *Guard) watchLoop(ctx context.Context) {
 				break
 			}
 			g.mu.Lock()
+			again := false
 			for _, ev := range wr.Events {
-				g.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE)
+				again = g.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE) || again
 			}
 			g.mu.Unlock()
+			if again {
+				g.signal(false)
+			}
 		}
 		sleepCtx(ctx, g.clk, GuardEvery)
 	}
 }
 
 // applyLocked takes one key's figures (or its deletion) into peers and
-// sums the org again. Guard.mu is held.
-func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
+// sums the org again. Guard.mu is held. true when this node has a claim
+// for the org: it is marked for publication, so headroom the peers' new
+// claims leave no room for is given back (Guard.lowered) rather than
+// stranded while this node's own figures do not change.
+func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) (again bool) {
 	org, node, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), g.n.k.guards()), "/")
 	if !ok || node == g.n.ID() {
-		return // this node's own: the ledger has them first-hand
+		return false // this node's own: the ledger has them first-hand
+	}
+	if g.published[org] {
+		g.dirty[org], again = true, true
 	}
 	p := g.peers[org]
 	if p == nil {
@@ -400,7 +450,7 @@ func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
 	}
 	if len(p.nodes) == 0 {
 		delete(g.peers, org)
-		return
+		return again
 	}
 	p.calls, p.userCalls, p.spend, p.userSpend = 0, map[string]int{}, map[int64]decimal.Decimal{}, map[string]map[int64]decimal.Decimal{}
 	for _, f := range p.nodes {
@@ -416,6 +466,7 @@ func (g *Guard) applyLocked(kv *mvccpb.KeyValue, deleted bool) {
 			addBuckets(p.userSpend[u], b)
 		}
 	}
+	return again
 }
 
 func addBuckets(into, from map[int64]decimal.Decimal) {

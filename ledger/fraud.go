@@ -26,10 +26,12 @@ import (
 // Emergency calls are never limited. The spend windows live in memory: a
 // restart starts them empty.
 //
-// In cluster mode (Options.PeerGuard, peerguard.go) each comparison adds
-// what the other nodes published of the org's calls and spend, so the
-// limits hold for the org across the cluster, and every change of an org
-// with a limit is signalled to the hook for it to publish this node's.
+// In cluster mode (Options.PeerGuard, peerguard.go) the limits hold for
+// the org across the cluster: with a GuardReserver, exactly — an
+// admission or a credit hold is first reserved (reserveGuard, before the
+// ledger's lock: it may wait for etcd), then admitted under the lock only
+// if this node's claim covers it; every change of an org with a limit is
+// signalled to the hook for it to publish this node's figures.
 
 // ErrFraudGuard is a refusal by the fraud guard; errors.As finds a *Trip.
 var ErrFraudGuard = errors.New("fraud guard")
@@ -133,6 +135,11 @@ type guardState struct {
 	// peer is Options.PeerGuard (nil on a single node): the other nodes'
 	// figures, added to these.
 	peer PeerGuard
+	// With a GuardReserver (exact across the cluster, peerguard.go): claim
+	// is what etcd holds of this node's figures for the org, which the
+	// own figures plus pending (reservations whose operation is under way)
+	// stay within; the checks compare with it instead of the peers'.
+	claim, pending GuardFigures
 }
 
 // peerCalls and peerSpend are what the other nodes published (zero
@@ -167,6 +174,20 @@ func (st *orgState) admitCall(c *Call) error {
 		return nil
 	}
 	peerOrg, peerUser := st.guard.peerCalls(st.ID, c.User)
+	if _, exact := st.guard.exact(); exact {
+		// The call is in pending (reserveGuard): admitted if the claim
+		// covers it. The detail counts the other nodes' claims.
+		g := &st.guard
+		if n := g.calls + g.pending.Calls; fg.MaxCalls > 0 && n > g.claim.Calls {
+			return &Trip{Guard: GuardMaxCalls, Org: st.ID, User: c.User, Detail: fmt.Sprintf("%d calls up or reserved%s, the limit is %d",
+				g.calls+peerOrg, elsewhere(peerOrg != 0, fmt.Sprint(peerOrg)), fg.MaxCalls)}
+		}
+		if n := g.userCalls[c.User] + g.pending.UserCalls[c.User]; fg.MaxCallsPerUser > 0 && n > g.claim.UserCalls[c.User] {
+			return &Trip{Guard: GuardMaxCallsPerUser, Org: st.ID, User: c.User, Detail: fmt.Sprintf("user %s has %d calls up or reserved%s, the limit is %d",
+				c.User, g.userCalls[c.User]+peerUser, elsewhere(peerUser != 0, fmt.Sprint(peerUser)), fg.MaxCallsPerUser)}
+		}
+		return nil
+	}
 	if n := st.guard.calls + peerOrg; fg.MaxCalls > 0 && n >= fg.MaxCalls {
 		return &Trip{Guard: GuardMaxCalls, Org: st.ID, User: c.User, Detail: fmt.Sprintf("%d calls up%s, the limit is %d", n,
 			elsewhere(peerOrg != 0, fmt.Sprint(peerOrg)), fg.MaxCalls)}
@@ -207,6 +228,28 @@ func (st *orgState) checkSpend(c *Call, credit decimal.Decimal, at time.Time) er
 		return nil
 	}
 	peerOrg, peerUser := st.guard.peerSpend(st.ID, c.User, at)
+	if _, exact := st.guard.exact(); exact {
+		// The credit is in pending (reserveGuard): held if the claim's
+		// bucket for the minute covers it.
+		g, m := &st.guard, unixMinute(at)
+		if fg.MaxSpendPerHour.IsPositive() && g.spend.at(m).Add(g.pending.Spend[m]).GreaterThan(g.claim.Spend[m]) {
+			s := g.spend.sum(at).Add(peerOrg)
+			return &Trip{Guard: GuardSpendPerHour, Org: st.ID, User: c.User,
+				Detail: fmt.Sprintf("%s spent or reserved in the last hour%s, the limit is %s", s.StringFixed(2),
+					elsewhere(!peerOrg.IsZero(), peerOrg.StringFixed(2)), fg.MaxSpendPerHour.StringFixed(2))}
+		}
+		var w *spendWindow
+		if g.userSpend != nil {
+			w = g.userSpend[c.User]
+		}
+		if fg.MaxSpendPerHourPerUser.IsPositive() && w.at(m).Add(g.pending.UserSpend[c.User][m]).GreaterThan(g.claim.UserSpend[c.User][m]) {
+			s := w.sum(at).Add(peerUser)
+			return &Trip{Guard: GuardSpendPerHourPerUser, Org: st.ID, User: c.User,
+				Detail: fmt.Sprintf("user %s spent or reserved %s in the last hour%s, the limit is %s", c.User, s.StringFixed(2),
+					elsewhere(!peerUser.IsZero(), peerUser.StringFixed(2)), fg.MaxSpendPerHourPerUser.StringFixed(2))}
+		}
+		return nil
+	}
 	if fg.MaxSpendPerHour.IsPositive() {
 		if s := st.guard.spend.sum(at).Add(peerOrg); s.Add(credit).GreaterThan(fg.MaxSpendPerHour) {
 			return &Trip{Guard: GuardSpendPerHour, Org: st.ID, User: c.User,

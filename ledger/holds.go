@@ -41,7 +41,12 @@ func (l *Ledger) OpenCall(c Call, at time.Time) (Increment, error) {
 	c.Start = at
 	c.CallState = CallState{LastAt: at, Charge: decimal.Zero, HoldFrom: at}
 	if !c.Free {
-		c.creditIncrement(1) // prices the call here, not under the ledger's lock
+		_, credit := c.creditIncrement(1)                            // prices the call here, not under the ledger's lock
+		release, err := l.reserveGuard(c.Org, c.User, 1, credit, at) // peerguard.go: before the lock
+		if err != nil {
+			return Increment{}, fmt.Errorf("open call %s: %w", c.ID, err)
+		}
+		defer release()
 	}
 	op, err := l.do(Op{Kind: "open", Org: c.Org, Call: c.ID, N: 1}, at, func(t *txn) error {
 		if old, ok := l.calls[c.ID]; ok {
@@ -161,6 +166,11 @@ func (l *Ledger) AnswerDialog(callID string, at time.Time, dialog json.RawMessag
 // Hold takes increment n of an answered call, whose increment n-1 must be
 // committed or released already.
 func (l *Ledger) Hold(callID string, n int, at time.Time) (Increment, error) {
+	release, err := l.reserveStep(callID, n, at) // peerguard.go: before the lock
+	if err != nil {
+		return Increment{}, err
+	}
+	defer release()
 	op, err := l.do(Op{Kind: "hold", Call: callID, N: n}, at, func(t *txn) error {
 		c, st, err := l.callFor(callID)
 		if err != nil {
@@ -252,6 +262,11 @@ func (l *Ledger) Step(callID string, n int, at time.Time) (Increment, error) {
 // be given back if the call closes with a BillTo (liveness.go). at is the
 // end of increment n.
 func (l *Ledger) StepAlive(callID string, n int, at time.Time, live Liveness) (Increment, error) {
+	release, err := l.reserveStep(callID, n+1, at) // peerguard.go: before the lock
+	if err != nil {
+		return Increment{}, err
+	}
+	defer release()
 	op, err := l.do(Op{Kind: "step", Call: callID, N: n, Live: live}, at, func(t *txn) error {
 		c, st, err := l.callFor(callID)
 		if err != nil {

@@ -365,15 +365,28 @@ func TestFailedClosedIsReaped(t *testing.T) {
 }
 
 // Edge (d): n0 dies with calls up; its restart claims its own earlier
-// incarnation (a self-claim) and dies too — before opening its ledger
-// (phase "claimed"), or after the ledger settled the calls from disk with
-// restart CDRs but before the Books settled etcd (phase "opened"). A
-// survivor takes the dead self-claim over and reaps the incarnation from
-// its takeover records; the node's next start settles nothing twice
-// (its restart CDRs superseded by the survivor's). Exactly one CDR per
-// answered call; the money to the cent.
+// incarnation (a self-claim) and dies too, at each point of its
+// settlement:
+//
+//   - "claimed": before opening its ledger;
+//   - "opened": after the ledger settled the calls from disk with restart
+//     CDRs, before the Books began (nothing in etcd moved);
+//   - "marked": just after the claim was marked Settling;
+//   - "reclaimed": after it reclaimed the old slice (deleted, its reported
+//     unspent back to unallocated), before it charged the unreported
+//     spend (the review's case: the Charge failing on an etcd error);
+//   - "settled": after the money was settled, before the claim was done
+//     and the takeover records deleted.
+//
+// In the first two a survivor takes the dead self-claim over and reaps the
+// incarnation from its takeover records; the node's next start settles
+// nothing twice (its restart CDRs superseded by the survivor's). In the
+// others the survivor must leave the claim alone (it would bill the calls
+// from the records while the money was settled from the node's disk): the
+// node's next start continues the settlement from its disk. Either way,
+// exactly one CDR per answered call and the money to the cent.
 func TestReapDeadSelfClaim(t *testing.T) {
-	for _, phase := range []string{"claimed", "opened"} {
+	for _, phase := range []string{"claimed", "opened", "marked", "reclaimed", "settled"} {
 		t.Run(phase, func(t *testing.T) {
 			funded := dec("20.00")
 			_, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
@@ -398,7 +411,8 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			if err != nil || len(rj.Claimed) != 1 {
 				t.Fatalf("claim own: %+v %v", rj, err)
 			}
-			if phase == "opened" {
+			failedEpoch := n.Epoch()
+			if phase != "claimed" {
 				l, err := ledger.Open(sp[0].dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), Plans: poolPlans(),
 					SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped})
 				if err != nil {
@@ -406,6 +420,20 @@ func TestReapDeadSelfClaim(t *testing.T) {
 				}
 				if got := len(cdrsOf(t, l, "acme")); got != len(ids) {
 					t.Fatalf("the failed restart wrote %d restart CDRs, want %d", got, len(ids))
+				}
+				if phase != "opened" {
+					crash := errors.New("injected: the restart died here")
+					restartCrashAt = func(at string) error {
+						if at == phase {
+							return crash
+						}
+						return nil
+					}
+					t.Cleanup(func() { restartCrashAt = nil })
+					if _, err := NewBooks(n, l, shared, p, clock.Real{}, quiet()); !errors.Is(err, crash) {
+						t.Fatalf("books with the crash hook: %v", err)
+					}
+					restartCrashAt = nil
 				}
 				l.Close()
 			}
@@ -418,13 +446,43 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			if err := sp[1].books.ReapDead(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
-			if cl.Self || cl.By != "n1" || len(cl.Calls) != len(ids) {
-				t.Fatalf("claim: %+v", cl)
+			survivorTakes := phase == "claimed" || phase == "opened"
+			if survivorTakes {
+				cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+				if cl.Self || cl.By != "n1" || len(cl.Calls) != len(ids) {
+					t.Fatalf("claim: %+v", cl)
+				}
+			} else {
+				cl, _, err := sp[1].node.readClaim(context.Background(), sp[1].node.k.reap("n0", deadEpoch))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cl == nil || !cl.Self || !cl.Settling || cl.By != "n0" || cl.ByEpoch != failedEpoch || cl.Done {
+					t.Fatalf("the survivor took over a self-claim whose disk settlement had begun: %+v", cl)
+				}
+				if got := len(cdrsOf(t, sp[1].local, "acme")); got != 0 || len(legs.snapshot()) != 0 {
+					t.Fatalf("the survivor adopted %d CDRs, sent %d BYEs", got, len(legs.snapshot()))
+				}
 			}
 			rj = sp[0].rejoin(t, shared, p, clock.Real{})
-			if !rj.LastReaped || len(rj.SettledElsewhere) != len(ids) {
-				t.Fatalf("rejoin: %+v", rj)
+			if survivorTakes {
+				if !rj.LastReaped || len(rj.SettledElsewhere) != len(ids) {
+					t.Fatalf("rejoin: %+v", rj)
+				}
+			} else {
+				if rj.LastReaped || len(rj.SettledElsewhere) != 0 || len(rj.Claimed) != 1 || rj.Claimed[0] != deadEpoch {
+					t.Fatalf("rejoin: %+v", rj)
+				}
+				cl, _, err := sp[1].node.readClaim(context.Background(), sp[1].node.k.reap("n0", deadEpoch))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cl == nil || !cl.Done || cl.ByEpoch != sp[0].node.Epoch() {
+					t.Fatalf("the next start did not finish the claim: %+v", cl)
+				}
+				if recs, err := sp[1].node.records(context.Background(), incarnation{"n0", deadEpoch}); err != nil || len(recs) != 0 {
+					t.Fatalf("takeover records left: %d %v", len(recs), err)
+				}
 			}
 			for _, s := range sp {
 				s.books.Tick()
@@ -435,7 +493,8 @@ func TestReapDeadSelfClaim(t *testing.T) {
 				t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
 			}
 			checkLedgers(t, sp)
-			t.Logf("phase %s: %d calls reaped by the survivor, CDRs charge %s = spent, BYEs %d", phase, len(ids), total, len(legs.snapshot()))
+			t.Logf("phase %s: %d calls, survivor took the claim over: %v; CDRs charge %s = spent, BYEs by the survivor %d",
+				phase, len(ids), survivorTakes, total, len(legs.snapshot()))
 		})
 	}
 }

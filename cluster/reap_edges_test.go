@@ -396,6 +396,18 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			for k := 0; k < 3; k++ {
 				ids = append(ids, answerAndStep(t, a, past, 2+k, false).ID)
 			}
+			// A call whose session expired while no process was up: the
+			// restart ends it at its expiry, billed to its last proof of
+			// life — not what its takeover record says it paid, which a
+			// survivor would bill.
+			exp := answerAndStep(t, a, past, 0, false)
+			for i := 1; i <= 6; i++ {
+				if _, err := a.StepAlive(exp.ID, i, past.Add(time.Duration(6*i)*time.Second),
+					ledger.Liveness{Alive: past.Add(7 * time.Second), Expires: past.Add(40 * time.Second)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids = append(ids, exp.ID)
 			a.Tick()
 			deadEpoch := sp[0].node.Epoch()
 			sp[0].crash(t)

@@ -47,16 +47,16 @@ import (
 //	Done     the legs of every call that was up were sent their BYEs,
 //	         records deleted
 type claim struct {
-	By      string                `json:"by"`
-	ByEpoch int64                 `json:"by_epoch"`
-	Self    bool                  `json:"self,omitempty"`
+	By      string `json:"by"`
+	ByEpoch int64  `json:"by_epoch"`
+	Self    bool   `json:"self,omitempty"`
 	// Settling: see above. Invariant: a claim with Settling set is never
 	// taken over by a survivor (takeClaim), and the self-claimer writes
 	// nothing of the incarnation's money to etcd before it has set it.
-	Settling bool `json:"settling,omitempty"`
-	Planned bool                  `json:"planned,omitempty"`
-	Calls   map[string]reapedCall `json:"calls,omitempty"`
-	Adopted bool                  `json:"adopted,omitempty"`
+	Settling bool                  `json:"settling,omitempty"`
+	Planned  bool                  `json:"planned,omitempty"`
+	Calls    map[string]reapedCall `json:"calls,omitempty"`
+	Adopted  bool                  `json:"adopted,omitempty"`
 	// AdoptedBy is the incarnation ("<node>/<epoch>") whose adopted CDRs
 	// are the ones of record (reap_adopt.go).
 	AdoptedBy string          `json:"adopted_by,omitempty"`

@@ -176,6 +176,73 @@ func TestReapClosedRecordNotLanded(t *testing.T) {
 	_ = admin
 }
 
+// Edge (a'), the review's case: as edge (a), but n0's slice of the org
+// had been given back whole while x was up (so the survivor finds no slice
+// of the org, and n0's restart gives its leftover back to unallocated),
+// and after x's local close a new call, still ringing, held part of the
+// money x's close refunded. n0's restart ends the ringing call (its hold
+// released, nothing charged) and supersedes x's own CDR, debiting again
+// what the survivor charged beyond it: that debit must not be capped by
+// the ringing call's hold, released by the same settlement — else the
+// leftover given back is too large and etcd's spent ends below the CDRs'
+// charges.
+func TestReapClosedRecordNotLandedHoldsUp(t *testing.T) {
+	funded := dec("20.00")
+	admin, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
+	a := sp[0].books
+	past := time.Now().Add(-10 * time.Minute)
+	x := answerAndStep(t, a, past, 5, true)
+	a.Tick()
+	o := a.org("acme")
+	o.etcd.Lock()
+	err := a.giveBack(context.Background(), o, true)
+	o.etcd.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := mustCheck(t, sp[1].node); st.Orgs["acme"].Slices != 0 {
+		t.Fatalf("n0's slice still in etcd: %+v", st.Orgs["acme"])
+	}
+	// x: closed in the local ledger only (its closed record never
+	// written), refunded to its answer.
+	xcdr, err := sp[0].local.CloseCall(x.ID, ledger.CallEnd{At: past.Add(time.Minute), Reason: ledger.ReasonLegLost, BillTo: past})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ringing := testCall("acme")
+	if _, err := sp[0].local.OpenCall(ringing, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	lo, _ := sp[0].local.Org("acme")
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+
+	if err := sp[1].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+	rj := sp[0].rejoin(t, shared, p, clock.Real{})
+	if _, ok := rj.SettledElsewhere[x.ID]; !ok || !rj.LastReaped || rj.ReapedOrgs["acme"] {
+		t.Fatalf("rejoin: %+v", rj)
+	}
+	for _, s := range sp {
+		s.books.Tick()
+	}
+	total := oneCDREach(t, "acme", []string{x.ID}, sp[0].local, sp[1].local)
+	survivor := cdrsOf(t, sp[1].local, "acme")[x.ID]
+	if survivor.DisconnectReason != ledger.ReasonNodeFailure || !survivor.Charge.GreaterThan(xcdr.Charge) {
+		t.Fatalf("the survivor's CDR of x: %+v (n0's own charged %s)", survivor, xcdr.Charge)
+	}
+	acct := conserved(t, sp, "acme", funded)
+	if !acct.Spent.Equal(total) {
+		t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
+	}
+	checkLedgers(t, sp)
+	t.Logf("x: n0's own CDR %s, the survivor's %s (extra %s); n0 died with balance %s, held %s (the ringing call); spent %s = CDRs %s",
+		xcdr.Charge, survivor.Charge, survivor.Charge.Sub(xcdr.Charge), lo.Balance, lo.Held, acct.Spent, total)
+	_ = admin
+}
+
 // Edge (b): the survivor n1 claims dead n0, adopts its live calls' CDRs
 // and dies — before the claim names its adoption ("adopted": n2 takes the
 // claim over and adopts them again, the adoption of record, and n1 drops

@@ -56,7 +56,9 @@ type Rejoin struct {
 // is settled (up to 3 lease TTLs + OpTimeout; the survivor's BYEs may
 // still be due) — unless its claimer died before adopting a CDR: then it
 // is taken over here and settled from disk (a two-node cluster has nobody
-// else to take it over). Call it after Join and before opening the ledger; the
+// else to take it over). What it claims, survivors may take over again
+// if this incarnation dies before NewBooks marks the claims Settling
+// (markSettling), never after. Call it after Join and before opening the ledger; the
 // result goes to ledger.Options.SettledElsewhere, and NewBooks reads it
 // from the node.
 func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {

@@ -41,7 +41,10 @@ const failedPoll = 50 * time.Millisecond
 // nothing forces it — the call has two CDRs, this node's and the
 // survivor's (the one of record). This node does not supersede its own at
 // run time: it would have to read the survivor's settled claim from etcd,
-// and an etcd it cannot reach is the usual reason it failed (documented
+// and an etcd it cannot reach is the usual reason it failed; and its calls
+// still up hold money, so the refund's debit again (ledger chargeExtra)
+// would be capped by holds that only the restart settlement releases
+// (documented
 // in doc.go's "Not done yet" and the README's edges).
 func (b *Books) watchFailed() {
 	defer b.wg.Done()

@@ -35,7 +35,17 @@ import (
 // locally (a crash between the etcd grant and the Pebble write), if a
 // survivor reclaimed it before this restart, is not found: its money went
 // back to unallocated, and the leftover is counted as refunded.
+//
+// Before anything of it is written to etcd, the claims of the earlier
+// incarnations this one settles from its disk are marked Settling
+// (markSettling): from then on no survivor takes them over.
 func (b *Books) settleRestart(ctx context.Context) error {
+	if err := b.markSettling(ctx); err != nil { // rejoin.go
+		return err
+	}
+	if err := restartCrash("marked"); err != nil {
+		return err
+	}
 	if err := b.resolveAdoptions(ctx); err != nil { // reap_adopt.go
 		return fmt.Errorf("cluster start: pending adoptions: %w", err)
 	}
@@ -43,10 +53,25 @@ func (b *Books) settleRestart(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := restartCrash("reclaimed"); err != nil {
+		return err
+	}
 	for _, id := range b.local.OrgIDs() {
 		if err := b.settleOrg(ctx, id, reclaimed[id]); err != nil {
 			return fmt.Errorf("cluster start: settle org %s: %w", id, err)
 		}
+	}
+	return restartCrash("settled")
+}
+
+// restartCrashAt, when set (tests only), runs at the points of the
+// restart settlement named in settleRestart; an error it returns ends the
+// settlement there, as a crash or an etcd error would (NewBooks fails).
+var restartCrashAt func(point string) error
+
+func restartCrash(point string) error {
+	if h := restartCrashAt; h != nil {
+		return h(point)
 	}
 	return nil
 }

@@ -245,8 +245,13 @@
 //     taken over by the node itself (a two-node cluster has nobody else);
 //     one that adopted CDRs is waited for (a survivor finishes it). A
 //     self-claim whose claimer (the restart) died is taken over by a
-//     survivor, which reaps from the records; what that restart settled
-//     from disk first is reconciled by the next start as above.
+//     survivor, which reaps from the records, only while the claim is not
+//     marked Settling: the restart marks it (a fenced step) before it
+//     writes anything of the incarnation's money to etcd, so all it can
+//     have done before is end the calls in its ledger, and the next start
+//     supersedes those CDRs as above. A Settling claim is finished by the
+//     node's next start only, from its disk (reclaim records, Charge
+//     idempotent on its key).
 //   - Graceful stop: Close finishes the takeover record writes queued or
 //     in flight (closed records of calls the gateway just ended) before it
 //     gives the slices back and deletes the records.
@@ -352,10 +357,16 @@
 //     back (a refund, a release) after giving an org's slice back whole
 //     is counted spent in etcd until its next tick gives it back, and if
 //     it dies first only its restart does (never back: lost to the org,
-//     at most one tick's refunds); a restart whose own claim a survivor
-//     took over after it had given its leftover back cannot debit a
-//     session-expired refund again (logged); a call spanning two pool
-//     months has its minutes counted on the last month's pool.
+//     at most one tick's refunds); a restart that died after marking its
+//     self-claim Settling leaves the incarnation to the node's next start
+//     (no survivor's BYEs for its calls meanwhile; never, if the node
+//     never comes back); a node that failed closed and keeps running has
+//     two CDRs for a call whose close passed closable just before the
+//     failure (its own and the survivor's adopted one) until its restart
+//     supersedes its own — superseding it at run time would need the
+//     survivor's claim read from etcd, which is often what failed; a call
+//     spanning two pool months has its minutes counted on the last
+//     month's pool.
 //     A revoked (not expired) lease is seen by the node at its next
 //     keepalive or etcd operation: until then it may sell from its local
 //     slice (its records still land only while the lease stands).

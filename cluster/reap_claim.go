@@ -29,7 +29,14 @@ import (
 // claim: only the current claimer's steps land, each exactly once.
 //
 //	Self     the dead node's own next incarnation claimed it (rejoin.go): it
-//	         settles from its own disk, survivors never take it over
+//	         settles from its own disk; if it dies first, a survivor takes
+//	         the claim over only while Settling is unset
+//	Settling (Self only) the self-claimer is about to settle the
+//	         incarnation's money in etcd from its disk (books_restart.go,
+//	         markSettling): set in a fenced step before its first etcd
+//	         write, so from then on only the node's own next start may
+//	         finish the claim (it continues from the disk and from the
+//	         idempotent keys the first attempt left)
 //	Planned  Calls is the plan: each live call's settlement and end
 //	Adopted  the CDRs are in the ledger of AdoptedBy, the claimer that set
 //	         it (a successor does not adopt them again; a claimer that
@@ -40,12 +47,16 @@ import (
 //	Done     the legs of every call that was up were sent their BYEs,
 //	         records deleted
 type claim struct {
-	By      string                `json:"by"`
-	ByEpoch int64                 `json:"by_epoch"`
-	Self    bool                  `json:"self,omitempty"`
-	Planned bool                  `json:"planned,omitempty"`
-	Calls   map[string]reapedCall `json:"calls,omitempty"`
-	Adopted bool                  `json:"adopted,omitempty"`
+	By      string `json:"by"`
+	ByEpoch int64  `json:"by_epoch"`
+	Self    bool   `json:"self,omitempty"`
+	// Settling: see above. Invariant: a claim with Settling set is never
+	// taken over by a survivor (takeClaim), and the self-claimer writes
+	// nothing of the incarnation's money to etcd before it has set it.
+	Settling bool                  `json:"settling,omitempty"`
+	Planned  bool                  `json:"planned,omitempty"`
+	Calls    map[string]reapedCall `json:"calls,omitempty"`
+	Adopted  bool                  `json:"adopted,omitempty"`
 	// AdoptedBy is the incarnation ("<node>/<epoch>") whose adopted CDRs
 	// are the ones of record (reap_adopt.go).
 	AdoptedBy string          `json:"adopted_by,omitempty"`
@@ -184,7 +195,8 @@ func (n *Node) memberAlive(ctx context.Context, epoch int64) (bool, error) {
 // revision). self: this node's own earlier incarnation (rejoin), claimed
 // without waiting for its lease, and a dead self-claim of it taken over;
 // otherwise the incarnation's member key must be gone, and a self-claim is
-// taken over only once its claimer (the restart) is dead too. It returns the claim as this node holds it and its mod
+// taken over only once its claimer (the restart) is dead too and had not
+// set Settling. It returns the claim as this node holds it and its mod
 // revision, or nil when another holds it (or it is done).
 func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim, int64, *claim, error) {
 	ck := n.k.reap(c.node, c.epoch)
@@ -206,16 +218,20 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 		// edges).
 		selfOverDead := self && cur != nil && !cur.Self && !cur.Adopted
 		// A survivor takes over a self-claim whose claimer (the node's own
-		// restart) died before it finished: otherwise the incarnation's
-		// calls would wait for yet another restart, forever if the node
-		// never comes back. It reaps from the takeover records as if the
-		// claim were new. Whatever that restart settled from its disk
-		// first is reconciled by the node's next start: a call it ended
-		// with a CDR of its own is superseded by the survivor's
-		// (ledger.Options.SettledElsewhere), a slice it reclaimed is left
-		// to it (reapSlice skips it; settleRestart charges it from disk,
-		// idempotent on its key).
-		overDeadSelf := !self && cur != nil && cur.Self
+		// restart) died before it finished — only while that restart had
+		// not begun to settle money in etcd (Settling unset): otherwise
+		// the incarnation's calls would wait for yet another restart,
+		// forever if the node never comes back. It reaps from the
+		// takeover records as if the claim were new. All that restart
+		// can have done is end the calls in its own ledger (restart
+		// CDRs), and the node's next start supersedes those by the
+		// survivor's (ledger.Options.SettledElsewhere). Once Settling is
+		// set the restart may have reclaimed the slices and charged from
+		// its disk: a survivor reaping from the records then would bill
+		// the calls differently from the money settled (spent ≠ the
+		// CDRs' charges), so the claim is left to the node's next start,
+		// which continues from its disk.
+		overDeadSelf := !self && cur != nil && cur.Self && !cur.Settling
 		if cur != nil {
 			if cur.Done || (cur.Self != self && !selfOverDead && !overDeadSelf) || (cur.By == n.ID() && cur.ByEpoch == n.Epoch()) {
 				if cur.By == n.ID() && cur.ByEpoch == n.Epoch() && !cur.Done {
@@ -236,6 +252,10 @@ func (n *Node) takeClaim(ctx context.Context, c incarnation, self bool) (*claim,
 			if !selfOverDead && !overDeadSelf {
 				next.Planned, next.Calls, next.Adopted, next.AdoptedBy, next.Slices, next.Pools, next.Returned, next.Settled =
 					cur.Planned, cur.Calls, cur.Adopted, cur.AdoptedBy, cur.Slices, cur.Pools, cur.Returned, cur.Settled
+				// A restart taking over its own dead restart's claim keeps
+				// Settling: if it too dies before settling, no survivor
+				// may take the claim over.
+				next.Settling = cur.Self && self && cur.Settling
 			}
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(n.k.member(cur.ByEpoch)), "=", 0))
 		}

@@ -176,6 +176,73 @@ func TestReapClosedRecordNotLanded(t *testing.T) {
 	_ = admin
 }
 
+// Edge (a'), the review's case: as edge (a), but n0's slice of the org
+// had been given back whole while x was up (so the survivor finds no slice
+// of the org, and n0's restart gives its leftover back to unallocated),
+// and after x's local close a new call, still ringing, held part of the
+// money x's close refunded. n0's restart ends the ringing call (its hold
+// released, nothing charged) and supersedes x's own CDR, debiting again
+// what the survivor charged beyond it: that debit must not be capped by
+// the ringing call's hold, released by the same settlement — else the
+// leftover given back is too large and etcd's spent ends below the CDRs'
+// charges.
+func TestReapClosedRecordNotLandedHoldsUp(t *testing.T) {
+	funded := dec("20.00")
+	admin, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
+	a := sp[0].books
+	past := time.Now().Add(-10 * time.Minute)
+	x := answerAndStep(t, a, past, 5, true)
+	a.Tick()
+	o := a.org("acme")
+	o.etcd.Lock()
+	err := a.giveBack(context.Background(), o, true)
+	o.etcd.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := mustCheck(t, sp[1].node); st.Orgs["acme"].Slices != 0 {
+		t.Fatalf("n0's slice still in etcd: %+v", st.Orgs["acme"])
+	}
+	// x: closed in the local ledger only (its closed record never
+	// written), refunded to its answer.
+	xcdr, err := sp[0].local.CloseCall(x.ID, ledger.CallEnd{At: past.Add(time.Minute), Reason: ledger.ReasonLegLost, BillTo: past})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ringing := testCall("acme")
+	if _, err := sp[0].local.OpenCall(ringing, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	lo, _ := sp[0].local.Org("acme")
+	deadEpoch := sp[0].node.Epoch()
+	sp[0].crash(t)
+
+	if err := sp[1].books.ReapDead(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+	rj := sp[0].rejoin(t, shared, p, clock.Real{})
+	if _, ok := rj.SettledElsewhere[x.ID]; !ok || !rj.LastReaped || rj.ReapedOrgs["acme"] {
+		t.Fatalf("rejoin: %+v", rj)
+	}
+	for _, s := range sp {
+		s.books.Tick()
+	}
+	total := oneCDREach(t, "acme", []string{x.ID}, sp[0].local, sp[1].local)
+	survivor := cdrsOf(t, sp[1].local, "acme")[x.ID]
+	if survivor.DisconnectReason != ledger.ReasonNodeFailure || !survivor.Charge.GreaterThan(xcdr.Charge) {
+		t.Fatalf("the survivor's CDR of x: %+v (n0's own charged %s)", survivor, xcdr.Charge)
+	}
+	acct := conserved(t, sp, "acme", funded)
+	if !acct.Spent.Equal(total) {
+		t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
+	}
+	checkLedgers(t, sp)
+	t.Logf("x: n0's own CDR %s, the survivor's %s (extra %s); n0 died with balance %s, held %s (the ringing call); spent %s = CDRs %s",
+		xcdr.Charge, survivor.Charge, survivor.Charge.Sub(xcdr.Charge), lo.Balance, lo.Held, acct.Spent, total)
+	_ = admin
+}
+
 // Edge (b): the survivor n1 claims dead n0, adopts its live calls' CDRs
 // and dies — before the claim names its adoption ("adopted": n2 takes the
 // claim over and adopts them again, the adoption of record, and n1 drops
@@ -365,15 +432,28 @@ func TestFailedClosedIsReaped(t *testing.T) {
 }
 
 // Edge (d): n0 dies with calls up; its restart claims its own earlier
-// incarnation (a self-claim) and dies too — before opening its ledger
-// (phase "claimed"), or after the ledger settled the calls from disk with
-// restart CDRs but before the Books settled etcd (phase "opened"). A
-// survivor takes the dead self-claim over and reaps the incarnation from
-// its takeover records; the node's next start settles nothing twice
-// (its restart CDRs superseded by the survivor's). Exactly one CDR per
-// answered call; the money to the cent.
+// incarnation (a self-claim) and dies too, at each point of its
+// settlement:
+//
+//   - "claimed": before opening its ledger;
+//   - "opened": after the ledger settled the calls from disk with restart
+//     CDRs, before the Books began (nothing in etcd moved);
+//   - "marked": just after the claim was marked Settling;
+//   - "reclaimed": after it reclaimed the old slice (deleted, its reported
+//     unspent back to unallocated), before it charged the unreported
+//     spend (the review's case: the Charge failing on an etcd error);
+//   - "settled": after the money was settled, before the claim was done
+//     and the takeover records deleted.
+//
+// In the first two a survivor takes the dead self-claim over and reaps the
+// incarnation from its takeover records; the node's next start settles
+// nothing twice (its restart CDRs superseded by the survivor's). In the
+// others the survivor must leave the claim alone (it would bill the calls
+// from the records while the money was settled from the node's disk): the
+// node's next start continues the settlement from its disk. Either way,
+// exactly one CDR per answered call and the money to the cent.
 func TestReapDeadSelfClaim(t *testing.T) {
-	for _, phase := range []string{"claimed", "opened"} {
+	for _, phase := range []string{"claimed", "opened", "marked", "reclaimed", "settled"} {
 		t.Run(phase, func(t *testing.T) {
 			funded := dec("20.00")
 			_, sp, shared, p := startAcme(t, openPoolLedger, 2, 1, funded)
@@ -383,6 +463,18 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			for k := 0; k < 3; k++ {
 				ids = append(ids, answerAndStep(t, a, past, 2+k, false).ID)
 			}
+			// A call whose session expired while no process was up: the
+			// restart ends it at its expiry, billed to its last proof of
+			// life — not what its takeover record says it paid, which a
+			// survivor would bill.
+			exp := answerAndStep(t, a, past, 0, false)
+			for i := 1; i <= 6; i++ {
+				if _, err := a.StepAlive(exp.ID, i, past.Add(time.Duration(6*i)*time.Second),
+					ledger.Liveness{Alive: past.Add(7 * time.Second), Expires: past.Add(40 * time.Second)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids = append(ids, exp.ID)
 			a.Tick()
 			deadEpoch := sp[0].node.Epoch()
 			sp[0].crash(t)
@@ -398,7 +490,8 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			if err != nil || len(rj.Claimed) != 1 {
 				t.Fatalf("claim own: %+v %v", rj, err)
 			}
-			if phase == "opened" {
+			failedEpoch := n.Epoch()
+			if phase != "claimed" {
 				l, err := ledger.Open(sp[0].dir, ledger.Options{MinFunding: dec("1.00"), Logger: quiet(), Plans: poolPlans(),
 					SettledElsewhere: rj.SettledElsewhere, LastReaped: rj.LastReaped})
 				if err != nil {
@@ -406,6 +499,20 @@ func TestReapDeadSelfClaim(t *testing.T) {
 				}
 				if got := len(cdrsOf(t, l, "acme")); got != len(ids) {
 					t.Fatalf("the failed restart wrote %d restart CDRs, want %d", got, len(ids))
+				}
+				if phase != "opened" {
+					crash := errors.New("injected: the restart died here")
+					restartCrashAt = func(at string) error {
+						if at == phase {
+							return crash
+						}
+						return nil
+					}
+					t.Cleanup(func() { restartCrashAt = nil })
+					if _, err := NewBooks(n, l, shared, p, clock.Real{}, quiet()); !errors.Is(err, crash) {
+						t.Fatalf("books with the crash hook: %v", err)
+					}
+					restartCrashAt = nil
 				}
 				l.Close()
 			}
@@ -418,13 +525,43 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			if err := sp[1].books.ReapDead(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
-			if cl.Self || cl.By != "n1" || len(cl.Calls) != len(ids) {
-				t.Fatalf("claim: %+v", cl)
+			survivorTakes := phase == "claimed" || phase == "opened"
+			if survivorTakes {
+				cl := waitClaimDone(t, sp[1].node, "n0", deadEpoch, 30*time.Second)
+				if cl.Self || cl.By != "n1" || len(cl.Calls) != len(ids) {
+					t.Fatalf("claim: %+v", cl)
+				}
+			} else {
+				cl, _, err := sp[1].node.readClaim(context.Background(), sp[1].node.k.reap("n0", deadEpoch))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cl == nil || !cl.Self || !cl.Settling || cl.By != "n0" || cl.ByEpoch != failedEpoch || cl.Done {
+					t.Fatalf("the survivor took over a self-claim whose disk settlement had begun: %+v", cl)
+				}
+				if got := len(cdrsOf(t, sp[1].local, "acme")); got != 0 || len(legs.snapshot()) != 0 {
+					t.Fatalf("the survivor adopted %d CDRs, sent %d BYEs", got, len(legs.snapshot()))
+				}
 			}
 			rj = sp[0].rejoin(t, shared, p, clock.Real{})
-			if !rj.LastReaped || len(rj.SettledElsewhere) != len(ids) {
-				t.Fatalf("rejoin: %+v", rj)
+			if survivorTakes {
+				if !rj.LastReaped || len(rj.SettledElsewhere) != len(ids) {
+					t.Fatalf("rejoin: %+v", rj)
+				}
+			} else {
+				if rj.LastReaped || len(rj.SettledElsewhere) != 0 || len(rj.Claimed) != 1 || rj.Claimed[0] != deadEpoch {
+					t.Fatalf("rejoin: %+v", rj)
+				}
+				cl, _, err := sp[1].node.readClaim(context.Background(), sp[1].node.k.reap("n0", deadEpoch))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cl == nil || !cl.Done || cl.ByEpoch != sp[0].node.Epoch() {
+					t.Fatalf("the next start did not finish the claim: %+v", cl)
+				}
+				if recs, err := sp[1].node.records(context.Background(), incarnation{"n0", deadEpoch}); err != nil || len(recs) != 0 {
+					t.Fatalf("takeover records left: %d %v", len(recs), err)
+				}
 			}
 			for _, s := range sp {
 				s.books.Tick()
@@ -435,7 +572,8 @@ func TestReapDeadSelfClaim(t *testing.T) {
 				t.Fatalf("etcd spent %s, the CDRs charge %s (%+v)", acct.Spent, total, acct)
 			}
 			checkLedgers(t, sp)
-			t.Logf("phase %s: %d calls reaped by the survivor, CDRs charge %s = spent, BYEs %d", phase, len(ids), total, len(legs.snapshot()))
+			t.Logf("phase %s: %d calls, survivor took the claim over: %v; CDRs charge %s = spent, BYEs by the survivor %d",
+				phase, len(ids), survivorTakes, total, len(legs.snapshot()))
 		})
 	}
 }

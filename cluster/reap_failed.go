@@ -37,7 +37,15 @@ const failedPoll = 50 * time.Millisecond
 // A close that passed its check just before the failure may still commit
 // locally with its closed record refused: that is edge (a), a call closed
 // here and reaped as live, whose local CDR the node's restart replaces by
-// the survivor's (ledger.Options.SettledElsewhere).
+// the survivor's (ledger.Options.SettledElsewhere). Until that restart —
+// nothing forces it — the call has two CDRs, this node's and the
+// survivor's (the one of record). This node does not supersede its own at
+// run time: it would have to read the survivor's settled claim from etcd,
+// and an etcd it cannot reach is the usual reason it failed; and its calls
+// still up hold money, so the refund's debit again (ledger chargeExtra)
+// would be capped by holds that only the restart settlement releases
+// (documented
+// in doc.go's "Not done yet" and the README's edges).
 func (b *Books) watchFailed() {
 	defer b.wg.Done()
 	defer b.reap.wg.Done()

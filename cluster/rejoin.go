@@ -56,7 +56,9 @@ type Rejoin struct {
 // is settled (up to 3 lease TTLs + OpTimeout; the survivor's BYEs may
 // still be due) — unless its claimer died before adopting a CDR: then it
 // is taken over here and settled from disk (a two-node cluster has nobody
-// else to take it over). Call it after Join and before opening the ledger; the
+// else to take it over). What it claims, survivors may take over again
+// if this incarnation dies before NewBooks marks the claims Settling
+// (markSettling), never after. Call it after Join and before opening the ledger; the
 // result goes to ledger.Options.SettledElsewhere, and NewBooks reads it
 // from the node.
 func (n *Node) ClaimOwn(ctx context.Context) (*Rejoin, error) {
@@ -166,6 +168,42 @@ func (b *Books) finishRejoin(ctx context.Context) error {
 			return fmt.Errorf("cluster start: finish epoch %d: %w", e, errClaimLost)
 		}
 		b.log.Info("cluster start: settled an earlier incarnation from this node's disk", "epoch", e)
+	}
+	return nil
+}
+
+// markSettling marks Settling on the claims of the earlier incarnations
+// this one claimed (each a fenced step on the claim's mod revision and on
+// this incarnation's member key), before settleRestart writes anything of
+// their money to etcd. A survivor takes a self-claim over only when its
+// claimer's member key is gone and Settling is unset (takeClaim): either
+// the mark lands first, and no survivor takes the claim over after it, or
+// the takeover does, and the mark fails here (errClaimLost) so this start
+// settles nothing — its ledger's restart CDRs, the only thing written
+// before, are superseded at the next start by the survivor's.
+func (b *Books) markSettling(ctx context.Context) error {
+	r := b.n.rejoin
+	if r == nil {
+		return nil
+	}
+	for _, e := range r.Claimed {
+		ck := b.n.k.reap(b.n.ID(), e)
+		cl, rev, err := b.n.readClaim(ctx, ck)
+		if err != nil {
+			return fmt.Errorf("cluster start: mark epoch %d settling: %w", e, err)
+		}
+		if cl == nil || cl.By != b.n.ID() || cl.ByEpoch != b.n.Epoch() {
+			return fmt.Errorf("cluster start: mark epoch %d settling: %w", e, errClaimLost)
+		}
+		if cl.Done || cl.Settling {
+			continue
+		}
+		cl.Settling = true
+		if _, ok, err := b.n.claimStep(ctx, ck, rev, cl, nil, nil); err != nil {
+			return fmt.Errorf("cluster start: mark epoch %d settling: %w", e, err)
+		} else if !ok {
+			return fmt.Errorf("cluster start: mark epoch %d settling: %w", e, errClaimLost)
+		}
 	}
 	return nil
 }

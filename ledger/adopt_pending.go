@@ -165,13 +165,10 @@ func (l *Ledger) resolveAdoptions(tag string, drop bool) error {
 	return err
 }
 
-// supersedeEnded replaces, in the restart settlement's operation t, the
-// CDR of each call in Options.SettledElsewhere that this ledger ended with
-// a CDR of its own (the node closed it, then died before the closed
-// takeover record reached etcd; the survivor's CDR is the one of record)
-// by the settled-elsewhere marker carrying the charge its debits here add
-// to. A call already marked is left alone. Under l.mu.
-func (l *Ledger) supersedeEnded(t *txn) ([]CDR, error) {
+// endedElsewhere lists, sorted, the calls of Options.SettledElsewhere
+// that are not up in this ledger (ended here before this start, or never
+// known here): the candidates of supersedeEnded. Under l.mu.
+func (l *Ledger) endedElsewhere() []string {
 	ids := make([]string, 0, len(l.opts.SettledElsewhere))
 	for id := range l.opts.SettledElsewhere {
 		if _, up := l.calls[id]; !up {
@@ -179,6 +176,19 @@ func (l *Ledger) supersedeEnded(t *txn) ([]CDR, error) {
 		}
 	}
 	sort.Strings(ids)
+	return ids
+}
+
+// supersedeEnded replaces, in the restart settlement's operation t, the
+// CDR of each call of ids (endedElsewhere, listed before the settlement
+// ended the calls left up) that this ledger ended with a CDR of its own
+// (the node closed it, then died before the closed takeover record reached
+// etcd; the survivor's CDR is the one of record) by the settled-elsewhere
+// marker carrying the charge its debits here add to. A call already
+// marked is left alone. It runs after the settlement's loop over the calls
+// left up, so that the holds that loop releases count as available to
+// chargeExtra. Under l.mu.
+func (l *Ledger) supersedeEnded(t *txn, ids []string) ([]CDR, error) {
 	var out []CDR
 	for _, id := range ids {
 		k, found, err := get(l.db, keyEnded(id))

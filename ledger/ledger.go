@@ -273,10 +273,13 @@ func (l *Ledger) settleOpenCalls() error {
 	var settled, superseded []CDR
 	var unrecorded []string
 	_, err := l.do(Op{Kind: "settle"}, l.opts.Now(), func(t *txn) error {
-		var err error
-		if superseded, err = l.supersedeEnded(t); err != nil { // adopt_pending.go
-			return err
-		}
+		// The calls to supersede are those ended before this start
+		// (listed before the loop below ends the others); they are
+		// superseded after it, once it has released the open calls'
+		// holds: a superseded close's extra charge is capped by the
+		// available balance (chargeExtra), and holds about to be released
+		// are not a reason to cap it.
+		ended := l.endedElsewhere()
 		ids := make([]string, 0, len(l.calls))
 		for id := range l.calls {
 			ids = append(ids, id)
@@ -305,7 +308,9 @@ func (l *Ledger) settleOpenCalls() error {
 			}
 			settled = append(settled, l.end(t, l.orgs[c.Org], c, end))
 		}
-		return nil
+		var err error
+		superseded, err = l.supersedeEnded(t, ended) // adopt_pending.go
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("settle calls left open by the last run: %w", err)

@@ -822,6 +822,11 @@ func TestGuardSetupCost(t *testing.T) {
 		o, err := sp[i].local.Org("acme")
 		return err == nil && o.FraudGuard.MaxCalls == 10
 	})
+	// The claims the 1000 limit left (headroom) shrink as each node
+	// publishes under the new limit; until they have, a raise may find
+	// the cluster full (a refusal for a few milliseconds after a limit is
+	// lowered, README Fraud guard).
+	waitSeen(t, 3, settled(sp, guards))
 	for range 6 {
 		if _, err := sp[1].books.OpenCall(testCall("acme"), time.Now()); err != nil {
 			t.Fatal(err)

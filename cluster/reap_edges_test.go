@@ -192,17 +192,7 @@ func TestReapClosedRecordNotLandedHoldsUp(t *testing.T) {
 	a := sp[0].books
 	past := time.Now().Add(-10 * time.Minute)
 	x := answerAndStep(t, a, past, 5, true)
-	a.Tick()
-	o := a.org("acme")
-	o.etcd.Lock()
-	err := a.giveBack(context.Background(), o, true)
-	o.etcd.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st := mustCheck(t, sp[1].node); st.Orgs["acme"].Slices != 0 {
-		t.Fatalf("n0's slice still in etcd: %+v", st.Orgs["acme"])
-	}
+	giveBackWhole(t, a, sp[1].node)
 	// x: closed in the local ledger only (its closed record never
 	// written), refunded to its answer.
 	xcdr, err := sp[0].local.CloseCall(x.ID, ledger.CallEnd{At: past.Add(time.Minute), Reason: ledger.ReasonLegLost, BillTo: past})
@@ -332,17 +322,7 @@ func TestRejoinRefundWithoutSlice(t *testing.T) {
 	a := sp[0].books
 	past := time.Now().Add(-10 * time.Minute)
 	c := answerAndStep(t, a, past, 4, true)
-	a.Tick()
-	o := a.org("acme")
-	o.etcd.Lock()
-	err := a.giveBack(context.Background(), o, true)
-	o.etcd.Unlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st := mustCheck(t, sp[1].node); st.Orgs["acme"].Slices != 0 {
-		t.Fatalf("n0's slice still in etcd: %+v", st.Orgs["acme"])
-	}
+	giveBackWhole(t, a, sp[1].node)
 	cdr, err := a.CloseCall(c.ID, ledger.CallEnd{At: past.Add(time.Minute), Reason: ledger.ReasonLegLost, BillTo: past})
 	if err != nil {
 		t.Fatal(err)
@@ -575,5 +555,22 @@ func TestReapDeadSelfClaim(t *testing.T) {
 			t.Logf("phase %s: %d calls, survivor took the claim over: %v; CDRs charge %s = spent, BYEs by the survivor %d",
 				phase, len(ids), survivorTakes, total, len(legs.snapshot()))
 		})
+	}
+}
+
+// giveBackWhole reports acme on b, then gives its slice back whole (as an
+// idle org's is), and checks through peer that etcd holds no slice of it.
+func giveBackWhole(t *testing.T, b *Books, peer *Node) {
+	t.Helper()
+	b.Tick()
+	o := b.org("acme")
+	o.etcd.Lock()
+	err := b.giveBack(context.Background(), o, true)
+	o.etcd.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := mustCheck(t, peer); st.Orgs["acme"].Slices != 0 {
+		t.Fatalf("the slice is still in etcd: %+v", st.Orgs["acme"])
 	}
 }

@@ -133,6 +133,7 @@ func (b *Books) tick(ctx context.Context, wait time.Duration) {
 		report, reqs = nil, nil
 	}
 	for _, o := range b.orgList() {
+		b.pruneReservations(o)
 		lo, err := b.local.Org(o.id)
 		if err != nil {
 			continue

@@ -259,8 +259,9 @@ func TestPrefillEtcdSilent(t *testing.T) {
 	if _, done, _ := prefillState(b, "acme", c.ID); done {
 		t.Fatal("the ask returned with etcd paused")
 	}
+	o := b.org("acme")
 	b.mu.Lock()
-	ask := b.org("acme").prefills[c.ID]
+	ask := o.prefills[c.ID]
 	b.mu.Unlock()
 	start := time.Now()
 	_, landed, err := b.StepPending(c.ID, 1, now.Add(6*time.Second), ledger.Liveness{})

@@ -101,11 +101,21 @@ func (b *Books) Prefill(callID string, n int) {
 	go func() {
 		defer b.wg.Done()
 		o.etcd.Lock()
-		err := b.sellable()
-		if err == nil {
-			// Every reservation of the org (this one included) on
-			// available money: fill adds them to what it is asked for.
-			err = b.fill(o, decimal.Zero)
+		var err error
+		switch {
+		case !b.current(o, callID, p):
+			// Its step came first (and decided without it), or a
+			// later ask replaced it: nothing to bring. So asks queued
+			// behind an etcd outage do not each wait it out in turn.
+		case b.covered(o):
+			// Another ask's fill brought it (fill asks for every
+			// reservation).
+		default:
+			if err = b.sellable(); err == nil {
+				// Every reservation of the org (this one included)
+				// on available money: fill adds them to its need.
+				err = b.fill(o, decimal.Zero)
+			}
 		}
 		o.etcd.Unlock()
 		b.prefilled(p, err)
@@ -122,6 +132,13 @@ func (b *Books) covered(o *orgSpend) bool {
 		return false
 	}
 	return !b.reserved(o, "").GreaterThan(lo.Available())
+}
+
+// current says whether p is still the call's reservation.
+func (b *Books) current(o *orgSpend, callID string, p *prefill) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return o.prefills[callID] == p
 }
 
 // prefilled records the ask's answer, if the reservation is still the

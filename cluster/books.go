@@ -44,9 +44,10 @@ import (
 //     every change is refused.
 //
 // Lock order: poolSpend.etcd (pools_books.go), then orgSpend.etcd, then
-// orgSpend.local, then Books.mu. Books.mu is never held across an etcd request or a ledger call;
-// orgSpend.etcd and poolSpend.etcd are held across both (the ledger never
-// calls back). The report tick takes org and pool locks with TryLock only,
+// orgSpend.local, then Books.mu. Books.mu is never held across an etcd
+// request or a ledger call; orgSpend.etcd and poolSpend.etcd are held
+// across both (the ledger never calls back), orgSpend.local across a
+// ledger call only. The report tick takes org and pool locks with TryLock only,
 // so it never waits behind a hold.
 type Books struct {
 	n      *Node
@@ -437,10 +438,10 @@ func (b *Books) StepPending(callID string, n int, at time.Time, live ledger.Live
 func (b *Books) keep(o *orgSpend) bool { return b.local.CallsUp(o.id) > 0 }
 
 // hold runs try (a local hold, for the call self, through tryLocal: money
-// reserved for other calls' prefilled increments is not its) and, while it
-// is refused for want of credit, fills the org from etcd and tries again. In direct mode the
-// org's etcd lock is held across fill and hold, so the money taken for this
-// hold is this hold's.
+// reserved for other calls' prefilled increments is not its) and, while
+// it is refused for want of credit, fills the org from etcd and tries
+// again. In direct mode the org's etcd lock is held across fill and hold,
+// so the money taken for this hold is this hold's.
 func (b *Books) hold(o *orgSpend, self string, need func() decimal.Decimal, try func() error) error {
 	var err error
 	for attempt := 0; attempt < maxHoldAttempts; attempt++ {

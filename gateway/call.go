@@ -57,8 +57,10 @@ func (s callState) String() string {
 // asks the books to bring increment hold.N+1's money onto the node; the
 // step at paidUntil is then decided from the node's money without waiting
 // for etcd, and refused (the call ends at its paid time) if that money
-// did not come. So no step holds c.mu while waiting for etcd, for a
-// slice-paid call or a call at its org's last money alike.
+// did not come. So a step of a call paid in credits never holds c.mu
+// while waiting for etcd, paid from the node's slice or from its org's
+// last money alike (a plan's pool minutes are not asked for ahead: such a
+// step may still wait for etcd under c.mu, cluster.Books.Prefill).
 type call struct {
 	g         *Gateway
 	id        string

@@ -44,9 +44,11 @@ type prefill struct {
 // The step of increment n (StepPending) then takes the reservation and is
 // decided from the node's money without waiting for etcd: held if the
 // money is there, refused otherwise — ErrInsufficientCredit if etcd said
-// the org has no more, ErrUnavailable if etcd had not answered by the
-// boundary or failed (the gateway ends the call at its paid time either
-// way; README, "Metering during an etcd leader election").
+// the org has no more (in answer to the ask or, if the ask has not
+// returned, in its last answer on the org), ErrUnavailable if the ask
+// failed, or has not returned and etcd last said the org had money (the
+// gateway ends the call at its paid time either way; README, "Metering
+// during an etcd leader election").
 //
 // Only calls paid in credits without a plan are prefilled (a plan's pool
 // minutes come from etcd's pools, pools_books.go); for others, and when
@@ -229,10 +231,20 @@ func (b *Books) stepPrefilled(o *orgSpend, p prefill, callID string, n int, at t
 	if !errors.Is(err, ledger.ErrInsufficientCredit) {
 		return inc, nil, err
 	}
+	b.mu.Lock()
+	broke := o.known && o.acct.Unallocated.LessThan(p.price)
+	b.mu.Unlock()
 	switch {
+	case !p.done && broke:
+		// The ask has not returned (queued behind the org's other etcd
+		// operations on this node, or etcd silent), and etcd's last
+		// word on the org was that it has not this much unallocated:
+		// refused for credit, as etcd last said.
+		return inc, nil, err
 	case !p.done:
-		// etcd has not answered (an election, a partition): the node
-		// cannot know whether the org has money left, and does not wait.
+		// etcd has not answered (an election, a partition) and last
+		// said the org had money: the node cannot know whether it
+		// still has, and does not wait.
 		return ledger.Increment{}, nil, fmt.Errorf("step call %s: increment %d's money, asked of etcd before the boundary, has not come: %w",
 			callID, n+1, ledger.ErrUnavailable)
 	case p.err != nil && !errors.Is(p.err, ErrInsufficientCredit) && !errors.Is(p.err, ledger.ErrInsufficientCredit):

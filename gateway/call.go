@@ -322,6 +322,11 @@ func (c *call) step() (reason ledger.Reason, err error, landed <-chan error) {
 		c.scheduleAsk()
 		return "", nil, landed
 	}
+	// Refused: the call ends at the end of what it paid, however late
+	// its timer ran (end).
+	if c.endAt.IsZero() || c.endAt.After(c.paidUntil) {
+		c.endAt = c.paidUntil
+	}
 	switch {
 	case errors.Is(err, ledger.ErrPoolExhausted):
 		c.g.m.exhausted.Inc()

@@ -327,11 +327,13 @@ func TestStepsThroughEtcdLeaderPause(t *testing.T) {
 				t.Logf("lean call: %s, billed %d s (%s); its BYE left %v after its paid time (paid time %v into the pause, etcd continued %v into it)",
 					cdr.DisconnectReason, cdr.BilledS, cdr.Charge, bye.Sub(paidThrough).Round(time.Millisecond),
 					paidThrough.Sub(paused).Round(time.Millisecond), resumed.Sub(paused).Round(time.Millisecond))
-				// failed: the money of its 4th increment was asked of etcd
-				// during the pause and had not come by its paid time (the
-				// node cannot tell "no money left" from "etcd silent");
-				// credit_exhausted had etcd answered the ask in time.
-				// Billed what it paid either way.
+				// Its 4th increment's money was asked of etcd during the
+				// pause and had not come by its paid time: credit_exhausted
+				// if etcd's last word on the org (its 3rd increment's fill)
+				// was that nothing is left unallocated, failed if the
+				// node's last read said otherwise (it cannot tell "no
+				// money left" from "etcd silent"). Billed what it paid
+				// either way.
 				if cdr.BilledS != 3 || cdr.DisconnectReason != ledger.ReasonCreditExhausted && cdr.DisconnectReason != ledger.ReasonFailed {
 					t.Errorf("lean call: CDR %+v, want 3 s billed, credit exhausted (or failed)", cdr)
 				}

@@ -160,8 +160,13 @@ var maxShare = decimal.RequireFromString("0.5")
 const burnSmoothing = 15 * time.Second
 
 // maxHoldAttempts bounds the local-hold / etcd-fill rounds of one hold: a
-// concurrent hold on this node may take what a fill brought.
-const maxHoldAttempts = 4
+// concurrent hold on this node may take what a fill brought. Each round
+// moves money from etcd's unallocated to this node, so in a burst the
+// rounds end with the hold made or etcd saying the org has no more (a true
+// refusal); the bound only keeps a hold from spinning. 4 was too few: in
+// 30-call bursts on 3 nodes some holds were refused "not enough credit"
+// while the org had money (cluster/guard_test.go counted them).
+const maxHoldAttempts = 16
 
 // NewBooks starts spending for node n from its local ledger (opened, so
 // calls the last run left up are settled already). It first settles what

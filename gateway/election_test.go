@@ -28,7 +28,6 @@ var (
 	_ prefillBooks = (*cluster.Books)(nil)
 )
 
-
 // electionDeck: 6.00 a minute in 1 s increments, 0.10 an increment.
 const electionDeck = deckHeader + "44,GB,United Kingdom,geographic,6.00,,1,1\n"
 

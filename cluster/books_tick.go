@@ -123,7 +123,6 @@ func (b *Books) tick(ctx context.Context, wait time.Duration) {
 	var report []*orgSpend
 	var reqs []ResizeReq
 	var read []string
-	closed := b.closedRecordsUpTo()
 	flush := func() {
 		if len(reqs) > 0 {
 			b.report(ctx, report, reqs)
@@ -204,12 +203,7 @@ func (b *Books) tick(ctx context.Context, wait time.Duration) {
 				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
 			}
 			o.etcd.Unlock()
-		case s != nil && (!s.Unspent().Equal(lo.Balance) || closed[o.id] > b.reportedAsOf(o)):
-			// A balance to report, or closed takeover records a report
-			// has not covered yet: with nothing else to report they would
-			// stay in etcd until the org's next change, so the same
-			// balance is reported again as of now (its AsOf covers them,
-			// and they go once it lands).
+		case s != nil && !s.Unspent().Equal(lo.Balance):
 			report = append(report, o)
 			reqs = append(reqs, ResizeReq{Org: o.id, Slice: s, Have: lo.Balance, AsOf: asOf, Keep: b.keep(o), Min: decimal.Zero, Max: decimal.Zero})
 			if len(reqs) == maxResizeOrgs {
@@ -263,29 +257,4 @@ func (b *Books) report(ctx context.Context, orgs []*orgSpend, reqs []ResizeReq) 
 		b.observe(orgs[i], r.Account, r.Slice)
 		b.landed(orgs[i], reqs[i].AsOf)
 	}
-}
-
-// closedRecordsUpTo is, per org, the highest ledger sequence number of this
-// node's closed takeover records still in etcd (one pass over the records
-// per tick).
-func (b *Books) closedRecordsUpTo() map[string]uint64 {
-	b.rec.mu.Lock()
-	defer b.rec.mu.Unlock()
-	out := map[string]uint64{}
-	for _, r := range b.rec.recs {
-		if r.Closed != nil && len(r.History) > 0 {
-			if last := r.History[len(r.History)-1].Seq; last > out[r.Call.Org] {
-				out[r.Call.Org] = last
-			}
-		}
-	}
-	return out
-}
-
-// reportedAsOf is the ledger sequence number the org's last landed report
-// covers.
-func (b *Books) reportedAsOf(o *orgSpend) uint64 {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return o.asOf
 }

@@ -370,6 +370,13 @@
 //     A revoked (not expired) lease is seen by the node at its next
 //     keepalive or etcd operation: until then it may sell from its local
 //     slice (its records still land only while the lease stands).
+//   - A closed takeover record is deleted once a report covers it; an org
+//     with nothing more to report keeps its closed records in etcd until
+//     its next report (garbage, not money: a survivor reading them settles
+//     nothing twice). TestReapModel's end check waits for them and fails
+//     with CLUSTER_SEED=1796319828349694576. Reporting the same balance
+//     again to cover them double-counted a step in TestPrefillEtcdSilent
+//     and was reverted; why is not understood yet.
 //   - The unsure/pending recovery above is exercised by no test that
 //     injects etcd failures (the tests run real etcd, which does not fail
 //     on cue); the restart settlement covers the same cases by movement

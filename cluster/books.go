@@ -44,10 +44,9 @@ import (
 //     every change is refused.
 //
 // Lock order: poolSpend.etcd (pools_books.go), then orgSpend.etcd, then
-// orgSpend.local, then Books.mu. Books.mu is never held across an etcd
-// request or a ledger call; orgSpend.etcd and poolSpend.etcd are held
-// across both (the ledger never calls back), orgSpend.local across a
-// ledger call only. The report tick takes org and pool locks with TryLock only,
+// Books.mu. Books.mu is never held across an etcd request or a ledger call;
+// orgSpend.etcd and poolSpend.etcd are held across both (the ledger never
+// calls back). The report tick takes org and pool locks with TryLock only,
 // so it never waits behind a hold.
 type Books struct {
 	n      *Node
@@ -134,19 +133,6 @@ type orgSpend struct {
 	// election holds up no call's step or close. Lock order: its mutex is
 	// a leaf (never held across anything).
 	gate landGate
-
-	// prefills: money reserved on the node's available money for calls'
-	// next increments, asked ahead of their boundaries (Books.Prefill),
-	// by call id. Guarded by Books.mu. Invariant: a hold for another
-	// call or a give-back takes only the available money beyond their
-	// sum (tryLocal, giveBack, under local), and fill asks etcd for it
-	// too; an entry goes at the call's next step (taken) or its close.
-	prefills map[string]*prefill
-	// local serializes the org's local holds and give-backs against the
-	// reservations: the check of available − reserved and the ledger
-	// change that follows are one. Lock order: after etcd, before
-	// Books.mu; held across a local ledger call, never across etcd.
-	local sync.Mutex
 }
 
 var _ ledger.Books = (*Books)(nil)
@@ -345,7 +331,7 @@ func (b *Books) OpenCall(c ledger.Call, at time.Time) (ledger.Increment, error) 
 		return r.FirstCharge()
 	}
 	var inc ledger.Increment
-	err := b.hold(o, c.ID, need, func() error {
+	err := b.hold(o, need, func() error {
 		var err error
 		inc, err = b.local.OpenCall(c, at)
 		return err
@@ -416,18 +402,13 @@ func (b *Books) StepPending(callID string, n int, at time.Time, live ledger.Live
 	}
 	o := b.org(org)
 	b.touch(o)
-	if p, ok := b.takePrefill(o, callID); ok && p.n == n {
-		// Its money was asked for ahead (Prefill): decided from the
-		// node's money now, never waiting for etcd.
-		return b.stepPrefilled(o, p, callID, n, at, live)
-	}
 	need := func() decimal.Decimal {
 		_, price, _ := b.local.NextCredit(callID)
 		return price
 	}
 	var inc ledger.Increment
 	var landed <-chan error
-	err := b.hold(o, callID, need, func() error {
+	err := b.hold(o, need, func() error {
 		var err error
 		inc, landed, err = b.stepRecorded(o, callID, n, at, live)
 		return err
@@ -442,12 +423,11 @@ func (b *Books) StepPending(callID string, n int, at time.Time, live ledger.Live
 // the node has calls of the org up (a refund may follow).
 func (b *Books) keep(o *orgSpend) bool { return b.local.CallsUp(o.id) > 0 }
 
-// hold runs try (a local hold, for the call self, through tryLocal: money
-// reserved for other calls' prefilled increments is not its) and, while
-// it is refused for want of credit, fills the org from etcd and tries
-// again. In direct mode the org's etcd lock is held across fill and hold,
-// so the money taken for this hold is this hold's.
-func (b *Books) hold(o *orgSpend, self string, need func() decimal.Decimal, try func() error) error {
+// hold runs try (a local hold) and, while it is refused for want of
+// credit, fills the org from etcd and tries again. In direct mode the
+// org's etcd lock is held across fill and hold, so the money taken for this
+// hold is this hold's.
+func (b *Books) hold(o *orgSpend, need func() decimal.Decimal, try func() error) error {
 	var err error
 	for attempt := 0; attempt < maxHoldAttempts; attempt++ {
 		b.mu.Lock()
@@ -456,7 +436,7 @@ func (b *Books) hold(o *orgSpend, self string, need func() decimal.Decimal, try 
 		if direct {
 			o.etcd.Lock()
 		}
-		err = b.tryLocal(o, self, need, try)
+		err = try()
 		if !errors.Is(err, ledger.ErrInsufficientCredit) {
 			if direct {
 				o.etcd.Unlock()
@@ -471,7 +451,7 @@ func (b *Books) hold(o *orgSpend, self string, need func() decimal.Decimal, try 
 		}
 		ferr := b.fill(o, need())
 		if ferr == nil && direct {
-			err = b.tryLocal(o, self, need, try)
+			err = try()
 		}
 		o.etcd.Unlock()
 		if ferr != nil {

@@ -57,9 +57,7 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 	if !recorded {
 		cdr, err := b.local.CloseCall(callID, end)
 		if err == nil && cdr.Org != "" {
-			o := b.org(cdr.Org)
-			b.touch(o)
-			b.unreserve(o, callID, nil) // its prefilled money stays available (Prefill)
+			b.touch(b.org(cdr.Org))
 		}
 		return cdr, err
 	}
@@ -74,7 +72,6 @@ func (b *Books) CloseCall(callID string, end ledger.CallEnd) (ledger.CDR, error)
 		return cdr, err
 	}
 	b.touch(o)
-	b.unreserve(o, callID, nil) // its prefilled money stays available (Prefill)
 	closed := b.closedRecord(cdr)
 	if closed == nil {
 		o.gate.leave(t)

@@ -17,16 +17,15 @@ import (
 	"github.com/creditgate/creditgate/ledger"
 )
 
-// fill brings the org's local available money to at least need plus what
-// is reserved for prefilled increments (Prefill), from etcd: in normal
-// mode a whole slice's worth (as much as is unallocated, at least the
-// shortfall), in direct mode exactly the shortfall. Under o.etcd.
+// fill brings the org's local available money to at least need, from etcd:
+// in normal mode a whole slice's worth (as much as is unallocated, at
+// least the shortfall), in direct mode exactly the shortfall. Under o.etcd.
 func (b *Books) fill(o *orgSpend, need decimal.Decimal) error {
 	lo, asOf, err := b.balanceAsOf(b.ctx, o)
 	if err != nil {
 		return err
 	}
-	short := need.Add(b.reserved(o, "")).Sub(lo.Available())
+	short := need.Sub(lo.Available())
 	if !short.IsPositive() {
 		return nil // another hold's fill brought it
 	}
@@ -125,16 +124,7 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 	if err != nil {
 		return err
 	}
-	// Money reserved for prefilled increments stays (Prefill).
-	x := lo.Available().Sub(b.reserved(o, ""))
-	if all {
-		// Closing: the gateway ended every call first; nothing is
-		// reserved for a call any more, all of the money goes back.
-		b.mu.Lock()
-		o.prefills = nil
-		b.mu.Unlock()
-		x = lo.Available()
-	}
+	x := lo.Available()
 	if s == nil && !x.IsPositive() {
 		return nil
 	}
@@ -154,9 +144,9 @@ func (b *Books) giveBack(ctx context.Context, o *orgSpend, all bool) error {
 		b.mu.Unlock()
 	}
 	if x.IsPositive() && s != nil {
-		if err := b.returnLocal(o, s, x); err != nil {
+		if _, err := b.local.ReturnSlice(o.id, s.ID, s.Moves+1, x); err != nil {
 			if errors.Is(err, ledger.ErrInsufficientCredit) {
-				return nil // held or reserved meanwhile: the next tick tries again
+				return nil // held meanwhile: the next tick tries again
 			}
 			return b.fail(err)
 		}
@@ -274,25 +264,4 @@ func (b *Books) observe(o *orgSpend, a Account, s *Slice) {
 	o.acct, o.known, o.slice = a, true, s
 	b.mu.Unlock()
 	b.decideMode(o)
-}
-
-// returnLocal takes x out of the org's slice in the local ledger (movement
-// s.Moves+1), only if the available money beyond the reservations for
-// prefilled increments still covers it (else ErrInsufficientCredit, as
-// the ledger says when holds took it meanwhile). Under o.etcd; takes
-// o.local.
-func (b *Books) returnLocal(o *orgSpend, s *Slice, x decimal.Decimal) error {
-	o.local.Lock()
-	defer o.local.Unlock()
-	if r := b.reserved(o, ""); r.IsPositive() {
-		lo, err := b.local.Org(o.id)
-		if err != nil {
-			return err
-		}
-		if lo.Available().Sub(r).LessThan(x) {
-			return fmt.Errorf("org %s: %s of its available money is reserved for prefilled increments: %w", o.id, r, ledger.ErrInsufficientCredit)
-		}
-	}
-	_, err := b.local.ReturnSlice(o.id, s.ID, s.Moves+1, x)
-	return err
 }

@@ -133,7 +133,6 @@ func (b *Books) tick(ctx context.Context, wait time.Duration) {
 		report, reqs = nil, nil
 	}
 	for _, o := range b.orgList() {
-		b.pruneReservations(o)
 		lo, err := b.local.Org(o.id)
 		if err != nil {
 			continue
@@ -196,9 +195,7 @@ func (b *Books) tick(ctx context.Context, wait time.Duration) {
 				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
 			}
 			o.etcd.Unlock()
-		case (direct || idle && lo.Held.IsZero()) && lo.Available().Sub(b.reserved(o, "")).IsPositive():
-			// (Money reserved for prefilled increments stays: with
-			// only that available, the org is reported instead.)
+		case (direct || idle && lo.Held.IsZero()) && lo.Available().IsPositive():
 			if err := b.giveBack(ctx, o, false); err != nil {
 				b.log.Warn("cluster give-back failed", "org", o.id, "error", err)
 			}

@@ -413,14 +413,11 @@
 //     notifier (in this package, which the API is not) has no key to ask
 //     with; a node-to-node credential would be new.
 //   - A step whose money must come from etcd (a grant: the node's slice
-//     ran dry; direct mode) no longer waits for etcd: the gateway asks
-//     for the next increment's money half an increment (at most 1 s)
-//     ahead (Books.Prefill, a fill reserved for the call), and the step
-//     is decided from the node's money at the boundary, refused if it has
-//     not come (README, "Metering during an etcd leader election"). Not
-//     done for pool minutes: a plan call whose node's allowance ran dry
-//     still waits for etcd at its step (preparePool). Steps paid from the
-//     slice and hang-ups do not wait for their takeover records
+//     ran dry; direct mode) waits for etcd with the gateway's call mutex
+//     held: a call whose org's money runs out during an etcd leader
+//     election ends when etcd answers, billed to its paid time (README,
+//     "Metering during an etcd leader election"). Steps paid from the
+//     slice and hang-ups no longer wait for their takeover records
 //     (StepPending).
 //
 // Tested against Debian's etcd-server 3.4.23 with go.etcd.io/etcd/client/v3

@@ -52,15 +52,6 @@ func (s callState) String() string {
 // survivor would bill, should this node die with a record in flight, is
 // the last landed record's (ended at once, as its paid-through is past):
 // never more than was recorded (cluster.Books.StepPending).
-//
-// In cluster mode (prefillBooks) askT fires askLead before paidUntil and
-// asks the books to bring increment hold.N+1's money onto the node; the
-// step at paidUntil is then decided from the node's money without waiting
-// for etcd, and refused (the call ends at its paid time) if that money
-// did not come. So a step of a call paid in credits never holds c.mu
-// while waiting for etcd, paid from the node's slice or from its org's
-// last money alike (a plan's pool minutes are not asked for ahead: such a
-// step may still wait for etcd under c.mu, cluster.Books.Prefill).
 type call struct {
 	g         *Gateway
 	id        string
@@ -88,11 +79,8 @@ type call struct {
 	hold      ledger.Increment // the increment the ledger holds for the call now
 	paidUntil time.Time
 	timer     clock.Timer
-	// askT fires a lead before paidUntil to ask the books for the next
-	// increment's money (prefillBooks; nil in single-node mode).
-	askT  clock.Timer
-	inID  string
-	outID string
+	inID      string
+	outID     string
 	// sendMu serializes the requests the gateway sends inside the legs'
 	// dialogs (probes, relays, BYEs): a sipgo dialog session is not safe
 	// for concurrent requests (its CSeq). Never held with c.mu.
@@ -171,62 +159,8 @@ func (c *call) answer() error {
 	first := time.Duration(c.hold.Seconds) * time.Second
 	c.paidUntil = now.Add(first)
 	c.timer = c.g.clock.AfterFunc(first, c.boundary)
-	c.scheduleAsk()
 	c.startLiveness(now)
 	return nil
-}
-
-// prefillBooks is a ledger.Books that can bring a call's next increment's
-// money onto the node ahead of its boundary (cluster.Books.Prefill: from
-// etcd, when the node's slice cannot pay it or the org is in direct mode),
-// so the step at the boundary is decided from the node's money without
-// waiting for etcd — as online charging asks for the next units before
-// the current ones run out (Diameter credit control, RFC 4006). Prefill
-// returns at once; the ask runs in the books. Nothing is billed by it: a
-// call that ends before its boundary costs nothing more. If the money has
-// not come by the boundary (etcd electing a leader) the step is refused
-// and the call ends at its paid time.
-type prefillBooks interface {
-	Prefill(callID string, n int)
-}
-
-// askLead is how far ahead of a boundary the next increment's money is
-// asked for: a second (an etcd grant takes milliseconds; a second covers
-// a slow commit, a queued report and a retry, though not a whole leader
-// election, which the step then does not wait out either), but at most
-// half the increment, so the ask for n+1 comes after the step of n (which
-// takes that step's reservation) and the money sits reserved on the node,
-// out of other nodes' reach at the org's last cent, for at most that
-// long.
-func askLead(inc time.Duration) time.Duration {
-	return min(time.Second, inc/2)
-}
-
-// scheduleAsk sets the timer that asks for the money of the increment after
-// the one held now, a lead before it ends (paidUntil). c.mu held.
-func (c *call) scheduleAsk() {
-	if c.g.ahead == nil || c.free {
-		return
-	}
-	if !c.live.maxEnd.IsZero() && !c.paidUntil.Before(c.live.maxEnd) {
-		return // the call ends at its limit with this increment
-	}
-	n := c.hold.N
-	at := c.paidUntil.Add(-askLead(time.Duration(c.hold.Seconds) * time.Second))
-	c.askT = c.g.clock.AfterFunc(at.Sub(c.answered)-c.g.clock.Since(c.answered), func() { c.ask(n) })
-}
-
-// ask asks the books for increment n+1's money, if the call still holds
-// increment n. It runs on a timer goroutine of its own; a panic in it is
-// logged and leaves the call to its boundary.
-func (c *call) ask(n int) {
-	defer panics.Recover(c.g.log, panics.Call, nil, "call_id", c.id, "org", c.org)
-	c.mu.Lock()
-	current := c.state == stateAnswered && c.hold.N == n
-	c.mu.Unlock()
-	if current {
-		c.g.ahead.Prefill(c.id, n)
-	}
 }
 
 // pendingBooks is a ledger.Books whose billing step and dialog update can
@@ -319,13 +253,7 @@ func (c *call) step() (reason ledger.Reason, err error, landed <-chan error) {
 		// the wall clock neither fires an hour of boundaries at once nor
 		// lets the call run unbilled for an hour.
 		c.timer = c.g.clock.AfterFunc(c.paidUntil.Sub(c.answered)-c.g.clock.Since(c.answered), c.boundary)
-		c.scheduleAsk()
 		return "", nil, landed
-	}
-	// Refused: the call ends at the end of what it paid, however late
-	// its timer ran (end).
-	if c.endAt.IsZero() || c.endAt.After(c.paidUntil) {
-		c.endAt = c.paidUntil
 	}
 	switch {
 	case errors.Is(err, ledger.ErrPoolExhausted):
@@ -372,9 +300,6 @@ func (c *call) end(reason ledger.Reason, status int, bye legs) (finished bool) {
 	c.state = stateEnded
 	if c.timer != nil {
 		c.timer.Stop()
-	}
-	if c.askT != nil {
-		c.askT.Stop()
 	}
 	c.stopLiveness()
 	// The end in the answer's (or the start's) wall frame plus the time

@@ -21,12 +21,8 @@ import (
 	"github.com/creditgate/creditgate/rating"
 )
 
-// cluster.Books is the ledger the gateway waits for without a call's lock,
-// and asks ahead of a boundary for the next increment's money.
-var (
-	_ pendingBooks = (*cluster.Books)(nil)
-	_ prefillBooks = (*cluster.Books)(nil)
-)
+// cluster.Books is the ledger the gateway waits for without a call's lock.
+var _ pendingBooks = (*cluster.Books)(nil)
 
 // electionDeck: 6.00 a minute in 1 s increments, 0.10 an increment.
 const electionDeck = deckHeader + "44,GB,United Kingdom,geographic,6.00,,1,1\n"
@@ -171,13 +167,10 @@ func (e *clusterEnv) byeAt(id string) (time.Time, bool) {
 //     pause: each is billed more than the increments it had at the pause.
 //   - A call of an org funded for 3 increments (0.30), answered so that
 //     its money runs out during the pause: it ends billed 3 s (0.30), and
-//     its BYE leaves milliseconds after its paid time (logged): its next
-//     increment's money was asked for half an increment ahead (the ask
-//     then waiting on the paused leader), and the step at its paid time
-//     did not wait for the answer (cluster.Books.Prefill). Before the
-//     ask, the step waited for etcd with the call's lock held and the BYE
-//     left only once etcd answered. How far past its paid time its BYE
-//     left is logged.
+//     how far past its paid time its BYE left is logged
+//     (the refusal needs etcd — the org's money of record is there — so
+//     it comes once etcd answers; README, "Metering during an etcd leader
+//     election").
 //   - Money to the cent: every CDR is billed_s × 0.10, and, with the slices
 //     given back, etcd's spent is the sum of the CDRs' charges and funded
 //     = unallocated + spent for both orgs.
@@ -322,22 +315,12 @@ func TestStepsThroughEtcdLeaderPause(t *testing.T) {
 				t.Logf("lean call: %s, billed %d s (%s); its BYE left %v after its paid time (paid time %v into the pause, etcd continued %v into it)",
 					cdr.DisconnectReason, cdr.BilledS, cdr.Charge, bye.Sub(paidThrough).Round(time.Millisecond),
 					paidThrough.Sub(paused).Round(time.Millisecond), resumed.Sub(paused).Round(time.Millisecond))
-				// Its 4th increment's money was asked of etcd during the
-				// pause and had not come by its paid time: credit_exhausted
-				// if etcd's last word on the org (its 3rd increment's fill)
-				// was that nothing is left unallocated, failed if the
-				// node's last read said otherwise (it cannot tell "no
-				// money left" from "etcd silent"). Billed what it paid
-				// either way.
+				// credit_exhausted once etcd said so; failed if the node's
+				// etcd request timed out first (its op timeout): billed
+				// what it paid either way.
 				if cdr.BilledS != 3 || cdr.DisconnectReason != ledger.ReasonCreditExhausted && cdr.DisconnectReason != ledger.ReasonFailed {
 					t.Errorf("lean call: CDR %+v, want 3 s billed, credit exhausted (or failed)", cdr)
 				}
-				// Its paid time fell inside the pause, before a new
-				// leader could answer (0.65 s or more into it). How late
-				// its BYE left is logged above, not asserted (no timing
-				// assertions in unit tests; the e2e tests bound it at
-				// 50 ms): milliseconds with the prefill, 0.05 to 2.8 s
-				// when its step waited for etcd.
 				continue
 			}
 			if cdr.DisconnectReason != ledger.ReasonCallerHangup {

@@ -142,10 +142,6 @@ type Gateway struct {
 	// before its takeover record is durable (cluster.Books), nil otherwise
 	// (call.go).
 	later pendingBooks
-	// ahead is ledger when it can bring a call's next increment's money
-	// onto the node before its boundary (cluster.Books), nil otherwise
-	// (call.go, prefillBooks).
-	ahead prefillBooks
 	clock clock.Clock
 	log   *slog.Logger
 	m     *metrics
@@ -227,7 +223,6 @@ func New(cfg Config, l ledger.Books, deck *rating.Deck, clk clock.Clock, reg pro
 		byID: map[string]*call{}, byIn: map[string]*call{}, inCalls: map[string]struct{}{}, byOut: map[string]*call{}, byTrunk: map[string]int{},
 		bySource: map[string]int{}}
 	g.later, _ = l.(pendingBooks)
-	g.ahead, _ = l.(prefillBooks)
 	g.deck.Store(deck)
 	g.digest = newDigestAuth("creditgate", clk.Now)
 	g.perSrc = newSourceLimiter(cfg.RatePerSource, cfg.BurstPerSource)

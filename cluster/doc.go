@@ -375,8 +375,9 @@
 //     its next report (garbage, not money: a survivor reading them settles
 //     nothing twice). TestReapModel's end check waits for them and fails
 //     with CLUSTER_SEED=1796319828349694576. Reporting the same balance
-//     again to cover them double-counted a step in TestPrefillEtcdSilent
-//     and was reverted; why is not understood yet.
+//     again to cover them double-counted a step in a test of a prefill
+//     (asking etcd for the next increment ahead, since reverted) and was
+//     reverted too; why is not understood yet.
 //   - The unsure/pending recovery above is exercised by no test that
 //     injects etcd failures (the tests run real etcd, which does not fail
 //     on cue); the restart settlement covers the same cases by movement

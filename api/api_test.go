@@ -56,6 +56,13 @@ func newLimitedHarness(t *testing.T, lim Limits) *harness {
 	}
 	srv := New(l, gw, testToken, reg, time.Now, quiet())
 	srv.SetLimits(lim)
+	return serveHarness(t, l, gw, srv)
+}
+
+// serveHarness serves srv on a loopback port until the test ends, then
+// shuts it down and closes its gateway and ledger.
+func serveHarness(t *testing.T, l *ledger.Ledger, gw *gateway.Gateway, srv *Server) *harness {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,17 +42,7 @@ func clockedHarness(t *testing.T, clk *testNow) *harness {
 		t.Fatal(err)
 	}
 	srv := New(l, gw, testToken, reg, clk.now, quiet())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		_ = srv.Shutdown()
-		_ = gw.Close()
-		_ = l.Close()
-	})
-	return &harness{t: t, base: "http://" + ln.Addr().String(), ledger: l, srv: srv}
+	return serveHarness(t, l, gw, srv)
 }
 
 // pastCall puts one ended call of alice on credits into each ledger given:

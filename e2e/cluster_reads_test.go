@@ -71,23 +71,7 @@ func TestClusterReadsFromAnyNode(t *testing.T) {
 	// Whatever happens below, the calls end before the test does.
 	defer func() { cancel(); wait() }()
 
-	var all clusterCalls
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		all = clusterCalls{}
-		n1.api("GET", "/v1/calls", "", "", 200, &all)
-		answered := 0
-		for _, c := range all.Calls {
-			if !c.Answer.IsZero() {
-				answered++
-			}
-		}
-		if answered == 6 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node 1 lists %d answered calls, want 6: %+v", answered, all)
-		}
-	}
+	all := waitAnswered(t, n1, 6)
 	if len(all.Unavailable) != 0 {
 		t.Fatalf("every node is up, yet: %+v", all.Unavailable)
 	}
@@ -324,23 +308,7 @@ func TestClusterOrgAndTransactionsFromAnyNode(t *testing.T) {
 			}
 		})
 	}
-	var all clusterCalls
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		all = clusterCalls{}
-		n1.api("GET", "/v1/calls", "", "", 200, &all)
-		answered := 0
-		for _, c := range all.Calls {
-			if !c.Answer.IsZero() {
-				answered++
-			}
-		}
-		if answered == 4 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node 1 lists %d answered calls, want 4: %+v", answered, all)
-		}
-	}
+	all := waitAnswered(t, n1, 4)
 
 	// Held: each call holds its open one-second increment (0.10), so the
 	// figures hold still while the calls step.
@@ -440,4 +408,26 @@ func TestClusterOrgAndTransactionsFromAnyNode(t *testing.T) {
 		t.Fatalf("%d entries over %d pages (fundings: %v), want the nodes' %d and the 2 fundings", len(seen), pages+1, fundings, len(want))
 	}
 	t.Logf("node 1's transactions: %d entries in %d pages of 3: the 3 nodes' %d and etcd's fundings %v", len(seen), pages+1, len(want), fundings)
+}
+
+// waitAnswered polls g's cluster-wide calls list until it shows want
+// answered calls (20 s at most) and returns that list.
+func waitAnswered(t *testing.T, g *gateway, want int) clusterCalls {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var all clusterCalls
+		g.api("GET", "/v1/calls", "", "", 200, &all)
+		answered := 0
+		for _, c := range all.Calls {
+			if !c.Answer.IsZero() {
+				answered++
+			}
+		}
+		if answered == want {
+			return all
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node 1 lists %d answered calls, want %d: %+v", answered, want, all)
+		}
+	}
 }
